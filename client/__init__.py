@@ -1,0 +1,5 @@
+"""Thin client over tritonclient (gRPC and HTTP) and its CLI."""
+
+from triton_inpaint.client.inpaint_client import InpaintClient, InpaintError, InpaintResult
+
+__all__ = ["InpaintClient", "InpaintError", "InpaintResult"]

@@ -1,0 +1,110 @@
+"""A thin client over tritonclient for the ``inpaint_<NAME>`` ensembles, over gRPC or HTTP."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from triton_inpaint.contract import REQUEST_INPUTS, RESPONSE_OUTPUTS, ensemble_name
+
+PROTOCOLS = ("grpc", "http")
+_SPECS = {spec.name: spec for spec in REQUEST_INPUTS}
+
+
+class InpaintError(RuntimeError):
+    """The server refused or failed the request; the message is the server's, naming the input."""
+
+
+@dataclass(frozen=True)
+class InpaintResult:
+    image: bytes
+    seed: int
+
+
+def _clean(message: str) -> str:
+    # Triton prefixes errors from ensemble steps with "in ensemble 'inpaint_x', "; the user needs the rest.
+    return re.sub(r"^\[StatusCode\.\w+\]\s*", "", re.sub(r"in ensemble '[^']+', ", "", message)).strip()
+
+
+class InpaintClient:
+    """Send inpainting requests to a Triton server.
+
+    ``url`` is ``HOST:PORT`` of Triton's gRPC port (default protocol) or HTTP port.
+    """
+
+    def __init__(self, url: str, protocol: str = "grpc", timeout: float = 600.0) -> None:
+        if protocol not in PROTOCOLS:
+            raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
+        self.url = url
+        self.protocol = protocol
+        self.timeout = timeout
+        if protocol == "grpc":
+            import tritonclient.grpc as module
+        else:
+            import tritonclient.http as module
+        self._module = module
+        self._client = module.InferenceServerClient(url=url, network_timeout=timeout) if protocol == "http" \
+            else module.InferenceServerClient(url=url)
+
+    def close(self) -> None:
+        self._client.close()
+
+    def __enter__(self) -> InpaintClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _input(self, name: str, value: Any) -> Any:
+        spec = _SPECS[name]
+        if spec.client_dtype == "BYTES":
+            array = np.array([value if isinstance(value, bytes) else str(value).encode("utf-8")], dtype=np.object_)
+        else:
+            array = np.array([value], dtype={"INT32": np.int32, "INT64": np.int64, "FP32": np.float32}[spec.client_dtype])
+        tensor = self._module.InferInput(name, list(array.shape), spec.client_dtype)
+        tensor.set_data_from_numpy(array)
+        return tensor
+
+    def inpaint(
+        self,
+        model: str,
+        image: bytes,
+        mask: bytes,
+        prompt: str,
+        negative_prompt: str | None = None,
+        steps: int | None = None,
+        strength: float | None = None,
+        guidance_scale: float | None = None,
+        seed: int | None = None,
+        scheduler: str | None = None,
+        width: int | None = None,
+        height: int | None = None,
+    ) -> InpaintResult:
+        """Inpaint ``image`` where ``mask`` is white; ``None`` leaves a control at the model's default.
+
+        ``model`` is the checkpoint name given at export (``tiny``) or the ensemble's name
+        (``inpaint_tiny``).
+        """
+        values = {
+            "image": image, "mask": mask, "prompt": prompt, "negative_prompt": negative_prompt,
+            "steps": steps, "strength": strength, "guidance_scale": guidance_scale, "seed": seed,
+            "scheduler": scheduler, "width": width, "height": height,
+        }
+        inputs = [self._input(name, value) for name, value in values.items() if value is not None]
+        outputs = [self._module.InferRequestedOutput(spec.name) for spec in RESPONSE_OUTPUTS]
+        model_name = model if model.startswith("inpaint_") else ensemble_name(model)
+        from tritonclient.utils import InferenceServerException
+
+        try:
+            if self.protocol == "grpc":
+                result = self._client.infer(model_name, inputs, outputs=outputs, client_timeout=self.timeout)
+            else:
+                result = self._client.infer(model_name, inputs, outputs=outputs)
+        except InferenceServerException as exc:
+            raise InpaintError(_clean(exc.message() or str(exc))) from None
+        image_out = result.as_numpy("output_image").reshape(-1)[0]
+        seed_out = int(result.as_numpy("output_seed").reshape(-1)[0])
+        return InpaintResult(image=bytes(image_out), seed=seed_out)

@@ -1,0 +1,1 @@
+"""Export: tiny checkpoints, checkpoint -> ONNX, and generated Triton model directories."""

@@ -1,0 +1,187 @@
+"""Write one checkpoint's Triton models: four ONNX networks, the BLS denoise model and the ensemble.
+
+Configs are built as Triton ``ModelConfig`` protobuf messages (from tritonclient) and written in text
+format, so every generated config is valid by construction and names come from
+:mod:`triton_inpaint.contract`. Everything is written into a scratch folder first and moved into the
+repository only when the export and its checks succeeded: a failed export leaves nothing half-written.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2 as mc
+
+from triton_inpaint import contract
+from triton_inpaint.components import SUBMODELS, TENSORS, TEXT_ENCODER, UNET, VAE_DECODER, VAE_ENCODER
+from triton_inpaint.contract import TensorSpec
+from triton_inpaint.export.onnx_export import ExportCheck, export_onnx, verify_onnx
+from triton_inpaint.sd_inpaint import PipelineSpec
+
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]{0,62}$")
+NETWORK_MAX_BATCH = 8
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    denoise_instances: int = 2
+    unet_instances: int = 1
+    unet_queue_delay_us: int = 2000
+
+
+def _add_tensors(target: object, specs: Iterable[TensorSpec]) -> None:
+    for spec in specs:
+        entry = target.add()
+        entry.name = spec.name
+        entry.data_type = mc.DataType.Value(spec.data_type)
+        entry.dims.extend(spec.dims)
+        if spec.optional and hasattr(entry, "optional"):
+            entry.optional = True
+
+
+def _write_config(model_dir: Path, config: mc.ModelConfig) -> None:
+    (model_dir / "config.pbtxt").write_text(text_format.MessageToString(config))
+
+
+def _write_model_py(version_dir: Path, module: str) -> None:
+    version_dir.mkdir(parents=True, exist_ok=True)
+    (version_dir / "model.py").write_text(f"from {module} import TritonPythonModel  # noqa: F401\n")
+
+
+def _network_tensors(pipeline: object) -> dict[str, tuple[list[TensorSpec], list[TensorSpec]]]:
+    """Per-network (inputs, outputs), dims without the batch axis."""
+    seq = pipeline.tokenizer.model_max_length
+    hidden = pipeline.text_encoder.config.hidden_size
+    latent = pipeline.vae.config.latent_channels
+    shapes = {
+        TEXT_ENCODER: ([("TYPE_INT64", (seq,))], ("TYPE_FP32", (seq, hidden))),
+        VAE_ENCODER: ([("TYPE_FP32", (3, -1, -1))], ("TYPE_FP32", (2 * latent, -1, -1))),
+        VAE_DECODER: ([("TYPE_FP32", (latent, -1, -1))], ("TYPE_FP32", (3, -1, -1))),
+        UNET: (
+            [
+                ("TYPE_FP32", (pipeline.unet.config.in_channels, -1, -1)),
+                ("TYPE_FP32", (1,)),
+                ("TYPE_FP32", (seq, hidden)),
+            ],
+            ("TYPE_FP32", (latent, -1, -1)),
+        ),
+    }
+    result = {}
+    for role, (inputs, (out_type, out_dims)) in shapes.items():
+        input_names, output_name = TENSORS[role]
+        result[role] = (
+            [TensorSpec(n, t, d) for n, (t, d) in zip(input_names, inputs, strict=True)],
+            [TensorSpec(output_name, out_type, out_dims)],
+        )
+    return result
+
+
+def _network_config(name: str, role: str, inputs: list[TensorSpec], outputs: list[TensorSpec],
+                    options: ExportOptions) -> mc.ModelConfig:
+    config = mc.ModelConfig(name=name, backend="python", max_batch_size=NETWORK_MAX_BATCH)
+    _add_tensors(config.input, inputs)
+    _add_tensors(config.output, outputs)
+    group = config.instance_group.add()
+    group.kind = mc.ModelInstanceGroup.KIND_CPU
+    group.count = options.unet_instances if role == UNET else 1
+    if role == UNET:
+        config.dynamic_batching.max_queue_delay_microseconds = options.unet_queue_delay_us
+    return config
+
+
+def _denoise_config(name: str, checkpoint_name: str, options: ExportOptions) -> mc.ModelConfig:
+    config = mc.ModelConfig(name=name, backend="python", max_batch_size=0)
+    _add_tensors(config.input, contract.DENOISE_INPUTS)
+    _add_tensors(config.output, contract.DENOISE_OUTPUTS)
+    group = config.instance_group.add()
+    group.kind = mc.ModelInstanceGroup.KIND_CPU
+    group.count = options.denoise_instances
+    config.parameters["submodel_prefix"].string_value = checkpoint_name
+    return config
+
+
+def _ensemble_config(checkpoint_name: str) -> mc.ModelConfig:
+    config = mc.ModelConfig(
+        name=contract.ensemble_name(checkpoint_name), platform="ensemble", max_batch_size=0
+    )
+    _add_tensors(config.input, contract.REQUEST_INPUTS)
+    _add_tensors(config.output, contract.RESPONSE_OUTPUTS)
+    steps = (
+        (contract.PREPROCESS_MODEL, contract.PREPROCESS_INPUTS, contract.PREPROCESS_OUTPUTS),
+        (contract.denoise_name(checkpoint_name), contract.DENOISE_INPUTS, contract.DENOISE_OUTPUTS),
+        (contract.POSTPROCESS_MODEL, contract.POSTPROCESS_INPUTS, contract.POSTPROCESS_OUTPUTS),
+    )
+    for model_name, inputs, outputs in steps:
+        step = config.ensemble_scheduling.step.add()
+        step.model_name = model_name
+        step.model_version = -1
+        for spec in inputs:
+            step.input_map[spec.name] = spec.name
+        for spec in outputs:
+            step.output_map[spec.name] = spec.name
+    return config
+
+
+def check_name(name: str) -> str:
+    if not NAME_PATTERN.match(name):
+        raise ValueError(
+            f"--name {name!r}: use 1-63 letters, digits, '_' or '-', starting with a letter or digit"
+        )
+    return name
+
+
+def export_checkpoint(
+    checkpoint: Path, name: str, repository: Path, options: ExportOptions | None = None,
+    log: object = print,
+) -> list[ExportCheck]:
+    """Export ``checkpoint`` (a diffusers SD 1.5/2 inpainting folder) as Triton models named ``name``."""
+    from diffusers import StableDiffusionInpaintPipeline
+
+    options = options or ExportOptions()
+    check_name(name)
+    if not (checkpoint / "model_index.json").is_file():
+        raise FileNotFoundError(f"--checkpoint {checkpoint}: no model_index.json; expected a diffusers folder")
+    pipeline = StableDiffusionInpaintPipeline.from_pretrained(checkpoint, safety_checker=None)
+    spec = PipelineSpec.from_diffusers(pipeline)
+    if spec.unet_in_channels != 9:
+        raise ValueError(
+            f"--checkpoint {checkpoint}: UNet has {spec.unet_in_channels} input channels; "
+            "this export serves 9-channel inpainting checkpoints"
+        )
+    repository.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=f".export-{name}-", dir=repository.parent))
+    try:
+        model_dirs = {role: scratch / f"{name}_{role}" for role in SUBMODELS}
+        log(f"exporting {', '.join(SUBMODELS)} to ONNX ...")
+        paths = export_onnx(pipeline, {role: d / "1" / "model.onnx" for role, d in model_dirs.items()})
+        checks = verify_onnx(pipeline, paths)
+        for role, (inputs, outputs) in _network_tensors(pipeline).items():
+            _write_config(model_dirs[role], _network_config(f"{name}_{role}", role, inputs, outputs, options))
+            _write_model_py(model_dirs[role] / "1", "triton_inpaint.triton.onnx_model")
+
+        denoise_dir = scratch / contract.denoise_name(name)
+        version = denoise_dir / "1"
+        _write_model_py(version, "triton_inpaint.triton.denoise")
+        pipeline.tokenizer.save_pretrained(version / "tokenizer")
+        pipeline.scheduler.save_pretrained(version / "scheduler")
+        spec.save(version)
+        _write_config(denoise_dir, _denoise_config(denoise_dir.name, name, options))
+
+        ensemble_dir = scratch / contract.ensemble_name(name)
+        (ensemble_dir / "1").mkdir(parents=True)
+        _write_config(ensemble_dir, _ensemble_config(name))
+
+        for model_dir in sorted(scratch.iterdir()):
+            target = repository / model_dir.name
+            if target.exists():
+                shutil.rmtree(target)
+            model_dir.rename(target)
+        return checks
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)

@@ -1,0 +1,121 @@
+"""Tiny diffusers checkpoints with seeded random weights, built offline.
+
+Model hubs are unreachable on CI and on a newcomer's first run, so tests and the demo build their
+checkpoint from configs, the way diffusers' own tests do (``get_dummy_components``): a manual seed
+before each component makes the weights, and therefore the saved bytes, a function of the seed alone.
+The tiny models are architecturally real (9-channel inpainting UNet, KL VAE with an 8x scale factor,
+CLIP text encoder and BPE tokenizer), so every code path that serves a real checkpoint runs on them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionInpaintPipeline, UNet2DConditionModel
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+FAMILIES = ("sd15-inpaint",)
+TINY_RESOLUTION = 128  # native resolution of the tiny SD 1.5 checkpoint: 16x16 latents
+_TOKENIZER_WORDS = (
+    "a photo of the red blue green apple cat dog sky tree house wall painting sunset beach "
+    "face person background hat flower mountain lake"
+).split()
+
+
+def build_clip_tokenizer() -> CLIPTokenizer:
+    """A CLIP BPE tokenizer with an in-code vocabulary.
+
+    The vocabulary is the 256 byte-level symbols (plain and word-final), the two CLIP specials and
+    the merges that spell a short list of words, so common prompt words become single tokens the way
+    they do with the real CLIP vocabulary. No file is read or downloaded.
+    """
+    vocab: dict[str, int] = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    symbols = list(bytes_to_unicode().values())
+    for suffix in ("", "</w>"):
+        for symbol in symbols:
+            vocab[symbol + suffix] = len(vocab)
+    merges: list[tuple[str, str]] = []
+    for word in _TOKENIZER_WORDS:
+        pieces = list(word[:-1]) + [word[-1] + "</w>"]
+        while len(pieces) > 1:
+            pair = (pieces[0], pieces[1])
+            if pair not in merges:
+                merges.append(pair)
+                vocab.setdefault(pair[0] + pair[1], len(vocab))
+            pieces = [pair[0] + pair[1], *pieces[2:]]
+    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=77)
+
+
+def build_sd15_inpaint(seed: int = 0) -> StableDiffusionInpaintPipeline:
+    """A tiny SD 1.5 inpainting pipeline: 9-channel UNet, 4-block VAE (scale factor 8), CLIP."""
+    tokenizer = build_clip_tokenizer()
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        block_out_channels=(32, 64),
+        layers_per_block=2,
+        sample_size=TINY_RESOLUTION // 8,
+        in_channels=9,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=32,
+        attention_head_dim=8,
+    )
+    torch.manual_seed(seed)
+    vae = AutoencoderKL(
+        block_out_channels=(32, 32, 64, 64),
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        latent_channels=4,
+        layers_per_block=1,
+        sample_size=TINY_RESOLUTION,
+    )
+    torch.manual_seed(seed)
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+            hidden_size=32,
+            intermediate_size=37,
+            layer_norm_eps=1e-05,
+            num_attention_heads=4,
+            num_hidden_layers=5,
+            vocab_size=len(tokenizer),
+            max_position_embeddings=77,
+        )
+    )
+    # The scheduler config of the real SD 1.5 inpainting checkpoint.
+    scheduler = PNDMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        num_train_timesteps=1000,
+        skip_prk_steps=True,
+        set_alpha_to_one=False,
+        steps_offset=1,
+    )
+    return StableDiffusionInpaintPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+
+
+def write_tiny_checkpoint(family: str, out: Path, seed: int = 0) -> Path:
+    """Write a tiny checkpoint in diffusers' ``save_pretrained`` layout; same seed, same bytes."""
+    if family not in FAMILIES:
+        raise ValueError(f"unknown family {family!r}; choose one of: {', '.join(FAMILIES)}")
+    pipeline = build_sd15_inpaint(seed)
+    out.mkdir(parents=True, exist_ok=True)
+    pipeline.save_pretrained(out, safe_serialization=True)
+    return out

@@ -1,0 +1,1 @@
+from triton_inpaint.triton.postprocess import TritonPythonModel  # noqa: F401

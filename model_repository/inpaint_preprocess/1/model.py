@@ -1,0 +1,1 @@
+from triton_inpaint.triton.preprocess import TritonPythonModel  # noqa: F401

@@ -1,0 +1,92 @@
+"""The public request parameters of one inpainting request: names, ranges, defaults, validation.
+
+This is the single place where ranges live. The Triton models validate with it, the CLI builds its
+help text from it, and the README documents what it says.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+
+from triton_inpaint.errors import InvalidInputError
+
+STEPS_RANGE = (1, 100)
+STRENGTH_RANGE = (0.0, 1.0)
+GUIDANCE_RANGE = (0.0, 50.0)
+SEED_RANGE = (0, 2**63 - 1)
+SIZE_MULTIPLE = 8
+SIZE_RANGE = (64, 2048)
+
+DEFAULT_STEPS = 20
+DEFAULT_STRENGTH = 0.8
+DEFAULT_GUIDANCE = 7.0
+
+
+def _check_range(field: str, value: float, bounds: tuple[float, float], kind: str) -> None:
+    lo, hi = bounds
+    if not lo <= value <= hi:
+        raise InvalidInputError(field, f"must be {kind} in [{lo}, {hi}], got {value}")
+
+
+def random_seed() -> int:
+    """A fresh seed for requests that did not send one; returned to the caller so it can be replayed."""
+    return secrets.randbelow(SEED_RANGE[1] + 1)
+
+
+@dataclass(frozen=True)
+class DenoiseParams:
+    """Controls of the denoising loop, validated; ``None`` inputs take the model's defaults."""
+
+    prompt: str
+    negative_prompt: str
+    steps: int
+    strength: float
+    guidance_scale: float
+    seed: int
+    scheduler: str | None
+    width: int | None
+    height: int | None
+
+    @classmethod
+    def from_inputs(
+        cls,
+        prompt: str | None,
+        negative_prompt: str | None = None,
+        steps: int | None = None,
+        strength: float | None = None,
+        guidance_scale: float | None = None,
+        seed: int | None = None,
+        scheduler: str | None = None,
+        width: int | None = None,
+        height: int | None = None,
+        default_steps: int = DEFAULT_STEPS,
+        default_guidance: float = DEFAULT_GUIDANCE,
+    ) -> DenoiseParams:
+        if prompt is None:
+            raise InvalidInputError("prompt", "is required")
+        steps = default_steps if steps is None else int(steps)
+        _check_range("steps", steps, STEPS_RANGE, "an integer")
+        strength = DEFAULT_STRENGTH if strength is None else float(strength)
+        _check_range("strength", strength, STRENGTH_RANGE, "a number")
+        guidance_scale = default_guidance if guidance_scale is None else float(guidance_scale)
+        _check_range("guidance_scale", guidance_scale, GUIDANCE_RANGE, "a number")
+        seed = random_seed() if seed is None else int(seed)
+        _check_range("seed", seed, SEED_RANGE, "an integer")
+        for field, value in (("width", width), ("height", height)):
+            if value is None:
+                continue
+            _check_range(field, int(value), SIZE_RANGE, "an integer")
+            if int(value) % SIZE_MULTIPLE:
+                raise InvalidInputError(field, f"must be a multiple of {SIZE_MULTIPLE}, got {value}")
+        return cls(
+            prompt=prompt,
+            negative_prompt=negative_prompt or "",
+            steps=steps,
+            strength=strength,
+            guidance_scale=guidance_scale,
+            seed=seed,
+            scheduler=scheduler or None,
+            width=None if width is None else int(width),
+            height=None if height is None else int(height),
+        )

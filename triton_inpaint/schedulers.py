@@ -1,0 +1,84 @@
+"""User-facing scheduler names mapped to diffusers scheduler classes.
+
+We never reimplement a scheduler: a name selects a diffusers class plus config overrides, and the
+scheduler is built with ``from_config`` on the checkpoint's own scheduler config, exactly as diffusers
+documents swapping schedulers.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import diffusers
+
+from triton_inpaint.errors import InvalidInputError
+
+
+@dataclass(frozen=True)
+class SchedulerSpec:
+    name: str
+    class_name: str
+    overrides: dict[str, Any] = field(default_factory=dict)
+    aliases: tuple[str, ...] = ()
+
+
+SCHEDULERS: tuple[SchedulerSpec, ...] = (
+    SchedulerSpec("DDIM", "DDIMScheduler"),
+    SchedulerSpec("Euler", "EulerDiscreteScheduler"),
+    SchedulerSpec("Euler a", "EulerAncestralDiscreteScheduler", aliases=("Euler ancestral",)),
+    SchedulerSpec("Heun", "HeunDiscreteScheduler"),
+    SchedulerSpec("DPM++ 2M", "DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++"}),
+    SchedulerSpec(
+        "DPM++ 2M Karras",
+        "DPMSolverMultistepScheduler",
+        {"algorithm_type": "dpmsolver++", "use_karras_sigmas": True},
+    ),
+    SchedulerSpec("DPM++ 2M SDE", "DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++"}),
+    SchedulerSpec(
+        "DPM++ 2M SDE Karras",
+        "DPMSolverMultistepScheduler",
+        {"algorithm_type": "sde-dpmsolver++", "use_karras_sigmas": True},
+    ),
+    SchedulerSpec("UniPC", "UniPCMultistepScheduler"),
+    SchedulerSpec("LCM", "LCMScheduler"),
+    SchedulerSpec("PNDM", "PNDMScheduler"),
+    SchedulerSpec("LMS", "LMSDiscreteScheduler"),
+)
+
+
+def _key(name: str) -> str:
+    return re.sub(r"[\s_\-]+", "", name).lower()
+
+
+_BY_KEY: dict[str, SchedulerSpec] = {}
+for _spec in SCHEDULERS:
+    for _name in (_spec.name, *_spec.aliases):
+        _BY_KEY[_key(_name)] = _spec
+    # A bare class name (as the reference API also accepts) means the class with its default config.
+    _BY_KEY.setdefault(_key(_spec.class_name), SchedulerSpec(_spec.class_name, _spec.class_name))
+
+
+def scheduler_names() -> list[str]:
+    return [spec.name for spec in SCHEDULERS]
+
+
+def resolve_scheduler(name: str) -> SchedulerSpec:
+    """Look a scheduler up by the name a user typed (case, spaces, dashes and underscores ignored)."""
+    spec = _BY_KEY.get(_key(name))
+    if spec is None:
+        raise InvalidInputError(
+            "scheduler", f"unknown scheduler {name!r}; choose one of: {', '.join(scheduler_names())}"
+        )
+    return spec
+
+
+def build_scheduler(name: str | None, base_config: dict[str, Any]) -> diffusers.SchedulerMixin:
+    """A fresh scheduler for one request; ``None`` keeps the checkpoint's own scheduler class."""
+    if name is None:
+        cls = getattr(diffusers, base_config["_class_name"])
+        return cls.from_config(base_config)
+    spec = resolve_scheduler(name)
+    cls = getattr(diffusers, spec.class_name)
+    return cls.from_config(base_config, **spec.overrides)

@@ -1,0 +1,272 @@
+"""Stable Diffusion inpainting (9-channel UNet), step for step as diffusers does it.
+
+This mirrors ``diffusers.StableDiffusionInpaintPipeline.__call__`` so the two can be read side by
+side: encode prompt, prepare timesteps, prepare image and mask, prepare latents, prepare mask latents,
+denoise, decode. Random numbers come from one seeded ``torch.Generator`` drawn in the pipeline's order
+(init-image encode when strength < 1, initial noise, masked-image encode, per-step noise), which is
+what makes the same seed give the same image as diffusers. The networks are reached only through
+:class:`~triton_inpaint.components.SDComponents`, so the same code runs in Triton (BLS calls) and in
+tests (onnxruntime or torch).
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from diffusers.image_processor import VaeImageProcessor
+from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+from diffusers.utils.torch_utils import randn_tensor
+from PIL import Image
+from transformers import CLIPTokenizer
+
+from triton_inpaint.components import SDComponents
+from triton_inpaint.errors import InvalidInputError
+from triton_inpaint.imaging import mask_to_pil
+from triton_inpaint.params import SIZE_MULTIPLE, DenoiseParams
+from triton_inpaint.schedulers import build_scheduler
+
+SPEC_FILE = "pipeline.json"
+
+
+@dataclass(frozen=True)
+class PipelineSpec:
+    """What the denoising loop needs to know about a checkpoint besides its networks."""
+
+    vae_scale_factor: int
+    vae_scaling_factor: float
+    latent_channels: int
+    unet_in_channels: int
+    native_resolution: int
+    default_steps: int = 20
+    default_guidance: float = 7.0
+
+    @classmethod
+    def from_diffusers(cls, pipeline: Any) -> PipelineSpec:
+        vae_scale_factor = 2 ** (len(pipeline.vae.config.block_out_channels) - 1)
+        return cls(
+            vae_scale_factor=vae_scale_factor,
+            vae_scaling_factor=float(pipeline.vae.config.scaling_factor),
+            latent_channels=int(pipeline.vae.config.latent_channels),
+            unet_in_channels=int(pipeline.unet.config.in_channels),
+            native_resolution=int(pipeline.unet.config.sample_size) * vae_scale_factor,
+        )
+
+    def save(self, directory: Path) -> None:
+        (directory / SPEC_FILE).write_text(json.dumps(asdict(self), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, directory: Path) -> PipelineSpec:
+        return cls(**json.loads((directory / SPEC_FILE).read_text()))
+
+
+def processing_size(image_width: int, image_height: int, native: int, params: DenoiseParams) -> tuple[int, int]:
+    """The (width, height) the model runs at.
+
+    An explicit width/height wins; a single one keeps the input's aspect ratio. By default the input
+    is scaled to the model's native pixel count (native x native) keeping its aspect ratio, rounded to
+    a multiple of 8, so any input size runs at the resolution the model was trained for.
+    """
+    aspect = image_width / image_height
+    if params.width and params.height:
+        return params.width, params.height
+
+    def snap(value: float) -> int:
+        return max(SIZE_MULTIPLE, int(round(value / SIZE_MULTIPLE)) * SIZE_MULTIPLE)
+
+    if params.width:
+        return params.width, snap(params.width / aspect)
+    if params.height:
+        return snap(params.height * aspect), params.height
+    return snap(native * math.sqrt(aspect)), snap(native / math.sqrt(aspect))
+
+
+class SDInpaintPipeline:
+    """One checkpoint's inpainting loop; holds no per-request state, so one instance serves all."""
+
+    def __init__(
+        self,
+        components: SDComponents,
+        tokenizer: CLIPTokenizer,
+        scheduler_config: dict[str, Any],
+        spec: PipelineSpec,
+    ) -> None:
+        if spec.unet_in_channels != 9:
+            raise ValueError(
+                f"this pipeline serves 9-channel inpainting UNets; the checkpoint has {spec.unet_in_channels}"
+            )
+        self.components = components
+        self.tokenizer = tokenizer
+        self.scheduler_config = dict(scheduler_config)
+        self.spec = spec
+        self.image_processor = VaeImageProcessor(vae_scale_factor=spec.vae_scale_factor)
+        self.mask_processor = VaeImageProcessor(
+            vae_scale_factor=spec.vae_scale_factor, do_normalize=False, do_binarize=True, do_convert_grayscale=True
+        )
+
+    @classmethod
+    def from_directory(cls, directory: Path, components: SDComponents) -> SDInpaintPipeline:
+        """Load tokenizer, scheduler config and spec from an exported denoise model directory."""
+        tokenizer = CLIPTokenizer.from_pretrained(directory / "tokenizer")
+        scheduler_config = json.loads((directory / "scheduler" / "scheduler_config.json").read_text())
+        return cls(components, tokenizer, scheduler_config, PipelineSpec.load(directory))
+
+    # -- steps, named after diffusers' ---------------------------------------------------------------
+
+    def encode_prompt(self, prompt: str, negative_prompt: str, do_cfg: bool) -> torch.Tensor:
+        def embed(text: str) -> torch.Tensor:
+            ids = self.tokenizer(
+                [text],
+                padding="max_length",
+                max_length=self.tokenizer.model_max_length,
+                truncation=True,
+                return_tensors="pt",
+            ).input_ids
+            return self.components.encode_text(ids)
+
+        prompt_embeds = embed(prompt)
+        if not do_cfg:
+            return prompt_embeds
+        # Unconditional and conditional halves batched into one UNet call per step, as diffusers does.
+        return torch.cat([embed(negative_prompt), prompt_embeds])
+
+    @staticmethod
+    def prepare_timesteps(scheduler: Any, steps: int, strength: float) -> torch.Tensor:
+        scheduler.set_timesteps(steps, device="cpu")
+        init_timestep = min(int(steps * strength), steps)
+        t_start = max(steps - init_timestep, 0)
+        timesteps = scheduler.timesteps[t_start * scheduler.order :]
+        if hasattr(scheduler, "set_begin_index"):
+            scheduler.set_begin_index(t_start * scheduler.order)
+        return timesteps
+
+    def prepare_image_and_mask(
+        self, image: np.ndarray, mask: np.ndarray, width: int, height: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        pil_image = Image.fromarray(image, mode="RGB")
+        init_image = self.image_processor.preprocess(pil_image, height=height, width=width).to(torch.float32)
+        mask_condition = self.mask_processor.preprocess(mask_to_pil(mask), height=height, width=width)
+        return init_image, mask_condition
+
+    def _encode_vae_image(self, image: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        parameters = self.components.encode_image(image)
+        latents = DiagonalGaussianDistribution(parameters).sample(generator)
+        return self.spec.vae_scaling_factor * latents
+
+    def prepare_latents(
+        self,
+        scheduler: Any,
+        init_image: torch.Tensor,
+        latent_timestep: torch.Tensor,
+        is_strength_max: bool,
+        generator: torch.Generator,
+    ) -> torch.Tensor:
+        _, _, height, width = init_image.shape
+        shape = (
+            1,
+            self.spec.latent_channels,
+            height // self.spec.vae_scale_factor,
+            width // self.spec.vae_scale_factor,
+        )
+        image_latents = None if is_strength_max else self._encode_vae_image(init_image, generator)
+        noise = randn_tensor(shape, generator=generator, dtype=torch.float32)
+        if is_strength_max:
+            return noise * scheduler.init_noise_sigma
+        return scheduler.add_noise(image_latents, noise, latent_timestep)
+
+    def prepare_mask_latents(
+        self,
+        init_image: torch.Tensor,
+        mask_condition: torch.Tensor,
+        generator: torch.Generator,
+        do_cfg: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        _, _, height, width = init_image.shape
+        masked_image = init_image * (mask_condition < 0.5)
+        mask = torch.nn.functional.interpolate(
+            mask_condition, size=(height // self.spec.vae_scale_factor, width // self.spec.vae_scale_factor)
+        )
+        masked_image_latents = self._encode_vae_image(masked_image, generator)
+        if do_cfg:
+            mask = torch.cat([mask] * 2)
+            masked_image_latents = torch.cat([masked_image_latents] * 2)
+        return mask, masked_image_latents
+
+    def denoise(
+        self,
+        scheduler: Any,
+        timesteps: torch.Tensor,
+        latents: torch.Tensor,
+        mask: torch.Tensor,
+        masked_image_latents: torch.Tensor,
+        prompt_embeds: torch.Tensor,
+        guidance_scale: float,
+        generator: torch.Generator,
+    ) -> torch.Tensor:
+        do_cfg = prompt_embeds.shape[0] == 2 * latents.shape[0]
+        step_kwargs: dict[str, Any] = {}
+        step_parameters = set(inspect.signature(scheduler.step).parameters)
+        if "eta" in step_parameters:
+            step_kwargs["eta"] = 0.0
+        if "generator" in step_parameters:
+            step_kwargs["generator"] = generator
+        for t in timesteps:
+            latent_model_input = torch.cat([latents] * 2) if do_cfg else latents
+            latent_model_input = scheduler.scale_model_input(latent_model_input, t)
+            latent_model_input = torch.cat([latent_model_input, mask, masked_image_latents], dim=1)
+            timestep = torch.full((latent_model_input.shape[0], 1), float(t), dtype=torch.float32)
+            noise_pred = self.components.predict_noise(latent_model_input, timestep, prompt_embeds)
+            if do_cfg:
+                noise_pred_uncond, noise_pred_text = noise_pred.chunk(2)
+                noise_pred = noise_pred_uncond + guidance_scale * (noise_pred_text - noise_pred_uncond)
+            latents = scheduler.step(noise_pred, t, latents, **step_kwargs, return_dict=False)[0]
+        return latents
+
+    def decode(self, latents: torch.Tensor) -> np.ndarray:
+        image = self.components.decode_latents(latents / self.spec.vae_scaling_factor)
+        images = self.image_processor.postprocess(image, output_type="np")
+        return (images * 255).round().astype(np.uint8)
+
+    # -- the whole request ---------------------------------------------------------------------------
+
+    def __call__(self, image: np.ndarray, mask: np.ndarray, params: DenoiseParams) -> np.ndarray:
+        """Inpaint ``image`` (H, W, 3 uint8) where ``mask`` (H, W in [0, 1]) is set.
+
+        Returns the generated image at the processing size, (h, w, 3) uint8, before compositing.
+        """
+        width, height = processing_size(image.shape[1], image.shape[0], self.spec.native_resolution, params)
+        scheduler = build_scheduler(params.scheduler, self.scheduler_config)
+        timesteps = self.prepare_timesteps(scheduler, params.steps, params.strength)
+        if len(timesteps) == 0:
+            raise InvalidInputError(
+                "strength",
+                f"{params.strength} with steps={params.steps} leaves no denoising step "
+                "(int(steps * strength) must be at least 1); raise strength or steps",
+            )
+        do_cfg = params.guidance_scale > 1.0
+        generator = torch.Generator("cpu").manual_seed(params.seed)
+        prompt_embeds = self.encode_prompt(params.prompt, params.negative_prompt, do_cfg)
+        init_image, mask_condition = self.prepare_image_and_mask(image, mask, width, height)
+        latents = self.prepare_latents(
+            scheduler, init_image, timesteps[:1], params.strength == 1.0, generator
+        )
+        mask_latents, masked_image_latents = self.prepare_mask_latents(
+            init_image, mask_condition, generator, do_cfg
+        )
+        latents = self.denoise(
+            scheduler,
+            timesteps,
+            latents,
+            mask_latents,
+            masked_image_latents,
+            prompt_embeds,
+            params.guidance_scale,
+            generator,
+        )
+        return self.decode(latents)[0]

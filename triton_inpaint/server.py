@@ -1,0 +1,236 @@
+"""Start and stop the real ``tritonserver`` binary bundled in the ``nvidia-pytriton`` wheel.
+
+The wheel carries a CPU-capable tritonserver 2.51 and its Python backend; we use it only as a carrier
+of the binary. Three things make it work from a virtual environment (see shared/ENVIRONMENT.md): the
+Python backend stub for this interpreter copied next to ``libtriton_python.so`` in a backend folder we
+own, the venv's ``bin`` first on ``PATH`` (the stub takes its site-packages from the first ``python3``),
+and the interpreter's ``LIBDIR`` on ``LD_LIBRARY_PATH`` (the stub links ``libpython3.11.so``).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+import threading
+import time
+import urllib.request
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+class ServerError(RuntimeError):
+    """The server could not start or became unusable; the message says why in Triton's words."""
+
+
+def _pytriton_root() -> Path:
+    try:
+        import pytriton
+    except ImportError as exc:  # pragma: no cover - a broken install
+        raise ServerError("nvidia-pytriton is not installed; it carries the tritonserver binary") from exc
+    return Path(pytriton.__file__).parent / "tritonserver"
+
+
+def tritonserver_binary() -> Path:
+    return _pytriton_root() / "bin" / "tritonserver"
+
+
+def prepare_backend_dir(target: Path | None = None) -> Path:
+    """A backend folder holding the Python backend and the stub for this interpreter (idempotent)."""
+    root = _pytriton_root()
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    stub = root / "python_backend_stubs" / version / "triton_python_backend_stub"
+    if not stub.is_file():
+        raise ServerError(f"the tritonserver bundle has no Python backend stub for Python {version}")
+    target = target or Path(sys.prefix) / "share" / "triton-inpaint" / "backends"
+    python_dir = target / "python"
+    python_dir.mkdir(parents=True, exist_ok=True)
+    for source in [*sorted((root / "backends" / "python").iterdir()), stub]:
+        destination = python_dir / source.name
+        if source.is_file() and (
+            not destination.exists() or destination.stat().st_size != source.stat().st_size
+        ):
+            tmp = destination.with_suffix(".tmp")
+            shutil.copy2(source, tmp)
+            tmp.replace(destination)
+    return target
+
+
+def server_environment() -> dict[str, str]:
+    env = dict(os.environ)
+    bin_dir = str(Path(sys.executable).parent)
+    env["PATH"] = os.pathsep.join([bin_dir, env.get("PATH", "")])
+    libdir = sysconfig.get_config_var("LIBDIR") or ""
+    # The backend and stub find the wheel's vendored libraries through an RPATH relative to where the
+    # wheel put them; our copies live elsewhere, so name that folder explicitly.
+    vendored = str(_pytriton_root().parent.parent / "nvidia_pytriton.libs")
+    env["LD_LIBRARY_PATH"] = os.pathsep.join(
+        p for p in [libdir, vendored, env.get("LD_LIBRARY_PATH", "")] if p
+    )
+    return env
+
+
+def port_is_free(port: int, host: str = "0.0.0.0") -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+_LOAD_FAILURE = re.compile(r"failed to load '([^']+)' version \d+: (.*)")
+_TABLE_FAILURE = re.compile(r"^\|\s*(\S+)\s*\|\s*\d+\s*\|\s*UNAVAILABLE: (.*?)\s*\|?$")
+
+
+@dataclass
+class TritonServer:
+    """One tritonserver process. Use as a context manager, or ``start()`` / ``stop()``."""
+
+    repositories: Sequence[Path]
+    http_port: int = 8000
+    grpc_port: int = 8001
+    metrics_port: int = 8002
+    log: Callable[[str], None] | None = None
+    extra_args: Sequence[str] = ()
+    process: subprocess.Popen | None = field(default=None, init=False)
+    _lines: list[str] = field(default_factory=list, init=False)
+    _reader: threading.Thread | None = field(default=None, init=False)
+
+    @property
+    def http_url(self) -> str:
+        return f"127.0.0.1:{self.http_port}"
+
+    @property
+    def grpc_url(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+    @property
+    def pid(self) -> int | None:
+        return None if self.process is None else self.process.pid
+
+    def command(self) -> list[str]:
+        args = [str(tritonserver_binary())]
+        args += [f"--model-repository={Path(repo).resolve()}" for repo in self.repositories]
+        args += [
+            f"--backend-directory={prepare_backend_dir()}",
+            f"--http-port={self.http_port}",
+            f"--grpc-port={self.grpc_port}",
+            f"--metrics-port={self.metrics_port}",
+            "--allow-gpu-metrics=false",
+            "--strict-readiness=true",
+            "--exit-on-error=true",
+            *self.extra_args,
+        ]
+        return args
+
+    def _check_inputs(self) -> None:
+        for repo in self.repositories:
+            if not Path(repo).is_dir():
+                raise ServerError(f"--repository {repo}: no such folder")
+        ports = {"--http-port": self.http_port, "--grpc-port": self.grpc_port, "--metrics-port": self.metrics_port}
+        if len(set(ports.values())) != len(ports):
+            raise ServerError(f"ports must differ: {ports}")
+        for flag, port in ports.items():
+            if not port_is_free(port):
+                raise ServerError(f"{flag} {port}: the port is already in use; choose another")
+
+    def _read_output(self) -> None:
+        assert self.process is not None and self.process.stdout is not None
+        for raw in self.process.stdout:
+            line = raw.rstrip("\n")
+            self._lines.append(line)
+            if self.log is not None:
+                self.log(line)
+
+    def start(self, timeout: float = 300.0) -> TritonServer:
+        """Launch the server and return once every model is ready; raise ``ServerError`` otherwise."""
+        self._check_inputs()
+        self.process = subprocess.Popen(
+            self.command(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=server_environment(),
+            start_new_session=True,  # our signal handler, not the terminal, decides when it stops
+        )
+        self._reader = threading.Thread(target=self._read_output, daemon=True)
+        self._reader.start()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                self._reader.join(timeout=5)
+                raise ServerError(self.failure_reason())
+            if self.is_ready():
+                return self
+            time.sleep(0.25)
+        self.stop()
+        raise ServerError(f"tritonserver was not ready after {timeout:.0f} s; {self.failure_reason()}")
+
+    def is_ready(self) -> bool:
+        try:
+            url = f"http://{self.http_url}/v2/health/ready"
+            with urllib.request.urlopen(url, timeout=2) as response:
+                return response.status == 200
+        except OSError:
+            return False
+
+    def failure_reason(self) -> str:
+        """The model-load failures (with Triton's reasons) or the last log lines."""
+        failures = []
+        for line in self._lines:
+            for pattern in (_LOAD_FAILURE, _TABLE_FAILURE):
+                match = pattern.search(line)
+                if match:
+                    failures.append(f"model '{match.group(1)}' failed to load: {match.group(2).strip()}")
+        if failures:
+            return "; ".join(dict.fromkeys(failures))
+        tail = "\n".join(self._lines[-15:])
+        code = None if self.process is None else self.process.poll()
+        return f"tritonserver exited with code {code}. Last log lines:\n{tail}"
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """SIGTERM, then SIGKILL after ``timeout``; also reaps the backend stubs of its process group."""
+        if self.process is None:
+            return
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+        try:  # stubs left behind by a killed server share its process group
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        if self._reader is not None:
+            self._reader.join(timeout=5)
+
+    def __enter__(self) -> TritonServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def ready_models(http_url: str) -> list[str]:
+    """Names of the models the server reports ready (from the repository index)."""
+    import json
+
+    request = urllib.request.Request(f"http://{http_url}/v2/repository/index", data=b"{}", method="POST")
+    with urllib.request.urlopen(request, timeout=5) as response:
+        index = json.loads(response.read())
+    return sorted(entry["name"] for entry in index if entry.get("state") == "READY")

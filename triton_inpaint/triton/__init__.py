@@ -1,0 +1,1 @@
+"""Triton Python-backend model implementations; each model.py in a repository re-exports one."""

@@ -1,0 +1,67 @@
+"""``<NAME>_denoise``: the BLS loop that runs one checkpoint's networks as Triton models.
+
+The version directory holds ``pipeline.json``, ``tokenizer/`` and ``scheduler/`` written by the export
+step; the config's ``submodel_prefix`` parameter names the four network models (``<prefix>_unet`` ...).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+from triton_inpaint.components import SUBMODELS, RunnerComponents
+from triton_inpaint.params import DenoiseParams
+from triton_inpaint.sd_inpaint import SDInpaintPipeline
+from triton_inpaint.triton.io import number, respond_each, tensor, text
+
+
+def bls_run(model: str, inputs: dict[str, np.ndarray], output: str) -> np.ndarray:
+    request = pb_utils.InferenceRequest(
+        model_name=model,
+        requested_output_names=[output],
+        inputs=[pb_utils.Tensor(name, array) for name, array in inputs.items()],
+    )
+    response = request.exec()
+    if response.has_error():
+        raise RuntimeError(f"{model}: {response.error().message()}")
+    return pb_utils.get_output_tensor_by_name(response, output).as_numpy()
+
+
+class TritonPythonModel:
+    def initialize(self, args: dict[str, Any]) -> None:
+        self.logger = pb_utils.Logger
+        config = json.loads(args["model_config"])
+        prefix = config["parameters"]["submodel_prefix"]["string_value"]
+        directory = Path(args["model_repository"]) / args["model_version"]
+        components = RunnerComponents(bls_run, {role: f"{prefix}_{role}" for role in SUBMODELS})
+        self.pipeline = SDInpaintPipeline.from_directory(directory, components)
+
+    def _handle(self, request: Any) -> list[Any]:
+        spec = self.pipeline.spec
+        params = DenoiseParams.from_inputs(
+            prompt=text(request, "prompt", required=True),
+            negative_prompt=text(request, "negative_prompt"),
+            steps=number(request, "steps"),
+            strength=number(request, "strength"),
+            guidance_scale=number(request, "guidance_scale"),
+            seed=number(request, "seed"),
+            scheduler=text(request, "scheduler"),
+            width=number(request, "width"),
+            height=number(request, "height"),
+            default_steps=spec.default_steps,
+            default_guidance=spec.default_guidance,
+        )
+        image = tensor(request, "original_image", required=True)
+        mask = tensor(request, "soft_mask", required=True)
+        generated = self.pipeline(image, mask, params)
+        return [
+            pb_utils.Tensor("generated_image", generated),
+            pb_utils.Tensor("output_seed", np.array([params.seed], dtype=np.int64)),
+        ]
+
+    def execute(self, requests: list[Any]) -> list[Any]:
+        return respond_each(requests, self._handle, self.logger)

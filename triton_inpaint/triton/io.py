@@ -1,0 +1,77 @@
+"""Reading request tensors and answering errors, shared by every Python-backend model.
+
+Only importable inside the Triton Python backend stub (``triton_python_backend_utils``).
+"""
+
+from __future__ import annotations
+
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+from triton_inpaint.errors import InvalidInputError
+
+
+def tensor(request: Any, name: str, required: bool = False) -> np.ndarray | None:
+    found = pb_utils.get_input_tensor_by_name(request, name)
+    if found is None:
+        if required:
+            raise InvalidInputError(name, "is required")
+        return None
+    return found.as_numpy()
+
+
+def single(request: Any, name: str, required: bool = False) -> Any:
+    """The one element of a shape-[1] input, or None when the optional input is absent."""
+    array = tensor(request, name, required)
+    if array is None:
+        return None
+    if array.size != 1:
+        raise InvalidInputError(name, f"must hold exactly one value, got shape {list(array.shape)}")
+    return array.reshape(-1)[0]
+
+
+def text(request: Any, name: str, required: bool = False) -> str | None:
+    value = single(request, name, required)
+    if value is None:
+        return None
+    if isinstance(value, bytes):
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError:
+            raise InvalidInputError(name, "is not valid UTF-8 text") from None
+    return str(value)
+
+
+def raw_bytes(request: Any, name: str, required: bool = False) -> bytes | None:
+    value = single(request, name, required)
+    return None if value is None else bytes(value)
+
+
+def number(request: Any, name: str) -> Any:
+    value = single(request, name)
+    return None if value is None else value.item()
+
+
+def _error(message: str, invalid_argument: bool) -> Any:
+    code = getattr(pb_utils.TritonError, "INVALID_ARG" if invalid_argument else "INTERNAL", None)
+    return pb_utils.TritonError(message) if code is None else pb_utils.TritonError(message, code)
+
+
+def respond_each(requests: list[Any], handle: Callable[[Any], list[Any]], logger: Any) -> list[Any]:
+    """Answer each request on its own: one bad request gets its error, the others their results."""
+    responses = []
+    for request in requests:
+        try:
+            responses.append(pb_utils.InferenceResponse(output_tensors=handle(request)))
+        except InvalidInputError as exc:
+            responses.append(pb_utils.InferenceResponse(error=_error(str(exc), invalid_argument=True)))
+        except Exception as exc:  # noqa: BLE001 - one request's failure must not fail the batch
+            logger.log_error(f"request {request.request_id()!r} failed: {traceback.format_exc()}")
+            responses.append(
+                pb_utils.InferenceResponse(error=_error(f"internal error: {exc}", invalid_argument=False))
+            )
+    return responses
