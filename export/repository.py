@@ -142,7 +142,9 @@ def export_checkpoint(
 ) -> list[ExportCheck]:
     """Export ``checkpoint`` (a diffusers SD 1.5/2 inpainting folder) as Triton models named ``name``."""
     from diffusers import StableDiffusionInpaintPipeline
+    from diffusers.utils import logging as diffusers_logging
 
+    diffusers_logging.disable_progress_bar()
     options = options or ExportOptions()
     check_name(name)
     if not (checkpoint / "model_index.json").is_file():

@@ -89,15 +89,21 @@ def build_sd15_inpaint(seed: int = 0) -> StableDiffusionInpaintPipeline:
             max_position_embeddings=77,
         )
     )
-    # The scheduler config of the real SD 1.5 inpainting checkpoint.
-    scheduler = PNDMScheduler(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        num_train_timesteps=1000,
-        skip_prk_steps=True,
-        set_alpha_to_one=False,
-        steps_offset=1,
+    # The scheduler config of the real SD 1.5 inpainting checkpoint, ``clip_sample: false`` included:
+    # every scheduler swapped in by name inherits it. It matters for tests too: DDIM's default
+    # clip_sample=True makes a random-weight model chaotic (a 1e-7 change in one UNet output moves the
+    # final image by 8/255), while with the real config ONNX and torch agree to 1/255.
+    scheduler = PNDMScheduler.from_config(
+        {
+            "beta_start": 0.00085,
+            "beta_end": 0.012,
+            "beta_schedule": "scaled_linear",
+            "num_train_timesteps": 1000,
+            "skip_prk_steps": True,
+            "set_alpha_to_one": False,
+            "steps_offset": 1,
+            "clip_sample": False,
+        }
     )
     return StableDiffusionInpaintPipeline(
         vae=vae,

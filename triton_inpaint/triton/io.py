@@ -52,8 +52,17 @@ def raw_bytes(request: Any, name: str, required: bool = False) -> bytes | None:
 
 
 def number(request: Any, name: str) -> Any:
+    """A numeric scalar as a Python number.
+
+    FP32 inputs become the shortest decimal that round-trips in float32 (what the caller typed):
+    0.7 arrives as 0.699999988, and int(10 * 0.699999988) would run 6 steps where diffusers runs 7.
+    """
     value = single(request, name)
-    return None if value is None else value.item()
+    if value is None:
+        return None
+    if isinstance(value, np.floating) and value.dtype == np.float32:
+        return float(str(value))
+    return value.item()
 
 
 def _error(message: str, invalid_argument: bool) -> Any:

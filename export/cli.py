@@ -1,0 +1,68 @@
+"""``triton-inpaint export tiny|onnx``."""
+
+from __future__ import annotations
+
+import argparse
+import time
+import warnings
+from pathlib import Path
+
+from triton_inpaint.export.tiny import FAMILIES
+
+
+def _tiny(args: argparse.Namespace) -> int:
+    from triton_inpaint.export.tiny import write_tiny_checkpoint
+
+    out = write_tiny_checkpoint(args.family, args.out, seed=args.seed)
+    print(f"wrote tiny {args.family} checkpoint (seed {args.seed}, random weights) to {out}")
+    return 0
+
+
+def _onnx(args: argparse.Namespace) -> int:
+    from triton_inpaint.export.repository import ExportOptions, export_checkpoint
+
+    started = time.monotonic()
+    with warnings.catch_warnings():
+        # torch's tracer warns about every Python-level shape check in diffusers; none affects the
+        # exported graphs, which verify_onnx checks numerically at a shape other than the traced one.
+        warnings.simplefilter("ignore")
+        checks = export_checkpoint(
+            args.checkpoint,
+            args.name,
+            args.repository,
+            ExportOptions(denoise_instances=args.denoise_instances),
+            log=lambda message: print(message, flush=True),
+        )
+    for check in checks:
+        print(f"  {check.submodel:<13} max |onnx - torch| = {check.max_abs_diff:.2e}  ({check.path})")
+    print(f"wrote models '{args.name}_*' and ensemble 'inpaint_{args.name}' to {args.repository} "
+          f"in {time.monotonic() - started:.1f} s")
+    return 0
+
+
+def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
+    export = subparsers.add_parser("export", help="build tiny checkpoints; export checkpoints to Triton models")
+    commands = export.add_subparsers(dest="export_command", required=True, metavar="{tiny,onnx}")
+
+    tiny = commands.add_parser(
+        "tiny",
+        help="write a tiny checkpoint with seeded random weights (offline; for tests and the demo)",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    tiny.add_argument("--family", choices=FAMILIES, default=FAMILIES[0], help="checkpoint family")
+    tiny.add_argument("--out", type=Path, required=True, help="folder to write (diffusers save_pretrained layout)")
+    tiny.add_argument("--seed", type=int, default=0, help="weights seed; same seed, same bytes")
+    tiny.set_defaults(handler=_tiny)
+
+    onnx = commands.add_parser(
+        "onnx",
+        help="export a diffusers SD 1.5/2 inpainting checkpoint folder to ONNX Triton models",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    onnx.add_argument("--checkpoint", type=Path, required=True, help="diffusers checkpoint folder")
+    onnx.add_argument("--name", required=True, help="model name: models are '<name>_*', the ensemble 'inpaint_<name>'")
+    onnx.add_argument("--repository", type=Path, required=True, help="Triton model repository to write into")
+    onnx.add_argument("--denoise-instances", type=int, default=2, choices=range(1, 17), metavar="1-16",
+                      help="concurrent requests the denoise model runs (Triton instance count)")
+    onnx.set_defaults(handler=_onnx)
+

@@ -1,0 +1,66 @@
+"""Shared fixtures: one tiny checkpoint, one export and one real tritonserver per test session."""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+BUILTIN_REPOSITORY = REPO_ROOT / "model_repository"
+MODEL = "tiny"
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from triton_inpaint.export.tiny import write_tiny_checkpoint
+
+    return write_tiny_checkpoint("sd15-inpaint", tmp_path_factory.mktemp("checkpoint") / "tiny", seed=0)
+
+
+@pytest.fixture(scope="session")
+def scheduler_config(tiny_checkpoint: Path) -> dict:
+    """The checkpoint's saved scheduler config: every scheduler swap starts from it, as the server's does."""
+    return json.loads((tiny_checkpoint / "scheduler" / "scheduler_config.json").read_text())
+
+
+@pytest.fixture(scope="session")
+def reference_pipeline(tiny_checkpoint: Path):
+    from diffusers import StableDiffusionInpaintPipeline
+
+    pipeline = StableDiffusionInpaintPipeline.from_pretrained(tiny_checkpoint, safety_checker=None)
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline
+
+
+@pytest.fixture(scope="session")
+def exported_repository(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory):
+    from triton_inpaint.export.repository import export_checkpoint
+
+    repository = tmp_path_factory.mktemp("repository")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        checks = export_checkpoint(tiny_checkpoint, MODEL, repository, log=lambda _: None)
+    return repository, checks
+
+
+@pytest.fixture(scope="session")
+def triton_server(exported_repository) -> Iterator[object]:
+    from triton_inpaint.server import TritonServer, free_port
+
+    repository, _ = exported_repository
+    server = TritonServer([BUILTIN_REPOSITORY, repository], free_port(), free_port(), free_port())
+    server.start(timeout=300)
+    try:
+        yield server
+    finally:
+        server.stop()
+        assert server.process.poll() is not None, "tritonserver survived stop()"

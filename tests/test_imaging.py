@@ -1,0 +1,82 @@
+import io
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+from PIL import Image
+
+from triton_inpaint.compositing import composite
+from triton_inpaint.errors import InvalidInputError
+from triton_inpaint.imaging import decode_image, decode_mask, encode_image
+
+
+def _encode(image: Image.Image, fmt: str) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG", "WEBP"])
+def test_decode_accepted_formats(fmt):
+    pixels = np.full((16, 24, 3), (10, 120, 230), np.uint8)
+    decoded = decode_image(_encode(Image.fromarray(pixels), fmt))
+    assert decoded.shape == (16, 24, 3) and decoded.dtype == np.uint8
+    assert np.abs(decoded.astype(int) - pixels).max() <= 3  # lossy formats
+
+
+def test_png_roundtrip_is_exact():
+    pixels = np.random.default_rng(0).integers(0, 256, (9, 13, 3), dtype=np.uint8)
+    assert np.array_equal(decode_image(encode_image(pixels)), pixels)
+
+
+@pytest.mark.parametrize("data", [b"", b"not an image", b"\x89PNG\r\n\x1a\n truncated"])
+def test_undecodable_names_the_field(data):
+    with pytest.raises(InvalidInputError) as info:
+        decode_image(data, "image")
+    assert info.value.field == "image"
+    assert "PNG" in str(info.value) or "decoded" in str(info.value) or "empty" in str(info.value)
+
+
+def test_other_formats_refused():
+    with pytest.raises(InvalidInputError, match="format GIF is not accepted"):
+        decode_image(_encode(Image.new("RGB", (4, 4)), "GIF"))
+
+
+@pytest.mark.parametrize("mode", ["L", "RGB", "RGBA"])
+def test_mask_modes_give_soft_mask(mode):
+    grey = np.array([[0, 128, 255]], np.uint8)
+    image = Image.fromarray(grey, "L").convert(mode)
+    mask = decode_mask(_encode(image, "PNG"))
+    assert mask.shape == (1, 3)
+    assert mask[0, 0] == 0.0 and mask[0, 2] == 1.0 and abs(mask[0, 1] - 128 / 255) < 1e-6
+
+
+pixels = arrays(np.uint8, (8, 12, 3))
+masks = arrays(np.float32, (8, 12), elements=st.floats(0, 1, width=32))
+
+
+@settings(max_examples=50, deadline=None)
+@given(pixels, pixels)
+def test_zero_mask_leaves_image_unchanged(original, generated):
+    assert np.array_equal(composite(original, generated, np.zeros((8, 12), np.float32)), original)
+
+
+@settings(max_examples=50, deadline=None)
+@given(pixels, pixels, masks)
+def test_pixels_where_mask_is_zero_are_untouched_and_one_is_generated(original, generated, mask):
+    mask = np.where(mask < 0.3, 0.0, np.where(mask > 0.7, 1.0, mask)).astype(np.float32)
+    out = composite(original, generated, mask)
+    assert np.array_equal(out[mask == 0], original[mask == 0])
+    assert np.array_equal(out[mask == 1], generated[mask == 1])
+    expected = mask[..., None] * generated + (1 - mask[..., None]) * original.astype(np.float32)
+    assert np.abs(out.astype(np.float32) - expected).max() <= 0.5 + 1e-4
+
+
+def test_composite_resizes_generated_to_original_size():
+    original = np.zeros((20, 30, 3), np.uint8)
+    generated = np.full((16, 24, 3), 200, np.uint8)
+    out = composite(original, generated, np.ones((20, 30), np.float32))
+    assert out.shape == (20, 30, 3)
+    assert np.abs(out.astype(int) - 200).max() <= 1

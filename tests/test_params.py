@@ -1,0 +1,40 @@
+import pytest
+
+from triton_inpaint.errors import InvalidInputError
+from triton_inpaint.params import DEFAULT_STEPS, DEFAULT_STRENGTH, SEED_RANGE, DenoiseParams
+
+
+def test_defaults_and_random_seed():
+    params = DenoiseParams.from_inputs("a cat")
+    assert params.steps == DEFAULT_STEPS
+    assert params.strength == DEFAULT_STRENGTH
+    assert params.negative_prompt == ""
+    assert SEED_RANGE[0] <= params.seed <= SEED_RANGE[1]
+    seeds = {DenoiseParams.from_inputs("a cat").seed for _ in range(3)} | {params.seed}
+    assert len(seeds) > 1, "absent seeds must be drawn at random"
+
+
+@pytest.mark.parametrize(
+    ("field", "kwargs", "allowed"),
+    [
+        ("steps", {"steps": 0}, "[1, 100]"),
+        ("steps", {"steps": 101}, "[1, 100]"),
+        ("strength", {"strength": -0.1}, "[0.0, 1.0]"),
+        ("strength", {"strength": 1.01}, "[0.0, 1.0]"),
+        ("guidance_scale", {"guidance_scale": 51}, "[0.0, 50.0]"),
+        ("seed", {"seed": -1}, "[0, 9223372036854775807]"),
+        ("width", {"width": 100}, "multiple of 8"),
+        ("height", {"height": 4096}, "[64, 2048]"),
+    ],
+)
+def test_out_of_range_names_field_and_range(field, kwargs, allowed):
+    with pytest.raises(InvalidInputError) as info:
+        DenoiseParams.from_inputs("a cat", **kwargs)
+    assert info.value.field == field
+    assert str(info.value).startswith(f"{field}: ")
+    assert allowed in str(info.value)
+
+
+def test_prompt_required():
+    with pytest.raises(InvalidInputError, match="prompt: is required"):
+        DenoiseParams.from_inputs(None)

@@ -1,0 +1,105 @@
+"""The pipeline logic itself against diffusers, without a server: torch modules and ONNX graphs."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from tests.helpers import irregular_mask, make_image
+from triton_inpaint.components import SUBMODELS, RunnerComponents, TorchComponents, onnx_runner
+from triton_inpaint.params import DenoiseParams
+from triton_inpaint.schedulers import build_scheduler
+from triton_inpaint.sd_inpaint import PipelineSpec, SDInpaintPipeline, processing_size
+
+PROMPT = "a red apple on a wooden table"
+
+
+def reference(pipe, config, image, mask, scheduler, strength, steps=8, guidance=7.0, seed=7):
+    pipe.scheduler = build_scheduler(scheduler, config)
+    out = pipe(
+        prompt=PROMPT, image=Image.fromarray(image), mask_image=Image.fromarray(mask),
+        num_inference_steps=steps, strength=strength, guidance_scale=guidance,
+        generator=torch.Generator().manual_seed(seed), width=image.shape[1], height=image.shape[0],
+        output_type="np",
+    ).images[0]
+    return (out * 255).round().astype(np.uint8)
+
+
+def ours(pipeline, image, mask, scheduler, strength, steps=8, guidance=7.0, seed=7):
+    params = DenoiseParams.from_inputs(
+        PROMPT, steps=steps, strength=strength, guidance_scale=guidance, seed=seed, scheduler=scheduler,
+        width=image.shape[1], height=image.shape[0],
+    )
+    return pipeline(image, mask.astype(np.float32) / 255.0, params)
+
+
+@pytest.fixture(scope="module")
+def torch_pipeline(reference_pipeline, scheduler_config):
+    pipe = reference_pipeline
+    return SDInpaintPipeline(
+        TorchComponents(pipe), pipe.tokenizer, scheduler_config, PipelineSpec.from_diffusers(pipe)
+    )
+
+
+@pytest.fixture(scope="module")
+def onnx_pipeline(exported_repository, torch_pipeline):
+    repository, _ = exported_repository
+    run = onnx_runner({role: repository / f"tiny_{role}" / "1" / "model.onnx" for role in SUBMODELS})
+    return SDInpaintPipeline.from_directory(repository / "tiny_denoise" / "1", RunnerComponents(run))
+
+
+@pytest.mark.parametrize("scheduler", ["DDIM", "Euler", "Euler a", "DPM++ 2M", "DPM++ 2M SDE", "PNDM", "UniPC"])
+@pytest.mark.parametrize("strength", [1.0, 0.6])
+def test_torch_components_match_diffusers(reference_pipeline, scheduler_config, torch_pipeline, scheduler, strength):
+    image, mask = make_image(), irregular_mask()
+    got = ours(torch_pipeline, image, mask, scheduler, strength)
+    want = reference(reference_pipeline, scheduler_config, image, mask, scheduler, strength)
+    diff = np.abs(got.astype(int) - want.astype(int))
+    print(f"torch {scheduler} strength={strength}: max {diff.max()}/255 mean {diff.mean():.4f}/255")
+    # Same modules, same random stream: only float rounding in timestep dtype may differ.
+    assert diff.max() <= 1
+
+
+@pytest.mark.parametrize("strength", [1.0, 0.6])
+def test_onnx_components_match_diffusers(reference_pipeline, scheduler_config, onnx_pipeline, strength):
+    image, mask = make_image(), irregular_mask()
+    got = ours(onnx_pipeline, image, mask, "DDIM", strength)
+    want = reference(reference_pipeline, scheduler_config, image, mask, "DDIM", strength)
+    diff = np.abs(got.astype(int) - want.astype(int))
+    print(f"onnx DDIM strength={strength}: max {diff.max()}/255 mean {diff.mean():.4f}/255")
+    assert diff.max() <= 3
+
+
+def test_guidance_at_most_one_skips_the_unconditional_half(torch_pipeline, reference_pipeline, scheduler_config):
+    calls = []
+    unet = torch_pipeline.components.predict_noise
+
+    def counting(sample, timestep, states):
+        calls.append(sample.shape[0])
+        return unet(sample, timestep, states)
+
+    torch_pipeline.components.predict_noise = counting
+    try:
+        image, mask = make_image(), irregular_mask()
+        got = ours(torch_pipeline, image, mask, "DDIM", 1.0, steps=3, guidance=1.0)
+    finally:
+        del torch_pipeline.components.predict_noise
+    assert calls == [1, 1, 1]
+    want = reference(reference_pipeline, scheduler_config, image, mask, "DDIM", 1.0, steps=3, guidance=1.0)
+    assert np.abs(got.astype(int) - want.astype(int)).max() <= 1
+
+
+@pytest.mark.parametrize(
+    ("size", "params", "expected"),
+    [
+        ((160, 96), {"width": 160, "height": 96}, (160, 96)),
+        ((512, 512), {}, (128, 128)),
+        ((1024, 512), {}, (184, 88)),
+        ((300, 200), {"width": 240}, (240, 160)),
+        ((300, 200), {"height": 80}, (120, 80)),
+    ],
+)
+def test_processing_size(size, params, expected):
+    got = processing_size(*size, native=128, params=DenoiseParams.from_inputs("x", **params))
+    assert got == expected
+    assert got[0] % 8 == 0 and got[1] % 8 == 0

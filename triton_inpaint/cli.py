@@ -1,0 +1,54 @@
+"""The ``triton-inpaint`` command: subcommands are implemented by the packages that own them."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from triton_inpaint import __version__
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from triton_inpaint import demo, serve_cli
+    from triton_inpaint.client import cli as client_cli
+    from triton_inpaint.export import cli as export_cli
+
+    parser = argparse.ArgumentParser(
+        prog="triton-inpaint", description="Self-hosted inpainting on NVIDIA Triton Inference Server."
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    demo.add_subcommands(subparsers)
+    export_cli.add_subcommands(subparsers)
+    serve_cli.add_subcommands(subparsers)
+    client_cli.add_subcommands(subparsers)
+    return parser
+
+
+def _quiet_libraries() -> None:
+    """Our own progress lines say what is happening; the libraries' loading chatter only hides them."""
+    for name, value in (
+        ("TRANSFORMERS_VERBOSITY", "error"),
+        ("DIFFUSERS_VERBOSITY", "error"),
+        ("HF_HUB_DISABLE_PROGRESS_BARS", "1"),
+        ("HF_HUB_OFFLINE", "1"),
+    ):
+        os.environ.setdefault(name, value)
+
+
+def main(argv: list[str] | None = None) -> int:
+    _quiet_libraries()
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.handler(args) or 0)
+    except (ValueError, FileNotFoundError) as exc:
+        # Bad arguments found past argparse (a checkpoint folder that is not one, a bad name): no traceback.
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
