@@ -1,5 +1,10 @@
 """Thin client over tritonclient (gRPC and HTTP) and its CLI."""
 
-from triton_inpaint.client.inpaint_client import InpaintClient, InpaintError, InpaintResult
+from triton_inpaint.client.inpaint_client import (
+    InpaintClient,
+    InpaintError,
+    InpaintResult,
+    ServerUnreachableError,
+)
 
-__all__ = ["InpaintClient", "InpaintError", "InpaintResult"]
+__all__ = ["InpaintClient", "InpaintError", "InpaintResult", "ServerUnreachableError"]

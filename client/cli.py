@@ -6,7 +6,13 @@ import argparse
 import sys
 from pathlib import Path
 
-from triton_inpaint.client.inpaint_client import PROTOCOLS, InpaintClient, InpaintError
+from triton_inpaint.client.inpaint_client import (
+    PROTOCOLS,
+    InpaintClient,
+    InpaintError,
+    ServerUnreachableError,
+)
+
 from triton_inpaint.params import DEFAULT_STRENGTH, GUIDANCE_RANGE, SEED_RANGE, STEPS_RANGE, STRENGTH_RANGE
 from triton_inpaint.schedulers import scheduler_names
 
@@ -24,15 +30,26 @@ def _inpaint(args: argparse.Namespace) -> int:
     try:
         with InpaintClient(args.url, args.protocol) as client:
             result = client.inpaint(
-                args.model, image, mask, args.prompt,
-                negative_prompt=args.negative_prompt, steps=args.steps, strength=args.strength,
-                guidance_scale=args.guidance, seed=args.seed, scheduler=args.scheduler,
-                width=args.width, height=args.height,
+                args.model,
+                image,
+                mask,
+                args.prompt,
+                negative_prompt=args.negative_prompt,
+                steps=args.steps,
+                strength=args.strength,
+                guidance_scale=args.guidance,
+                seed=args.seed,
+                scheduler=args.scheduler,
+                width=args.width,
+                height=args.height,
             )
+    except ServerUnreachableError as exc:
+        print(f"error: cannot reach Triton at {args.url} over {args.protocol}: {exc}", file=sys.stderr)
+        return 3
     except InpaintError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except Exception as exc:  # connection refused, timeouts: say what and where, no traceback
+    except Exception as exc:  # anything else on the way: say what and where, no traceback
         print(f"error: cannot reach Triton at {args.url} over {args.protocol}: {exc}", file=sys.stderr)
         return 3
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -50,25 +67,52 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
         help="inpaint an image through a running Triton server",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--url", default="127.0.0.1:8001", help="Triton HOST:PORT (gRPC port, or HTTP with --protocol http)")
+    parser.add_argument(
+        "--url", default="127.0.0.1:8001", help="Triton HOST:PORT (gRPC port, or HTTP with --protocol http)"
+    )
     parser.add_argument("--protocol", choices=PROTOCOLS, default="grpc")
     parser.add_argument("--model", required=True, help="checkpoint name given at export, e.g. 'tiny'")
     parser.add_argument("--image", type=Path, required=True, help="input image (PNG, JPEG, WEBP)")
-    parser.add_argument("--mask", type=Path, required=True, help="mask of the same size: white regenerates, black keeps")
+    parser.add_argument(
+        "--mask", type=Path, required=True, help="mask of the same size: white regenerates, black keeps"
+    )
     parser.add_argument("--prompt", required=True, help="what to paint into the masked area")
     parser.add_argument("--negative-prompt", default=None, help="what to steer away from")
-    parser.add_argument("--steps", type=int, default=None,
-                        help=f"denoising steps, {STEPS_RANGE[0]}-{STEPS_RANGE[1]} (default: the model's, 20)")
-    parser.add_argument("--strength", type=float, default=None,
-                        help=f"{STRENGTH_RANGE[0]}-{STRENGTH_RANGE[1]}: how much the masked area changes "
-                             f"(default {DEFAULT_STRENGTH})")
-    parser.add_argument("--guidance", type=float, default=None,
-                        help=f"guidance scale {GUIDANCE_RANGE[0]}-{GUIDANCE_RANGE[1]} (default: the model's, 7)")
-    parser.add_argument("--seed", type=int, default=None,
-                        help=f"{SEED_RANGE[0]}-{SEED_RANGE[1]}; random when absent; the seed used is printed")
-    parser.add_argument("--scheduler", default=None,
-                        help=f"one of: {', '.join(scheduler_names())} (default: the checkpoint's)")
-    parser.add_argument("--width", type=int, default=None, help="processing width, multiple of 8 (default: native)")
-    parser.add_argument("--height", type=int, default=None, help="processing height, multiple of 8 (default: native)")
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help=f"denoising steps, {STEPS_RANGE[0]}-{STEPS_RANGE[1]} (default: the model's, 20)",
+    )
+    parser.add_argument(
+        "--strength",
+        type=float,
+        default=None,
+        help=f"{STRENGTH_RANGE[0]}-{STRENGTH_RANGE[1]}: how much the masked area changes "
+        f"(default {DEFAULT_STRENGTH})",
+    )
+    parser.add_argument(
+        "--guidance",
+        type=float,
+        default=None,
+        help=f"guidance scale {GUIDANCE_RANGE[0]}-{GUIDANCE_RANGE[1]} (default: the model's, 7)",
+    )
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        help=f"{SEED_RANGE[0]}-{SEED_RANGE[1]}; random when absent; the seed used is printed",
+    )
+    parser.add_argument(
+        "--scheduler",
+        default=None,
+        help=f"one of: {', '.join(scheduler_names())} (default: the checkpoint's)",
+    )
+    parser.add_argument(
+        "--width", type=int, default=None, help="processing width, multiple of 8 (default: native)"
+    )
+    parser.add_argument(
+        "--height", type=int, default=None, help="processing height, multiple of 8 (default: native)"
+    )
     parser.add_argument("--out", type=Path, required=True, help="where to write the PNG result")
     parser.set_defaults(handler=_inpaint)

@@ -18,6 +18,10 @@ class InpaintError(RuntimeError):
     """The server refused or failed the request; the message is the server's, naming the input."""
 
 
+class ServerUnreachableError(InpaintError):
+    """No Triton answered at the URL (refused, timed out, or not serving)."""
+
+
 @dataclass(frozen=True)
 class InpaintResult:
     image: bytes
@@ -46,8 +50,11 @@ class InpaintClient:
         else:
             import tritonclient.http as module
         self._module = module
-        self._client = module.InferenceServerClient(url=url, network_timeout=timeout) if protocol == "http" \
+        self._client = (
+            module.InferenceServerClient(url=url, network_timeout=timeout)
+            if protocol == "http"
             else module.InferenceServerClient(url=url)
+        )
 
     def close(self) -> None:
         self._client.close()
@@ -61,9 +68,13 @@ class InpaintClient:
     def _input(self, name: str, value: Any) -> Any:
         spec = _SPECS[name]
         if spec.client_dtype == "BYTES":
-            array = np.array([value if isinstance(value, bytes) else str(value).encode("utf-8")], dtype=np.object_)
+            array = np.array(
+                [value if isinstance(value, bytes) else str(value).encode("utf-8")], dtype=np.object_
+            )
         else:
-            array = np.array([value], dtype={"INT32": np.int32, "INT64": np.int64, "FP32": np.float32}[spec.client_dtype])
+            array = np.array(
+                [value], dtype={"INT32": np.int32, "INT64": np.int64, "FP32": np.float32}[spec.client_dtype]
+            )
         tensor = self._module.InferInput(name, list(array.shape), spec.client_dtype)
         tensor.set_data_from_numpy(array)
         return tensor
@@ -89,9 +100,17 @@ class InpaintClient:
         (``inpaint_tiny``).
         """
         values = {
-            "image": image, "mask": mask, "prompt": prompt, "negative_prompt": negative_prompt,
-            "steps": steps, "strength": strength, "guidance_scale": guidance_scale, "seed": seed,
-            "scheduler": scheduler, "width": width, "height": height,
+            "image": image,
+            "mask": mask,
+            "prompt": prompt,
+            "negative_prompt": negative_prompt,
+            "steps": steps,
+            "strength": strength,
+            "guidance_scale": guidance_scale,
+            "seed": seed,
+            "scheduler": scheduler,
+            "width": width,
+            "height": height,
         }
         inputs = [self._input(name, value) for name, value in values.items() if value is not None]
         outputs = [self._module.InferRequestedOutput(spec.name) for spec in RESPONSE_OUTPUTS]
@@ -104,7 +123,12 @@ class InpaintClient:
             else:
                 result = self._client.infer(model_name, inputs, outputs=outputs)
         except InferenceServerException as exc:
-            raise InpaintError(_clean(exc.message() or str(exc))) from None
+            message = _clean(exc.message() or str(exc))
+            if "UNAVAILABLE" in str(exc.status()) or "DEADLINE_EXCEEDED" in str(exc.status()):
+                raise ServerUnreachableError(message) from None
+            raise InpaintError(message) from None
+        except OSError as exc:  # HTTP: connection refused or reset
+            raise ServerUnreachableError(str(exc)) from None
         image_out = result.as_numpy("output_image").reshape(-1)[0]
         seed_out = int(result.as_numpy("output_seed").reshape(-1)[0])
         return InpaintResult(image=bytes(image_out), seed=seed_out)

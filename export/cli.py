@@ -35,13 +35,17 @@ def _onnx(args: argparse.Namespace) -> int:
         )
     for check in checks:
         print(f"  {check.submodel:<13} max |onnx - torch| = {check.max_abs_diff:.2e}  ({check.path})")
-    print(f"wrote models '{args.name}_*' and ensemble 'inpaint_{args.name}' to {args.repository} "
-          f"in {time.monotonic() - started:.1f} s")
+    print(
+        f"wrote models '{args.name}_*' and ensemble 'inpaint_{args.name}' to {args.repository} "
+        f"in {time.monotonic() - started:.1f} s"
+    )
     return 0
 
 
 def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
-    export = subparsers.add_parser("export", help="build tiny checkpoints; export checkpoints to Triton models")
+    export = subparsers.add_parser(
+        "export", help="build tiny checkpoints; export checkpoints to Triton models"
+    )
     commands = export.add_subparsers(dest="export_command", required=True, metavar="{tiny,onnx}")
 
     tiny = commands.add_parser(
@@ -50,7 +54,9 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     tiny.add_argument("--family", choices=FAMILIES, default=FAMILIES[0], help="checkpoint family")
-    tiny.add_argument("--out", type=Path, required=True, help="folder to write (diffusers save_pretrained layout)")
+    tiny.add_argument(
+        "--out", type=Path, required=True, help="folder to write (diffusers save_pretrained layout)"
+    )
     tiny.add_argument("--seed", type=int, default=0, help="weights seed; same seed, same bytes")
     tiny.set_defaults(handler=_tiny)
 
@@ -60,9 +66,16 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     onnx.add_argument("--checkpoint", type=Path, required=True, help="diffusers checkpoint folder")
-    onnx.add_argument("--name", required=True, help="model name: models are '<name>_*', the ensemble 'inpaint_<name>'")
+    onnx.add_argument(
+        "--name", required=True, help="model name: models are '<name>_*', the ensemble 'inpaint_<name>'"
+    )
     onnx.add_argument("--repository", type=Path, required=True, help="Triton model repository to write into")
-    onnx.add_argument("--denoise-instances", type=int, default=2, choices=range(1, 17), metavar="1-16",
-                      help="concurrent requests the denoise model runs (Triton instance count)")
+    onnx.add_argument(
+        "--denoise-instances",
+        type=int,
+        default=2,
+        choices=range(1, 17),
+        metavar="1-16",
+        help="concurrent requests the denoise model runs (Triton instance count)",
+    )
     onnx.set_defaults(handler=_onnx)
-

@@ -85,7 +85,9 @@ def _example_inputs(pipeline: object, batch: int, latent_h: int, latent_w: int) 
     vocab = pipeline.text_encoder.config.vocab_size
     return {
         TEXT_ENCODER: (torch.randint(0, vocab, (batch, max_len), generator=generator),),
-        VAE_ENCODER: (torch.rand(batch, 3, latent_h * vae_scale, latent_w * vae_scale, generator=generator) * 2 - 1,),
+        VAE_ENCODER: (
+            torch.rand(batch, 3, latent_h * vae_scale, latent_w * vae_scale, generator=generator) * 2 - 1,
+        ),
         VAE_DECODER: (torch.randn(batch, latent_channels, latent_h, latent_w, generator=generator),),
         UNET: (
             torch.randn(batch, pipeline.unet.config.in_channels, latent_h, latent_w, generator=generator),
@@ -97,8 +99,14 @@ def _example_inputs(pipeline: object, batch: int, latent_h: int, latent_w: int) 
 
 _DYNAMIC_AXES = {
     TEXT_ENCODER: {"input_ids": {0: "batch"}, "last_hidden_state": {0: "batch"}},
-    VAE_ENCODER: {"sample": {0: "batch", 2: "height", 3: "width"}, "latent_parameters": {0: "batch", 2: "h", 3: "w"}},
-    VAE_DECODER: {"latent_sample": {0: "batch", 2: "h", 3: "w"}, "sample": {0: "batch", 2: "height", 3: "width"}},
+    VAE_ENCODER: {
+        "sample": {0: "batch", 2: "height", 3: "width"},
+        "latent_parameters": {0: "batch", 2: "h", 3: "w"},
+    },
+    VAE_DECODER: {
+        "latent_sample": {0: "batch", 2: "h", 3: "w"},
+        "sample": {0: "batch", 2: "height", 3: "width"},
+    },
     UNET: {
         "sample": {0: "batch", 2: "h", 3: "w"},
         "timestep": {0: "batch"},

@@ -12,16 +12,16 @@ import re
 import shutil
 import tempfile
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from google.protobuf import text_format
+from triton_inpaint.export.onnx_export import ExportCheck, export_onnx, verify_onnx
 from tritonclient.grpc import model_config_pb2 as mc
 
 from triton_inpaint import contract
 from triton_inpaint.components import SUBMODELS, TENSORS, TEXT_ENCODER, UNET, VAE_DECODER, VAE_ENCODER
 from triton_inpaint.contract import TensorSpec
-from triton_inpaint.export.onnx_export import ExportCheck, export_onnx, verify_onnx
 from triton_inpaint.sd_inpaint import PipelineSpec
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]{0,62}$")
@@ -82,8 +82,9 @@ def _network_tensors(pipeline: object) -> dict[str, tuple[list[TensorSpec], list
     return result
 
 
-def _network_config(name: str, role: str, inputs: list[TensorSpec], outputs: list[TensorSpec],
-                    options: ExportOptions) -> mc.ModelConfig:
+def _network_config(
+    name: str, role: str, inputs: list[TensorSpec], outputs: list[TensorSpec], options: ExportOptions
+) -> mc.ModelConfig:
     config = mc.ModelConfig(name=name, backend="python", max_batch_size=NETWORK_MAX_BATCH)
     _add_tensors(config.input, inputs)
     _add_tensors(config.output, outputs)
@@ -137,7 +138,10 @@ def check_name(name: str) -> str:
 
 
 def export_checkpoint(
-    checkpoint: Path, name: str, repository: Path, options: ExportOptions | None = None,
+    checkpoint: Path,
+    name: str,
+    repository: Path,
+    options: ExportOptions | None = None,
     log: object = print,
 ) -> list[ExportCheck]:
     """Export ``checkpoint`` (a diffusers SD 1.5/2 inpainting folder) as Triton models named ``name``."""
@@ -148,7 +152,9 @@ def export_checkpoint(
     options = options or ExportOptions()
     check_name(name)
     if not (checkpoint / "model_index.json").is_file():
-        raise FileNotFoundError(f"--checkpoint {checkpoint}: no model_index.json; expected a diffusers folder")
+        raise FileNotFoundError(
+            f"--checkpoint {checkpoint}: no model_index.json; expected a diffusers folder"
+        )
     pipeline = StableDiffusionInpaintPipeline.from_pretrained(checkpoint, safety_checker=None)
     spec = PipelineSpec.from_diffusers(pipeline)
     if spec.unet_in_channels != 9:
@@ -184,6 +190,6 @@ def export_checkpoint(
             if target.exists():
                 shutil.rmtree(target)
             model_dir.rename(target)
-        return checks
+        return [replace(check, path=repository / check.path.relative_to(scratch)) for check in checks]
     finally:
         shutil.rmtree(scratch, ignore_errors=True)

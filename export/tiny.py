@@ -18,10 +18,32 @@ from transformers.convert_slow_tokenizer import bytes_to_unicode
 
 FAMILIES = ("sd15-inpaint",)
 TINY_RESOLUTION = 128  # native resolution of the tiny SD 1.5 checkpoint: 16x16 latents
-_TOKENIZER_WORDS = (
-    "a photo of the red blue green apple cat dog sky tree house wall painting sunset beach "
-    "face person background hat flower mountain lake"
-).split()
+_TOKENIZER_WORDS = [
+    "a",
+    "photo",
+    "of",
+    "the",
+    "red",
+    "blue",
+    "green",
+    "apple",
+    "cat",
+    "dog",
+    "sky",
+    "tree",
+    "house",
+    "wall",
+    "painting",
+    "sunset",
+    "beach",
+    "face",
+    "person",
+    "background",
+    "hat",
+    "flower",
+    "mountain",
+    "lake",
+]
 
 
 def build_clip_tokenizer() -> CLIPTokenizer:

@@ -31,8 +31,13 @@ def irregular_mask(width: int = 160, height: int = 96) -> np.ndarray:
     mask = Image.new("L", (width, height), 0)
     draw = ImageDraw.Draw(mask)
     draw.polygon(
-        [(0.2 * width, 0.15 * height), (0.55 * width, 0.3 * height), (0.45 * width, 0.85 * height),
-         (0.3 * width, 0.5 * height), (0.1 * width, 0.7 * height)],
+        [
+            (0.2 * width, 0.15 * height),
+            (0.55 * width, 0.3 * height),
+            (0.45 * width, 0.85 * height),
+            (0.3 * width, 0.5 * height),
+            (0.1 * width, 0.7 * height),
+        ],
         fill=255,
     )
     draw.ellipse([0.65 * width, 0.2 * height, 0.9 * width, 0.6 * height], fill=255)

@@ -17,9 +17,15 @@ PROMPT = "a red apple on a wooden table"
 def reference(pipe, config, image, mask, scheduler, strength, steps=8, guidance=7.0, seed=7):
     pipe.scheduler = build_scheduler(scheduler, config)
     out = pipe(
-        prompt=PROMPT, image=Image.fromarray(image), mask_image=Image.fromarray(mask),
-        num_inference_steps=steps, strength=strength, guidance_scale=guidance,
-        generator=torch.Generator().manual_seed(seed), width=image.shape[1], height=image.shape[0],
+        prompt=PROMPT,
+        image=Image.fromarray(image),
+        mask_image=Image.fromarray(mask),
+        num_inference_steps=steps,
+        strength=strength,
+        guidance_scale=guidance,
+        generator=torch.Generator().manual_seed(seed),
+        width=image.shape[1],
+        height=image.shape[0],
         output_type="np",
     ).images[0]
     return (out * 255).round().astype(np.uint8)
@@ -27,8 +33,14 @@ def reference(pipe, config, image, mask, scheduler, strength, steps=8, guidance=
 
 def ours(pipeline, image, mask, scheduler, strength, steps=8, guidance=7.0, seed=7):
     params = DenoiseParams.from_inputs(
-        PROMPT, steps=steps, strength=strength, guidance_scale=guidance, seed=seed, scheduler=scheduler,
-        width=image.shape[1], height=image.shape[0],
+        PROMPT,
+        steps=steps,
+        strength=strength,
+        guidance_scale=guidance,
+        seed=seed,
+        scheduler=scheduler,
+        width=image.shape[1],
+        height=image.shape[0],
     )
     return pipeline(image, mask.astype(np.float32) / 255.0, params)
 
@@ -48,9 +60,13 @@ def onnx_pipeline(exported_repository, torch_pipeline):
     return SDInpaintPipeline.from_directory(repository / "tiny_denoise" / "1", RunnerComponents(run))
 
 
-@pytest.mark.parametrize("scheduler", ["DDIM", "Euler", "Euler a", "DPM++ 2M", "DPM++ 2M SDE", "PNDM", "UniPC"])
+@pytest.mark.parametrize(
+    "scheduler", ["DDIM", "Euler", "Euler a", "DPM++ 2M", "DPM++ 2M SDE", "PNDM", "UniPC"]
+)
 @pytest.mark.parametrize("strength", [1.0, 0.6])
-def test_torch_components_match_diffusers(reference_pipeline, scheduler_config, torch_pipeline, scheduler, strength):
+def test_torch_components_match_diffusers(
+    reference_pipeline, scheduler_config, torch_pipeline, scheduler, strength
+):
     image, mask = make_image(), irregular_mask()
     got = ours(torch_pipeline, image, mask, scheduler, strength)
     want = reference(reference_pipeline, scheduler_config, image, mask, scheduler, strength)
@@ -70,7 +86,9 @@ def test_onnx_components_match_diffusers(reference_pipeline, scheduler_config, o
     assert diff.max() <= 3
 
 
-def test_guidance_at_most_one_skips_the_unconditional_half(torch_pipeline, reference_pipeline, scheduler_config):
+def test_guidance_at_most_one_skips_the_unconditional_half(
+    torch_pipeline, reference_pipeline, scheduler_config
+):
     calls = []
     unet = torch_pipeline.components.predict_noise
 

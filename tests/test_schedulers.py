@@ -25,8 +25,13 @@ def test_every_name_builds_its_class_with_overrides(spec):
 
 @pytest.mark.parametrize(
     ("typed", "expected"),
-    [("ddim", "DDIM"), ("DPM++ 2M Karras", "DPM++ 2M Karras"), ("euler_ancestral", "Euler a"),
-     ("EulerAncestralDiscreteScheduler", "Euler a"), ("dpm++-2m", "DPM++ 2M")],
+    [
+        ("ddim", "DDIM"),
+        ("DPM++ 2M Karras", "DPM++ 2M Karras"),
+        ("euler_ancestral", "Euler a"),
+        ("EulerAncestralDiscreteScheduler", "Euler a"),
+        ("dpm++-2m", "DPM++ 2M"),
+    ],
 )
 def test_names_users_type(typed, expected):
     assert resolve_scheduler(typed).class_name == resolve_scheduler(expected).class_name

@@ -2,10 +2,10 @@
 
 import numpy as np
 import pytest
+from triton_inpaint.client import InpaintClient, InpaintError
 
 from tests.conftest import MODEL
 from tests.helpers import decode_rgb, irregular_mask, make_image, png_bytes
-from triton_inpaint.client import InpaintClient, InpaintError
 
 pytestmark = pytest.mark.server
 IMAGE = png_bytes(make_image(64, 48))
@@ -66,6 +66,8 @@ def test_bad_request_among_concurrent_good_ones(triton_server):
     assert results[0] == results[2] == results[3] == 1
     assert "steps" in results[1]
     assert np.array_equal(
-        decode_rgb(InpaintClient(triton_server.http_url, "http").inpaint(MODEL, IMAGE, MASK, "x", steps=2).image)
-        .shape, (48, 64, 3),
+        decode_rgb(
+            InpaintClient(triton_server.http_url, "http").inpaint(MODEL, IMAGE, MASK, "x", steps=2).image
+        ).shape,
+        (48, 64, 3),
     )

@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from triton_inpaint.client import InpaintClient
 
 from tests.conftest import MODEL
 from tests.helpers import decode_rgb, irregular_mask, make_image, png_bytes
-from triton_inpaint.client import InpaintClient
 from triton_inpaint.schedulers import build_scheduler
 
 pytestmark = pytest.mark.server
@@ -28,8 +28,17 @@ def test_served_result_matches_diffusers(client, reference_pipeline, scheduler_c
     image = make_image(160, 96)  # non-square
     mask = irregular_mask(160, 96)
     result = client.inpaint(
-        MODEL, png_bytes(image), png_bytes(mask), PROMPT, steps=12, strength=strength, guidance_scale=7.5,
-        seed=1234, scheduler=scheduler, width=160, height=96,
+        MODEL,
+        png_bytes(image),
+        png_bytes(mask),
+        PROMPT,
+        steps=12,
+        strength=strength,
+        guidance_scale=7.5,
+        seed=1234,
+        scheduler=scheduler,
+        width=160,
+        height=96,
     )
     assert result.seed == 1234
     served = decode_rgb(result.image)
@@ -37,16 +46,26 @@ def test_served_result_matches_diffusers(client, reference_pipeline, scheduler_c
 
     pipe = reference_pipeline
     pipe.scheduler = build_scheduler(scheduler, scheduler_config)
-    want = np.asarray(pipe(
-        prompt=PROMPT, image=Image.fromarray(image), mask_image=Image.fromarray(mask), num_inference_steps=12,
-        strength=strength, guidance_scale=7.5, generator=torch.Generator().manual_seed(1234), width=160,
-        height=96,
-    ).images[0])
+    want = np.asarray(
+        pipe(
+            prompt=PROMPT,
+            image=Image.fromarray(image),
+            mask_image=Image.fromarray(mask),
+            num_inference_steps=12,
+            strength=strength,
+            guidance_scale=7.5,
+            generator=torch.Generator().manual_seed(1234),
+            width=160,
+            height=96,
+        ).images[0]
+    )
 
     inside = mask == 255
     diff = np.abs(served.astype(int) - want.astype(int))[inside]
-    print(f"{client.protocol} {scheduler} strength={strength}: inside the mask max {diff.max()}/255, "
-          f"mean {diff.mean():.4f}/255")
+    print(
+        f"{client.protocol} {scheduler} strength={strength}: inside the mask max {diff.max()}/255, "
+        f"mean {diff.mean():.4f}/255"
+    )
     assert diff.max() <= TOLERANCE
     assert np.array_equal(served[~inside], image[~inside]), "pixels outside the mask must be the input's"
     # The fill is really generated, not the input passed through.
@@ -67,6 +86,8 @@ def test_default_processing_size_returns_input_size(client):
     """Without width/height the model runs at its native pixel count and the result is resized back."""
     image = make_image(200, 120, seed=5)
     mask = irregular_mask(200, 120)
-    served = decode_rgb(client.inpaint(MODEL, png_bytes(image), png_bytes(mask), "a dog", steps=3, seed=1).image)
+    served = decode_rgb(
+        client.inpaint(MODEL, png_bytes(image), png_bytes(mask), "a dog", steps=3, seed=1).image
+    )
     assert served.shape == image.shape
     assert np.array_equal(served[mask == 0], image[mask == 0])

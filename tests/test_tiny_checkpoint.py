@@ -2,14 +2,14 @@ import hashlib
 from pathlib import Path
 
 from diffusers import StableDiffusionInpaintPipeline
-
 from triton_inpaint.export.tiny import build_clip_tokenizer, write_tiny_checkpoint
 
 
 def _digest(folder: Path) -> dict[str, str]:
     return {
         str(path.relative_to(folder)): hashlib.sha256(path.read_bytes()).hexdigest()
-        for path in sorted(folder.rglob("*")) if path.is_file()
+        for path in sorted(folder.rglob("*"))
+        if path.is_file()
     }
 
 
@@ -34,5 +34,8 @@ def test_tokenizer_merges_known_words_and_pads_to_77():
     assert len(ids) == 77
     assert ids[0] == tokenizer.bos_token_id
     # bos, a, red, apple, eos: known words are single tokens.
-    assert ids[:5] == [tokenizer.bos_token_id, *tokenizer.convert_tokens_to_ids(["a</w>", "red</w>", "apple</w>"]),
-                       tokenizer.eos_token_id]
+    assert ids[:5] == [
+        tokenizer.bos_token_id,
+        *tokenizer.convert_tokens_to_ids(["a</w>", "red</w>", "apple</w>"]),
+        tokenizer.eos_token_id,
+    ]

@@ -119,7 +119,9 @@ class TorchComponents:
     def predict_noise(
         self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor
     ) -> torch.Tensor:
-        return self._pipe.unet(sample, timestep.reshape(-1), encoder_hidden_states=encoder_hidden_states).sample
+        return self._pipe.unet(
+            sample, timestep.reshape(-1), encoder_hidden_states=encoder_hidden_states
+        ).sample
 
     @torch.no_grad()
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:

@@ -21,8 +21,13 @@ class TensorSpec:
     @property
     def client_dtype(self) -> str:
         """The tritonclient datatype string (``BYTES``, ``INT32``...)."""
-        return {"TYPE_STRING": "BYTES", "TYPE_FP32": "FP32", "TYPE_INT32": "INT32", "TYPE_INT64": "INT64",
-                "TYPE_UINT8": "UINT8"}[self.data_type]
+        return {
+            "TYPE_STRING": "BYTES",
+            "TYPE_FP32": "FP32",
+            "TYPE_INT32": "INT32",
+            "TYPE_INT64": "INT64",
+            "TYPE_UINT8": "UINT8",
+        }[self.data_type]
 
 
 REQUEST_INPUTS: tuple[TensorSpec, ...] = (

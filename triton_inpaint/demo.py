@@ -20,7 +20,8 @@ def builtin_repository() -> Path:
     path = REPO_ROOT / "model_repository"
     if not (path / "inpaint_preprocess" / "config.pbtxt").is_file():
         raise FileNotFoundError(
-            f"{path}: hand-written model repository not found; install with 'pip install -e .' from a checkout"
+            f"{path}: hand-written model repository not found; "
+            "install with 'pip install -e .' from a checkout"
         )
     return path
 
@@ -48,7 +49,9 @@ def run_demo(workdir: Path, seed: int, steps: int) -> Path:
     _step(2, 4, f"exporting it to ONNX Triton models in {repository}")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        checks = export_checkpoint(checkpoint, "tiny", repository, log=lambda m: print(f"      {m}", flush=True))
+        checks = export_checkpoint(
+            checkpoint, "tiny", repository, log=lambda m: print(f"      {m}", flush=True)
+        )
     for check in checks:
         print(f"      {check.submodel:<13} max |onnx - torch| = {check.max_abs_diff:.1e}")
     _step(3, 4, "starting tritonserver (CPU) on free ports")
@@ -59,8 +62,13 @@ def run_demo(workdir: Path, seed: int, steps: int) -> Path:
         with InpaintClient(server.grpc_url, "grpc") as client:
             request_started = time.monotonic()
             result = client.inpaint(
-                "tiny", sample_bytes("sample.png"), sample_bytes("sample_mask.png"),
-                "a small red house with a blue door", steps=steps, seed=seed, scheduler="DPM++ 2M",
+                "tiny",
+                sample_bytes("sample.png"),
+                sample_bytes("sample_mask.png"),
+                "a small red house with a blue door",
+                steps=steps,
+                seed=seed,
+                scheduler="DPM++ 2M",
             )
             elapsed = time.monotonic() - request_started
     tmp = result_path.with_name(result_path.name + ".part")

@@ -22,9 +22,7 @@ def _open(data: bytes, field: str) -> Image.Image:
         if image.format not in ACCEPTED_FORMATS:
             raise InvalidInputError(field, f"format {image.format} is not accepted; send PNG, JPEG or WEBP")
         if image.width * image.height > MAX_PIXELS:
-            raise InvalidInputError(
-                field, f"{image.width}x{image.height} has more than {MAX_PIXELS} pixels"
-            )
+            raise InvalidInputError(field, f"{image.width}x{image.height} has more than {MAX_PIXELS} pixels")
         image.load()
     except InvalidInputError:
         raise

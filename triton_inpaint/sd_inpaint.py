@@ -66,7 +66,9 @@ class PipelineSpec:
         return cls(**json.loads((directory / SPEC_FILE).read_text()))
 
 
-def processing_size(image_width: int, image_height: int, native: int, params: DenoiseParams) -> tuple[int, int]:
+def processing_size(
+    image_width: int, image_height: int, native: int, params: DenoiseParams
+) -> tuple[int, int]:
     """The (width, height) the model runs at.
 
     An explicit width/height wins; a single one keeps the input's aspect ratio. By default the input
@@ -107,7 +109,10 @@ class SDInpaintPipeline:
         self.spec = spec
         self.image_processor = VaeImageProcessor(vae_scale_factor=spec.vae_scale_factor)
         self.mask_processor = VaeImageProcessor(
-            vae_scale_factor=spec.vae_scale_factor, do_normalize=False, do_binarize=True, do_convert_grayscale=True
+            vae_scale_factor=spec.vae_scale_factor,
+            do_normalize=False,
+            do_binarize=True,
+            do_convert_grayscale=True,
         )
 
     @classmethod

@@ -49,8 +49,13 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
         help="run the bundled tritonserver (CPU) on model repositories",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--repository", type=Path, action="append", required=True,
-                        help="model repository; repeat for several (hand-written and exported)")
+    parser.add_argument(
+        "--repository",
+        type=Path,
+        action="append",
+        required=True,
+        help="model repository; repeat for several (hand-written and exported)",
+    )
     parser.add_argument("--http-port", type=int, default=8000)
     parser.add_argument("--grpc-port", type=int, default=8001)
     parser.add_argument("--metrics-port", type=int, default=8002)

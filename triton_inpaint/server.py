@@ -9,6 +9,7 @@ and the interpreter's ``LIBDIR`` on ``LD_LIBRARY_PATH`` (the stub links ``libpyt
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -140,7 +141,11 @@ class TritonServer:
         for repo in self.repositories:
             if not Path(repo).is_dir():
                 raise ServerError(f"--repository {repo}: no such folder")
-        ports = {"--http-port": self.http_port, "--grpc-port": self.grpc_port, "--metrics-port": self.metrics_port}
+        ports = {
+            "--http-port": self.http_port,
+            "--grpc-port": self.grpc_port,
+            "--metrics-port": self.metrics_port,
+        }
         if len(set(ports.values())) != len(ports):
             raise ServerError(f"ports must differ: {ports}")
         for flag, port in ports.items():
@@ -212,10 +217,8 @@ class TritonServer:
             except subprocess.TimeoutExpired:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait()
-        try:  # stubs left behind by a killed server share its process group
+        with contextlib.suppress(ProcessLookupError):  # stubs a killed server left share its group
             os.killpg(self.process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
         if self._reader is not None:
             self._reader.join(timeout=5)
 

@@ -28,7 +28,9 @@ class TritonPythonModel:
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
     def _inputs(self, request: Any) -> dict[str, np.ndarray]:
-        return {name: pb_utils.get_input_tensor_by_name(request, name).as_numpy() for name in self.input_names}
+        return {
+            name: pb_utils.get_input_tensor_by_name(request, name).as_numpy() for name in self.input_names
+        }
 
     def execute(self, requests: list[Any]) -> list[Any]:
         feeds = [self._inputs(request) for request in requests]
@@ -39,9 +41,7 @@ class TritonPythonModel:
         responses: list[Any] = [None] * len(requests)
         for indices in groups.values():
             try:
-                batch = {
-                    name: np.concatenate([feeds[i][name] for i in indices]) for name in self.input_names
-                }
+                batch = {name: np.concatenate([feeds[i][name] for i in indices]) for name in self.input_names}
                 outputs = self.session.run(self.output_names, batch)
                 start = 0
                 for i in indices:

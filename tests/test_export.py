@@ -1,0 +1,92 @@
+"""The export step: numerical checks, generated configs, the hand-written configs, and failure atomicity."""
+
+from pathlib import Path
+
+import pytest
+from google.protobuf import text_format
+from triton_inpaint.export.repository import check_name, export_checkpoint
+from tritonclient.grpc import model_config_pb2 as mc
+
+from tests.conftest import BUILTIN_REPOSITORY, MODEL
+from triton_inpaint import contract
+from triton_inpaint.components import SUBMODELS
+
+
+def _config(model_dir: Path) -> mc.ModelConfig:
+    return text_format.Parse((model_dir / "config.pbtxt").read_text(), mc.ModelConfig())
+
+
+def _tensors(entries) -> list[tuple[str, str, tuple[int, ...]]]:
+    return [(e.name, mc.DataType.Name(e.data_type), tuple(e.dims)) for e in entries]
+
+
+def _specs(specs) -> list[tuple[str, str, tuple[int, ...]]]:
+    return [(s.name, s.data_type, s.dims) for s in specs]
+
+
+def test_onnx_graphs_match_torch(exported_repository):
+    _, checks = exported_repository
+    assert [c.submodel for c in checks] == list(SUBMODELS)
+    for check in checks:
+        print(f"{check.submodel}: max |onnx - torch| = {check.max_abs_diff:.2e}")
+        assert check.max_abs_diff < 1e-4
+        assert check.path.is_file()
+
+
+def test_generated_models(exported_repository):
+    repository, _ = exported_repository
+    unet = _config(repository / f"{MODEL}_unet")
+    assert unet.max_batch_size > 0 and unet.HasField("dynamic_batching")
+    assert [n for n, _, _ in _tensors(unet.input)] == ["sample", "timestep", "encoder_hidden_states"]
+    denoise = _config(repository / contract.denoise_name(MODEL))
+    assert _tensors(denoise.input) == _specs(contract.DENOISE_INPUTS)
+    assert denoise.parameters["submodel_prefix"].string_value == MODEL
+    version = repository / contract.denoise_name(MODEL) / "1"
+    assert (version / "pipeline.json").is_file() and (version / "tokenizer").is_dir()
+    ensemble = _config(repository / contract.ensemble_name(MODEL))
+    assert ensemble.platform == "ensemble"
+    assert _tensors(ensemble.input) == _specs(contract.REQUEST_INPUTS)
+    assert [s.model_name for s in ensemble.ensemble_scheduling.step] == [
+        contract.PREPROCESS_MODEL,
+        contract.denoise_name(MODEL),
+        contract.POSTPROCESS_MODEL,
+    ]
+    optional = {e.name for e in ensemble.input if e.optional}
+    assert optional == {s.name for s in contract.REQUEST_INPUTS if s.optional}
+
+
+@pytest.mark.parametrize(
+    ("model", "inputs", "outputs"),
+    [
+        (contract.PREPROCESS_MODEL, contract.PREPROCESS_INPUTS, contract.PREPROCESS_OUTPUTS),
+        (contract.POSTPROCESS_MODEL, contract.POSTPROCESS_INPUTS, contract.POSTPROCESS_OUTPUTS),
+    ],
+)
+def test_hand_written_configs_follow_the_contract(model, inputs, outputs):
+    config = _config(BUILTIN_REPOSITORY / model)
+    assert config.name == model
+    assert _tensors(config.input) == _specs(inputs)
+    assert _tensors(config.output) == _specs(outputs)
+
+
+def test_failed_export_leaves_repository_untouched(tmp_path, tiny_checkpoint):
+    repository = tmp_path / "repo"
+    (repository / "keep_me").mkdir(parents=True)
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "model_index.json").write_text("{ not json")
+    with pytest.raises(Exception):  # noqa: B017 - any failure will do; what matters is what is left
+        export_checkpoint(broken, "broken", repository, log=lambda _: None)
+    assert sorted(p.name for p in repository.iterdir()) == ["keep_me"]
+    assert not list(tmp_path.glob(".export-*")), "scratch folder left behind"
+
+
+@pytest.mark.parametrize("name", ["", "has space", "../up", "x" * 64, "_leading"])
+def test_bad_names_are_refused(name):
+    with pytest.raises(ValueError, match="--name"):
+        check_name(name)
+
+
+def test_not_a_checkpoint_folder(tmp_path):
+    with pytest.raises(FileNotFoundError, match="model_index.json"):
+        export_checkpoint(tmp_path, "x", tmp_path / "repo", log=lambda _: None)
