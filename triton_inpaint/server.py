@@ -10,6 +10,7 @@ and the interpreter's ``LIBDIR`` on ``LD_LIBRARY_PATH`` (the stub links ``libpyt
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import shutil
@@ -231,8 +232,6 @@ class TritonServer:
 
 def ready_models(http_url: str) -> list[str]:
     """Names of the models the server reports ready (from the repository index)."""
-    import json
-
     request = urllib.request.Request(f"http://{http_url}/v2/repository/index", data=b"{}", method="POST")
     with urllib.request.urlopen(request, timeout=5) as response:
         index = json.loads(response.read())
