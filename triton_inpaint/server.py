@@ -10,6 +10,7 @@ and the interpreter's ``LIBDIR`` on ``LD_LIBRARY_PATH`` (the stub links ``libpyt
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import os
 import re
@@ -93,6 +94,19 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def _die_with_parent() -> None:
+    """Runs in the child before exec: the kernel sends SIGTERM when the launching process dies.
+
+    Without it a server started by a test or the demo outlives a parent killed by a timeout; Linux's
+    prctl(PR_SET_PDEATHSIG) is the only mechanism that covers SIGKILL of the parent.
+    """
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: best effort only
+        pass
+
+
 _LOAD_FAILURE = re.compile(r"failed to load '([^']+)' version \d+: (.*)")
 _TABLE_FAILURE = re.compile(r"^\|\s*(\S+)\s*\|\s*\d+\s*\|\s*UNAVAILABLE: (.*?)\s*\|?$")
 
@@ -171,6 +185,7 @@ class TritonServer:
             text=True,
             env=server_environment(),
             start_new_session=True,  # our signal handler, not the terminal, decides when it stops
+            preexec_fn=_die_with_parent,
         )
         self._reader = threading.Thread(target=self._read_output, daemon=True)
         self._reader.start()
