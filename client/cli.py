@@ -13,7 +13,16 @@ from triton_inpaint.client.inpaint_client import (
     ServerUnreachableError,
 )
 
-from triton_inpaint.params import DEFAULT_STRENGTH, GUIDANCE_RANGE, SEED_RANGE, STEPS_RANGE, STRENGTH_RANGE
+from triton_inpaint.imaging import DEFAULT_QUALITY, QUALITY_RANGE
+from triton_inpaint.masks import MASK_BLUR_RANGE, MASK_EXPAND_RANGE, MASK_MARGIN_RANGE
+from triton_inpaint.params import (
+    DEFAULT_STRENGTH,
+    GUIDANCE_RANGE,
+    NUM_IMAGES_RANGE,
+    SEED_RANGE,
+    STEPS_RANGE,
+    STRENGTH_RANGE,
+)
 from triton_inpaint.schedulers import scheduler_names
 
 
@@ -42,6 +51,13 @@ def _inpaint(args: argparse.Namespace) -> int:
                 scheduler=args.scheduler,
                 width=args.width,
                 height=args.height,
+                mask_invert=args.mask_invert or None,
+                mask_expand=args.mask_expand,
+                mask_blur=args.mask_blur,
+                mask_margin=args.mask_margin,
+                num_images=args.num_images,
+                output_format=args.output_format,
+                output_quality=args.quality,
             )
     except ServerUnreachableError as exc:
         print(f"error: cannot reach Triton at {args.url} over {args.protocol}: {exc}", file=sys.stderr)
@@ -53,12 +69,19 @@ def _inpaint(args: argparse.Namespace) -> int:
         print(f"error: cannot reach Triton at {args.url} over {args.protocol}: {exc}", file=sys.stderr)
         return 3
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_name(args.out.name + ".part")
-    tmp.write_bytes(result.image)
-    tmp.replace(args.out)  # never leave a half-written result
-    print(f"seed {result.seed}")
-    print(f"wrote {args.out}")
+    for path, image, seed in zip(
+        output_paths(args.out, len(result.images)), result.images, result.seeds, strict=True
+    ):
+        tmp = path.with_name(path.name + ".part")
+        tmp.write_bytes(image)
+        tmp.replace(path)  # never leave a half-written result
+        print(f"seed {seed} -> {path}")
     return 0
+
+
+def output_paths(out: Path, count: int) -> list[Path]:
+    """``--out`` names the first image; the others get -1, -2, ... before the extension."""
+    return [out] + [out.with_name(f"{out.stem}-{i}{out.suffix}") for i in range(1, count)]
 
 
 def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
@@ -114,5 +137,47 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--height", type=int, default=None, help="processing height, multiple of 8 (default: native)"
     )
-    parser.add_argument("--out", type=Path, required=True, help="where to write the PNG result")
+    parser.add_argument(
+        "--mask-invert",
+        action="store_true",
+        help="regenerate what the mask keeps (e.g. the background) instead of what it marks",
+    )
+    parser.add_argument(
+        "--mask-expand",
+        type=int,
+        default=None,
+        help=f"grow the mask by {MASK_EXPAND_RANGE[0]}-{MASK_EXPAND_RANGE[1]} px (default 0)",
+    )
+    parser.add_argument(
+        "--mask-blur",
+        type=int,
+        default=None,
+        help=f"feather the mask edge over {MASK_BLUR_RANGE[0]}-{MASK_BLUR_RANGE[1]} px (default 0)",
+    )
+    parser.add_argument(
+        "--mask-margin",
+        type=int,
+        default=None,
+        help=f"{MASK_MARGIN_RANGE[0]}-{MASK_MARGIN_RANGE[1]} px: inpaint only a crop around "
+        "the mask, at full model resolution (default off)",
+    )
+    parser.add_argument(
+        "--num-images",
+        type=int,
+        default=None,
+        help=f"{NUM_IMAGES_RANGE[0]}-{NUM_IMAGES_RANGE[1]} images with seeds seed, seed+1, ... (default 1)",
+    )
+    parser.add_argument("--output-format", default=None, help="PNG, JPG or WEBP (default PNG)")
+    parser.add_argument(
+        "--quality",
+        type=int,
+        default=None,
+        help=f"{QUALITY_RANGE[0]}-{QUALITY_RANGE[1]} for JPG and WEBP (default {DEFAULT_QUALITY})",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        help="where to write the first image; others get -1, -2, ... before the extension",
+    )
     parser.set_defaults(handler=_inpaint)

@@ -24,8 +24,18 @@ class ServerUnreachableError(InpaintError):
 
 @dataclass(frozen=True)
 class InpaintResult:
-    image: bytes
-    seed: int
+    """The encoded images, one per seed (``seeds[i]`` replays ``images[i]`` alone)."""
+
+    images: list[bytes]
+    seeds: list[int]
+
+    @property
+    def image(self) -> bytes:
+        return self.images[0]
+
+    @property
+    def seed(self) -> int:
+        return self.seeds[0]
 
 
 def _clean(message: str) -> str:
@@ -72,9 +82,8 @@ class InpaintClient:
                 [value if isinstance(value, bytes) else str(value).encode("utf-8")], dtype=np.object_
             )
         else:
-            array = np.array(
-                [value], dtype={"INT32": np.int32, "INT64": np.int64, "FP32": np.float32}[spec.client_dtype]
-            )
+            dtypes = {"INT32": np.int32, "INT64": np.int64, "FP32": np.float32, "BOOL": np.bool_}
+            array = np.array([value], dtype=dtypes[spec.client_dtype])
         tensor = self._module.InferInput(name, list(array.shape), spec.client_dtype)
         tensor.set_data_from_numpy(array)
         return tensor
@@ -93,6 +102,13 @@ class InpaintClient:
         scheduler: str | None = None,
         width: int | None = None,
         height: int | None = None,
+        mask_invert: bool | None = None,
+        mask_expand: int | None = None,
+        mask_blur: int | None = None,
+        mask_margin: int | None = None,
+        num_images: int | None = None,
+        output_format: str | None = None,
+        output_quality: int | None = None,
     ) -> InpaintResult:
         """Inpaint ``image`` where ``mask`` is white; ``None`` leaves a control at the model's default.
 
@@ -111,6 +127,13 @@ class InpaintClient:
             "scheduler": scheduler,
             "width": width,
             "height": height,
+            "mask_invert": mask_invert,
+            "mask_expand": mask_expand,
+            "mask_blur": mask_blur,
+            "mask_margin": mask_margin,
+            "num_images": num_images,
+            "output_format": output_format,
+            "output_quality": output_quality,
         }
         inputs = [self._input(name, value) for name, value in values.items() if value is not None]
         outputs = [self._module.InferRequestedOutput(spec.name) for spec in RESPONSE_OUTPUTS]
@@ -129,6 +152,6 @@ class InpaintClient:
             raise InpaintError(message) from None
         except OSError as exc:  # HTTP: connection refused or reset
             raise ServerUnreachableError(str(exc)) from None
-        image_out = result.as_numpy("output_image").reshape(-1)[0]
-        seed_out = int(result.as_numpy("output_seed").reshape(-1)[0])
-        return InpaintResult(image=bytes(image_out), seed=seed_out)
+        images = [bytes(image) for image in result.as_numpy("output_image").reshape(-1)]
+        seeds = [int(seed) for seed in result.as_numpy("output_seed").reshape(-1)]
+        return InpaintResult(images=images, seeds=seeds)

@@ -42,7 +42,9 @@ def ours(pipeline, image, mask, scheduler, strength, steps=8, guidance=7.0, seed
         width=image.shape[1],
         height=image.shape[0],
     )
-    return pipeline(image, mask.astype(np.float32) / 255.0, params)
+    images, box = pipeline(image, mask.astype(np.float32) / 255.0, params)
+    assert box == (0, 0, image.shape[1], image.shape[0])
+    return images[0]
 
 
 @pytest.fixture(scope="module")

@@ -33,6 +33,9 @@ class TensorSpec:
 REQUEST_INPUTS: tuple[TensorSpec, ...] = (
     TensorSpec("image", "TYPE_STRING", (1,), description="encoded PNG, JPEG or WEBP image"),
     TensorSpec("mask", "TYPE_STRING", (1,), description="encoded mask: white regenerates, black keeps"),
+    TensorSpec("mask_invert", "TYPE_BOOL", (1,), True, "regenerate what the mask keeps, and the reverse"),
+    TensorSpec("mask_expand", "TYPE_INT32", (1,), True, "grow the mask by 0-64 px"),
+    TensorSpec("mask_blur", "TYPE_INT32", (1,), True, "feather the mask edge over 0-160 px"),
     TensorSpec("prompt", "TYPE_STRING", (1,), description="UTF-8 text describing the fill"),
     TensorSpec("negative_prompt", "TYPE_STRING", (1,), True, "UTF-8 text to steer away from"),
     TensorSpec("steps", "TYPE_INT32", (1,), True, "denoising steps, 1-100"),
@@ -42,22 +45,55 @@ REQUEST_INPUTS: tuple[TensorSpec, ...] = (
     TensorSpec("scheduler", "TYPE_STRING", (1,), True, "scheduler name, e.g. DDIM"),
     TensorSpec("width", "TYPE_INT32", (1,), True, "processing width, multiple of 8"),
     TensorSpec("height", "TYPE_INT32", (1,), True, "processing height, multiple of 8"),
+    TensorSpec("mask_margin", "TYPE_INT32", (1,), True, "32-128 px: inpaint a crop around the mask"),
+    TensorSpec("num_images", "TYPE_INT32", (1,), True, "1-4 images, seeds seed, seed+1, ..."),
+    TensorSpec("output_format", "TYPE_STRING", (1,), True, "PNG, JPG or WEBP"),
+    TensorSpec("output_quality", "TYPE_INT32", (1,), True, "1-100 for JPG and WEBP"),
 )
 RESPONSE_OUTPUTS: tuple[TensorSpec, ...] = (
-    TensorSpec("output_image", "TYPE_STRING", (1,), description="the inpainted image, PNG"),
-    TensorSpec("output_seed", "TYPE_INT64", (1,), description="the seed used"),
+    TensorSpec("output_image", "TYPE_STRING", (-1,), description="the inpainted images, one per seed"),
+    TensorSpec("output_seed", "TYPE_INT64", (-1,), description="the seed of each image"),
 )
+_BY_NAME = {spec.name: spec for spec in REQUEST_INPUTS}
+
+
+def request_inputs(*names: str) -> tuple[TensorSpec, ...]:
+    return tuple(_BY_NAME[name] for name in names)
+
 
 # Tensors between the steps of the ensemble.
 ORIGINAL_IMAGE = TensorSpec("original_image", "TYPE_UINT8", (-1, -1, 3))
 SOFT_MASK = TensorSpec("soft_mask", "TYPE_FP32", (-1, -1))
-GENERATED_IMAGE = TensorSpec("generated_image", "TYPE_UINT8", (-1, -1, 3))
+GENERATED_IMAGE = TensorSpec("generated_image", "TYPE_UINT8", (-1, -1, -1, 3))
+CROP_BOX = TensorSpec("crop_box", "TYPE_INT32", (4,))
 
-PREPROCESS_INPUTS = REQUEST_INPUTS[:2]
+PREPROCESS_INPUTS = request_inputs("image", "mask", "mask_invert", "mask_expand", "mask_blur")
 PREPROCESS_OUTPUTS = (ORIGINAL_IMAGE, SOFT_MASK)
-DENOISE_INPUTS = (ORIGINAL_IMAGE, SOFT_MASK, *REQUEST_INPUTS[2:])
-DENOISE_OUTPUTS = (GENERATED_IMAGE, RESPONSE_OUTPUTS[1])
-POSTPROCESS_INPUTS = (GENERATED_IMAGE, ORIGINAL_IMAGE, SOFT_MASK)
+DENOISE_INPUTS = (
+    ORIGINAL_IMAGE,
+    SOFT_MASK,
+    *request_inputs(
+        "prompt",
+        "negative_prompt",
+        "steps",
+        "strength",
+        "guidance_scale",
+        "seed",
+        "scheduler",
+        "width",
+        "height",
+        "mask_margin",
+        "num_images",
+    ),
+)
+DENOISE_OUTPUTS = (GENERATED_IMAGE, CROP_BOX, RESPONSE_OUTPUTS[1])
+POSTPROCESS_INPUTS = (
+    GENERATED_IMAGE,
+    CROP_BOX,
+    ORIGINAL_IMAGE,
+    SOFT_MASK,
+    *request_inputs("output_format", "output_quality"),
+)
 POSTPROCESS_OUTPUTS = (RESPONSE_OUTPUTS[0],)
 
 PREPROCESS_MODEL = "inpaint_preprocess"

@@ -40,13 +40,47 @@ def decode_image(data: bytes, field: str = "image") -> np.ndarray:
 
 
 def decode_mask(data: bytes, field: str = "mask") -> np.ndarray:
-    """Decode a mask into a soft mask in [0, 1] of shape (H, W): white regenerates, black keeps."""
-    grey = np.asarray(_open(data, field).convert("L"), dtype=np.float32)
+    """Decode a mask into a soft mask in [0, 1] of shape (H, W): white regenerates, black keeps.
+
+    Greyscale and RGB masks are read by luminance. A mask with transparency is laid over black first,
+    so both an opaque black-and-white PNG saved as RGBA and white strokes on a transparent layer mean
+    what they show: transparent counts as black (keep).
+    """
+    image = _open(data, field)
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        image = Image.alpha_composite(Image.new("RGBA", rgba.size, (0, 0, 0, 255)), rgba)
+    grey = np.asarray(image.convert("L"), dtype=np.float32)
     return grey / 255.0
 
 
-def encode_image(pixels: np.ndarray, image_format: str = "PNG", quality: int = 95) -> bytes:
-    """Encode RGB ``uint8`` (H, W, 3) pixels."""
+OUTPUT_FORMATS = {"PNG": "PNG", "JPG": "JPEG", "JPEG": "JPEG", "WEBP": "WEBP"}
+QUALITY_RANGE = (1, 100)
+DEFAULT_QUALITY = 95
+
+
+def output_format(name: str | None) -> str:
+    """The Pillow format for a user's format name (PNG, JPG/JPEG, WEBP; any case); PNG by default."""
+    if name is None or name == "":
+        return "PNG"
+    found = OUTPUT_FORMATS.get(name.strip().upper())
+    if found is None:
+        raise InvalidInputError("output_format", f"must be one of PNG, JPG, WEBP, got {name!r}")
+    return found
+
+
+def output_quality(value: int | None) -> int:
+    if value is None:
+        return DEFAULT_QUALITY
+    if not QUALITY_RANGE[0] <= int(value) <= QUALITY_RANGE[1]:
+        raise InvalidInputError(
+            "output_quality", f"must be an integer in [{QUALITY_RANGE[0]}, {QUALITY_RANGE[1]}], got {value}"
+        )
+    return int(value)
+
+
+def encode_image(pixels: np.ndarray, image_format: str = "PNG", quality: int = DEFAULT_QUALITY) -> bytes:
+    """Encode RGB ``uint8`` (H, W, 3) pixels; ``quality`` applies to JPEG and WEBP (PNG is lossless)."""
     buffer = io.BytesIO()
     image = Image.fromarray(pixels, mode="RGB")
     if image_format == "PNG":

@@ -10,6 +10,7 @@ import secrets
 from dataclasses import dataclass
 
 from triton_inpaint.errors import InvalidInputError
+from triton_inpaint.masks import check_mask_margin
 
 STEPS_RANGE = (1, 100)
 STRENGTH_RANGE = (0.0, 1.0)
@@ -17,6 +18,8 @@ GUIDANCE_RANGE = (0.0, 50.0)
 SEED_RANGE = (0, 2**63 - 1)
 SIZE_MULTIPLE = 8
 SIZE_RANGE = (64, 2048)
+
+NUM_IMAGES_RANGE = (1, 4)
 
 DEFAULT_STEPS = 20
 DEFAULT_STRENGTH = 0.8
@@ -29,9 +32,10 @@ def _check_range(field: str, value: float, bounds: tuple[float, float], kind: st
         raise InvalidInputError(field, f"must be {kind} in [{lo}, {hi}], got {value}")
 
 
-def random_seed() -> int:
-    """A fresh seed for requests that did not send one; returned to the caller so it can be replayed."""
-    return secrets.randbelow(SEED_RANGE[1] + 1)
+def random_seed(count: int = 1) -> int:
+    """A fresh seed for requests that did not send one (room left for ``count`` consecutive seeds);
+    returned to the caller so the request can be replayed."""
+    return secrets.randbelow(SEED_RANGE[1] - count + 2)
 
 
 @dataclass(frozen=True)
@@ -47,6 +51,13 @@ class DenoiseParams:
     scheduler: str | None
     width: int | None
     height: int | None
+    num_images: int = 1
+    mask_margin: int | None = None
+
+    @property
+    def seeds(self) -> list[int]:
+        """One seed per image: seed, seed+1, ...; image i replays alone with seeds[i]."""
+        return [self.seed + i for i in range(self.num_images)]
 
     @classmethod
     def from_inputs(
@@ -60,6 +71,8 @@ class DenoiseParams:
         scheduler: str | None = None,
         width: int | None = None,
         height: int | None = None,
+        num_images: int | None = None,
+        mask_margin: int | None = None,
         default_steps: int = DEFAULT_STEPS,
         default_guidance: float = DEFAULT_GUIDANCE,
     ) -> DenoiseParams:
@@ -71,8 +84,10 @@ class DenoiseParams:
         _check_range("strength", strength, STRENGTH_RANGE, "a number")
         guidance_scale = default_guidance if guidance_scale is None else float(guidance_scale)
         _check_range("guidance_scale", guidance_scale, GUIDANCE_RANGE, "a number")
-        seed = random_seed() if seed is None else int(seed)
-        _check_range("seed", seed, SEED_RANGE, "an integer")
+        num_images = 1 if num_images is None else int(num_images)
+        _check_range("num_images", num_images, NUM_IMAGES_RANGE, "an integer")
+        seed = random_seed(num_images) if seed is None else int(seed)
+        _check_range("seed", seed, (SEED_RANGE[0], SEED_RANGE[1] - num_images + 1), "an integer")
         for field, value in (("width", width), ("height", height)):
             if value is None:
                 continue
@@ -89,4 +104,6 @@ class DenoiseParams:
             scheduler=scheduler or None,
             width=None if width is None else int(width),
             height=None if height is None else int(height),
+            num_images=num_images,
+            mask_margin=check_mask_margin(mask_margin),
         )

@@ -29,6 +29,7 @@ from transformers import CLIPTokenizer
 from triton_inpaint.components import SDComponents
 from triton_inpaint.errors import InvalidInputError
 from triton_inpaint.imaging import mask_to_pil
+from triton_inpaint.masks import Box, crop_region, mask_bounds
 from triton_inpaint.params import SIZE_MULTIPLE, DenoiseParams
 from triton_inpaint.schedulers import build_scheduler
 
@@ -124,7 +125,7 @@ class SDInpaintPipeline:
 
     # -- steps, named after diffusers' ---------------------------------------------------------------
 
-    def encode_prompt(self, prompt: str, negative_prompt: str, do_cfg: bool) -> torch.Tensor:
+    def encode_prompt(self, prompt: str, negative_prompt: str, do_cfg: bool, num_images: int) -> torch.Tensor:
         def embed(text: str) -> torch.Tensor:
             ids = self.tokenizer(
                 [text],
@@ -133,7 +134,7 @@ class SDInpaintPipeline:
                 truncation=True,
                 return_tensors="pt",
             ).input_ids
-            return self.components.encode_text(ids)
+            return self.components.encode_text(ids).repeat(num_images, 1, 1)
 
         prompt_embeds = embed(prompt)
         if not do_cfg:
@@ -152,16 +153,24 @@ class SDInpaintPipeline:
         return timesteps
 
     def prepare_image_and_mask(
-        self, image: np.ndarray, mask: np.ndarray, width: int, height: int
+        self, image: np.ndarray, mask: np.ndarray, width: int, height: int, crop: Box | None
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        # With a crop, diffusers crops first and resizes with "fill" (keep aspect, fill the borders).
+        resize_mode = "default" if crop is None else "fill"
         pil_image = Image.fromarray(image, mode="RGB")
-        init_image = self.image_processor.preprocess(pil_image, height=height, width=width).to(torch.float32)
-        mask_condition = self.mask_processor.preprocess(mask_to_pil(mask), height=height, width=width)
+        init_image = self.image_processor.preprocess(
+            pil_image, height=height, width=width, crops_coords=crop, resize_mode=resize_mode
+        ).to(torch.float32)
+        mask_condition = self.mask_processor.preprocess(
+            mask_to_pil(mask), height=height, width=width, crops_coords=crop, resize_mode=resize_mode
+        )
         return init_image, mask_condition
 
-    def _encode_vae_image(self, image: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        parameters = self.components.encode_image(image)
-        latents = DiagonalGaussianDistribution(parameters).sample(generator)
+    def _encode_vae_image(self, image: torch.Tensor, generators: list[torch.Generator]) -> torch.Tensor:
+        """Encode once, then sample one latent per generator: each image's random stream is exactly
+        that of a single-image diffusers call with its own seed."""
+        parameters = self.components.encode_image(image).repeat(len(generators), 1, 1, 1)
+        latents = DiagonalGaussianDistribution(parameters).sample(generators)
         return self.spec.vae_scaling_factor * latents
 
     def prepare_latents(
@@ -170,26 +179,26 @@ class SDInpaintPipeline:
         init_image: torch.Tensor,
         latent_timestep: torch.Tensor,
         is_strength_max: bool,
-        generator: torch.Generator,
+        generators: list[torch.Generator],
     ) -> torch.Tensor:
         _, _, height, width = init_image.shape
         shape = (
-            1,
+            len(generators),
             self.spec.latent_channels,
             height // self.spec.vae_scale_factor,
             width // self.spec.vae_scale_factor,
         )
-        image_latents = None if is_strength_max else self._encode_vae_image(init_image, generator)
-        noise = randn_tensor(shape, generator=generator, dtype=torch.float32)
+        image_latents = None if is_strength_max else self._encode_vae_image(init_image, generators)
+        noise = randn_tensor(shape, generator=generators, dtype=torch.float32)
         if is_strength_max:
             return noise * scheduler.init_noise_sigma
-        return scheduler.add_noise(image_latents, noise, latent_timestep)
+        return scheduler.add_noise(image_latents, noise, latent_timestep.repeat(len(generators)))
 
     def prepare_mask_latents(
         self,
         init_image: torch.Tensor,
         mask_condition: torch.Tensor,
-        generator: torch.Generator,
+        generators: list[torch.Generator],
         do_cfg: bool,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         _, _, height, width = init_image.shape
@@ -197,7 +206,8 @@ class SDInpaintPipeline:
         mask = torch.nn.functional.interpolate(
             mask_condition, size=(height // self.spec.vae_scale_factor, width // self.spec.vae_scale_factor)
         )
-        masked_image_latents = self._encode_vae_image(masked_image, generator)
+        masked_image_latents = self._encode_vae_image(masked_image, generators)
+        mask = mask.repeat(len(generators), 1, 1, 1)
         if do_cfg:
             mask = torch.cat([mask] * 2)
             masked_image_latents = torch.cat([masked_image_latents] * 2)
@@ -212,7 +222,7 @@ class SDInpaintPipeline:
         masked_image_latents: torch.Tensor,
         prompt_embeds: torch.Tensor,
         guidance_scale: float,
-        generator: torch.Generator,
+        generators: list[torch.Generator],
     ) -> torch.Tensor:
         do_cfg = prompt_embeds.shape[0] == 2 * latents.shape[0]
         step_kwargs: dict[str, Any] = {}
@@ -220,7 +230,7 @@ class SDInpaintPipeline:
         if "eta" in step_parameters:
             step_kwargs["eta"] = 0.0
         if "generator" in step_parameters:
-            step_kwargs["generator"] = generator
+            step_kwargs["generator"] = generators
         for t in timesteps:
             latent_model_input = torch.cat([latents] * 2) if do_cfg else latents
             latent_model_input = scheduler.scale_model_input(latent_model_input, t)
@@ -240,12 +250,29 @@ class SDInpaintPipeline:
 
     # -- the whole request ---------------------------------------------------------------------------
 
-    def __call__(self, image: np.ndarray, mask: np.ndarray, params: DenoiseParams) -> np.ndarray:
+    def geometry(self, mask: np.ndarray, params: DenoiseParams) -> tuple[int, int, Box | None]:
+        """Processing (width, height) and, with ``mask_margin``, the crop box in the input image.
+
+        With a margin and no explicit size, the size follows the aspect of the mask's padded bounding
+        box, and the crop is then widened to that size's aspect exactly as diffusers does.
+        """
+        image_height, image_width = mask.shape
+        if params.mask_margin is None:
+            width, height = processing_size(image_width, image_height, self.spec.native_resolution, params)
+            return width, height, None
+        bounds = mask_bounds(mask, params.mask_margin) or (0, 0, image_width, image_height)
+        width, height = processing_size(
+            bounds[2] - bounds[0], bounds[3] - bounds[1], self.spec.native_resolution, params
+        )
+        return width, height, crop_region(mask, width, height, params.mask_margin)
+
+    def __call__(self, image: np.ndarray, mask: np.ndarray, params: DenoiseParams) -> tuple[np.ndarray, Box]:
         """Inpaint ``image`` (H, W, 3 uint8) where ``mask`` (H, W in [0, 1]) is set.
 
-        Returns the generated image at the processing size, (h, w, 3) uint8, before compositing.
+        Returns the generated images at the processing size, (n, h, w, 3) uint8 before compositing,
+        and the box of the input they belong to (the whole image unless ``mask_margin`` cropped).
         """
-        width, height = processing_size(image.shape[1], image.shape[0], self.spec.native_resolution, params)
+        width, height, crop = self.geometry(mask, params)
         scheduler = build_scheduler(params.scheduler, self.scheduler_config)
         timesteps = self.prepare_timesteps(scheduler, params.steps, params.strength)
         if len(timesteps) == 0:
@@ -255,14 +282,14 @@ class SDInpaintPipeline:
                 "(int(steps * strength) must be at least 1); raise strength or steps",
             )
         do_cfg = params.guidance_scale > 1.0
-        generator = torch.Generator("cpu").manual_seed(params.seed)
-        prompt_embeds = self.encode_prompt(params.prompt, params.negative_prompt, do_cfg)
-        init_image, mask_condition = self.prepare_image_and_mask(image, mask, width, height)
+        generators = [torch.Generator("cpu").manual_seed(seed) for seed in params.seeds]
+        prompt_embeds = self.encode_prompt(params.prompt, params.negative_prompt, do_cfg, params.num_images)
+        init_image, mask_condition = self.prepare_image_and_mask(image, mask, width, height, crop)
         latents = self.prepare_latents(
-            scheduler, init_image, timesteps[:1], params.strength == 1.0, generator
+            scheduler, init_image, timesteps[:1], params.strength == 1.0, generators
         )
         mask_latents, masked_image_latents = self.prepare_mask_latents(
-            init_image, mask_condition, generator, do_cfg
+            init_image, mask_condition, generators, do_cfg
         )
         latents = self.denoise(
             scheduler,
@@ -272,6 +299,7 @@ class SDInpaintPipeline:
             masked_image_latents,
             prompt_embeds,
             params.guidance_scale,
-            generator,
+            generators,
         )
-        return self.decode(latents)[0]
+        box = crop if crop is not None else (0, 0, image.shape[1], image.shape[0])
+        return self.decode(latents), box

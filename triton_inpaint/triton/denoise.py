@@ -52,15 +52,18 @@ class TritonPythonModel:
             scheduler=text(request, "scheduler"),
             width=number(request, "width"),
             height=number(request, "height"),
+            num_images=number(request, "num_images"),
+            mask_margin=number(request, "mask_margin"),
             default_steps=spec.default_steps,
             default_guidance=spec.default_guidance,
         )
         image = tensor(request, "original_image", required=True)
         mask = tensor(request, "soft_mask", required=True)
-        generated = self.pipeline(image, mask, params)
+        generated, box = self.pipeline(image, mask, params)
         return [
             pb_utils.Tensor("generated_image", generated),
-            pb_utils.Tensor("output_seed", np.array([params.seed], dtype=np.int64)),
+            pb_utils.Tensor("crop_box", np.array(box, dtype=np.int32)),
+            pb_utils.Tensor("output_seed", np.array(params.seeds, dtype=np.int64)),
         ]
 
     def execute(self, requests: list[Any]) -> list[Any]:

@@ -1,4 +1,4 @@
-"""``inpaint_postprocess``: generated pixels composited into the original, encoded."""
+"""``inpaint_postprocess``: each generated image composited into the original and encoded."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from triton_inpaint.compositing import composite
-from triton_inpaint.imaging import encode_image
-from triton_inpaint.triton.io import respond_each, tensor
+from triton_inpaint.imaging import encode_image, output_format, output_quality
+from triton_inpaint.triton.io import number, respond_each, tensor, text
 
 
 class TritonPythonModel:
@@ -17,11 +17,16 @@ class TritonPythonModel:
         self.logger = pb_utils.Logger
 
     def _handle(self, request: Any) -> list[Any]:
+        image_format = output_format(text(request, "output_format"))
+        quality = output_quality(number(request, "output_quality"))
         generated = tensor(request, "generated_image", required=True)
+        box = tuple(int(v) for v in tensor(request, "crop_box", required=True).reshape(-1))
         original = tensor(request, "original_image", required=True)
         mask = tensor(request, "soft_mask", required=True)
-        encoded = encode_image(composite(original, generated, mask))
-        return [pb_utils.Tensor("output_image", np.array([encoded], dtype=np.object_))]
+        encoded = [
+            encode_image(composite(original, image, mask, box), image_format, quality) for image in generated
+        ]
+        return [pb_utils.Tensor("output_image", np.array(encoded, dtype=np.object_))]
 
     def execute(self, requests: list[Any]) -> list[Any]:
         return respond_each(requests, self._handle, self.logger)

@@ -1,0 +1,116 @@
+"""Mask operations: invert, expand (dilate), blur (feather), and the crop region for ``mask_margin``.
+
+OpenCV does the morphology and the blur; diffusers' ``VaeImageProcessor.get_crop_region`` does the crop
+geometry, so a ``mask_margin`` request crops exactly where ``padding_mask_crop`` crops in diffusers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+from diffusers.image_processor import VaeImageProcessor
+
+from triton_inpaint.errors import InvalidInputError
+from triton_inpaint.imaging import mask_to_pil
+
+MASK_EXPAND_RANGE = (0, 64)
+MASK_BLUR_RANGE = (0, 160)
+MASK_MARGIN_RANGE = (32, 128)
+
+Box = tuple[int, int, int, int]  # x1, y1, x2, y2 (x2, y2 exclusive)
+
+
+def _check_int(field: str, value: int | None, bounds: tuple[int, int], default: int | None) -> int | None:
+    if value is None:
+        return default
+    if not bounds[0] <= int(value) <= bounds[1]:
+        raise InvalidInputError(field, f"must be an integer in [{bounds[0]}, {bounds[1]}], got {value}")
+    return int(value)
+
+
+@dataclass(frozen=True)
+class MaskParams:
+    """How the user's mask becomes the mask that is inpainted and composited through."""
+
+    invert: bool = False
+    expand: int = 0
+    blur: int = 0
+
+    @classmethod
+    def from_inputs(
+        cls, invert: bool | None = None, expand: int | None = None, blur: int | None = None
+    ) -> MaskParams:
+        return cls(
+            invert=bool(invert),
+            expand=_check_int("mask_expand", expand, MASK_EXPAND_RANGE, 0),
+            blur=_check_int("mask_blur", blur, MASK_BLUR_RANGE, 0),
+        )
+
+
+def check_mask_margin(value: int | None) -> int | None:
+    return _check_int("mask_margin", value, MASK_MARGIN_RANGE, None)
+
+
+def expand_mask(mask: np.ndarray, radius: int) -> np.ndarray:
+    """Grey dilation with a disc of ``radius`` px: the mask grows by ``radius`` in every direction."""
+    if radius <= 0:
+        return mask
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
+    return cv2.dilate(mask, kernel, borderType=cv2.BORDER_CONSTANT, borderValue=0)
+
+
+def blur_mask(mask: np.ndarray, radius: int) -> np.ndarray:
+    """Gaussian feather reaching ``radius`` px: kernel 2*radius+1, sigma radius/3 (+-3 sigma).
+
+    Pixels farther than ``radius`` from the mask stay exactly 0, so the feather never touches pixels
+    beyond its reach; float dust within 1e-6 of 0 or 1 is snapped so the composite stays exact there.
+    """
+    if radius <= 0:
+        return mask
+    size = 2 * radius + 1
+    blurred = cv2.GaussianBlur(mask, (size, size), sigmaX=radius / 3.0, sigmaY=radius / 3.0)
+    blurred[blurred < 1e-6] = 0.0
+    blurred[blurred > 1.0 - 1e-6] = 1.0
+    return blurred
+
+
+def prepare_mask(mask: np.ndarray, params: MaskParams) -> np.ndarray:
+    """Invert, then expand, then blur: the order in which each control means what its name says."""
+    prepared = np.ascontiguousarray(mask, dtype=np.float32)
+    if params.invert:
+        prepared = 1.0 - prepared
+    prepared = expand_mask(prepared, params.expand)
+    prepared = blur_mask(prepared, params.blur)
+    return np.clip(prepared, 0.0, 1.0)
+
+
+def mask_bounds(mask: np.ndarray, pad: int) -> Box | None:
+    """The mask's bounding box grown by ``pad`` and clipped to the image, before any aspect widening.
+
+    ``None`` for an empty mask. "Set" means non-zero at 8 bits, as diffusers sees the mask.
+    """
+    quantised = np.asarray(mask_to_pil(mask))
+    rows = np.flatnonzero(quantised.any(axis=1))
+    cols = np.flatnonzero(quantised.any(axis=0))
+    if rows.size == 0:
+        return None
+    height, width = quantised.shape
+    return (
+        max(int(cols[0]) - pad, 0),
+        max(int(rows[0]) - pad, 0),
+        min(int(cols[-1]) + 1 + pad, width),
+        min(int(rows[-1]) + 1 + pad, height),
+    )
+
+
+def crop_region(mask: np.ndarray, width: int, height: int, pad: int) -> Box:
+    """Where ``mask_margin`` crops: diffusers' ``get_crop_region`` for the same mask, size and padding.
+
+    An empty mask (nothing to regenerate) crops the whole image; diffusers divides by zero there.
+    """
+    if mask_bounds(mask, pad) is None:
+        return 0, 0, mask.shape[1], mask.shape[0]
+    x1, y1, x2, y2 = VaeImageProcessor.get_crop_region(mask_to_pil(mask), width, height, pad=pad)
+    return int(x1), int(y1), int(x2), int(y2)
