@@ -63,6 +63,22 @@ def test_inpaint_writes_result_and_prints_seed(triton_server, image_files, tmp_p
     assert decode_rgb(out.read_bytes()).shape == (48, 64, 3)
 
 
+def test_inpaint_flags_for_every_control(triton_server, image_files, tmp_path):
+    image, mask = image_files
+    out = tmp_path / "result.webp"
+    done = run_cli(
+        "inpaint", "--url", triton_server.grpc_url, "--model", MODEL, "--image", str(image), "--mask", str(mask),
+        "--prompt", "a hat", "--steps", "2", "--seed", "10", "--num-images", "3", "--mask-expand", "2",
+        "--mask-blur", "3", "--mask-invert", "--mask-margin", "32", "--width", "64", "--height", "64",
+        "--output-format", "WEBP", "--quality", "80", "--out", str(out),
+    )
+    assert done.returncode == 0, done.stderr
+    written = [out, tmp_path / "result-1.webp", tmp_path / "result-2.webp"]
+    for path, seed in zip(written, (10, 11, 12), strict=True):
+        assert f"seed {seed} -> {path}" in done.stdout
+        assert path.read_bytes()[8:12] == b"WEBP"
+
+
 def test_inpaint_error_is_one_clear_line(triton_server, image_files, tmp_path):
     image, mask = image_files
     out = tmp_path / "out.png"

@@ -27,6 +27,7 @@ class TensorSpec:
             "TYPE_INT32": "INT32",
             "TYPE_INT64": "INT64",
             "TYPE_UINT8": "UINT8",
+            "TYPE_BOOL": "BOOL",
         }[self.data_type]
 
 
