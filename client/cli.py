@@ -12,7 +12,6 @@ from triton_inpaint.client.inpaint_client import (
     InpaintError,
     ServerUnreachableError,
 )
-
 from triton_inpaint.imaging import DEFAULT_QUALITY, QUALITY_RANGE
 from triton_inpaint.masks import MASK_BLUR_RANGE, MASK_EXPAND_RANGE, MASK_MARGIN_RANGE
 from triton_inpaint.params import (

@@ -16,12 +16,12 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from google.protobuf import text_format
-from triton_inpaint.export.onnx_export import ExportCheck, export_onnx, verify_onnx
 from tritonclient.grpc import model_config_pb2 as mc
 
 from triton_inpaint import contract
 from triton_inpaint.components import SUBMODELS, TENSORS, TEXT_ENCODER, UNET, VAE_DECODER, VAE_ENCODER
 from triton_inpaint.contract import TensorSpec
+from triton_inpaint.export.onnx_export import ExportCheck, export_onnx, verify_onnx
 from triton_inpaint.sd_inpaint import PipelineSpec
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]{0,62}$")

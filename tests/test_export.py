@@ -4,12 +4,12 @@ from pathlib import Path
 
 import pytest
 from google.protobuf import text_format
-from triton_inpaint.export.repository import check_name, export_checkpoint
 from tritonclient.grpc import model_config_pb2 as mc
 
 from tests.conftest import BUILTIN_REPOSITORY, MODEL
 from triton_inpaint import contract
 from triton_inpaint.components import SUBMODELS
+from triton_inpaint.export.repository import check_name, export_checkpoint
 
 
 def _config(model_dir: Path) -> mc.ModelConfig:

@@ -26,12 +26,12 @@ binary_masks = arrays(np.bool_, st.tuples(st.integers(8, 48), st.integers(8, 48)
 )
 
 
-def sparse_masks(draw_shape=st.tuples(st.integers(16, 64), st.integers(16, 64))):
+def sparse_masks():
     """Masks made of a few rectangles, like painted regions, sometimes touching the border."""
 
     @st.composite
     def build(draw):
-        h, w = draw(draw_shape)
+        h, w = draw(st.integers(16, 64)), draw(st.integers(16, 64))
         mask = np.zeros((h, w), np.float32)
         for _ in range(draw(st.integers(1, 3))):
             y, x = draw(st.integers(0, h - 1)), draw(st.integers(0, w - 1))

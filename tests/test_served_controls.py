@@ -27,8 +27,14 @@ def diffusers_result(pipe, config, image, mask, scheduler="DDIM", strength=1.0, 
     pipe.scheduler = build_scheduler(scheduler, config)
     return np.asarray(
         pipe(
-            prompt=PROMPT, image=Image.fromarray(image), mask_image=Image.fromarray(mask), num_inference_steps=steps,
-            strength=strength, guidance_scale=7.0, generator=torch.Generator().manual_seed(seed), **kwargs,
+            prompt=PROMPT,
+            image=Image.fromarray(image),
+            mask_image=Image.fromarray(mask),
+            num_inference_steps=steps,
+            strength=strength,
+            guidance_scale=7.0,
+            generator=torch.Generator().manual_seed(seed),
+            **kwargs,
         ).images[0]
     )
 
@@ -60,8 +66,9 @@ def test_deterministic_schedulers(client, reference_pipeline, scheduler_config, 
 def test_strength_sweep(client, reference_pipeline, scheduler_config, strength):
     image, mask = make_image(96, 64, seed=4), irregular_mask(96, 64)
     got = decode_rgb(served(client, image, mask, strength=strength, width=96, height=64).image)
-    want = diffusers_result(reference_pipeline, scheduler_config, image, mask, strength=strength, width=96,
-                            height=64)
+    want = diffusers_result(
+        reference_pipeline, scheduler_config, image, mask, strength=strength, width=96, height=64
+    )
     assert_parity(f"strength {strength}", got, want, mask, image)
 
 
@@ -69,8 +76,9 @@ def test_lower_strength_stays_closer_to_the_input(client):
     image, mask = make_image(96, 64, seed=4), irregular_mask(96, 64)
     inside = mask == 255
     change = {
-        s: np.abs(decode_rgb(served(client, image, mask, strength=s, width=96, height=64).image).astype(int)
-                  - image)[inside].mean()
+        s: np.abs(
+            decode_rgb(served(client, image, mask, strength=s, width=96, height=64).image).astype(int) - image
+        )[inside].mean()
         for s in (0.3, 1.0)
     }
     assert change[0.3] < change[1.0]
@@ -81,8 +89,9 @@ def test_mask_margin_near_a_corner(client, reference_pipeline, scheduler_config)
     mask = np.zeros((128, 192), np.uint8)
     mask[100:124, 150:185] = 255  # bottom-right corner
     got = decode_rgb(served(client, image, mask, mask_margin=32, width=64, height=64).image)
-    want = diffusers_result(reference_pipeline, scheduler_config, image, mask, padding_mask_crop=32, width=64,
-                            height=64)
+    want = diffusers_result(
+        reference_pipeline, scheduler_config, image, mask, padding_mask_crop=32, width=64, height=64
+    )
     assert got.shape == image.shape
     assert_parity("mask_margin 32 (corner)", got, want, mask, image)
 
@@ -102,8 +111,9 @@ def test_num_images_three(client, reference_pipeline, scheduler_config):
     assert result.seeds == [500, 501, 502]
     assert len(result.images) == 3 and len(set(result.images)) == 3
     for image_bytes, seed in zip(result.images, result.seeds, strict=True):
-        want = diffusers_result(reference_pipeline, scheduler_config, image, mask, "Euler a", seed=seed,
-                                width=96, height=64)
+        want = diffusers_result(
+            reference_pipeline, scheduler_config, image, mask, "Euler a", seed=seed, width=96, height=64
+        )
         assert_parity(f"num_images 3, seed {seed}", decode_rgb(image_bytes), want, mask, image)
         alone = served(client, image, mask, seed=seed, width=96, height=64, scheduler="Euler a")
         assert np.abs(decode_rgb(alone.image).astype(int) - decode_rgb(image_bytes)).max() <= 1

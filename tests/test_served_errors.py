@@ -2,10 +2,10 @@
 
 import numpy as np
 import pytest
-from triton_inpaint.client import InpaintClient, InpaintError
 
 from tests.conftest import MODEL
 from tests.helpers import decode_rgb, irregular_mask, make_image, png_bytes
+from triton_inpaint.client import InpaintClient, InpaintError
 
 pytestmark = pytest.mark.server
 IMAGE = png_bytes(make_image(64, 48))

@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from triton_inpaint.client import InpaintClient
 
 from tests.conftest import MODEL
 from tests.helpers import decode_rgb, irregular_mask, make_image, png_bytes
+from triton_inpaint.client import InpaintClient
 from triton_inpaint.schedulers import build_scheduler
 
 pytestmark = pytest.mark.server

@@ -2,6 +2,7 @@ import hashlib
 from pathlib import Path
 
 from diffusers import StableDiffusionInpaintPipeline
+
 from triton_inpaint.export.tiny import build_clip_tokenizer, write_tiny_checkpoint
 
 
