@@ -80,3 +80,15 @@ def test_composite_resizes_generated_to_original_size():
     out = composite(original, generated, np.ones((20, 30), np.float32))
     assert out.shape == (20, 30, 3)
     assert np.abs(out.astype(int) - 200).max() <= 1
+
+
+def test_transparent_mask_pixels_mean_keep():
+    """White strokes on a transparent layer: only the opaque strokes regenerate, whatever RGB hides
+    under the transparent pixels."""
+    rgba = np.zeros((4, 4, 4), np.uint8)
+    rgba[..., :3] = 255  # white everywhere ...
+    rgba[1:3, 1:3, 3] = 255  # ... but opaque only in the middle
+    mask = decode_mask(_encode(Image.fromarray(rgba, "RGBA"), "PNG"))
+    expected = np.zeros((4, 4), np.float32)
+    expected[1:3, 1:3] = 1.0
+    assert np.array_equal(mask, expected)
