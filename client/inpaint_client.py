@@ -75,6 +75,21 @@ class InpaintClient:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def served_models(self) -> list[str]:
+        """Names of the ready inpainting models (the ``NAME`` of each ``inpaint_NAME`` ensemble)."""
+        if self.protocol == "grpc":
+            index = self._client.get_model_repository_index(as_json=True).get("models", [])
+        else:
+            index = self._client.get_model_repository_index()
+        prefix = "inpaint_"
+        return sorted(
+            entry["name"][len(prefix) :]
+            for entry in index
+            if entry.get("state") == "READY"
+            and entry["name"].startswith(prefix)
+            and entry["name"] not in ("inpaint_preprocess", "inpaint_postprocess")
+        )
+
     def _input(self, name: str, value: Any) -> Any:
         spec = _SPECS[name]
         if spec.client_dtype == "BYTES":
@@ -149,6 +164,9 @@ class InpaintClient:
             message = _clean(exc.message() or str(exc))
             if "UNAVAILABLE" in str(exc.status()) or "DEADLINE_EXCEEDED" in str(exc.status()):
                 raise ServerUnreachableError(message) from None
+            if "unknown model" in message.lower():
+                served = ", ".join(self.served_models()) or "none"
+                raise InpaintError(f"model: {model!r} is not served; served models: {served}") from None
             raise InpaintError(message) from None
         except OSError as exc:  # HTTP: connection refused or reset
             raise ServerUnreachableError(str(exc)) from None

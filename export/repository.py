@@ -157,10 +157,10 @@ def export_checkpoint(
         )
     pipeline = StableDiffusionInpaintPipeline.from_pretrained(checkpoint, safety_checker=None)
     spec = PipelineSpec.from_diffusers(pipeline)
-    if spec.unet_in_channels != 9:
+    if spec.unet_in_channels not in (4, 9):
         raise ValueError(
-            f"--checkpoint {checkpoint}: UNet has {spec.unet_in_channels} input channels; "
-            "this export serves 9-channel inpainting checkpoints"
+            f"--checkpoint {checkpoint}: UNet has {spec.unet_in_channels} input channels; this export "
+            "serves SD 1.5/2 base (4) and inpainting (9) checkpoints"
         )
     repository.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=f".export-{name}-", dir=repository.parent))

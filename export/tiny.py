@@ -16,7 +16,9 @@ from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionInpaintPipeli
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 from transformers.convert_slow_tokenizer import bytes_to_unicode
 
-FAMILIES = ("sd15-inpaint",)
+# sd15-inpaint: 9-channel inpainting UNet (mask and masked-image latents concatenated to its input).
+# sd15-base: 4-channel base UNet, inpainting by blending the noised original latents every step.
+FAMILIES = ("sd15-inpaint", "sd15-base")
 TINY_RESOLUTION = 128  # native resolution of the tiny SD 1.5 checkpoint: 16x16 latents
 _TOKENIZER_WORDS = [
     "a",
@@ -70,15 +72,16 @@ def build_clip_tokenizer() -> CLIPTokenizer:
     return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=77)
 
 
-def build_sd15_inpaint(seed: int = 0) -> StableDiffusionInpaintPipeline:
-    """A tiny SD 1.5 inpainting pipeline: 9-channel UNet, 4-block VAE (scale factor 8), CLIP."""
+def build_sd15(seed: int = 0, unet_in_channels: int = 9) -> StableDiffusionInpaintPipeline:
+    """A tiny SD 1.5 pipeline: 9-channel (inpainting) or 4-channel (base) UNet, 4-block VAE (scale
+    factor 8), CLIP."""
     tokenizer = build_clip_tokenizer()
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(
         block_out_channels=(32, 64),
         layers_per_block=2,
         sample_size=TINY_RESOLUTION // 8,
-        in_channels=9,
+        in_channels=unet_in_channels,
         out_channels=4,
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
@@ -143,7 +146,7 @@ def write_tiny_checkpoint(family: str, out: Path, seed: int = 0) -> Path:
     """Write a tiny checkpoint in diffusers' ``save_pretrained`` layout; same seed, same bytes."""
     if family not in FAMILIES:
         raise ValueError(f"unknown family {family!r}; choose one of: {', '.join(FAMILIES)}")
-    pipeline = build_sd15_inpaint(seed)
+    pipeline = build_sd15(seed, unet_in_channels=9 if family == "sd15-inpaint" else 4)
     out.mkdir(parents=True, exist_ok=True)
     pipeline.save_pretrained(out, safe_serialization=True)
     return out

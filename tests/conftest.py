@@ -16,7 +16,8 @@ os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BUILTIN_REPOSITORY = REPO_ROOT / "model_repository"
-MODEL = "tiny"
+MODEL = "tiny"  # sd15-inpaint: 9-channel UNet
+BASE_MODEL = "tinybase"  # sd15-base: 4-channel UNet, latent blending
 
 
 @pytest.fixture(scope="session")
@@ -33,22 +34,42 @@ def scheduler_config(tiny_checkpoint: Path) -> dict:
 
 
 @pytest.fixture(scope="session")
-def reference_pipeline(tiny_checkpoint: Path):
+def tiny_base_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from triton_inpaint.export.tiny import write_tiny_checkpoint
+
+    return write_tiny_checkpoint("sd15-base", tmp_path_factory.mktemp("checkpoint") / "tinybase", seed=0)
+
+
+def _load_reference(checkpoint: Path):
     from diffusers import StableDiffusionInpaintPipeline
 
-    pipeline = StableDiffusionInpaintPipeline.from_pretrained(tiny_checkpoint, safety_checker=None)
+    pipeline = StableDiffusionInpaintPipeline.from_pretrained(checkpoint, safety_checker=None)
     pipeline.set_progress_bar_config(disable=True)
     return pipeline
 
 
 @pytest.fixture(scope="session")
-def exported_repository(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory):
+def reference_pipeline(tiny_checkpoint: Path):
+    return _load_reference(tiny_checkpoint)
+
+
+@pytest.fixture(scope="session")
+def reference_base_pipeline(tiny_base_checkpoint: Path):
+    return _load_reference(tiny_base_checkpoint)
+
+
+@pytest.fixture(scope="session")
+def exported_repository(
+    tiny_checkpoint: Path, tiny_base_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory
+):
+    """One repository holding both families, served by one Triton; returns the inpainting export's checks."""
     from triton_inpaint.export.repository import export_checkpoint
 
     repository = tmp_path_factory.mktemp("repository")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         checks = export_checkpoint(tiny_checkpoint, MODEL, repository, log=lambda _: None)
+        export_checkpoint(tiny_base_checkpoint, BASE_MODEL, repository, log=lambda _: None)
     return repository, checks
 
 

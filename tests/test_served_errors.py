@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from tests.conftest import MODEL
+from tests.conftest import BASE_MODEL, MODEL
 from tests.helpers import decode_rgb, irregular_mask, make_image, png_bytes
 from triton_inpaint.client import InpaintClient, InpaintError
 
@@ -45,9 +45,14 @@ def test_bad_input_is_named_and_server_keeps_serving(client, overrides, expected
     assert decode_rgb(ok.image).shape == (48, 64, 3)
 
 
-def test_unknown_model_is_reported(client):
-    with pytest.raises(InpaintError, match="inpaint_nonexistent"):
-        client.inpaint("nonexistent", IMAGE, MASK, "a hat", steps=2)
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_unknown_model_lists_the_served_ones(triton_server, protocol):
+    url = triton_server.grpc_url if protocol == "grpc" else triton_server.http_url
+    with InpaintClient(url, protocol) as c:
+        assert c.served_models() == sorted([BASE_MODEL, MODEL])
+        with pytest.raises(InpaintError) as info:
+            c.inpaint("nonexistent", IMAGE, MASK, "a hat", steps=2)
+    assert str(info.value) == f"model: 'nonexistent' is not served; served models: {MODEL}, {BASE_MODEL}"
 
 
 def test_bad_request_among_concurrent_good_ones(triton_server):

@@ -1,4 +1,10 @@
-"""Stable Diffusion inpainting (9-channel UNet), step for step as diffusers does it.
+"""Stable Diffusion inpainting, step for step as diffusers does it.
+
+Two kinds of UNet: 9-channel inpainting checkpoints take the mask and the masked image's latents
+concatenated to their input; 4-channel base checkpoints inpaint by replacing the known region with the
+original latents, noised to the next timestep, after every step (the soft mask blended in latent
+space).
+
 
 This mirrors ``diffusers.StableDiffusionInpaintPipeline.__call__`` so the two can be read side by
 side: encode prompt, prepare timesteps, prepare image and mask, prepare latents, prepare mask latents,
@@ -100,9 +106,10 @@ class SDInpaintPipeline:
         scheduler_config: dict[str, Any],
         spec: PipelineSpec,
     ) -> None:
-        if spec.unet_in_channels != 9:
+        if spec.unet_in_channels not in (4, 9):
             raise ValueError(
-                f"this pipeline serves 9-channel inpainting UNets; the checkpoint has {spec.unet_in_channels}"
+                f"this pipeline serves 4-channel (base) and 9-channel (inpainting) UNets; "
+                f"the checkpoint has {spec.unet_in_channels}"
             )
         self.components = components
         self.tokenizer = tokenizer
@@ -115,6 +122,11 @@ class SDInpaintPipeline:
             do_binarize=True,
             do_convert_grayscale=True,
         )
+
+    @property
+    def blends_latents(self) -> bool:
+        """True for base (4-channel) UNets, which inpaint by latent blending."""
+        return self.spec.unet_in_channels == 4
 
     @classmethod
     def from_directory(cls, directory: Path, components: SDComponents) -> SDInpaintPipeline:
@@ -180,7 +192,9 @@ class SDInpaintPipeline:
         latent_timestep: torch.Tensor,
         is_strength_max: bool,
         generators: list[torch.Generator],
-    ) -> torch.Tensor:
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Initial latents, the noise drawn, and the image latents (needed at strength < 1, and at every
+        step for base UNets)."""
         _, _, height, width = init_image.shape
         shape = (
             len(generators),
@@ -188,11 +202,14 @@ class SDInpaintPipeline:
             height // self.spec.vae_scale_factor,
             width // self.spec.vae_scale_factor,
         )
-        image_latents = None if is_strength_max else self._encode_vae_image(init_image, generators)
+        image_latents = None
+        if self.blends_latents or not is_strength_max:
+            image_latents = self._encode_vae_image(init_image, generators)
         noise = randn_tensor(shape, generator=generators, dtype=torch.float32)
         if is_strength_max:
-            return noise * scheduler.init_noise_sigma
-        return scheduler.add_noise(image_latents, noise, latent_timestep.repeat(len(generators)))
+            return noise * scheduler.init_noise_sigma, noise, image_latents
+        latents = scheduler.add_noise(image_latents, noise, latent_timestep.repeat(len(generators)))
+        return latents, noise, image_latents
 
     def prepare_mask_latents(
         self,
@@ -206,7 +223,14 @@ class SDInpaintPipeline:
         mask = torch.nn.functional.interpolate(
             mask_condition, size=(height // self.spec.vae_scale_factor, width // self.spec.vae_scale_factor)
         )
-        masked_image_latents = self._encode_vae_image(masked_image, generators)
+        if self.blends_latents:
+            # A base UNet never sees the masked image, but diffusers still encodes it, which draws one
+            # latent-sized sample from each generator. Draw the same numbers without the VAE call so
+            # the per-step noise that follows stays identical.
+            latent_shape = (len(generators), self.spec.latent_channels, *mask.shape[2:])
+            masked_image_latents = randn_tensor(latent_shape, generator=generators, dtype=torch.float32)
+        else:
+            masked_image_latents = self._encode_vae_image(masked_image, generators)
         mask = mask.repeat(len(generators), 1, 1, 1)
         if do_cfg:
             mask = torch.cat([mask] * 2)
@@ -223,24 +247,33 @@ class SDInpaintPipeline:
         prompt_embeds: torch.Tensor,
         guidance_scale: float,
         generators: list[torch.Generator],
+        noise: torch.Tensor | None = None,
+        image_latents: torch.Tensor | None = None,
     ) -> torch.Tensor:
         do_cfg = prompt_embeds.shape[0] == 2 * latents.shape[0]
+        init_mask = mask[: latents.shape[0]]
         step_kwargs: dict[str, Any] = {}
         step_parameters = set(inspect.signature(scheduler.step).parameters)
         if "eta" in step_parameters:
             step_kwargs["eta"] = 0.0
         if "generator" in step_parameters:
             step_kwargs["generator"] = generators
-        for t in timesteps:
+        for i, t in enumerate(timesteps):
             latent_model_input = torch.cat([latents] * 2) if do_cfg else latents
             latent_model_input = scheduler.scale_model_input(latent_model_input, t)
-            latent_model_input = torch.cat([latent_model_input, mask, masked_image_latents], dim=1)
+            if not self.blends_latents:
+                latent_model_input = torch.cat([latent_model_input, mask, masked_image_latents], dim=1)
             timestep = torch.full((latent_model_input.shape[0], 1), float(t), dtype=torch.float32)
             noise_pred = self.components.predict_noise(latent_model_input, timestep, prompt_embeds)
             if do_cfg:
                 noise_pred_uncond, noise_pred_text = noise_pred.chunk(2)
                 noise_pred = noise_pred_uncond + guidance_scale * (noise_pred_text - noise_pred_uncond)
             latents = scheduler.step(noise_pred, t, latents, **step_kwargs, return_dict=False)[0]
+            if self.blends_latents:
+                init_latents_proper = image_latents
+                if i < len(timesteps) - 1:
+                    init_latents_proper = scheduler.add_noise(image_latents, noise, timesteps[i + 1 : i + 2])
+                latents = (1 - init_mask) * init_latents_proper + init_mask * latents
         return latents
 
     def decode(self, latents: torch.Tensor) -> np.ndarray:
@@ -285,7 +318,7 @@ class SDInpaintPipeline:
         generators = [torch.Generator("cpu").manual_seed(seed) for seed in params.seeds]
         prompt_embeds = self.encode_prompt(params.prompt, params.negative_prompt, do_cfg, params.num_images)
         init_image, mask_condition = self.prepare_image_and_mask(image, mask, width, height, crop)
-        latents = self.prepare_latents(
+        latents, noise, image_latents = self.prepare_latents(
             scheduler, init_image, timesteps[:1], params.strength == 1.0, generators
         )
         mask_latents, masked_image_latents = self.prepare_mask_latents(
@@ -300,6 +333,8 @@ class SDInpaintPipeline:
             prompt_embeds,
             params.guidance_scale,
             generators,
+            noise,
+            image_latents,
         )
         box = crop if crop is not None else (0, 0, image.shape[1], image.shape[0])
         return self.decode(latents), box
