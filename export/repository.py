@@ -19,9 +19,22 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from triton_inpaint import contract
-from triton_inpaint.components import SUBMODELS, TENSORS, TEXT_ENCODER, UNET, VAE_DECODER, VAE_ENCODER
+from triton_inpaint.components import (
+    TEXT_ENCODER,
+    TEXT_ENCODER_2,
+    UNET,
+    VAE_DECODER,
+    VAE_ENCODER,
+    network_tensors,
+)
 from triton_inpaint.contract import TensorSpec
-from triton_inpaint.export.onnx_export import ExportCheck, export_onnx, verify_onnx
+from triton_inpaint.export.onnx_export import (
+    ExportCheck,
+    export_onnx,
+    is_sdxl,
+    unet_condition_sizes,
+    verify_onnx,
+)
 from triton_inpaint.sd_inpaint import PipelineSpec
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]{0,62}$")
@@ -57,27 +70,39 @@ def _write_model_py(version_dir: Path, module: str) -> None:
 def _network_tensors(pipeline: object) -> dict[str, tuple[list[TensorSpec], list[TensorSpec]]]:
     """Per-network (inputs, outputs), dims without the batch axis."""
     seq = pipeline.tokenizer.model_max_length
-    hidden = pipeline.text_encoder.config.hidden_size
     latent = pipeline.vae.config.latent_channels
-    shapes = {
-        TEXT_ENCODER: ([("TYPE_INT64", (seq,))], ("TYPE_FP32", (seq, hidden))),
-        VAE_ENCODER: ([("TYPE_FP32", (3, -1, -1))], ("TYPE_FP32", (2 * latent, -1, -1))),
-        VAE_DECODER: ([("TYPE_FP32", (latent, -1, -1))], ("TYPE_FP32", (3, -1, -1))),
+    states = pipeline.unet.config.cross_attention_dim
+    sdxl = is_sdxl(pipeline)
+    shapes: dict[str, tuple[list, list]] = {
+        TEXT_ENCODER: (
+            [("TYPE_INT64", (seq,))],
+            [("TYPE_FP32", (seq, pipeline.text_encoder.config.hidden_size))],
+        ),
+        VAE_ENCODER: ([("TYPE_FP32", (3, -1, -1))], [("TYPE_FP32", (2 * latent, -1, -1))]),
+        VAE_DECODER: ([("TYPE_FP32", (latent, -1, -1))], [("TYPE_FP32", (3, -1, -1))]),
         UNET: (
             [
                 ("TYPE_FP32", (pipeline.unet.config.in_channels, -1, -1)),
                 ("TYPE_FP32", (1,)),
-                ("TYPE_FP32", (seq, hidden)),
+                ("TYPE_FP32", (seq, states)),
             ],
-            ("TYPE_FP32", (latent, -1, -1)),
+            [("TYPE_FP32", (latent, -1, -1))],
         ),
     }
+    if sdxl:
+        pooled, time_ids = unet_condition_sizes(pipeline)
+        hidden_2 = pipeline.text_encoder_2.config.hidden_size
+        shapes[TEXT_ENCODER_2] = (
+            [("TYPE_INT64", (seq,))],
+            [("TYPE_FP32", (seq, hidden_2)), ("TYPE_FP32", (pooled,))],
+        )
+        shapes[UNET][0].extend([("TYPE_FP32", (pooled,)), ("TYPE_FP32", (time_ids,))])
     result = {}
-    for role, (inputs, (out_type, out_dims)) in shapes.items():
-        input_names, output_name = TENSORS[role]
+    for role, (inputs, outputs) in shapes.items():
+        input_names, output_names = network_tensors(sdxl)[role]
         result[role] = (
             [TensorSpec(n, t, d) for n, (t, d) in zip(input_names, inputs, strict=True)],
-            [TensorSpec(output_name, out_type, out_dims)],
+            [TensorSpec(n, t, d) for n, (t, d) in zip(output_names, outputs, strict=True)],
         )
     return result
 
@@ -144,8 +169,9 @@ def export_checkpoint(
     options: ExportOptions | None = None,
     log: object = print,
 ) -> list[ExportCheck]:
-    """Export ``checkpoint`` (a diffusers SD 1.5/2 inpainting folder) as Triton models named ``name``."""
-    from diffusers import StableDiffusionInpaintPipeline
+    """Export ``checkpoint`` (a diffusers SD 1.5/2 or SDXL folder, base or inpainting) as Triton models
+    named ``name``."""
+    from diffusers import StableDiffusionInpaintPipeline, StableDiffusionXLInpaintPipeline
     from diffusers.utils import logging as diffusers_logging
 
     diffusers_logging.disable_progress_bar()
@@ -155,18 +181,22 @@ def export_checkpoint(
         raise FileNotFoundError(
             f"--checkpoint {checkpoint}: no model_index.json; expected a diffusers folder"
         )
-    pipeline = StableDiffusionInpaintPipeline.from_pretrained(checkpoint, safety_checker=None)
+    if (checkpoint / "text_encoder_2").is_dir():
+        pipeline = StableDiffusionXLInpaintPipeline.from_pretrained(checkpoint, add_watermarker=False)
+    else:
+        pipeline = StableDiffusionInpaintPipeline.from_pretrained(checkpoint, safety_checker=None)
     spec = PipelineSpec.from_diffusers(pipeline)
     if spec.unet_in_channels not in (4, 9):
         raise ValueError(
             f"--checkpoint {checkpoint}: UNet has {spec.unet_in_channels} input channels; this export "
-            "serves SD 1.5/2 base (4) and inpainting (9) checkpoints"
+            "serves base (4) and inpainting (9) checkpoints"
         )
     repository.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=f".export-{name}-", dir=repository.parent))
     try:
-        model_dirs = {role: scratch / f"{name}_{role}" for role in SUBMODELS}
-        log(f"exporting {', '.join(SUBMODELS)} to ONNX ...")
+        roles = list(network_tensors(spec.sdxl))
+        model_dirs = {role: scratch / f"{name}_{role}" for role in roles}
+        log(f"exporting {', '.join(roles)} to ONNX ...")
         paths = export_onnx(pipeline, {role: d / "1" / "model.onnx" for role, d in model_dirs.items()})
         checks = verify_onnx(pipeline, paths)
         for role, (inputs, outputs) in _network_tensors(pipeline).items():
@@ -177,6 +207,8 @@ def export_checkpoint(
         version = denoise_dir / "1"
         _write_model_py(version, "triton_inpaint.triton.denoise")
         pipeline.tokenizer.save_pretrained(version / "tokenizer")
+        if spec.sdxl:
+            pipeline.tokenizer_2.save_pretrained(version / "tokenizer_2")
         pipeline.scheduler.save_pretrained(version / "scheduler")
         spec.save(version)
         _write_config(denoise_dir, _denoise_config(denoise_dir.name, name, options))

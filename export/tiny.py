@@ -12,13 +12,20 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionInpaintPipeline, UNet2DConditionModel
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+from diffusers import (
+    AutoencoderKL,
+    EulerDiscreteScheduler,
+    PNDMScheduler,
+    StableDiffusionInpaintPipeline,
+    StableDiffusionXLInpaintPipeline,
+    UNet2DConditionModel,
+)
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 from transformers.convert_slow_tokenizer import bytes_to_unicode
 
-# sd15-inpaint: 9-channel inpainting UNet (mask and masked-image latents concatenated to its input).
-# sd15-base: 4-channel base UNet, inpainting by blending the noised original latents every step.
-FAMILIES = ("sd15-inpaint", "sd15-base")
+# *-inpaint: 9-channel inpainting UNet (mask and masked-image latents concatenated to its input).
+# *-base: 4-channel base UNet, inpainting by blending the noised original latents every step.
+FAMILIES = ("sd15-inpaint", "sd15-base", "sdxl-inpaint", "sdxl-base")
 TINY_RESOLUTION = 128  # native resolution of the tiny SD 1.5 checkpoint: 16x16 latents
 _TOKENIZER_WORDS = [
     "a",
@@ -70,6 +77,94 @@ def build_clip_tokenizer() -> CLIPTokenizer:
                 vocab.setdefault(pair[0] + pair[1], len(vocab))
             pieces = [pair[0] + pair[1], *pieces[2:]]
     return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=77)
+
+
+def _tiny_vae(seed: int, scaling_factor: float) -> AutoencoderKL:
+    torch.manual_seed(seed)
+    return AutoencoderKL(
+        block_out_channels=(32, 32, 64, 64),
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        latent_channels=4,
+        layers_per_block=1,
+        sample_size=TINY_RESOLUTION,
+        scaling_factor=scaling_factor,
+    )
+
+
+def _tiny_clip_config(tokenizer: CLIPTokenizer, projection_dim: int = 32) -> CLIPTextConfig:
+    return CLIPTextConfig(
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        hidden_size=32,
+        intermediate_size=37,
+        layer_norm_eps=1e-05,
+        num_attention_heads=4,
+        num_hidden_layers=5,
+        vocab_size=len(tokenizer),
+        max_position_embeddings=77,
+        projection_dim=projection_dim,
+    )
+
+
+def build_sdxl(seed: int = 0, unet_in_channels: int = 9) -> StableDiffusionXLInpaintPipeline:
+    """A tiny SDXL pipeline: two CLIP encoders (the second with a projection), a text-time UNet
+    conditioned on pooled embeddings and 6 size/crop time ids (as SDXL 1.0), the 4-block VAE."""
+    tokenizer = build_clip_tokenizer()
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        block_out_channels=(32, 64),
+        layers_per_block=2,
+        sample_size=TINY_RESOLUTION // 8,
+        in_channels=unet_in_channels,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=(2, 4),
+        use_linear_projection=True,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=8,
+        transformer_layers_per_block=(1, 2),
+        projection_class_embeddings_input_dim=6 * 8 + 32,
+        cross_attention_dim=64,
+    )
+    vae = _tiny_vae(seed, scaling_factor=0.13025)
+    torch.manual_seed(seed)
+    text_encoder = CLIPTextModel(_tiny_clip_config(tokenizer))
+    torch.manual_seed(seed + 1)
+    text_encoder_2 = CLIPTextModelWithProjection(_tiny_clip_config(tokenizer))
+    # The scheduler config of the real SDXL checkpoints.
+    scheduler = EulerDiscreteScheduler.from_config(
+        {
+            "beta_start": 0.00085,
+            "beta_end": 0.012,
+            "beta_schedule": "scaled_linear",
+            "num_train_timesteps": 1000,
+            "steps_offset": 1,
+            "timestep_spacing": "leading",
+            "interpolation_type": "linear",
+            "use_karras_sigmas": False,
+            "clip_sample": False,
+            "sample_max_value": 1.0,
+            "set_alpha_to_one": False,
+            "skip_prk_steps": True,
+        }
+    )
+    return StableDiffusionXLInpaintPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        text_encoder_2=text_encoder_2,
+        tokenizer=tokenizer,
+        tokenizer_2=build_clip_tokenizer(),
+        unet=unet,
+        scheduler=scheduler,
+        requires_aesthetics_score=False,
+        force_zeros_for_empty_prompt=True,
+        add_watermarker=False,
+    )
 
 
 def build_sd15(seed: int = 0, unet_in_channels: int = 9) -> StableDiffusionInpaintPipeline:
@@ -146,7 +241,8 @@ def write_tiny_checkpoint(family: str, out: Path, seed: int = 0) -> Path:
     """Write a tiny checkpoint in diffusers' ``save_pretrained`` layout; same seed, same bytes."""
     if family not in FAMILIES:
         raise ValueError(f"unknown family {family!r}; choose one of: {', '.join(FAMILIES)}")
-    pipeline = build_sd15(seed, unet_in_channels=9 if family == "sd15-inpaint" else 4)
+    builder = build_sdxl if family.startswith("sdxl") else build_sd15
+    pipeline = builder(seed, unet_in_channels=9 if family.endswith("-inpaint") else 4)
     out.mkdir(parents=True, exist_ok=True)
     pipeline.save_pretrained(out, safe_serialization=True)
     return out

@@ -18,6 +18,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 BUILTIN_REPOSITORY = REPO_ROOT / "model_repository"
 MODEL = "tiny"  # sd15-inpaint: 9-channel UNet
 BASE_MODEL = "tinybase"  # sd15-base: 4-channel UNet, latent blending
+SDXL_MODELS = {"sdxl-inpaint": "tinyxl", "sdxl-base": "tinyxlbase"}
 
 
 @pytest.fixture(scope="session")
@@ -59,17 +60,31 @@ def reference_base_pipeline(tiny_base_checkpoint: Path):
 
 
 @pytest.fixture(scope="session")
+def sdxl_checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    from triton_inpaint.export.tiny import write_tiny_checkpoint
+
+    root = tmp_path_factory.mktemp("checkpoint")
+    return {family: write_tiny_checkpoint(family, root / family, seed=0) for family in SDXL_MODELS}
+
+
+@pytest.fixture(scope="session")
 def exported_repository(
-    tiny_checkpoint: Path, tiny_base_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory
+    tiny_checkpoint: Path,
+    tiny_base_checkpoint: Path,
+    sdxl_checkpoints: dict[str, Path],
+    tmp_path_factory: pytest.TempPathFactory,
 ):
-    """One repository holding both families, served by one Triton; returns the inpainting export's checks."""
-    from triton_inpaint.export.repository import export_checkpoint
+    """One repository holding every family, served by one Triton; returns the SD 1.5 inpainting checks."""
+    from triton_inpaint.export.repository import ExportOptions, export_checkpoint
 
     repository = tmp_path_factory.mktemp("repository")
+    one_instance = ExportOptions(denoise_instances=1)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         checks = export_checkpoint(tiny_checkpoint, MODEL, repository, log=lambda _: None)
-        export_checkpoint(tiny_base_checkpoint, BASE_MODEL, repository, log=lambda _: None)
+        export_checkpoint(tiny_base_checkpoint, BASE_MODEL, repository, one_instance, log=lambda _: None)
+        for family, name in SDXL_MODELS.items():
+            export_checkpoint(sdxl_checkpoints[family], name, repository, one_instance, log=lambda _: None)
     return repository, checks
 
 

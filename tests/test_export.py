@@ -8,7 +8,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from tests.conftest import BUILTIN_REPOSITORY, MODEL
 from triton_inpaint import contract
-from triton_inpaint.components import SUBMODELS
+from triton_inpaint.components import SD_TENSORS
 from triton_inpaint.export.repository import check_name, export_checkpoint
 
 
@@ -26,7 +26,7 @@ def _specs(specs) -> list[tuple[str, str, tuple[int, ...]]]:
 
 def test_onnx_graphs_match_torch(exported_repository):
     _, checks = exported_repository
-    assert [c.submodel for c in checks] == list(SUBMODELS)
+    assert [c.submodel for c in checks] == list(SD_TENSORS)
     for check in checks:
         print(f"{check.submodel}: max |onnx - torch| = {check.max_abs_diff:.2e}")
         assert check.max_abs_diff < 1e-4

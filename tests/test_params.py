@@ -8,7 +8,7 @@ def test_defaults_and_random_seed():
     params = DenoiseParams.from_inputs("a cat")
     assert params.steps == DEFAULT_STEPS
     assert params.strength == DEFAULT_STRENGTH
-    assert params.negative_prompt == ""
+    assert params.negative_prompt is None
     assert SEED_RANGE[0] <= params.seed <= SEED_RANGE[1]
     seeds = {DenoiseParams.from_inputs("a cat").seed for _ in range(3)} | {params.seed}
     assert len(seeds) > 1, "absent seeds must be drawn at random"

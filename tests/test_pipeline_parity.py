@@ -6,7 +6,7 @@ import torch
 from PIL import Image
 
 from tests.helpers import irregular_mask, make_image
-from triton_inpaint.components import SUBMODELS, RunnerComponents, TorchComponents, onnx_runner
+from triton_inpaint.components import SD_TENSORS, RunnerComponents, TorchComponents, onnx_runner
 from triton_inpaint.params import DenoiseParams
 from triton_inpaint.schedulers import build_scheduler
 from triton_inpaint.sd_inpaint import PipelineSpec, SDInpaintPipeline, processing_size
@@ -58,7 +58,7 @@ def torch_pipeline(reference_pipeline, scheduler_config):
 @pytest.fixture(scope="module")
 def onnx_pipeline(exported_repository, torch_pipeline):
     repository, _ = exported_repository
-    run = onnx_runner({role: repository / f"tiny_{role}" / "1" / "model.onnx" for role in SUBMODELS})
+    run = onnx_runner({role: repository / f"tiny_{role}" / "1" / "model.onnx" for role in SD_TENSORS})
     return SDInpaintPipeline.from_directory(repository / "tiny_denoise" / "1", RunnerComponents(run))
 
 
@@ -94,9 +94,9 @@ def test_guidance_at_most_one_skips_the_unconditional_half(
     calls = []
     unet = torch_pipeline.components.predict_noise
 
-    def counting(sample, timestep, states):
+    def counting(sample, timestep, states, added=None):
         calls.append(sample.shape[0])
-        return unet(sample, timestep, states)
+        return unet(sample, timestep, states, added)
 
     torch_pipeline.components.predict_noise = counting
     try:

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from tests.conftest import BASE_MODEL, MODEL
+from tests.conftest import BASE_MODEL, MODEL, SDXL_MODELS
 from tests.helpers import decode_rgb, irregular_mask, make_image, png_bytes
 from triton_inpaint.client import InpaintClient, InpaintError
 
@@ -49,10 +49,11 @@ def test_bad_input_is_named_and_server_keeps_serving(client, overrides, expected
 def test_unknown_model_lists_the_served_ones(triton_server, protocol):
     url = triton_server.grpc_url if protocol == "grpc" else triton_server.http_url
     with InpaintClient(url, protocol) as c:
-        assert c.served_models() == sorted([BASE_MODEL, MODEL])
+        served = sorted([BASE_MODEL, MODEL, *SDXL_MODELS.values()])
+        assert c.served_models() == served
         with pytest.raises(InpaintError) as info:
             c.inpaint("nonexistent", IMAGE, MASK, "a hat", steps=2)
-    assert str(info.value) == f"model: 'nonexistent' is not served; served models: {MODEL}, {BASE_MODEL}"
+    assert str(info.value) == f"model: 'nonexistent' is not served; served models: {', '.join(served)}"
 
 
 def test_bad_request_among_concurrent_good_ones(triton_server):

@@ -1,7 +1,7 @@
-"""The four networks of a Stable Diffusion checkpoint, behind one small interface.
+"""The networks of a Stable Diffusion (SD 1.5/2 or SDXL) checkpoint, behind one small interface.
 
 The denoising pipeline is written once against :class:`SDComponents`. What runs the networks is a
-*runner*: a function ``run(model, inputs, output) -> array`` over the exported models' tensor names.
+*runner*: a function ``run(model, inputs, outputs) -> arrays`` over the exported models' tensor names.
 In Triton the runner is a BLS call; in tests and offline tools it is an onnxruntime session; for the
 reference comparison it is the torch module itself. Tensor names are the ONNX graphs' names, which are
 also the Triton models' names, so nothing maps names between stages.
@@ -17,33 +17,51 @@ import numpy as np
 import torch
 
 TEXT_ENCODER = "text_encoder"
+TEXT_ENCODER_2 = "text_encoder_2"
 VAE_ENCODER = "vae_encoder"
 VAE_DECODER = "vae_decoder"
 UNET = "unet"
-SUBMODELS = (TEXT_ENCODER, VAE_ENCODER, VAE_DECODER, UNET)
 
-# Input and output tensor names of each exported network.
-TENSORS: dict[str, tuple[tuple[str, ...], str]] = {
-    TEXT_ENCODER: (("input_ids",), "last_hidden_state"),
-    VAE_ENCODER: (("sample",), "latent_parameters"),
-    VAE_DECODER: (("latent_sample",), "sample"),
-    UNET: (("sample", "timestep", "encoder_hidden_states"), "noise_pred"),
+# Input and output tensor names of each exported network, per family. SDXL's text encoders return the
+# penultimate hidden states (and the second one its pooled projection); its UNet takes the pooled text
+# embeddings and the size/crop time ids as extra conditions.
+SD_TENSORS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    TEXT_ENCODER: (("input_ids",), ("last_hidden_state",)),
+    VAE_ENCODER: (("sample",), ("latent_parameters",)),
+    VAE_DECODER: (("latent_sample",), ("sample",)),
+    UNET: (("sample", "timestep", "encoder_hidden_states"), ("noise_pred",)),
+}
+SDXL_TENSORS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    TEXT_ENCODER: (("input_ids",), ("hidden_states",)),
+    TEXT_ENCODER_2: (("input_ids",), ("hidden_states", "text_embeds")),
+    VAE_ENCODER: SD_TENSORS[VAE_ENCODER],
+    VAE_DECODER: SD_TENSORS[VAE_DECODER],
+    UNET: (("sample", "timestep", "encoder_hidden_states", "text_embeds", "time_ids"), ("noise_pred",)),
 }
 
-Runner = Callable[[str, dict[str, np.ndarray], str], np.ndarray]
+
+def network_tensors(sdxl: bool) -> dict[str, tuple[tuple[str, ...], tuple[str, ...]]]:
+    return SDXL_TENSORS if sdxl else SD_TENSORS
+
+
+Runner = Callable[[str, dict[str, np.ndarray], list[str]], list[np.ndarray]]
 
 
 class SDComponents(Protocol):
-    def encode_text(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """Token ids (B, 77) -> CLIP last hidden state (B, 77, D)."""
+    def encode_text(self, input_ids: torch.Tensor, encoder: str = TEXT_ENCODER) -> tuple[torch.Tensor, ...]:
+        """Token ids (B, 77) -> the encoder's outputs, in the order its tensor list names them."""
 
     def encode_image(self, image: torch.Tensor) -> torch.Tensor:
         """Image (B, 3, H, W) in [-1, 1] -> latent distribution parameters (B, 2C, h, w)."""
 
     def predict_noise(
-        self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor
+        self,
+        sample: torch.Tensor,
+        timestep: torch.Tensor,
+        encoder_hidden_states: torch.Tensor,
+        added: dict[str, torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        """UNet input (B, C_in, h, w), timesteps (B, 1), text states -> predicted noise (B, C, h, w)."""
+        """UNet input (B, C_in, h, w), timesteps (B, 1), text states, SDXL's extra conditions -> noise."""
 
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
         """Unscaled latents (B, C, h, w) -> image (B, 3, H, W) in about [-1, 1]."""
@@ -56,32 +74,41 @@ def _np(tensor: torch.Tensor, dtype: type = np.float32) -> np.ndarray:
 class RunnerComponents:
     """:class:`SDComponents` over a runner that executes the exported networks by name.
 
-    ``model_names`` maps the four roles to the names the runner knows them by (the Triton model
-    names, e.g. ``tiny_unet``); by default the role is the name.
+    ``model_names`` maps the roles to the names the runner knows them by (the Triton model names,
+    e.g. ``tiny_unet``); by default the role is the name.
     """
 
-    def __init__(self, run: Runner, model_names: dict[str, str] | None = None) -> None:
+    def __init__(self, run: Runner, model_names: dict[str, str] | None = None, sdxl: bool = False) -> None:
         self._run = run
-        self._names = model_names or {role: role for role in SUBMODELS}
+        self._tensors = network_tensors(sdxl)
+        self._names = model_names or {role: role for role in self._tensors}
 
-    def _call(self, role: str, *arrays: np.ndarray) -> torch.Tensor:
-        input_names, output_name = TENSORS[role]
-        result = self._run(self._names[role], dict(zip(input_names, arrays, strict=True)), output_name)
-        return torch.from_numpy(np.asarray(result))
+    def _call(self, role: str, arrays: list[np.ndarray]) -> tuple[torch.Tensor, ...]:
+        input_names, output_names = self._tensors[role]
+        results = self._run(
+            self._names[role], dict(zip(input_names, arrays, strict=True)), list(output_names)
+        )
+        return tuple(torch.from_numpy(np.asarray(result)) for result in results)
 
-    def encode_text(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return self._call(TEXT_ENCODER, _np(input_ids, np.int64))
+    def encode_text(self, input_ids: torch.Tensor, encoder: str = TEXT_ENCODER) -> tuple[torch.Tensor, ...]:
+        return self._call(encoder, [_np(input_ids, np.int64)])
 
     def encode_image(self, image: torch.Tensor) -> torch.Tensor:
-        return self._call(VAE_ENCODER, _np(image))
+        return self._call(VAE_ENCODER, [_np(image)])[0]
 
     def predict_noise(
-        self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor
+        self,
+        sample: torch.Tensor,
+        timestep: torch.Tensor,
+        encoder_hidden_states: torch.Tensor,
+        added: dict[str, torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        return self._call(UNET, _np(sample), _np(timestep), _np(encoder_hidden_states))
+        arrays = [_np(sample), _np(timestep), _np(encoder_hidden_states)]
+        arrays += [_np(added[name]) for name in self._tensors[UNET][0][3:]]
+        return self._call(UNET, arrays)[0]
 
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
-        return self._call(VAE_DECODER, _np(latents))
+        return self._call(VAE_DECODER, [_np(latents)])[0]
 
 
 def onnx_runner(onnx_files: dict[str, Path], threads: int = 0) -> Runner:
@@ -95,8 +122,8 @@ def onnx_runner(onnx_files: dict[str, Path], threads: int = 0) -> Runner:
         for name, path in onnx_files.items()
     }
 
-    def run(model: str, inputs: dict[str, np.ndarray], output: str) -> np.ndarray:
-        return sessions[model].run([output], inputs)[0]
+    def run(model: str, inputs: dict[str, np.ndarray], outputs: list[str]) -> list[np.ndarray]:
+        return sessions[model].run(outputs, inputs)
 
     return run
 
@@ -106,10 +133,17 @@ class TorchComponents:
 
     def __init__(self, pipeline: object) -> None:
         self._pipe = pipeline
+        self._sdxl = getattr(pipeline, "text_encoder_2", None) is not None
 
     @torch.no_grad()
-    def encode_text(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return self._pipe.text_encoder(input_ids)[0]
+    def encode_text(self, input_ids: torch.Tensor, encoder: str = TEXT_ENCODER) -> tuple[torch.Tensor, ...]:
+        module = getattr(self._pipe, encoder)
+        if not self._sdxl:
+            return (module(input_ids)[0],)
+        output = module(input_ids, output_hidden_states=True)
+        if encoder == TEXT_ENCODER_2:
+            return output.hidden_states[-2], output.text_embeds
+        return (output.hidden_states[-2],)
 
     @torch.no_grad()
     def encode_image(self, image: torch.Tensor) -> torch.Tensor:
@@ -117,10 +151,14 @@ class TorchComponents:
 
     @torch.no_grad()
     def predict_noise(
-        self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor
+        self,
+        sample: torch.Tensor,
+        timestep: torch.Tensor,
+        encoder_hidden_states: torch.Tensor,
+        added: dict[str, torch.Tensor] | None = None,
     ) -> torch.Tensor:
         return self._pipe.unet(
-            sample, timestep.reshape(-1), encoder_hidden_states=encoder_hidden_states
+            sample, timestep.reshape(-1), encoder_hidden_states=encoder_hidden_states, added_cond_kwargs=added
         ).sample
 
     @torch.no_grad()

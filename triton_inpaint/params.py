@@ -43,7 +43,7 @@ class DenoiseParams:
     """Controls of the denoising loop, validated; ``None`` inputs take the model's defaults."""
 
     prompt: str
-    negative_prompt: str
+    negative_prompt: str | None  # None when absent: SDXL then guides away from zeros, not from ""
     steps: int
     strength: float
     guidance_scale: float
@@ -96,7 +96,7 @@ class DenoiseParams:
                 raise InvalidInputError(field, f"must be a multiple of {SIZE_MULTIPLE}, got {value}")
         return cls(
             prompt=prompt,
-            negative_prompt=negative_prompt or "",
+            negative_prompt=negative_prompt,
             steps=steps,
             strength=strength,
             guidance_scale=guidance_scale,

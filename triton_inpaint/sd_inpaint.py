@@ -32,7 +32,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 from transformers import CLIPTokenizer
 
-from triton_inpaint.components import SDComponents
+from triton_inpaint.components import TEXT_ENCODER, TEXT_ENCODER_2, SDComponents
 from triton_inpaint.errors import InvalidInputError
 from triton_inpaint.imaging import mask_to_pil
 from triton_inpaint.masks import Box, crop_region, mask_bounds
@@ -53,16 +53,25 @@ class PipelineSpec:
     native_resolution: int
     default_steps: int = 20
     default_guidance: float = 7.0
+    # SDXL: two text encoders, pooled embeddings and size/crop time ids as extra UNet conditions.
+    sdxl: bool = False
+    force_zeros_for_empty_prompt: bool = False
+    requires_aesthetics_score: bool = False
 
     @classmethod
     def from_diffusers(cls, pipeline: Any) -> PipelineSpec:
         vae_scale_factor = 2 ** (len(pipeline.vae.config.block_out_channels) - 1)
+        sdxl = getattr(pipeline, "text_encoder_2", None) is not None
         return cls(
             vae_scale_factor=vae_scale_factor,
             vae_scaling_factor=float(pipeline.vae.config.scaling_factor),
             latent_channels=int(pipeline.vae.config.latent_channels),
             unet_in_channels=int(pipeline.unet.config.in_channels),
             native_resolution=int(pipeline.unet.config.sample_size) * vae_scale_factor,
+            default_guidance=5.0 if sdxl else 7.0,
+            sdxl=sdxl,
+            force_zeros_for_empty_prompt=bool(pipeline.config.get("force_zeros_for_empty_prompt", False)),
+            requires_aesthetics_score=bool(pipeline.config.get("requires_aesthetics_score", False)),
         )
 
     def save(self, directory: Path) -> None:
@@ -105,6 +114,7 @@ class SDInpaintPipeline:
         tokenizer: CLIPTokenizer,
         scheduler_config: dict[str, Any],
         spec: PipelineSpec,
+        tokenizer_2: CLIPTokenizer | None = None,
     ) -> None:
         if spec.unet_in_channels not in (4, 9):
             raise ValueError(
@@ -113,6 +123,9 @@ class SDInpaintPipeline:
             )
         self.components = components
         self.tokenizer = tokenizer
+        self.tokenizer_2 = tokenizer_2
+        if spec.sdxl and tokenizer_2 is None:
+            raise ValueError("an SDXL checkpoint needs its second tokenizer")
         self.scheduler_config = dict(scheduler_config)
         self.spec = spec
         self.image_processor = VaeImageProcessor(vae_scale_factor=spec.vae_scale_factor)
@@ -132,27 +145,76 @@ class SDInpaintPipeline:
     def from_directory(cls, directory: Path, components: SDComponents) -> SDInpaintPipeline:
         """Load tokenizer, scheduler config and spec from an exported denoise model directory."""
         tokenizer = CLIPTokenizer.from_pretrained(directory / "tokenizer")
+        tokenizer_2 = None
+        if (directory / "tokenizer_2").is_dir():
+            tokenizer_2 = CLIPTokenizer.from_pretrained(directory / "tokenizer_2")
         scheduler_config = json.loads((directory / "scheduler" / "scheduler_config.json").read_text())
-        return cls(components, tokenizer, scheduler_config, PipelineSpec.load(directory))
+        return cls(components, tokenizer, scheduler_config, PipelineSpec.load(directory), tokenizer_2)
 
     # -- steps, named after diffusers' ---------------------------------------------------------------
 
-    def encode_prompt(self, prompt: str, negative_prompt: str, do_cfg: bool, num_images: int) -> torch.Tensor:
+    @staticmethod
+    def _token_ids(tokenizer: CLIPTokenizer, text: str) -> torch.Tensor:
+        return tokenizer(
+            [text],
+            padding="max_length",
+            max_length=tokenizer.model_max_length,
+            truncation=True,
+            return_tensors="pt",
+        ).input_ids
+
+    def encode_prompt(
+        self, prompt: str, negative_prompt: str | None, do_cfg: bool, num_images: int
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Text states for the UNet and, for SDXL, the pooled embeddings; the unconditional half first
+        when guiding, so both halves go through the UNet in one batched call per step as in diffusers."""
+        if self.spec.sdxl:
+            return self._encode_prompt_sdxl(prompt, negative_prompt, do_cfg, num_images)
+
         def embed(text: str) -> torch.Tensor:
-            ids = self.tokenizer(
-                [text],
-                padding="max_length",
-                max_length=self.tokenizer.model_max_length,
-                truncation=True,
-                return_tensors="pt",
-            ).input_ids
-            return self.components.encode_text(ids).repeat(num_images, 1, 1)
+            return self.components.encode_text(self._token_ids(self.tokenizer, text))[0].repeat(
+                num_images, 1, 1
+            )
 
         prompt_embeds = embed(prompt)
         if not do_cfg:
-            return prompt_embeds
-        # Unconditional and conditional halves batched into one UNet call per step, as diffusers does.
-        return torch.cat([embed(negative_prompt), prompt_embeds])
+            return prompt_embeds, None
+        return torch.cat([embed(negative_prompt or ""), prompt_embeds]), None
+
+    def _encode_prompt_sdxl(
+        self, prompt: str, negative_prompt: str | None, do_cfg: bool, num_images: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        def embed(text: str) -> tuple[torch.Tensor, torch.Tensor]:
+            (states_1,) = self.components.encode_text(self._token_ids(self.tokenizer, text), TEXT_ENCODER)
+            states_2, pooled = self.components.encode_text(
+                self._token_ids(self.tokenizer_2, text), TEXT_ENCODER_2
+            )
+            return torch.cat([states_1, states_2], dim=-1), pooled
+
+        prompt_embeds, pooled = embed(prompt)
+        if do_cfg:
+            # Without a negative prompt, SDXL checkpoints guide away from zeros, not from the empty text.
+            if negative_prompt is None and self.spec.force_zeros_for_empty_prompt:
+                negative_embeds, negative_pooled = torch.zeros_like(prompt_embeds), torch.zeros_like(pooled)
+            else:
+                negative_embeds, negative_pooled = embed(negative_prompt or "")
+            prompt_embeds = torch.cat(
+                [negative_embeds.repeat(num_images, 1, 1), prompt_embeds.repeat(num_images, 1, 1)]
+            )
+            pooled = torch.cat([negative_pooled.repeat(num_images, 1), pooled.repeat(num_images, 1)])
+            return prompt_embeds, pooled
+        return prompt_embeds.repeat(num_images, 1, 1), pooled.repeat(num_images, 1)
+
+    def time_ids(self, width: int, height: int, batch: int, do_cfg: bool) -> torch.Tensor:
+        """SDXL's size conditioning: original size, crop top-left, target size (or aesthetic score)."""
+        if self.spec.requires_aesthetics_score:
+            positive, negative = [height, width, 0, 0, 6.0], [height, width, 0, 0, 2.5]
+        else:
+            positive = negative = [height, width, 0, 0, height, width]
+        ids = torch.tensor([positive], dtype=torch.float32).repeat(batch, 1)
+        if not do_cfg:
+            return ids
+        return torch.cat([torch.tensor([negative], dtype=torch.float32).repeat(batch, 1), ids])
 
     @staticmethod
     def prepare_timesteps(scheduler: Any, steps: int, strength: float) -> torch.Tensor:
@@ -249,6 +311,7 @@ class SDInpaintPipeline:
         generators: list[torch.Generator],
         noise: torch.Tensor | None = None,
         image_latents: torch.Tensor | None = None,
+        added: dict[str, torch.Tensor] | None = None,
     ) -> torch.Tensor:
         do_cfg = prompt_embeds.shape[0] == 2 * latents.shape[0]
         init_mask = mask[: latents.shape[0]]
@@ -264,7 +327,7 @@ class SDInpaintPipeline:
             if not self.blends_latents:
                 latent_model_input = torch.cat([latent_model_input, mask, masked_image_latents], dim=1)
             timestep = torch.full((latent_model_input.shape[0], 1), float(t), dtype=torch.float32)
-            noise_pred = self.components.predict_noise(latent_model_input, timestep, prompt_embeds)
+            noise_pred = self.components.predict_noise(latent_model_input, timestep, prompt_embeds, added)
             if do_cfg:
                 noise_pred_uncond, noise_pred_text = noise_pred.chunk(2)
                 noise_pred = noise_pred_uncond + guidance_scale * (noise_pred_text - noise_pred_uncond)
@@ -316,7 +379,15 @@ class SDInpaintPipeline:
             )
         do_cfg = params.guidance_scale > 1.0
         generators = [torch.Generator("cpu").manual_seed(seed) for seed in params.seeds]
-        prompt_embeds = self.encode_prompt(params.prompt, params.negative_prompt, do_cfg, params.num_images)
+        prompt_embeds, pooled = self.encode_prompt(
+            params.prompt, params.negative_prompt, do_cfg, params.num_images
+        )
+        added = None
+        if self.spec.sdxl:
+            added = {
+                "text_embeds": pooled,
+                "time_ids": self.time_ids(width, height, params.num_images, do_cfg),
+            }
         init_image, mask_condition = self.prepare_image_and_mask(image, mask, width, height, crop)
         latents, noise, image_latents = self.prepare_latents(
             scheduler, init_image, timesteps[:1], params.strength == 1.0, generators
@@ -335,6 +406,7 @@ class SDInpaintPipeline:
             generators,
             noise,
             image_latents,
+            added,
         )
         box = crop if crop is not None else (0, 0, image.shape[1], image.shape[0])
         return self.decode(latents), box

@@ -13,22 +13,22 @@ from typing import Any
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from triton_inpaint.components import SUBMODELS, RunnerComponents
+from triton_inpaint.components import RunnerComponents, network_tensors
 from triton_inpaint.params import DenoiseParams
-from triton_inpaint.sd_inpaint import SDInpaintPipeline
+from triton_inpaint.sd_inpaint import PipelineSpec, SDInpaintPipeline
 from triton_inpaint.triton.io import number, respond_each, tensor, text
 
 
-def bls_run(model: str, inputs: dict[str, np.ndarray], output: str) -> np.ndarray:
+def bls_run(model: str, inputs: dict[str, np.ndarray], outputs: list[str]) -> list[np.ndarray]:
     request = pb_utils.InferenceRequest(
         model_name=model,
-        requested_output_names=[output],
+        requested_output_names=outputs,
         inputs=[pb_utils.Tensor(name, array) for name, array in inputs.items()],
     )
     response = request.exec()
     if response.has_error():
         raise RuntimeError(f"{model}: {response.error().message()}")
-    return pb_utils.get_output_tensor_by_name(response, output).as_numpy()
+    return [pb_utils.get_output_tensor_by_name(response, output).as_numpy() for output in outputs]
 
 
 class TritonPythonModel:
@@ -37,7 +37,9 @@ class TritonPythonModel:
         config = json.loads(args["model_config"])
         prefix = config["parameters"]["submodel_prefix"]["string_value"]
         directory = Path(args["model_repository"]) / args["model_version"]
-        components = RunnerComponents(bls_run, {role: f"{prefix}_{role}" for role in SUBMODELS})
+        spec = PipelineSpec.load(directory)
+        roles = network_tensors(spec.sdxl)
+        components = RunnerComponents(bls_run, {role: f"{prefix}_{role}" for role in roles}, sdxl=spec.sdxl)
         self.pipeline = SDInpaintPipeline.from_directory(directory, components)
 
     def _handle(self, request: Any) -> list[Any]:
