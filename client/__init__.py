@@ -7,4 +7,4 @@ from triton_inpaint.client.inpaint_client import (
     ServerUnreachableError,
 )
 
-__all__ = ["InpaintClient", "InpaintError", "InpaintResult", "ServerUnreachableError"]
+__all__ = ["InpaintClient", "InpaintError", "InpaintResult", "ModelInfo", "ServerUnreachableError"]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import sys
 from pathlib import Path
 
@@ -83,7 +85,27 @@ def output_paths(out: Path, count: int) -> list[Path]:
     return [out] + [out.with_name(f"{out.stem}-{i}{out.suffix}") for i in range(1, count)]
 
 
+def _models(args: argparse.Namespace) -> int:
+    try:
+        with InpaintClient(args.url, args.protocol) as client:
+            models = client.list_models()
+    except (ServerUnreachableError, OSError) as exc:
+        print(f"error: cannot reach Triton at {args.url} over {args.protocol}: {exc}", file=sys.stderr)
+        return 3
+    print(json.dumps([dataclasses.asdict(m) for m in models], indent=2))
+    return 0
+
+
 def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
+    models = subparsers.add_parser(
+        "models",
+        help="list the served inpainting models with their ids, families and defaults (JSON)",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    models.add_argument("--url", default="127.0.0.1:8001", help="Triton HOST:PORT")
+    models.add_argument("--protocol", choices=PROTOCOLS, default="grpc")
+    models.set_defaults(handler=_models)
+
     parser = subparsers.add_parser(
         "inpaint",
         help="inpaint an image through a running Triton server",
@@ -93,7 +115,11 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
         "--url", default="127.0.0.1:8001", help="Triton HOST:PORT (gRPC port, or HTTP with --protocol http)"
     )
     parser.add_argument("--protocol", choices=PROTOCOLS, default="grpc")
-    parser.add_argument("--model", required=True, help="checkpoint name given at export, e.g. 'tiny'")
+    parser.add_argument(
+        "--model",
+        required=True,
+        help="model name given at export (e.g. 'tiny') or registry id (e.g. 'local:sd15-inpaint@1')",
+    )
     parser.add_argument("--image", type=Path, required=True, help="input image (PNG, JPEG, WEBP)")
     parser.add_argument(
         "--mask", type=Path, required=True, help="mask of the same size: white regenerates, black keeps"

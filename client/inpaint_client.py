@@ -23,6 +23,19 @@ class ServerUnreachableError(InpaintError):
 
 
 @dataclass(frozen=True)
+class ModelInfo:
+    """A served inpainting model as its ensemble's config describes it."""
+
+    name: str  # use this, or the id, as ``model`` in inpaint()
+    id: str
+    family: str
+    native_resolution: int
+    default_steps: int
+    default_guidance: float
+    default_scheduler: str | None
+
+
+@dataclass(frozen=True)
 class InpaintResult:
     """The encoded images, one per seed (``seeds[i]`` replays ``images[i]`` alone)."""
 
@@ -74,6 +87,43 @@ class InpaintClient:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def list_models(self) -> list[ModelInfo]:
+        """Every ready inpainting model with its id, family, native resolution and defaults."""
+        models = []
+        for name in self.served_models():
+            if self.protocol == "grpc":
+                config = self._client.get_model_config(ensemble_name(name), as_json=True)["config"]
+            else:
+                config = self._client.get_model_config(ensemble_name(name))
+            # HTTP answers in snake_case; gRPC's JSON form uses camelCase and leaves empty strings out.
+            params = {
+                key: value.get("string_value", value.get("stringValue", ""))
+                for key, value in config.get("parameters", {}).items()
+            }
+            models.append(
+                ModelInfo(
+                    name=name,
+                    id=params.get("model_id", name),
+                    family=params.get("family", "unknown"),
+                    native_resolution=int(params.get("native_resolution", 0)),
+                    default_steps=int(params.get("default_steps", 0)),
+                    default_guidance=float(params.get("default_guidance", 0)),
+                    default_scheduler=params.get("default_scheduler") or None,
+                )
+            )
+        return models
+
+    def resolve_model(self, model: str) -> str:
+        """The Triton name for a model given by name, ensemble name or registry id."""
+        if model.startswith("inpaint_"):
+            return model
+        if ":" not in model:
+            return ensemble_name(model)
+        for info in self.list_models():
+            if info.id == model:
+                return ensemble_name(info.name)
+        return ensemble_name(model)  # refused below with the list of served models
 
     def served_models(self) -> list[str]:
         """Names of the ready inpainting models (the ``NAME`` of each ``inpaint_NAME`` ensemble)."""
@@ -152,7 +202,7 @@ class InpaintClient:
         }
         inputs = [self._input(name, value) for name, value in values.items() if value is not None]
         outputs = [self._module.InferRequestedOutput(spec.name) for spec in RESPONSE_OUTPUTS]
-        model_name = model if model.startswith("inpaint_") else ensemble_name(model)
+        model_name = self.resolve_model(model)
         from tritonclient.utils import InferenceServerException
 
         try:
@@ -165,7 +215,7 @@ class InpaintClient:
             if "UNAVAILABLE" in str(exc.status()) or "DEADLINE_EXCEEDED" in str(exc.status()):
                 raise ServerUnreachableError(message) from None
             if "unknown model" in message.lower():
-                served = ", ".join(self.served_models()) or "none"
+                served = ", ".join(f"{m.id} ({m.name})" for m in self.list_models()) or "none"
                 raise InpaintError(f"model: {model!r} is not served; served models: {served}") from None
             raise InpaintError(message) from None
         except OSError as exc:  # HTTP: connection refused or reset

@@ -42,11 +42,35 @@ def _onnx(args: argparse.Namespace) -> int:
     return 0
 
 
+def _registry(args: argparse.Namespace) -> int:
+    from triton_inpaint.export.registry import export_registry
+
+    started = time.monotonic()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        built = export_registry(
+            args.registry,
+            args.repository,
+            args.cache,
+            log=lambda m: print(m, flush=True),
+            denoise_instances=args.denoise_instances,
+        )
+    print(f"{'id':<28} {'Triton model':<28} {'family':<13} {'native':>6}  defaults")
+    for entry, family, native in built:
+        defaults = (
+            f"steps {entry.default_steps or '-'}, guidance {entry.default_guidance or '-'}, "
+            f"scheduler {entry.default_scheduler or '-'}"
+        )
+        print(f"{entry.id:<28} inpaint_{entry.name:<20} {family:<13} {native:>6}  {defaults}")
+    print(f"built {len(built)} models into {args.repository} in {time.monotonic() - started:.1f} s")
+    return 0
+
+
 def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
     export = subparsers.add_parser(
         "export", help="build tiny checkpoints; export checkpoints to Triton models"
     )
-    commands = export.add_subparsers(dest="export_command", required=True, metavar="{tiny,onnx}")
+    commands = export.add_subparsers(dest="export_command", required=True, metavar="{tiny,onnx,registry}")
 
     tiny = commands.add_parser(
         "tiny",
@@ -79,3 +103,28 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
         help="concurrent requests the denoise model runs (Triton instance count)",
     )
     onnx.set_defaults(handler=_onnx)
+
+    registry = commands.add_parser(
+        "registry",
+        help="export every checkpoint a registry file lists into one model repository",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    registry.add_argument("--registry", type=Path, required=True, help="TOML file with [[models]] entries")
+    registry.add_argument(
+        "--repository", type=Path, required=True, help="Triton model repository to write into"
+    )
+    registry.add_argument(
+        "--cache",
+        type=Path,
+        default=Path("build/checkpoints"),
+        help="where tiny checkpoints named by 'tiny = FAMILY' entries are built",
+    )
+    registry.add_argument(
+        "--denoise-instances",
+        type=int,
+        default=2,
+        choices=range(1, 17),
+        metavar="1-16",
+        help="concurrent requests each denoise model runs",
+    )
+    registry.set_defaults(handler=_registry)

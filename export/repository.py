@@ -46,6 +46,12 @@ class ExportOptions:
     denoise_instances: int = 2
     unet_instances: int = 1
     unet_queue_delay_us: int = 2000
+    # What the registry says about the model; None keeps the family's defaults.
+    model_id: str | None = None
+    default_steps: int | None = None
+    default_guidance: float | None = None
+    default_scheduler: str | None = None
+    family: str | None = None  # when given, the checkpoint must be of this family
 
 
 def _add_tensors(target: object, specs: Iterable[TensorSpec]) -> None:
@@ -132,10 +138,21 @@ def _denoise_config(name: str, checkpoint_name: str, options: ExportOptions) -> 
     return config
 
 
-def _ensemble_config(checkpoint_name: str) -> mc.ModelConfig:
+def _ensemble_config(checkpoint_name: str, spec: PipelineSpec, model_id: str) -> mc.ModelConfig:
     config = mc.ModelConfig(
         name=contract.ensemble_name(checkpoint_name), platform="ensemble", max_batch_size=0
     )
+    # What a client needs to pick a model, readable from the server (the client's list_models).
+    described = {
+        "model_id": model_id,
+        "family": spec.family,
+        "native_resolution": str(spec.native_resolution),
+        "default_steps": str(spec.default_steps),
+        "default_guidance": str(spec.default_guidance),
+        "default_scheduler": spec.default_scheduler or "",
+    }
+    for key, value in described.items():
+        config.parameters[key].string_value = value
     _add_tensors(config.input, contract.REQUEST_INPUTS)
     _add_tensors(config.output, contract.RESPONSE_OUTPUTS)
     steps = (
@@ -186,6 +203,16 @@ def export_checkpoint(
     else:
         pipeline = StableDiffusionInpaintPipeline.from_pretrained(checkpoint, safety_checker=None)
     spec = PipelineSpec.from_diffusers(pipeline)
+    overrides = {
+        "default_steps": options.default_steps,
+        "default_guidance": options.default_guidance,
+        "default_scheduler": options.default_scheduler,
+    }
+    spec = replace(spec, **{key: value for key, value in overrides.items() if value is not None})
+    if options.family is not None and options.family != spec.family:
+        raise ValueError(
+            f"--checkpoint {checkpoint}: expected family {options.family}, the checkpoint is {spec.family}"
+        )
     if spec.unet_in_channels not in (4, 9):
         raise ValueError(
             f"--checkpoint {checkpoint}: UNet has {spec.unet_in_channels} input channels; this export "
@@ -215,7 +242,7 @@ def export_checkpoint(
 
         ensemble_dir = scratch / contract.ensemble_name(name)
         (ensemble_dir / "1").mkdir(parents=True)
-        _write_config(ensemble_dir, _ensemble_config(name))
+        _write_config(ensemble_dir, _ensemble_config(name, spec, options.model_id or f"local:{name}@1"))
 
         for model_dir in sorted(scratch.iterdir()):
             target = repository / model_dir.name

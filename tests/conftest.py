@@ -19,6 +19,15 @@ BUILTIN_REPOSITORY = REPO_ROOT / "model_repository"
 MODEL = "tiny"  # sd15-inpaint: 9-channel UNet
 BASE_MODEL = "tinybase"  # sd15-base: 4-channel UNet, latent blending
 SDXL_MODELS = {"sdxl-inpaint": "tinyxl", "sdxl-base": "tinyxlbase"}
+# Registry ids of the models the session's Triton serves (tiny is exported directly, the rest through
+# a registry file); tinybase gets its own defaults from the registry.
+MODEL_IDS = {
+    MODEL: "local:tiny@1",
+    BASE_MODEL: "local:sd15-base@1",
+    "tinyxl": "local:sdxl-inpaint@1",
+    "tinyxlbase": "local:sdxl-base@1",
+}
+BASE_DEFAULTS = {"default_steps": 6, "default_guidance": 6.5, "default_scheduler": "Euler a"}
 
 
 @pytest.fixture(scope="session")
@@ -75,16 +84,32 @@ def exported_repository(
     tmp_path_factory: pytest.TempPathFactory,
 ):
     """One repository holding every family, served by one Triton; returns the SD 1.5 inpainting checks."""
+    from triton_inpaint.export.registry import export_registry
     from triton_inpaint.export.repository import ExportOptions, export_checkpoint
 
     repository = tmp_path_factory.mktemp("repository")
-    one_instance = ExportOptions(denoise_instances=1)
+    registry = repository.parent / "models.toml"
+    entries = [
+        f'[[models]]\nid = "{MODEL_IDS[BASE_MODEL]}"\nname = "{BASE_MODEL}"\n'
+        f'checkpoint = "{tiny_base_checkpoint}"\nfamily = "sd15-base"\n'
+        f"default_steps = {BASE_DEFAULTS['default_steps']}\n"
+        f"default_guidance = {BASE_DEFAULTS['default_guidance']}\n"
+        f'default_scheduler = "{BASE_DEFAULTS["default_scheduler"]}"\n'
+    ]
+    for family, name in SDXL_MODELS.items():
+        entries.append(
+            f'[[models]]\nid = "{MODEL_IDS[name]}"\nname = "{name}"\n'
+            f'checkpoint = "{sdxl_checkpoints[family]}"\n'
+        )
+    registry.write_text("\n".join(entries))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        checks = export_checkpoint(tiny_checkpoint, MODEL, repository, log=lambda _: None)
-        export_checkpoint(tiny_base_checkpoint, BASE_MODEL, repository, one_instance, log=lambda _: None)
-        for family, name in SDXL_MODELS.items():
-            export_checkpoint(sdxl_checkpoints[family], name, repository, one_instance, log=lambda _: None)
+        checks = export_checkpoint(
+            tiny_checkpoint, MODEL, repository, ExportOptions(model_id=MODEL_IDS[MODEL]), log=lambda _: None
+        )
+        export_registry(
+            registry, repository, repository.parent / "cache", log=lambda _: None, denoise_instances=1
+        )
     return repository, checks
 
 

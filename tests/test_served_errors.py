@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from tests.conftest import BASE_MODEL, MODEL, SDXL_MODELS
+from tests.conftest import BASE_MODEL, MODEL, MODEL_IDS, SDXL_MODELS
 from tests.helpers import decode_rgb, irregular_mask, make_image, png_bytes
 from triton_inpaint.client import InpaintClient, InpaintError
 
@@ -51,9 +51,10 @@ def test_unknown_model_lists_the_served_ones(triton_server, protocol):
     with InpaintClient(url, protocol) as c:
         served = sorted([BASE_MODEL, MODEL, *SDXL_MODELS.values()])
         assert c.served_models() == served
+        listed = ", ".join(f"{MODEL_IDS[name]} ({name})" for name in served)
         with pytest.raises(InpaintError) as info:
             c.inpaint("nonexistent", IMAGE, MASK, "a hat", steps=2)
-    assert str(info.value) == f"model: 'nonexistent' is not served; served models: {', '.join(served)}"
+    assert str(info.value) == f"model: 'nonexistent' is not served; served models: {listed}"
 
 
 def test_bad_request_among_concurrent_good_ones(triton_server):

@@ -53,6 +53,7 @@ class PipelineSpec:
     native_resolution: int
     default_steps: int = 20
     default_guidance: float = 7.0
+    default_scheduler: str | None = None  # None: the checkpoint's own scheduler
     # SDXL: two text encoders, pooled embeddings and size/crop time ids as extra UNet conditions.
     sdxl: bool = False
     force_zeros_for_empty_prompt: bool = False
@@ -73,6 +74,11 @@ class PipelineSpec:
             force_zeros_for_empty_prompt=bool(pipeline.config.get("force_zeros_for_empty_prompt", False)),
             requires_aesthetics_score=bool(pipeline.config.get("requires_aesthetics_score", False)),
         )
+
+    @property
+    def family(self) -> str:
+        """``sd15-inpaint``, ``sd15-base``, ``sdxl-inpaint`` or ``sdxl-base`` (SD 2 counts as sd15)."""
+        return f"{'sdxl' if self.sdxl else 'sd15'}-{'inpaint' if self.unet_in_channels == 9 else 'base'}"
 
     def save(self, directory: Path) -> None:
         (directory / SPEC_FILE).write_text(json.dumps(asdict(self), indent=2) + "\n")

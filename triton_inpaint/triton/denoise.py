@@ -51,7 +51,7 @@ class TritonPythonModel:
             strength=number(request, "strength"),
             guidance_scale=number(request, "guidance_scale"),
             seed=number(request, "seed"),
-            scheduler=text(request, "scheduler"),
+            scheduler=text(request, "scheduler") or spec.default_scheduler,
             width=number(request, "width"),
             height=number(request, "height"),
             num_images=number(request, "num_images"),
