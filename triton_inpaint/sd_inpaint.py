@@ -1,16 +1,16 @@
-"""Stable Diffusion inpainting, step for step as diffusers does it.
+"""Stable Diffusion (1.5/2 and SDXL) inpainting, step for step as diffusers does it.
 
 Two kinds of UNet: 9-channel inpainting checkpoints take the mask and the masked image's latents
 concatenated to their input; 4-channel base checkpoints inpaint by replacing the known region with the
 original latents, noised to the next timestep, after every step (the soft mask blended in latent
-space).
+space). SDXL adds a second text encoder, pooled embeddings and size/crop time ids as UNet conditions.
 
-
-This mirrors ``diffusers.StableDiffusionInpaintPipeline.__call__`` so the two can be read side by
-side: encode prompt, prepare timesteps, prepare image and mask, prepare latents, prepare mask latents,
-denoise, decode. Random numbers come from one seeded ``torch.Generator`` drawn in the pipeline's order
-(init-image encode when strength < 1, initial noise, masked-image encode, per-step noise), which is
-what makes the same seed give the same image as diffusers. The networks are reached only through
+This mirrors ``diffusers.StableDiffusionInpaintPipeline.__call__`` (and its SDXL sibling) so they can
+be read side by side: encode prompt, prepare timesteps, prepare image and mask, prepare latents,
+prepare mask latents, denoise, decode. Random numbers come from one seeded ``torch.Generator`` per
+image, drawn in the pipeline's order (init-image encode when strength < 1 or for base UNets, initial
+noise, masked-image encode, per-step noise), which is what makes the same seed give the same image as
+diffusers. The networks are reached only through
 :class:`~triton_inpaint.components.SDComponents`, so the same code runs in Triton (BLS calls) and in
 tests (onnxruntime or torch).
 """
