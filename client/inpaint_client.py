@@ -73,6 +73,7 @@ class InpaintClient:
         else:
             import tritonclient.http as module
         self._module = module
+        self._names_by_id: dict[str, str] = {}
         self._client = (
             module.InferenceServerClient(url=url, network_timeout=timeout)
             if protocol == "http"
@@ -120,10 +121,10 @@ class InpaintClient:
             return model
         if ":" not in model:
             return ensemble_name(model)
-        for info in self.list_models():
-            if info.id == model:
-                return ensemble_name(info.name)
-        return ensemble_name(model)  # refused below with the list of served models
+        # Ids are looked up once and remembered: listing costs a round trip per served model.
+        if model not in self._names_by_id:
+            self._names_by_id = {info.id: info.name for info in self.list_models()}
+        return ensemble_name(self._names_by_id.get(model, model))  # unknown: refused with the served list
 
     def served_models(self) -> list[str]:
         """Names of the ready inpainting models (the ``NAME`` of each ``inpaint_NAME`` ensemble)."""

@@ -79,6 +79,21 @@ def build_clip_tokenizer() -> CLIPTokenizer:
     return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=77)
 
 
+def _tiny_unet(seed: int, in_channels: int, **family_config: object) -> UNet2DConditionModel:
+    """The tiny UNet both families share: two blocks, one with cross-attention; 16x16 native latents."""
+    torch.manual_seed(seed)
+    return UNet2DConditionModel(
+        block_out_channels=(32, 64),
+        layers_per_block=2,
+        sample_size=TINY_RESOLUTION // 8,
+        in_channels=in_channels,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        **family_config,
+    )
+
+
 def _tiny_vae(seed: int, scaling_factor: float) -> AutoencoderKL:
     torch.manual_seed(seed)
     return AutoencoderKL(
@@ -114,22 +129,16 @@ def build_sdxl(seed: int = 0, unet_in_channels: int = 9) -> StableDiffusionXLInp
     """A tiny SDXL pipeline: two CLIP encoders (the second with a projection), a text-time UNet
     conditioned on pooled embeddings and 6 size/crop time ids (as SDXL 1.0), the 4-block VAE."""
     tokenizer = build_clip_tokenizer()
-    torch.manual_seed(seed)
-    unet = UNet2DConditionModel(
-        block_out_channels=(32, 64),
-        layers_per_block=2,
-        sample_size=TINY_RESOLUTION // 8,
-        in_channels=unet_in_channels,
-        out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+    unet = _tiny_unet(
+        seed,
+        unet_in_channels,
         attention_head_dim=(2, 4),
         use_linear_projection=True,
         addition_embed_type="text_time",
         addition_time_embed_dim=8,
         transformer_layers_per_block=(1, 2),
-        projection_class_embeddings_input_dim=6 * 8 + 32,
-        cross_attention_dim=64,
+        projection_class_embeddings_input_dim=6 * 8 + 32,  # 6 time ids x 8 + pooled text (32)
+        cross_attention_dim=64,  # both text encoders' hidden states side by side
     )
     vae = _tiny_vae(seed, scaling_factor=0.13025)
     torch.manual_seed(seed)
@@ -171,44 +180,10 @@ def build_sd15(seed: int = 0, unet_in_channels: int = 9) -> StableDiffusionInpai
     """A tiny SD 1.5 pipeline: 9-channel (inpainting) or 4-channel (base) UNet, 4-block VAE (scale
     factor 8), CLIP."""
     tokenizer = build_clip_tokenizer()
+    unet = _tiny_unet(seed, unet_in_channels, cross_attention_dim=32, attention_head_dim=8)
+    vae = _tiny_vae(seed, scaling_factor=0.18215)
     torch.manual_seed(seed)
-    unet = UNet2DConditionModel(
-        block_out_channels=(32, 64),
-        layers_per_block=2,
-        sample_size=TINY_RESOLUTION // 8,
-        in_channels=unet_in_channels,
-        out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=32,
-        attention_head_dim=8,
-    )
-    torch.manual_seed(seed)
-    vae = AutoencoderKL(
-        block_out_channels=(32, 32, 64, 64),
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        latent_channels=4,
-        layers_per_block=1,
-        sample_size=TINY_RESOLUTION,
-    )
-    torch.manual_seed(seed)
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-            hidden_size=32,
-            intermediate_size=37,
-            layer_norm_eps=1e-05,
-            num_attention_heads=4,
-            num_hidden_layers=5,
-            vocab_size=len(tokenizer),
-            max_position_embeddings=77,
-        )
-    )
+    text_encoder = CLIPTextModel(_tiny_clip_config(tokenizer))
     # The scheduler config of the real SD 1.5 inpainting checkpoint, ``clip_sample: false`` included:
     # every scheduler swapped in by name inherits it. It matters for tests too: DDIM's default
     # clip_sample=True makes a random-weight model chaotic (a 1e-7 change in one UNet output moves the

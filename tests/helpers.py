@@ -42,3 +42,50 @@ def irregular_mask(width: int = 160, height: int = 96) -> np.ndarray:
     )
     draw.ellipse([0.65 * width, 0.2 * height, 0.9 * width, 0.6 * height], fill=255)
     return np.asarray(mask)
+
+
+def diffusers_inpaint(
+    pipe,
+    scheduler_config: dict,
+    image: np.ndarray,
+    mask: np.ndarray,
+    prompt: str,
+    scheduler: str,
+    *,
+    steps: int,
+    strength: float,
+    guidance: float,
+    seed: int,
+    **kwargs,
+) -> np.ndarray:
+    """The reference: a diffusers inpainting pipeline with a scheduler swapped in from the checkpoint's
+    saved config (as the server does), one seeded generator, at the image's size unless told otherwise."""
+    import torch
+
+    from triton_inpaint.schedulers import build_scheduler
+
+    pipe.scheduler = build_scheduler(scheduler, scheduler_config)
+    kwargs.setdefault("width", image.shape[1])
+    kwargs.setdefault("height", image.shape[0])
+    result = pipe(
+        prompt=prompt,
+        image=Image.fromarray(image),
+        mask_image=Image.fromarray(mask),
+        num_inference_steps=steps,
+        strength=strength,
+        guidance_scale=guidance,
+        generator=torch.Generator().manual_seed(seed),
+        **kwargs,
+    ).images[0]
+    return np.asarray(result)
+
+
+def assert_served_parity(
+    label: str, served: np.ndarray, want: np.ndarray, mask: np.ndarray, image: np.ndarray, tolerance: int = 3
+) -> None:
+    """Inside the (binary) mask within ``tolerance``/255 of the reference; outside, the input exactly."""
+    inside = mask == 255
+    diff = np.abs(served.astype(int) - want.astype(int))[inside]
+    print(f"{label}: inside the mask max {diff.max()}/255, mean {diff.mean():.4f}/255")
+    assert diff.max() <= tolerance
+    assert np.array_equal(served[~inside], image[~inside]), "pixels outside the mask must be the input's"

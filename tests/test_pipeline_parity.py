@@ -2,33 +2,28 @@
 
 import numpy as np
 import pytest
-import torch
-from PIL import Image
 
-from tests.helpers import irregular_mask, make_image
+from tests.helpers import diffusers_inpaint, irregular_mask, make_image
 from triton_inpaint.components import SD_TENSORS, RunnerComponents, TorchComponents, onnx_runner
 from triton_inpaint.params import DenoiseParams
-from triton_inpaint.schedulers import build_scheduler
 from triton_inpaint.sd_inpaint import PipelineSpec, SDInpaintPipeline, processing_size
 
 PROMPT = "a red apple on a wooden table"
 
 
 def reference(pipe, config, image, mask, scheduler, strength, steps=8, guidance=7.0, seed=7):
-    pipe.scheduler = build_scheduler(scheduler, config)
-    out = pipe(
-        prompt=PROMPT,
-        image=Image.fromarray(image),
-        mask_image=Image.fromarray(mask),
-        num_inference_steps=steps,
+    return diffusers_inpaint(
+        pipe,
+        config,
+        image,
+        mask,
+        PROMPT,
+        scheduler,
+        steps=steps,
         strength=strength,
-        guidance_scale=guidance,
-        generator=torch.Generator().manual_seed(seed),
-        width=image.shape[1],
-        height=image.shape[0],
-        output_type="np",
-    ).images[0]
-    return (out * 255).round().astype(np.uint8)
+        guidance=guidance,
+        seed=seed,
+    )
 
 
 def ours(pipeline, image, mask, scheduler, strength, steps=8, guidance=7.0, seed=7):

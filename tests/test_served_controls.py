@@ -4,13 +4,18 @@ import io
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from tests.conftest import MODEL
-from tests.helpers import decode_rgb, irregular_mask, make_image, png_bytes
+from tests.helpers import (
+    assert_served_parity,
+    decode_rgb,
+    diffusers_inpaint,
+    irregular_mask,
+    make_image,
+    png_bytes,
+)
 from triton_inpaint.client import InpaintClient, InpaintError
-from triton_inpaint.schedulers import build_scheduler
 
 pytestmark = pytest.mark.server
 PROMPT = "a bowl of fruit"
@@ -24,32 +29,24 @@ def client(triton_server):
 
 
 def diffusers_result(pipe, config, image, mask, scheduler="DDIM", strength=1.0, steps=10, seed=21, **kwargs):
-    pipe.scheduler = build_scheduler(scheduler, config)
-    return np.asarray(
-        pipe(
-            prompt=PROMPT,
-            image=Image.fromarray(image),
-            mask_image=Image.fromarray(mask),
-            num_inference_steps=steps,
-            strength=strength,
-            guidance_scale=7.0,
-            generator=torch.Generator().manual_seed(seed),
-            **kwargs,
-        ).images[0]
+    return diffusers_inpaint(
+        pipe,
+        config,
+        image,
+        mask,
+        PROMPT,
+        scheduler,
+        steps=steps,
+        strength=strength,
+        guidance=7.0,
+        seed=seed,
+        **kwargs,
     )
 
 
 def served(client, image, mask, **kwargs):
     request = {"steps": 10, "seed": 21, "strength": 1.0, "guidance_scale": 7.0, "scheduler": "DDIM", **kwargs}
     return client.inpaint(MODEL, png_bytes(image), png_bytes(mask), PROMPT, **request)
-
-
-def assert_parity(label, got, want, mask, image):
-    inside = mask == 255
-    diff = np.abs(got.astype(int) - want.astype(int))[inside]
-    print(f"{label}: inside the mask max {diff.max()}/255, mean {diff.mean():.4f}/255")
-    assert diff.max() <= TOLERANCE
-    assert np.array_equal(got[mask == 0], image[mask == 0])
 
 
 @pytest.mark.parametrize(
@@ -59,7 +56,7 @@ def test_deterministic_schedulers(client, reference_pipeline, scheduler_config, 
     image, mask = make_image(96, 64, seed=2), irregular_mask(96, 64)
     got = decode_rgb(served(client, image, mask, scheduler=scheduler, width=96, height=64).image)
     want = diffusers_result(reference_pipeline, scheduler_config, image, mask, scheduler, width=96, height=64)
-    assert_parity(scheduler, got, want, mask, image)
+    assert_served_parity(scheduler, got, want, mask, image)
 
 
 @pytest.mark.parametrize("strength", [0.3, 0.75, 1.0])
@@ -69,7 +66,7 @@ def test_strength_sweep(client, reference_pipeline, scheduler_config, strength):
     want = diffusers_result(
         reference_pipeline, scheduler_config, image, mask, strength=strength, width=96, height=64
     )
-    assert_parity(f"strength {strength}", got, want, mask, image)
+    assert_served_parity(f"strength {strength}", got, want, mask, image)
 
 
 def test_lower_strength_stays_closer_to_the_input(client):
@@ -93,7 +90,7 @@ def test_mask_margin_near_a_corner(client, reference_pipeline, scheduler_config)
         reference_pipeline, scheduler_config, image, mask, padding_mask_crop=32, width=64, height=64
     )
     assert got.shape == image.shape
-    assert_parity("mask_margin 32 (corner)", got, want, mask, image)
+    assert_served_parity("mask_margin 32 (corner)", got, want, mask, image)
 
 
 def test_mask_margin_works_at_default_size(client):
@@ -114,7 +111,7 @@ def test_num_images_three(client, reference_pipeline, scheduler_config):
         want = diffusers_result(
             reference_pipeline, scheduler_config, image, mask, "Euler a", seed=seed, width=96, height=64
         )
-        assert_parity(f"num_images 3, seed {seed}", decode_rgb(image_bytes), want, mask, image)
+        assert_served_parity(f"num_images 3, seed {seed}", decode_rgb(image_bytes), want, mask, image)
         alone = served(client, image, mask, seed=seed, width=96, height=64, scheduler="Euler a")
         assert np.abs(decode_rgb(alone.image).astype(int) - decode_rgb(image_bytes)).max() <= 1
 

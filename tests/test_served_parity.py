@@ -2,13 +2,17 @@
 
 import numpy as np
 import pytest
-import torch
-from PIL import Image
 
 from tests.conftest import MODEL
-from tests.helpers import decode_rgb, irregular_mask, make_image, png_bytes
+from tests.helpers import (
+    assert_served_parity,
+    decode_rgb,
+    diffusers_inpaint,
+    irregular_mask,
+    make_image,
+    png_bytes,
+)
 from triton_inpaint.client import InpaintClient
-from triton_inpaint.schedulers import build_scheduler
 
 pytestmark = pytest.mark.server
 PROMPT = "a red apple on a wooden table"
@@ -44,31 +48,23 @@ def test_served_result_matches_diffusers(client, reference_pipeline, scheduler_c
     served = decode_rgb(result.image)
     assert served.shape == image.shape
 
-    pipe = reference_pipeline
-    pipe.scheduler = build_scheduler(scheduler, scheduler_config)
-    want = np.asarray(
-        pipe(
-            prompt=PROMPT,
-            image=Image.fromarray(image),
-            mask_image=Image.fromarray(mask),
-            num_inference_steps=12,
-            strength=strength,
-            guidance_scale=7.5,
-            generator=torch.Generator().manual_seed(1234),
-            width=160,
-            height=96,
-        ).images[0]
+    want = diffusers_inpaint(
+        reference_pipeline,
+        scheduler_config,
+        image,
+        mask,
+        PROMPT,
+        scheduler,
+        steps=12,
+        strength=strength,
+        guidance=7.5,
+        seed=1234,
     )
-
-    inside = mask == 255
-    diff = np.abs(served.astype(int) - want.astype(int))[inside]
-    print(
-        f"{client.protocol} {scheduler} strength={strength}: inside the mask max {diff.max()}/255, "
-        f"mean {diff.mean():.4f}/255"
+    assert_served_parity(
+        f"{client.protocol} {scheduler} strength={strength}", served, want, mask, image, TOLERANCE
     )
-    assert diff.max() <= TOLERANCE
-    assert np.array_equal(served[~inside], image[~inside]), "pixels outside the mask must be the input's"
     # The fill is really generated, not the input passed through.
+    inside = mask == 255
     assert np.abs(served[inside].astype(int) - image[inside]).mean() > 10
 
 
