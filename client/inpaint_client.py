@@ -33,6 +33,7 @@ class ModelInfo:
     default_steps: int
     default_guidance: float
     default_scheduler: str | None
+    default_strength: float = 0.8
 
 
 @dataclass(frozen=True)
@@ -111,6 +112,7 @@ class InpaintClient:
                     default_steps=int(params.get("default_steps", 0)),
                     default_guidance=float(params.get("default_guidance", 0)),
                     default_scheduler=params.get("default_scheduler") or None,
+                    default_strength=float(params.get("default_strength", 0.8)),
                 )
             )
         return models

@@ -86,7 +86,7 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
 
     onnx = commands.add_parser(
         "onnx",
-        help="export a diffusers SD 1.5/2 or SDXL checkpoint folder (inpainting or base) to Triton models",
+        help="export a diffusers SD 1.5/2, SDXL (inpainting or base) or FLUX.1 Fill folder to Triton models",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     onnx.add_argument("--checkpoint", type=Path, required=True, help="diffusers checkpoint folder")

@@ -1,6 +1,8 @@
-"""Export a diffusers SD 1.5/2 or SDXL checkpoint's networks to ONNX and check each against torch.
+"""Export a diffusers SD 1.5/2, SDXL or FLUX Fill checkpoint's networks to ONNX and check each against
+torch.
 
-Dynamic axes: batch for all, spatial for the VAE and the UNet. The UNet is traced at a latent size
+Dynamic axes: batch for all, spatial for the VAE and the UNet, the image-token axis for FLUX's
+transformer. The UNet is traced at a latent size
 that is *not* a multiple of its total downsampling factor, so the traced graph keeps diffusers'
 "forward upsample size" path, which works for every latent size (any image size that is a multiple of
 8), not only the traced one. The VAE encoder returns the latent distribution's parameters: sampling
@@ -10,8 +12,11 @@ happens in Python with the request's generator, which keeps the random stream id
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import torch
@@ -19,12 +24,14 @@ import torch
 from triton_inpaint.components import (
     TEXT_ENCODER,
     TEXT_ENCODER_2,
+    TRANSFORMER,
     UNET,
     VAE_DECODER,
     VAE_ENCODER,
     network_tensors,
     onnx_runner,
 )
+from triton_inpaint.spec import PipelineSpec
 
 OPSET = 17
 
@@ -45,6 +52,19 @@ class _TextEncoder(torch.nn.Module):
         if self.pooled:
             return output.hidden_states[-2], output.text_embeds
         return output.hidden_states[-2]
+
+
+class _FluxTextEncoder(torch.nn.Module):
+    """FLUX: CLIP's pooled output, or T5's last hidden state."""
+
+    def __init__(self, text_encoder: torch.nn.Module, pooled: bool) -> None:
+        super().__init__()
+        self.text_encoder = text_encoder
+        self.pooled = pooled
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        output = self.text_encoder(input_ids, output_hidden_states=False)
+        return output.pooler_output if self.pooled else output[0]
 
 
 class _VaeEncoder(torch.nn.Module):
@@ -89,6 +109,84 @@ class _Unet(torch.nn.Module):
         )[0]
 
 
+class _FluxTransformer(torch.nn.Module):
+    def __init__(self, transformer: torch.nn.Module) -> None:
+        super().__init__()
+        self.transformer = transformer
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        timestep: torch.Tensor,
+        guidance: torch.Tensor,
+        pooled_projections: torch.Tensor,
+        encoder_hidden_states: torch.Tensor,
+        txt_ids: torch.Tensor,
+        img_ids: torch.Tensor,
+    ) -> torch.Tensor:
+        # Scalars arrive as (B, 1) and position ids with a batch axis, for Triton's batching; every
+        # item of a batch has the same ids, so the first one's are diffusers' 2-D ids.
+        return self.transformer(
+            hidden_states=hidden_states,
+            timestep=timestep.reshape(-1),
+            guidance=guidance.reshape(-1),
+            pooled_projections=pooled_projections,
+            encoder_hidden_states=encoder_hidden_states,
+            txt_ids=txt_ids[0],
+            img_ids=img_ids[0],
+            return_dict=False,
+        )[0]
+
+
+def _rotary_embedding_for_export(
+    x: torch.Tensor,
+    freqs_cis: tuple[torch.Tensor, torch.Tensor],
+    use_real: bool = True,
+    use_real_unbind_dim: int = -1,
+    sequence_dim: int = 2,
+) -> torch.Tensor:
+    """diffusers' ``apply_rotary_emb`` (the FLUX case), with strided slices where it reshapes.
+
+    Written by hand because the TorchScript ONNX exporter records diffusers'
+    ``x.reshape(*x.shape[:-1], -1, 2)`` with the traced shape as a constant, so the graph fails on any
+    other image size (the failure optimum-onnx works around the same way). Same numbers, same order.
+    """
+    if not use_real or use_real_unbind_dim != -1:
+        raise NotImplementedError("only FLUX's rotary embedding is patched for export")
+    cos, sin = freqs_cis
+    index = (None, slice(None), None, slice(None)) if sequence_dim == 1 else (None, None)
+    cos, sin = cos[index].to(x.device), sin[index].to(x.device)
+    x_real, x_imag = x[..., 0::2], x[..., 1::2]
+    x_rotated = torch.stack([-x_imag, x_real], dim=-1).flatten(3)
+    return (x.float() * cos + x_rotated.float() * sin).to(x.dtype)
+
+
+@contextmanager
+def _exportable_flux(transformer: torch.nn.Module) -> Iterator[None]:
+    """Make FLUX's transformer traceable with dynamic image tokens, and put it back afterwards.
+
+    ``torch.nn.RMSNorm`` (q/k norms) has no ONNX symbolic at opset 17: it is swapped for diffusers'
+    ``RMSNorm``, the same formula in plain ops, sharing the weights.
+    """
+    from diffusers.models.normalization import RMSNorm
+    from diffusers.models.transformers import transformer_flux
+
+    swapped = []
+    for parent in transformer.modules():
+        for name, child in list(parent.named_children()):
+            if isinstance(child, torch.nn.RMSNorm):
+                plain = RMSNorm(child.normalized_shape[-1], eps=child.eps, elementwise_affine=False)
+                plain.weight = child.weight
+                setattr(parent, name, plain)
+                swapped.append((parent, name, child))
+    try:
+        with mock.patch.object(transformer_flux, "apply_rotary_emb", _rotary_embedding_for_export):
+            yield
+    finally:
+        for parent, name, child in swapped:
+            setattr(parent, name, child)
+
+
 @dataclass(frozen=True)
 class ExportCheck:
     """How far an exported graph is from torch on a random input of a shape it was not traced at."""
@@ -98,11 +196,29 @@ class ExportCheck:
     path: Path
 
 
+def architecture(pipeline: object) -> str:
+    """``sd``, ``sdxl`` or ``flux``: which networks a diffusers pipeline has."""
+    if getattr(pipeline, "transformer", None) is not None:
+        return "flux"
+    return "sdxl" if getattr(pipeline, "text_encoder_2", None) is not None else "sd"
+
+
 def is_sdxl(pipeline: object) -> bool:
-    return getattr(pipeline, "text_encoder_2", None) is not None
+    return architecture(pipeline) == "sdxl"
 
 
 def _modules(pipeline: object) -> dict[str, torch.nn.Module]:
+    if architecture(pipeline) == "flux":
+        modules = {
+            TEXT_ENCODER: _FluxTextEncoder(pipeline.text_encoder, pooled=True),
+            TEXT_ENCODER_2: _FluxTextEncoder(pipeline.text_encoder_2, pooled=False),
+            VAE_ENCODER: _VaeEncoder(pipeline.vae),
+            VAE_DECODER: _VaeDecoder(pipeline.vae),
+            TRANSFORMER: _FluxTransformer(pipeline.transformer),
+        }
+        for module in modules.values():
+            module.eval()
+        return modules
     sdxl = is_sdxl(pipeline)
     modules = {TEXT_ENCODER: _TextEncoder(pipeline.text_encoder, sdxl, pooled=False)}
     if sdxl:
@@ -117,9 +233,18 @@ def _modules(pipeline: object) -> dict[str, torch.nn.Module]:
     return modules
 
 
-def _odd_latent_size(unet: torch.nn.Module) -> int:
-    factor = 2 ** (len(unet.config.block_out_channels) - 1)
+def _odd_latent_size(pipeline: object) -> int:
+    if architecture(pipeline) == "flux":
+        return 6  # packing needs even latent sizes; 6x8 latents are 3x4 image tokens
+    factor = 2 ** (len(pipeline.unet.config.block_out_channels) - 1)
     return factor + 1 if factor > 1 else 3
+
+
+def _verify_latent_size(pipeline: object) -> tuple[int, int]:
+    if architecture(pipeline) == "flux":
+        return 4, 10
+    factor = 2 ** (len(pipeline.unet.config.block_out_channels) - 1)
+    return 2 * factor, 3 * factor
 
 
 def unet_condition_sizes(pipeline: object) -> tuple[int, int]:
@@ -131,7 +256,50 @@ def unet_condition_sizes(pipeline: object) -> tuple[int, int]:
     return pooled, time_ids
 
 
+def _flux_examples(pipeline: object, batch: int, latent_h: int, latent_w: int) -> dict[str, tuple]:
+    from diffusers import FluxFillPipeline
+
+    generator = torch.Generator().manual_seed(1234)
+    config = pipeline.transformer.config
+    vae_scale = 2 ** (len(pipeline.vae.config.block_out_channels) - 1)
+    t5_len = PipelineSpec.from_diffusers(pipeline).max_sequence_length
+    tokens = (latent_h // 2) * (latent_w // 2)
+    image_ids = FluxFillPipeline._prepare_latent_image_ids(
+        batch, latent_h // 2, latent_w // 2, "cpu", torch.float32
+    )
+    return {
+        TEXT_ENCODER: (
+            torch.randint(
+                0,
+                pipeline.text_encoder.config.vocab_size,
+                (batch, pipeline.tokenizer.model_max_length),
+                generator=generator,
+            ),
+        ),
+        TEXT_ENCODER_2: (
+            torch.randint(0, pipeline.text_encoder_2.config.vocab_size, (batch, t5_len), generator=generator),
+        ),
+        VAE_ENCODER: (
+            torch.rand(batch, 3, latent_h * vae_scale, latent_w * vae_scale, generator=generator) * 2 - 1,
+        ),
+        VAE_DECODER: (
+            torch.randn(batch, pipeline.vae.config.latent_channels, latent_h, latent_w, generator=generator),
+        ),
+        TRANSFORMER: (
+            torch.randn(batch, tokens, config.in_channels, generator=generator),
+            torch.full((batch, 1), 0.7),
+            torch.full((batch, 1), 30.0),
+            torch.randn(batch, config.pooled_projection_dim, generator=generator),
+            torch.randn(batch, t5_len, config.joint_attention_dim, generator=generator),
+            torch.zeros(batch, t5_len, 3),
+            image_ids.unsqueeze(0).repeat(batch, 1, 1),
+        ),
+    }
+
+
 def _example_inputs(pipeline: object, batch: int, latent_h: int, latent_w: int) -> dict[str, tuple]:
+    if architecture(pipeline) == "flux":
+        return _flux_examples(pipeline, batch, latent_h, latent_w)
     generator = torch.Generator().manual_seed(1234)
     vae_scale = 2 ** (len(pipeline.vae.config.block_out_channels) - 1)
     latent_channels = pipeline.vae.config.latent_channels
@@ -168,6 +336,8 @@ def _dynamic_axes(names: tuple[str, ...], role: str) -> dict[str, dict[int, str]
         axes[name] = {0: "batch"}
         if role in spatial and name in ("sample", "latent_sample", "latent_parameters", "noise_pred"):
             axes[name] |= {2: "height", 3: "width"}
+        if role == TRANSFORMER and name in ("hidden_states", "img_ids", "noise_pred"):
+            axes[name] |= {1: "image_tokens"}
     return axes
 
 
@@ -175,14 +345,15 @@ def export_onnx(pipeline: object, paths: dict[str, Path]) -> dict[str, Path]:
     """Write the networks to the given ``.onnx`` paths (one folder each: a graph over 2 GB keeps its
     weights in external data files beside it)."""
     modules = _modules(pipeline)
-    odd = _odd_latent_size(pipeline.unet)
+    odd = _odd_latent_size(pipeline)
     examples = _example_inputs(pipeline, batch=2, latent_h=odd, latent_w=odd + 2)
-    tensors = network_tensors(is_sdxl(pipeline))
+    tensors = network_tensors(architecture(pipeline))
     for name, module in modules.items():
         input_names, output_names = tensors[name]
         path = paths[name]
         path.parent.mkdir(parents=True, exist_ok=True)
-        with torch.no_grad():
+        exportable = _exportable_flux(module.transformer) if name == TRANSFORMER else nullcontext()
+        with torch.no_grad(), exportable:
             torch.onnx.export(
                 module,
                 examples[name],
@@ -199,9 +370,8 @@ def export_onnx(pipeline: object, paths: dict[str, Path]) -> dict[str, Path]:
 def verify_onnx(pipeline: object, paths: dict[str, Path]) -> list[ExportCheck]:
     """Run each graph and its torch module on a batch size and spatial size other than the traced ones."""
     run = onnx_runner(paths)
-    factor = 2 ** (len(pipeline.unet.config.block_out_channels) - 1)
-    examples = _example_inputs(pipeline, batch=1, latent_h=2 * factor, latent_w=3 * factor)
-    tensors = network_tensors(is_sdxl(pipeline))
+    examples = _example_inputs(pipeline, 1, *_verify_latent_size(pipeline))
+    tensors = network_tensors(architecture(pipeline))
     checks = []
     for name, module in _modules(pipeline).items():
         input_names, output_names = tensors[name]

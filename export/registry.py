@@ -147,7 +147,7 @@ def export_registry(
 
     Returns (entry, family, native resolution) per model.
     """
-    from triton_inpaint.sd_inpaint import PipelineSpec
+    from triton_inpaint.spec import PipelineSpec
 
     entries = load_registry(registry)
     built = []

@@ -1,4 +1,4 @@
-"""Write one checkpoint's Triton models: four ONNX networks, the BLS denoise model and the ensemble.
+"""Write one checkpoint's Triton models: its ONNX networks, the BLS denoise model and the ensemble.
 
 Configs are built as Triton ``ModelConfig`` protobuf messages (from tritonclient) and written in text
 format, so every generated config is valid by construction and names come from
@@ -22,6 +22,7 @@ from triton_inpaint import contract
 from triton_inpaint.components import (
     TEXT_ENCODER,
     TEXT_ENCODER_2,
+    TRANSFORMER,
     UNET,
     VAE_DECODER,
     VAE_ENCODER,
@@ -30,12 +31,12 @@ from triton_inpaint.components import (
 from triton_inpaint.contract import TensorSpec
 from triton_inpaint.export.onnx_export import (
     ExportCheck,
+    architecture,
     export_onnx,
-    is_sdxl,
     unet_condition_sizes,
     verify_onnx,
 )
-from triton_inpaint.sd_inpaint import PipelineSpec
+from triton_inpaint.spec import PipelineSpec
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]{0,62}$")
 NETWORK_MAX_BATCH = 8
@@ -73,12 +74,46 @@ def _write_model_py(version_dir: Path, module: str) -> None:
     (version_dir / "model.py").write_text(f"from {module} import TritonPythonModel  # noqa: F401\n")
 
 
+def _flux_shapes(pipeline: object) -> dict[str, tuple[list, list]]:
+    seq = pipeline.tokenizer.model_max_length
+    t5_len = PipelineSpec.from_diffusers(pipeline).max_sequence_length
+    latent = pipeline.vae.config.latent_channels
+    config = pipeline.transformer.config
+    return {
+        TEXT_ENCODER: (
+            [("TYPE_INT64", (seq,))],
+            [("TYPE_FP32", (pipeline.text_encoder.config.hidden_size,))],
+        ),
+        TEXT_ENCODER_2: (
+            [("TYPE_INT64", (t5_len,))],
+            [("TYPE_FP32", (t5_len, pipeline.text_encoder_2.config.d_model))],
+        ),
+        VAE_ENCODER: ([("TYPE_FP32", (3, -1, -1))], [("TYPE_FP32", (2 * latent, -1, -1))]),
+        VAE_DECODER: ([("TYPE_FP32", (latent, -1, -1))], [("TYPE_FP32", (3, -1, -1))]),
+        TRANSFORMER: (
+            [
+                ("TYPE_FP32", (-1, config.in_channels)),
+                ("TYPE_FP32", (1,)),
+                ("TYPE_FP32", (1,)),
+                ("TYPE_FP32", (config.pooled_projection_dim,)),
+                ("TYPE_FP32", (t5_len, config.joint_attention_dim)),
+                ("TYPE_FP32", (t5_len, 3)),
+                ("TYPE_FP32", (-1, 3)),
+            ],
+            [("TYPE_FP32", (-1, config.out_channels or config.in_channels))],
+        ),
+    }
+
+
 def _network_tensors(pipeline: object) -> dict[str, tuple[list[TensorSpec], list[TensorSpec]]]:
     """Per-network (inputs, outputs), dims without the batch axis."""
+    kind = architecture(pipeline)
+    if kind == "flux":
+        return _with_names(_flux_shapes(pipeline), kind)
     seq = pipeline.tokenizer.model_max_length
     latent = pipeline.vae.config.latent_channels
     states = pipeline.unet.config.cross_attention_dim
-    sdxl = is_sdxl(pipeline)
+    sdxl = kind == "sdxl"
     shapes: dict[str, tuple[list, list]] = {
         TEXT_ENCODER: (
             [("TYPE_INT64", (seq,))],
@@ -103,9 +138,15 @@ def _network_tensors(pipeline: object) -> dict[str, tuple[list[TensorSpec], list
             [("TYPE_FP32", (seq, hidden_2)), ("TYPE_FP32", (pooled,))],
         )
         shapes[UNET][0].extend([("TYPE_FP32", (pooled,)), ("TYPE_FP32", (time_ids,))])
+    return _with_names(shapes, kind)
+
+
+def _with_names(
+    shapes: dict[str, tuple[list, list]], kind: str
+) -> dict[str, tuple[list[TensorSpec], list[TensorSpec]]]:
     result = {}
     for role, (inputs, outputs) in shapes.items():
-        input_names, output_names = network_tensors(sdxl)[role]
+        input_names, output_names = network_tensors(kind)[role]
         result[role] = (
             [TensorSpec(n, t, d) for n, (t, d) in zip(input_names, inputs, strict=True)],
             [TensorSpec(n, t, d) for n, (t, d) in zip(output_names, outputs, strict=True)],
@@ -121,8 +162,9 @@ def _network_config(
     _add_tensors(config.output, outputs)
     group = config.instance_group.add()
     group.kind = mc.ModelInstanceGroup.KIND_CPU
-    group.count = options.unet_instances if role == UNET else 1
-    if role == UNET:
+    denoiser = role in (UNET, TRANSFORMER)
+    group.count = options.unet_instances if denoiser else 1
+    if denoiser:
         config.dynamic_batching.max_queue_delay_microseconds = options.unet_queue_delay_us
     return config
 
@@ -150,6 +192,7 @@ def _ensemble_config(checkpoint_name: str, spec: PipelineSpec, model_id: str) ->
         "default_steps": str(spec.default_steps),
         "default_guidance": str(spec.default_guidance),
         "default_scheduler": spec.default_scheduler or "",
+        "default_strength": str(spec.default_strength),
     }
     for key, value in described.items():
         config.parameters[key].string_value = value
@@ -186,9 +229,9 @@ def export_checkpoint(
     options: ExportOptions | None = None,
     log: object = print,
 ) -> list[ExportCheck]:
-    """Export ``checkpoint`` (a diffusers SD 1.5/2 or SDXL folder, base or inpainting) as Triton models
-    named ``name``."""
-    from diffusers import StableDiffusionInpaintPipeline, StableDiffusionXLInpaintPipeline
+    """Export ``checkpoint`` (a diffusers SD 1.5/2 or SDXL folder, base or inpainting, or FLUX Fill) as
+    Triton models named ``name``."""
+    from diffusers import FluxFillPipeline, StableDiffusionInpaintPipeline, StableDiffusionXLInpaintPipeline
     from diffusers.utils import logging as diffusers_logging
 
     diffusers_logging.disable_progress_bar()
@@ -198,7 +241,9 @@ def export_checkpoint(
         raise FileNotFoundError(
             f"--checkpoint {checkpoint}: no model_index.json; expected a diffusers folder"
         )
-    if (checkpoint / "text_encoder_2").is_dir():
+    if (checkpoint / "transformer").is_dir():
+        pipeline = FluxFillPipeline.from_pretrained(checkpoint)
+    elif (checkpoint / "text_encoder_2").is_dir():
         pipeline = StableDiffusionXLInpaintPipeline.from_pretrained(checkpoint, add_watermarker=False)
     else:
         pipeline = StableDiffusionInpaintPipeline.from_pretrained(checkpoint, safety_checker=None)
@@ -213,7 +258,15 @@ def export_checkpoint(
         raise ValueError(
             f"--checkpoint {checkpoint}: expected family {options.family}, the checkpoint is {spec.family}"
         )
-    if spec.unet_in_channels not in (4, 9):
+    if spec.flux:
+        fill_channels = 2 * 4 * spec.latent_channels + 4 * spec.vae_scale_factor**2
+        if spec.unet_in_channels != fill_channels or not pipeline.transformer.config.guidance_embeds:
+            raise ValueError(
+                f"--checkpoint {checkpoint}: not a FLUX Fill checkpoint (its transformer takes "
+                f"{spec.unet_in_channels} channels, FLUX Fill takes {fill_channels} with embedded "
+                "guidance); base FLUX checkpoints are not served yet"
+            )
+    elif spec.unet_in_channels not in (4, 9):
         raise ValueError(
             f"--checkpoint {checkpoint}: UNet has {spec.unet_in_channels} input channels; this export "
             "serves base (4) and inpainting (9) checkpoints"
@@ -221,7 +274,7 @@ def export_checkpoint(
     repository.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=f".export-{name}-", dir=repository.parent))
     try:
-        roles = list(network_tensors(spec.sdxl))
+        roles = list(network_tensors(spec.architecture))
         model_dirs = {role: scratch / f"{name}_{role}" for role in roles}
         log(f"exporting {', '.join(roles)} to ONNX ...")
         paths = export_onnx(pipeline, {role: d / "1" / "model.onnx" for role, d in model_dirs.items()})
@@ -234,7 +287,7 @@ def export_checkpoint(
         version = denoise_dir / "1"
         _write_model_py(version, "triton_inpaint.triton.denoise")
         pipeline.tokenizer.save_pretrained(version / "tokenizer")
-        if spec.sdxl:
+        if spec.sdxl or spec.flux:
             pipeline.tokenizer_2.save_pretrained(version / "tokenizer_2")
         pipeline.scheduler.save_pretrained(version / "scheduler")
         spec.save(version)

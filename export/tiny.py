@@ -4,7 +4,8 @@ Model hubs are unreachable on CI and on a newcomer's first run, so tests and the
 checkpoint from configs, the way diffusers' own tests do (``get_dummy_components``): a manual seed
 before each component makes the weights, and therefore the saved bytes, a function of the seed alone.
 The tiny models are architecturally real (9-channel inpainting UNet, KL VAE with an 8x scale factor,
-CLIP text encoder and BPE tokenizer), so every code path that serves a real checkpoint runs on them.
+CLIP text encoder and BPE tokenizer; for FLUX Fill a T5 encoder with a Unigram tokenizer and a
+transformer over packed latents), so every code path that serves a real checkpoint runs on them.
 """
 
 from __future__ import annotations
@@ -15,17 +16,32 @@ import torch
 from diffusers import (
     AutoencoderKL,
     EulerDiscreteScheduler,
+    FlowMatchEulerDiscreteScheduler,
+    FluxFillPipeline,
+    FluxTransformer2DModel,
     PNDMScheduler,
     StableDiffusionInpaintPipeline,
     StableDiffusionXLInpaintPipeline,
     UNet2DConditionModel,
 )
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+from transformers import (
+    CLIPTextConfig,
+    CLIPTextModel,
+    CLIPTextModelWithProjection,
+    CLIPTokenizer,
+    T5Config,
+    T5EncoderModel,
+    T5TokenizerFast,
+)
 from transformers.convert_slow_tokenizer import bytes_to_unicode
 
-# *-inpaint: 9-channel inpainting UNet (mask and masked-image latents concatenated to its input).
-# *-base: 4-channel base UNet, inpainting by blending the noised original latents every step.
-FAMILIES = ("sd15-inpaint", "sd15-base", "sdxl-inpaint", "sdxl-base")
+from triton_inpaint.spec import FAMILIES
+
+# FAMILIES: *-inpaint: 9-channel inpainting UNet (mask and masked-image latents concatenated to its
+# input). *-base: 4-channel base UNet, inpainting by blending the noised original latents every step.
+# flux-fill: FLUX.1 Fill (transformer over packed latents, the mask packed into its input).
+TINY_T5_SEQUENCE = 32  # the tiny FLUX checkpoint's T5 length (FLUX.1 Fill: 512)
 TINY_RESOLUTION = 128  # native resolution of the tiny SD 1.5 checkpoint: 16x16 latents
 _TOKENIZER_WORDS = [
     "a",
@@ -79,6 +95,32 @@ def build_clip_tokenizer() -> CLIPTokenizer:
     return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=77)
 
 
+def build_t5_tokenizer() -> T5TokenizerFast:
+    """A T5 (SentencePiece Unigram) tokenizer with an in-code vocabulary.
+
+    Built with the ``tokenizers`` library as T5's own is: Unigram pieces, the Metaspace pre-tokenizer
+    ("▁" marks a word start), ``</s>`` appended; whole words for the short word list, single
+    characters for everything else. No file is read or downloaded.
+    """
+    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -3.0)]
+    pieces += [("▁" + word, -2.0) for word in _TOKENIZER_WORDS]
+    pieces += [(char, -5.0) for char in "abcdefghijklmnopqrstuvwxyz0123456789.,:;!?'\"-()"]
+    tokenizer = Tokenizer(models.Unigram(pieces, unk_id=2, byte_fallback=False))
+    tokenizer.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
+    tokenizer.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", 1)]
+    )
+    return T5TokenizerFast(
+        tokenizer_object=tokenizer,
+        pad_token="<pad>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        extra_ids=0,
+        model_max_length=TINY_T5_SEQUENCE,
+    )
+
+
 def _tiny_unet(seed: int, in_channels: int, **family_config: object) -> UNet2DConditionModel:
     """The tiny UNet both families share: two blocks, one with cross-attention; 16x16 native latents."""
     torch.manual_seed(seed)
@@ -94,7 +136,8 @@ def _tiny_unet(seed: int, in_channels: int, **family_config: object) -> UNet2DCo
     )
 
 
-def _tiny_vae(seed: int, scaling_factor: float) -> AutoencoderKL:
+def _tiny_vae(seed: int, scaling_factor: float, **family_config: object) -> AutoencoderKL:
+    """Four blocks, so the scale factor is 8 as in every real SD/SDXL/FLUX VAE."""
     torch.manual_seed(seed)
     return AutoencoderKL(
         block_out_channels=(32, 32, 64, 64),
@@ -106,6 +149,7 @@ def _tiny_vae(seed: int, scaling_factor: float) -> AutoencoderKL:
         layers_per_block=1,
         sample_size=TINY_RESOLUTION,
         scaling_factor=scaling_factor,
+        **family_config,
     )
 
 
@@ -212,12 +256,81 @@ def build_sd15(seed: int = 0, unet_in_channels: int = 9) -> StableDiffusionInpai
     )
 
 
+def build_flux_fill(seed: int = 0) -> FluxFillPipeline:
+    """A tiny FLUX.1 Fill pipeline, after diffusers' ``test_pipeline_flux_fill.py`` dummy components,
+    with a VAE of scale factor 8 (16 latent channels in FLUX.1, 4 here) so that the mask packing runs
+    with the real 8x8 pixel blocks: the transformer reads 4x4 packed latents, as many packed masked-image
+    latents and 4x64 mask channels. The scheduler config is FLUX.1's (dynamic shifting)."""
+    tokenizer = build_clip_tokenizer()
+    latent_channels = 4
+    torch.manual_seed(seed)
+    transformer = FluxTransformer2DModel(
+        patch_size=1,
+        in_channels=2 * 4 * latent_channels + 4 * 8 * 8,
+        out_channels=4 * latent_channels,
+        num_layers=1,
+        num_single_layers=1,
+        attention_head_dim=16,
+        num_attention_heads=2,
+        joint_attention_dim=32,
+        pooled_projection_dim=32,
+        guidance_embeds=True,
+        axes_dims_rope=[4, 4, 8],
+    )
+    vae = _tiny_vae(
+        seed,
+        scaling_factor=0.3611,
+        shift_factor=0.1159,
+        use_quant_conv=False,
+        use_post_quant_conv=False,
+    )
+    torch.manual_seed(seed)
+    text_encoder = CLIPTextModel(_tiny_clip_config(tokenizer))
+    tokenizer_2 = build_t5_tokenizer()
+    torch.manual_seed(seed)
+    text_encoder_2 = T5EncoderModel(
+        T5Config(
+            vocab_size=len(tokenizer_2),
+            d_model=32,
+            d_kv=8,
+            d_ff=37,
+            num_layers=2,
+            num_heads=4,
+            relative_attention_num_buckets=8,
+            dropout_rate=0.0,
+            feed_forward_proj="gated-gelu",
+            pad_token_id=tokenizer_2.pad_token_id,
+            eos_token_id=tokenizer_2.eos_token_id,
+        )
+    )
+    scheduler = FlowMatchEulerDiscreteScheduler(
+        shift=3.0,
+        use_dynamic_shifting=True,
+        base_shift=0.5,
+        max_shift=1.15,
+        base_image_seq_len=256,
+        max_image_seq_len=4096,
+    )
+    return FluxFillPipeline(
+        scheduler=scheduler,
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        text_encoder_2=text_encoder_2,
+        tokenizer_2=tokenizer_2,
+        transformer=transformer,
+    )
+
+
 def write_tiny_checkpoint(family: str, out: Path, seed: int = 0) -> Path:
     """Write a tiny checkpoint in diffusers' ``save_pretrained`` layout; same seed, same bytes."""
     if family not in FAMILIES:
         raise ValueError(f"unknown family {family!r}; choose one of: {', '.join(FAMILIES)}")
-    builder = build_sdxl if family.startswith("sdxl") else build_sd15
-    pipeline = builder(seed, unet_in_channels=9 if family.endswith("-inpaint") else 4)
+    if family == "flux-fill":
+        pipeline = build_flux_fill(seed)
+    else:
+        builder = build_sdxl if family.startswith("sdxl") else build_sd15
+        pipeline = builder(seed, unet_in_channels=9 if family.endswith("-inpaint") else 4)
     out.mkdir(parents=True, exist_ok=True)
     pipeline.save_pretrained(out, safe_serialization=True)
     return out

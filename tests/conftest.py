@@ -19,6 +19,7 @@ BUILTIN_REPOSITORY = REPO_ROOT / "model_repository"
 MODEL = "tiny"  # sd15-inpaint: 9-channel UNet
 BASE_MODEL = "tinybase"  # sd15-base: 4-channel UNet, latent blending
 SDXL_MODELS = {"sdxl-inpaint": "tinyxl", "sdxl-base": "tinyxlbase"}
+FLUX_MODEL = "tinyflux"  # flux-fill: transformer over packed latents
 # Registry ids of the models the session's Triton serves (tiny is exported directly, the rest through
 # a registry file); tinybase gets its own defaults from the registry.
 MODEL_IDS = {
@@ -26,6 +27,7 @@ MODEL_IDS = {
     BASE_MODEL: "local:sd15-base@1",
     "tinyxl": "local:sdxl-inpaint@1",
     "tinyxlbase": "local:sdxl-base@1",
+    FLUX_MODEL: "local:flux-fill@1",
 }
 BASE_DEFAULTS = {"default_steps": 6, "default_guidance": 6.5, "default_scheduler": "Euler a"}
 
@@ -77,10 +79,18 @@ def sdxl_checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path
 
 
 @pytest.fixture(scope="session")
+def flux_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from triton_inpaint.export.tiny import write_tiny_checkpoint
+
+    return write_tiny_checkpoint("flux-fill", tmp_path_factory.mktemp("checkpoint") / "tinyflux", seed=0)
+
+
+@pytest.fixture(scope="session")
 def exported_repository(
     tiny_checkpoint: Path,
     tiny_base_checkpoint: Path,
     sdxl_checkpoints: dict[str, Path],
+    flux_checkpoint: Path,
     tmp_path_factory: pytest.TempPathFactory,
 ):
     """One repository holding every family, served by one Triton; returns the SD 1.5 inpainting checks."""
@@ -101,6 +111,10 @@ def exported_repository(
             f'[[models]]\nid = "{MODEL_IDS[name]}"\nname = "{name}"\n'
             f'checkpoint = "{sdxl_checkpoints[family]}"\n'
         )
+    entries.append(
+        f'[[models]]\nid = "{MODEL_IDS[FLUX_MODEL]}"\nname = "{FLUX_MODEL}"\n'
+        f'checkpoint = "{flux_checkpoint}"\nfamily = "flux-fill"\n'
+    )
     registry.write_text("\n".join(entries))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -2,7 +2,13 @@ import diffusers
 import pytest
 
 from triton_inpaint.errors import InvalidInputError
-from triton_inpaint.schedulers import SCHEDULERS, build_scheduler, resolve_scheduler
+from triton_inpaint.schedulers import (
+    SCHEDULERS,
+    build_scheduler,
+    is_flow_matching,
+    resolve_scheduler,
+    scheduler_names,
+)
 
 # As saved in a checkpoint's scheduler_config.json, which names its class.
 SD15_SCHEDULER = {
@@ -13,7 +19,14 @@ SD15_SCHEDULER = {
 }
 
 
-@pytest.mark.parametrize("spec", SCHEDULERS, ids=lambda spec: spec.name)
+FLUX_SCHEDULER = {
+    **diffusers.FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True).config,
+    "_class_name": "FlowMatchEulerDiscreteScheduler",
+}
+NOISE_PREDICTION = [spec for spec in SCHEDULERS if not is_flow_matching(spec.class_name)]
+
+
+@pytest.mark.parametrize("spec", NOISE_PREDICTION, ids=lambda spec: spec.name)
 def test_every_name_builds_its_class_with_overrides(spec):
     scheduler = build_scheduler(spec.name, SD15_SCHEDULER)
     assert type(scheduler).__name__ == spec.class_name
@@ -51,3 +64,16 @@ def test_unknown_scheduler_lists_choices():
         resolve_scheduler("warp drive")
     assert info.value.field == "scheduler"
     assert "DDIM" in str(info.value) and "DPM++ 2M" in str(info.value)
+
+
+def test_flow_matching_checkpoints_take_flow_matching_schedulers_only():
+    assert scheduler_names(flow_matching=True) == ["FlowMatch Euler"]
+    scheduler = build_scheduler("flowmatch euler", FLUX_SCHEDULER)
+    assert type(scheduler).__name__ == "FlowMatchEulerDiscreteScheduler"
+    assert scheduler.config.use_dynamic_shifting  # the checkpoint's shift settings carry over
+    with pytest.raises(InvalidInputError) as info:
+        build_scheduler("DPM++ 2M", FLUX_SCHEDULER)
+    assert info.value.field == "scheduler" and "choose one of: FlowMatch Euler" in str(info.value)
+    with pytest.raises(InvalidInputError) as info:
+        build_scheduler("FlowMatch Euler", SD15_SCHEDULER)
+    assert "DDIM" in str(info.value) and "FlowMatch" not in str(info.value).split("choose one of:")[1]

@@ -1,10 +1,10 @@
-"""The networks of a Stable Diffusion (SD 1.5/2 or SDXL) checkpoint, behind one small interface.
+"""The networks of a checkpoint (SD 1.5/2, SDXL or FLUX Fill), behind one small interface.
 
-The denoising pipeline is written once against :class:`SDComponents`. What runs the networks is a
-*runner*: a function ``run(model, inputs, outputs) -> arrays`` over the exported models' tensor names.
-In Triton the runner is a BLS call; in tests and offline tools it is an onnxruntime session; for the
-reference comparison it is the torch module itself. Tensor names are the ONNX graphs' names, which are
-also the Triton models' names, so nothing maps names between stages.
+The denoising pipelines are written against :class:`SDComponents` and :class:`FluxComponents`. What
+runs the networks is a *runner*: a function ``run(model, inputs, outputs) -> arrays`` over the exported
+models' tensor names. In Triton the runner is a BLS call; in tests and offline tools it is an
+onnxruntime session; for the reference comparison it is the torch module itself. Tensor names are the
+ONNX graphs' names, which are also the Triton models' names, so nothing maps names between stages.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ TEXT_ENCODER_2 = "text_encoder_2"
 VAE_ENCODER = "vae_encoder"
 VAE_DECODER = "vae_decoder"
 UNET = "unet"
+TRANSFORMER = "transformer"
 
 # Input and output tensor names of each exported network, per family. SDXL's text encoders return the
 # penultimate hidden states (and the second one its pooled projection); its UNet takes the pooled text
@@ -38,10 +39,34 @@ SDXL_TENSORS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     VAE_DECODER: SD_TENSORS[VAE_DECODER],
     UNET: (("sample", "timestep", "encoder_hidden_states", "text_embeds", "time_ids"), ("noise_pred",)),
 }
+# FLUX: CLIP gives only its pooled output, T5 the sequence; the transformer takes packed latents with
+# the packed mask and masked-image latents, the guidance value, and the text and image position ids
+# (with a batch axis, which diffusers' transformer does not have, so that Triton can batch them).
+FLUX_TENSORS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    TEXT_ENCODER: (("input_ids",), ("pooler_output",)),
+    TEXT_ENCODER_2: (("input_ids",), ("last_hidden_state",)),
+    VAE_ENCODER: SD_TENSORS[VAE_ENCODER],
+    VAE_DECODER: SD_TENSORS[VAE_DECODER],
+    TRANSFORMER: (
+        (
+            "hidden_states",
+            "timestep",
+            "guidance",
+            "pooled_projections",
+            "encoder_hidden_states",
+            "txt_ids",
+            "img_ids",
+        ),
+        ("noise_pred",),
+    ),
+}
+_TENSORS = {"sd": SD_TENSORS, "sdxl": SDXL_TENSORS, "flux": FLUX_TENSORS}
 
 
-def network_tensors(sdxl: bool) -> dict[str, tuple[tuple[str, ...], tuple[str, ...]]]:
-    return SDXL_TENSORS if sdxl else SD_TENSORS
+def network_tensors(architecture: str) -> dict[str, tuple[tuple[str, ...], tuple[str, ...]]]:
+    """Per network role, its (input names, output names); ``architecture`` is ``sd``, ``sdxl`` or
+    ``flux`` (:attr:`PipelineSpec.architecture`)."""
+    return _TENSORS[architecture]
 
 
 Runner = Callable[[str, dict[str, np.ndarray], list[str]], list[np.ndarray]]
@@ -67,20 +92,37 @@ class SDComponents(Protocol):
         """Unscaled latents (B, C, h, w) -> image (B, 3, H, W) in about [-1, 1]."""
 
 
+class FluxComponents(Protocol):
+    def encode_text(self, input_ids: torch.Tensor, encoder: str = TEXT_ENCODER) -> tuple[torch.Tensor, ...]:
+        """CLIP ids (B, 77) -> (pooled (B, D),); T5 ids (B, L) -> (states (B, L, D),)."""
+
+    def encode_image(self, image: torch.Tensor) -> torch.Tensor:
+        """Image (B, 3, H, W) in [-1, 1] -> latent distribution parameters (B, 2C, h, w)."""
+
+    def predict_velocity(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The transformer's inputs by their names in :data:`FLUX_TENSORS` -> prediction (B, S, C)."""
+
+    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """Unscaled, unpacked latents (B, C, h, w) -> image (B, 3, H, W) in about [-1, 1]."""
+
+
 def _np(tensor: torch.Tensor, dtype: type = np.float32) -> np.ndarray:
     return np.ascontiguousarray(tensor.detach().cpu().numpy().astype(dtype, copy=False))
 
 
 class RunnerComponents:
-    """:class:`SDComponents` over a runner that executes the exported networks by name.
+    """:class:`SDComponents` and :class:`FluxComponents` over a runner that executes the exported
+    networks by name.
 
     ``model_names`` maps the roles to the names the runner knows them by (the Triton model names,
     e.g. ``tiny_unet``); by default the role is the name.
     """
 
-    def __init__(self, run: Runner, model_names: dict[str, str] | None = None, sdxl: bool = False) -> None:
+    def __init__(
+        self, run: Runner, model_names: dict[str, str] | None = None, architecture: str = "sd"
+    ) -> None:
         self._run = run
-        self._tensors = network_tensors(sdxl)
+        self._tensors = network_tensors(architecture)
         self._names = model_names or {role: role for role in self._tensors}
 
     def _call(self, role: str, arrays: list[np.ndarray]) -> tuple[torch.Tensor, ...]:
@@ -106,6 +148,9 @@ class RunnerComponents:
         arrays = [_np(sample), _np(timestep), _np(encoder_hidden_states)]
         arrays += [_np(added[name]) for name in self._tensors[UNET][0][3:]]
         return self._call(UNET, arrays)[0]
+
+    def predict_velocity(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self._call(TRANSFORMER, [_np(inputs[name]) for name in self._tensors[TRANSFORMER][0]])[0]
 
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
         return self._call(VAE_DECODER, [_np(latents)])[0]
@@ -133,11 +178,15 @@ class TorchComponents:
 
     def __init__(self, pipeline: object) -> None:
         self._pipe = pipeline
-        self._sdxl = getattr(pipeline, "text_encoder_2", None) is not None
+        self._flux = getattr(pipeline, "transformer", None) is not None
+        self._sdxl = not self._flux and getattr(pipeline, "text_encoder_2", None) is not None
 
     @torch.no_grad()
     def encode_text(self, input_ids: torch.Tensor, encoder: str = TEXT_ENCODER) -> tuple[torch.Tensor, ...]:
         module = getattr(self._pipe, encoder)
+        if self._flux:
+            output = module(input_ids, output_hidden_states=False)
+            return (output.pooler_output if encoder == TEXT_ENCODER else output[0],)
         if not self._sdxl:
             return (module(input_ids)[0],)
         output = module(input_ids, output_hidden_states=True)
@@ -160,6 +209,19 @@ class TorchComponents:
         return self._pipe.unet(
             sample, timestep.reshape(-1), encoder_hidden_states=encoder_hidden_states, added_cond_kwargs=added
         ).sample
+
+    @torch.no_grad()
+    def predict_velocity(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self._pipe.transformer(
+            hidden_states=inputs["hidden_states"],
+            timestep=inputs["timestep"].reshape(-1),
+            guidance=inputs["guidance"].reshape(-1),
+            pooled_projections=inputs["pooled_projections"],
+            encoder_hidden_states=inputs["encoder_hidden_states"],
+            txt_ids=inputs["txt_ids"][0],
+            img_ids=inputs["img_ids"][0],
+            return_dict=False,
+        )[0]
 
     @torch.no_grad()
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:

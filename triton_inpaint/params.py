@@ -75,12 +75,13 @@ class DenoiseParams:
         mask_margin: int | None = None,
         default_steps: int = DEFAULT_STEPS,
         default_guidance: float = DEFAULT_GUIDANCE,
+        default_strength: float = DEFAULT_STRENGTH,
     ) -> DenoiseParams:
         if prompt is None:
             raise InvalidInputError("prompt", "is required")
         steps = default_steps if steps is None else int(steps)
         _check_range("steps", steps, STEPS_RANGE, "an integer")
-        strength = DEFAULT_STRENGTH if strength is None else float(strength)
+        strength = default_strength if strength is None else float(strength)
         _check_range("strength", strength, STRENGTH_RANGE, "a number")
         guidance_scale = default_guidance if guidance_scale is None else float(guidance_scale)
         _check_range("guidance_scale", guidance_scale, GUIDANCE_RANGE, "a number")

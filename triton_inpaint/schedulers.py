@@ -45,7 +45,13 @@ SCHEDULERS: tuple[SchedulerSpec, ...] = (
     SchedulerSpec("LCM", "LCMScheduler"),
     SchedulerSpec("PNDM", "PNDMScheduler"),
     SchedulerSpec("LMS", "LMSDiscreteScheduler"),
+    # Flow matching (FLUX): the only kind a flow-matching checkpoint accepts, and not for SD/SDXL.
+    SchedulerSpec("FlowMatch Euler", "FlowMatchEulerDiscreteScheduler", aliases=("Flow Match Euler",)),
 )
+
+
+def is_flow_matching(class_name: str) -> bool:
+    return class_name.startswith("FlowMatch")
 
 
 def _key(name: str) -> str:
@@ -60,8 +66,13 @@ for _spec in SCHEDULERS:
     _BY_KEY.setdefault(_key(_spec.class_name), SchedulerSpec(_spec.class_name, _spec.class_name))
 
 
-def scheduler_names() -> list[str]:
-    return [spec.name for spec in SCHEDULERS]
+def scheduler_names(flow_matching: bool | None = None) -> list[str]:
+    """All names, or those a flow-matching (True) or noise-prediction (False) checkpoint accepts."""
+    return [
+        spec.name
+        for spec in SCHEDULERS
+        if flow_matching is None or is_flow_matching(spec.class_name) == flow_matching
+    ]
 
 
 def resolve_scheduler(name: str) -> SchedulerSpec:
@@ -80,5 +91,13 @@ def build_scheduler(name: str | None, base_config: dict[str, Any]) -> diffusers.
         cls = getattr(diffusers, base_config["_class_name"])
         return cls.from_config(base_config)
     spec = resolve_scheduler(name)
+    flow = is_flow_matching(base_config["_class_name"])
+    if is_flow_matching(spec.class_name) != flow:
+        kind = "flow-matching (FLUX)" if flow else "noise-prediction (SD/SDXL)"
+        raise InvalidInputError(
+            "scheduler",
+            f"{spec.name!r} does not work with this {kind} model; "
+            f"choose one of: {', '.join(scheduler_names(flow))}",
+        )
     cls = getattr(diffusers, spec.class_name)
     return cls.from_config(base_config, **spec.overrides)

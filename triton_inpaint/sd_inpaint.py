@@ -20,7 +20,6 @@ from __future__ import annotations
 import inspect
 import json
 import math
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,71 +37,25 @@ from triton_inpaint.imaging import mask_to_pil
 from triton_inpaint.masks import Box, crop_region, mask_bounds
 from triton_inpaint.params import SIZE_MULTIPLE, DenoiseParams
 from triton_inpaint.schedulers import build_scheduler
-
-SPEC_FILE = "pipeline.json"
-
-
-@dataclass(frozen=True)
-class PipelineSpec:
-    """What the denoising loop needs to know about a checkpoint besides its networks."""
-
-    vae_scale_factor: int
-    vae_scaling_factor: float
-    latent_channels: int
-    unet_in_channels: int
-    native_resolution: int
-    default_steps: int = 20
-    default_guidance: float = 7.0
-    default_scheduler: str | None = None  # None: the checkpoint's own scheduler
-    # SDXL: two text encoders, pooled embeddings and size/crop time ids as extra UNet conditions.
-    sdxl: bool = False
-    force_zeros_for_empty_prompt: bool = False
-    requires_aesthetics_score: bool = False
-
-    @classmethod
-    def from_diffusers(cls, pipeline: Any) -> PipelineSpec:
-        vae_scale_factor = 2 ** (len(pipeline.vae.config.block_out_channels) - 1)
-        sdxl = getattr(pipeline, "text_encoder_2", None) is not None
-        return cls(
-            vae_scale_factor=vae_scale_factor,
-            vae_scaling_factor=float(pipeline.vae.config.scaling_factor),
-            latent_channels=int(pipeline.vae.config.latent_channels),
-            unet_in_channels=int(pipeline.unet.config.in_channels),
-            native_resolution=int(pipeline.unet.config.sample_size) * vae_scale_factor,
-            default_guidance=5.0 if sdxl else 7.0,
-            sdxl=sdxl,
-            force_zeros_for_empty_prompt=bool(pipeline.config.get("force_zeros_for_empty_prompt", False)),
-            requires_aesthetics_score=bool(pipeline.config.get("requires_aesthetics_score", False)),
-        )
-
-    @property
-    def family(self) -> str:
-        """``sd15-inpaint``, ``sd15-base``, ``sdxl-inpaint`` or ``sdxl-base`` (SD 2 counts as sd15)."""
-        return f"{'sdxl' if self.sdxl else 'sd15'}-{'inpaint' if self.unet_in_channels == 9 else 'base'}"
-
-    def save(self, directory: Path) -> None:
-        (directory / SPEC_FILE).write_text(json.dumps(asdict(self), indent=2) + "\n")
-
-    @classmethod
-    def load(cls, directory: Path) -> PipelineSpec:
-        return cls(**json.loads((directory / SPEC_FILE).read_text()))
+from triton_inpaint.spec import PipelineSpec
 
 
 def processing_size(
-    image_width: int, image_height: int, native: int, params: DenoiseParams
+    image_width: int, image_height: int, native: int, params: DenoiseParams, multiple: int = SIZE_MULTIPLE
 ) -> tuple[int, int]:
     """The (width, height) the model runs at.
 
     An explicit width/height wins; a single one keeps the input's aspect ratio. By default the input
     is scaled to the model's native pixel count (native x native) keeping its aspect ratio, rounded to
-    a multiple of 8, so any input size runs at the resolution the model was trained for.
+    a multiple of ``multiple`` (8; 16 for FLUX), so any input size runs at the resolution the model
+    was trained for.
     """
     aspect = image_width / image_height
     if params.width and params.height:
         return params.width, params.height
 
     def snap(value: float) -> int:
-        return max(SIZE_MULTIPLE, int(round(value / SIZE_MULTIPLE)) * SIZE_MULTIPLE)
+        return max(multiple, int(round(value / multiple)) * multiple)
 
     if params.width:
         return params.width, snap(params.width / aspect)

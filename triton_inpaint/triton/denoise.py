@@ -1,7 +1,9 @@
 """``<NAME>_denoise``: the BLS loop that runs one checkpoint's networks as Triton models.
 
-The version directory holds ``pipeline.json``, ``tokenizer/`` and ``scheduler/`` written by the export
-step; the config's ``submodel_prefix`` parameter names the four network models (``<prefix>_unet`` ...).
+The version directory holds ``pipeline.json``, ``tokenizer/`` (and ``tokenizer_2/``) and ``scheduler/``
+written by the export step; the config's ``submodel_prefix`` parameter names the network models
+(``<prefix>_unet`` or ``<prefix>_transformer``, ...). ``pipeline.json`` says which loop runs them:
+Stable Diffusion (1.5/2, SDXL) or FLUX Fill.
 """
 
 from __future__ import annotations
@@ -14,8 +16,10 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from triton_inpaint.components import RunnerComponents, network_tensors
+from triton_inpaint.flux_fill import FluxFillInpaintPipeline
 from triton_inpaint.params import DenoiseParams
-from triton_inpaint.sd_inpaint import PipelineSpec, SDInpaintPipeline
+from triton_inpaint.sd_inpaint import SDInpaintPipeline
+from triton_inpaint.spec import PipelineSpec
 from triton_inpaint.triton.io import number, respond_each, tensor, text
 
 
@@ -38,9 +42,12 @@ class TritonPythonModel:
         prefix = config["parameters"]["submodel_prefix"]["string_value"]
         directory = Path(args["model_repository"]) / args["model_version"]
         spec = PipelineSpec.load(directory)
-        roles = network_tensors(spec.sdxl)
-        components = RunnerComponents(bls_run, {role: f"{prefix}_{role}" for role in roles}, sdxl=spec.sdxl)
-        self.pipeline = SDInpaintPipeline.from_directory(directory, components)
+        roles = network_tensors(spec.architecture)
+        components = RunnerComponents(
+            bls_run, {role: f"{prefix}_{role}" for role in roles}, architecture=spec.architecture
+        )
+        pipeline_class = FluxFillInpaintPipeline if spec.flux else SDInpaintPipeline
+        self.pipeline = pipeline_class.from_directory(directory, components)
 
     def _handle(self, request: Any) -> list[Any]:
         spec = self.pipeline.spec
@@ -58,6 +65,7 @@ class TritonPythonModel:
             mask_margin=number(request, "mask_margin"),
             default_steps=spec.default_steps,
             default_guidance=spec.default_guidance,
+            default_strength=spec.default_strength,
         )
         image = tensor(request, "original_image", required=True)
         mask = tensor(request, "soft_mask", required=True)

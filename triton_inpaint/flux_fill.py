@@ -1,0 +1,262 @@
+"""FLUX Fill inpainting, step for step as ``diffusers.FluxFillPipeline`` does it.
+
+FLUX Fill differs from Stable Diffusion in every stage: the prompt goes through CLIP (pooled output
+only) and T5 (the sequence); latents are packed into 2x2 patches, a sequence the transformer reads
+together with the packed masked-image latents and the mask itself (each 8x8 pixel block of the mask
+folded into 64 channels); guidance is a number embedded into the transformer (no unconditional batch,
+so guidance up to 50 costs nothing extra); the schedule is flow matching with a resolution-dependent
+shift. The packing, position ids and shift come from diffusers itself (the pipeline's static methods
+and ``calculate_shift``), so only the orchestration is ours.
+
+Random numbers come from one seeded ``torch.Generator`` per image, drawn in the pipeline's order
+(init-image encode, initial noise, masked-image encode), which makes the same seed give the same
+image as a single-image diffusers call.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from diffusers import FluxFillPipeline
+from diffusers.image_processor import VaeImageProcessor
+from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+from diffusers.pipelines.flux.pipeline_flux_fill import calculate_shift, retrieve_timesteps
+from diffusers.utils.torch_utils import randn_tensor
+from PIL import Image
+from transformers import CLIPTokenizer, PreTrainedTokenizerBase, T5TokenizerFast
+
+from triton_inpaint.components import TEXT_ENCODER, TEXT_ENCODER_2, FluxComponents
+from triton_inpaint.errors import InvalidInputError
+from triton_inpaint.imaging import mask_to_pil
+from triton_inpaint.masks import Box
+from triton_inpaint.params import DenoiseParams
+from triton_inpaint.schedulers import build_scheduler
+from triton_inpaint.sd_inpaint import processing_size
+from triton_inpaint.spec import PipelineSpec
+
+
+class FluxFillInpaintPipeline:
+    """One FLUX Fill checkpoint's loop; holds no per-request state, so one instance serves all."""
+
+    def __init__(
+        self,
+        components: FluxComponents,
+        tokenizer: CLIPTokenizer,
+        tokenizer_2: PreTrainedTokenizerBase,
+        scheduler_config: dict[str, Any],
+        spec: PipelineSpec,
+    ) -> None:
+        if not spec.flux:
+            raise ValueError(f"this pipeline serves FLUX Fill checkpoints; the checkpoint is {spec.family}")
+        self.components = components
+        self.tokenizer = tokenizer
+        self.tokenizer_2 = tokenizer_2
+        self.scheduler_config = dict(scheduler_config)
+        self.spec = spec
+        # As FluxFillPipeline builds them: sizes snap to the packed-latent multiple, masks binarize.
+        self.image_processor = VaeImageProcessor(
+            vae_scale_factor=spec.size_multiple, vae_latent_channels=spec.latent_channels
+        )
+        self.mask_processor = VaeImageProcessor(
+            vae_scale_factor=spec.size_multiple,
+            vae_latent_channels=spec.latent_channels,
+            do_normalize=False,
+            do_binarize=True,
+            do_convert_grayscale=True,
+        )
+
+    @classmethod
+    def from_directory(cls, directory: Path, components: FluxComponents) -> FluxFillInpaintPipeline:
+        """Load tokenizers, scheduler config and spec from an exported denoise model directory."""
+        scheduler_config = json.loads((directory / "scheduler" / "scheduler_config.json").read_text())
+        return cls(
+            components,
+            CLIPTokenizer.from_pretrained(directory / "tokenizer"),
+            T5TokenizerFast.from_pretrained(directory / "tokenizer_2"),
+            scheduler_config,
+            PipelineSpec.load(directory),
+        )
+
+    # -- checks: the controls FLUX Fill does not have get a clear error, not silence ----------------
+
+    def check(self, params: DenoiseParams) -> None:
+        if params.mask_margin is not None:
+            raise InvalidInputError(
+                "mask_margin",
+                "is not supported by FLUX Fill models (they always see the whole image); leave it out",
+            )
+        if params.negative_prompt:
+            raise InvalidInputError(
+                "negative_prompt",
+                "is not supported by FLUX Fill models (guidance is embedded, there is no unconditional "
+                "pass); leave it out and describe what you want in the prompt",
+            )
+        multiple = self.spec.size_multiple
+        for field in ("width", "height"):
+            value = getattr(params, field)
+            if value is not None and value % multiple:
+                raise InvalidInputError(field, f"must be a multiple of {multiple} for FLUX Fill, got {value}")
+
+    # -- steps, named after diffusers' ---------------------------------------------------------------
+
+    def encode_prompt(self, prompt: str, num_images: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(T5 states (n, L, D), CLIP pooled (n, D')) for the same prompt (FluxFill's prompt_2 default)."""
+        clip_ids = self.tokenizer(
+            [prompt],
+            padding="max_length",
+            max_length=self.tokenizer.model_max_length,
+            truncation=True,
+            return_tensors="pt",
+        ).input_ids
+        t5_ids = self.tokenizer_2(
+            [prompt],
+            padding="max_length",
+            max_length=self.spec.max_sequence_length,
+            truncation=True,
+            return_tensors="pt",
+        ).input_ids
+        (pooled,) = self.components.encode_text(clip_ids, TEXT_ENCODER)
+        (states,) = self.components.encode_text(t5_ids, TEXT_ENCODER_2)
+        return states.repeat(num_images, 1, 1), pooled.repeat(num_images, 1)
+
+    def prepare_timesteps(self, scheduler: Any, steps: int, strength: float, width: int, height: int):
+        """The shifted flow-matching schedule, cut by strength as FluxFillPipeline.get_timesteps does
+        (a float product here, where the SD pipelines truncate steps * strength to an int first)."""
+        sigmas = np.linspace(1.0, 1 / steps, steps)
+        factor = self.spec.vae_scale_factor
+        image_seq_len = (height // factor // 2) * (width // factor // 2)
+        mu = calculate_shift(
+            image_seq_len,
+            scheduler.config.get("base_image_seq_len", 256),
+            scheduler.config.get("max_image_seq_len", 4096),
+            scheduler.config.get("base_shift", 0.5),
+            scheduler.config.get("max_shift", 1.15),
+        )
+        retrieve_timesteps(scheduler, steps, "cpu", sigmas=sigmas, mu=mu)
+        init_timestep = min(steps * strength, steps)
+        t_start = int(max(steps - init_timestep, 0))
+        timesteps = scheduler.timesteps[t_start * scheduler.order :]
+        if hasattr(scheduler, "set_begin_index"):
+            scheduler.set_begin_index(t_start * scheduler.order)
+        return timesteps
+
+    def _encode_vae_image(self, image: torch.Tensor, generators: list[torch.Generator]) -> torch.Tensor:
+        """Encode once, sample one latent per generator (each exactly a single-image call's draw)."""
+        parameters = self.components.encode_image(image).repeat(len(generators), 1, 1, 1)
+        latents = DiagonalGaussianDistribution(parameters).sample(generators)
+        return (latents - self.spec.vae_shift_factor) * self.spec.vae_scaling_factor
+
+    def _pack(self, latents: torch.Tensor) -> torch.Tensor:
+        batch, channels, height, width = latents.shape
+        return FluxFillPipeline._pack_latents(latents, batch, channels, height, width)
+
+    def prepare_latents(
+        self,
+        scheduler: Any,
+        init_image: torch.Tensor,
+        timestep: torch.Tensor,
+        generators: list[torch.Generator],
+    ) -> torch.Tensor:
+        """Packed initial latents: the image latents moved along the flow to the first timestep."""
+        image_latents = self._encode_vae_image(init_image, generators)
+        noise = randn_tensor(image_latents.shape, generator=generators, dtype=torch.float32)
+        latents = scheduler.scale_noise(image_latents, timestep.repeat(len(generators)), noise)
+        return self._pack(latents)
+
+    def prepare_mask_latents(
+        self, init_image: torch.Tensor, mask: torch.Tensor, generators: list[torch.Generator]
+    ) -> torch.Tensor:
+        """The transformer's conditioning: packed masked-image latents, then the packed mask, whose
+        every factor x factor pixel block becomes factor^2 channels of one latent position."""
+        batch = len(generators)
+        factor = self.spec.vae_scale_factor
+        masked_latents = self._pack(self._encode_vae_image(init_image * (1 - mask), generators))
+        _, _, height, width = init_image.shape
+        height, width = height // factor, width // factor
+        mask = mask[:, 0].repeat(batch, 1, 1).view(batch, height, factor, width, factor)
+        mask = mask.permute(0, 2, 4, 1, 3).reshape(batch, factor * factor, height, width)
+        return torch.cat([masked_latents, self._pack(mask)], dim=-1)
+
+    def denoise(
+        self,
+        scheduler: Any,
+        timesteps: torch.Tensor,
+        latents: torch.Tensor,
+        condition: torch.Tensor,
+        states: torch.Tensor,
+        pooled: torch.Tensor,
+        guidance_scale: float,
+        latent_height: int,
+        latent_width: int,
+    ) -> torch.Tensor:
+        batch = latents.shape[0]
+        image_ids = FluxFillPipeline._prepare_latent_image_ids(
+            batch, latent_height // 2, latent_width // 2, "cpu", torch.float32
+        )
+        inputs = {
+            "guidance": torch.full((batch, 1), guidance_scale, dtype=torch.float32),
+            "pooled_projections": pooled,
+            "encoder_hidden_states": states,
+            "txt_ids": torch.zeros(batch, states.shape[1], 3),
+            "img_ids": image_ids.unsqueeze(0).repeat(batch, 1, 1),
+        }
+        for t in timesteps:
+            inputs["hidden_states"] = torch.cat([latents, condition], dim=2)
+            # As diffusers computes it (float32 division), to the last bit.
+            inputs["timestep"] = (t.expand(batch).to(torch.float32) / 1000).reshape(batch, 1)
+            velocity = self.components.predict_velocity(inputs)
+            latents = scheduler.step(velocity, t, latents, return_dict=False)[0]
+        return latents
+
+    def decode(self, latents: torch.Tensor, width: int, height: int) -> np.ndarray:
+        latents = FluxFillPipeline._unpack_latents(latents, height, width, self.spec.vae_scale_factor)
+        latents = latents / self.spec.vae_scaling_factor + self.spec.vae_shift_factor
+        images = self.image_processor.postprocess(self.components.decode_latents(latents), output_type="np")
+        return (images * 255).round().astype(np.uint8)
+
+    # -- the whole request ---------------------------------------------------------------------------
+
+    def __call__(self, image: np.ndarray, mask: np.ndarray, params: DenoiseParams) -> tuple[np.ndarray, Box]:
+        """Inpaint ``image`` (H, W, 3 uint8) where ``mask`` (H, W in [0, 1]) is set.
+
+        Returns the generated images at the processing size, (n, h, w, 3) uint8 before compositing,
+        and the box of the input they belong to (always the whole image: FLUX Fill takes no margin).
+        """
+        self.check(params)
+        image_height, image_width = mask.shape
+        width, height = processing_size(
+            image_width, image_height, self.spec.native_resolution, params, self.spec.size_multiple
+        )
+        scheduler = build_scheduler(params.scheduler, self.scheduler_config)
+        timesteps = self.prepare_timesteps(scheduler, params.steps, params.strength, width, height)
+        if len(timesteps) == 0:
+            raise InvalidInputError(
+                "strength",
+                f"{params.strength} with steps={params.steps} leaves no denoising step "
+                "(steps * strength must be at least 1); raise strength or steps",
+            )
+        generators = [torch.Generator("cpu").manual_seed(seed) for seed in params.seeds]
+        states, pooled = self.encode_prompt(params.prompt, params.num_images)
+        init_image = self.image_processor.preprocess(
+            Image.fromarray(image, mode="RGB"), height=height, width=width
+        ).to(torch.float32)
+        mask_image = self.mask_processor.preprocess(mask_to_pil(mask), height=height, width=width)
+        latents = self.prepare_latents(scheduler, init_image, timesteps[:1], generators)
+        condition = self.prepare_mask_latents(init_image, mask_image, generators)
+        factor = self.spec.vae_scale_factor
+        latents = self.denoise(
+            scheduler,
+            timesteps,
+            latents,
+            condition,
+            states,
+            pooled,
+            params.guidance_scale,
+            height // factor,
+            width // factor,
+        )
+        return self.decode(latents, width, height), (0, 0, image_width, image_height)

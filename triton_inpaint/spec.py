@@ -1,0 +1,97 @@
+"""What the denoising loop needs to know about a checkpoint besides its networks.
+
+One record for every family, saved as ``pipeline.json`` beside the denoise model, so the BLS model
+knows which loop to run (SD 1.5/2, SDXL or FLUX Fill) and what its defaults are without loading torch
+modules.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+SPEC_FILE = "pipeline.json"
+FAMILIES = ("sd15-inpaint", "sd15-base", "sdxl-inpaint", "sdxl-base", "flux-fill")
+
+
+@dataclass(frozen=True)
+class PipelineSpec:
+    vae_scale_factor: int
+    vae_scaling_factor: float
+    latent_channels: int
+    unet_in_channels: int  # input channels of the denoiser (the UNet, or FLUX's transformer)
+    native_resolution: int
+    default_steps: int = 20
+    default_guidance: float = 7.0
+    default_scheduler: str | None = None  # None: the checkpoint's own scheduler
+    default_strength: float = 0.8
+    # SDXL: two text encoders, pooled embeddings and size/crop time ids as extra UNet conditions.
+    sdxl: bool = False
+    force_zeros_for_empty_prompt: bool = False
+    requires_aesthetics_score: bool = False
+    # FLUX Fill: CLIP (pooled) + T5 text encoders, a transformer over packed latents, embedded guidance.
+    flux: bool = False
+    vae_shift_factor: float = 0.0
+    max_sequence_length: int = 512
+
+    @classmethod
+    def from_diffusers(cls, pipeline: Any) -> PipelineSpec:
+        vae = pipeline.vae.config
+        vae_scale_factor = 2 ** (len(vae.block_out_channels) - 1)
+        common = {
+            "vae_scale_factor": vae_scale_factor,
+            "vae_scaling_factor": float(vae.scaling_factor),
+            "latent_channels": int(vae.latent_channels),
+        }
+        if getattr(pipeline, "transformer", None) is not None:
+            # FluxFillPipeline's own defaults: 50 steps, guidance 30, strength 1 (the whole mask
+            # regenerated); FLUX has no UNet sample size, the VAE's is its native resolution (1024).
+            return cls(
+                **common,
+                unet_in_channels=int(pipeline.transformer.config.in_channels),
+                native_resolution=int(vae.sample_size),
+                default_steps=50,
+                default_guidance=30.0,
+                default_strength=1.0,
+                flux=True,
+                vae_shift_factor=float(vae.shift_factor or 0.0),
+                # FluxFillPipeline's max_sequence_length (512) unless the T5 tokenizer is shorter.
+                max_sequence_length=min(512, int(pipeline.tokenizer_2.model_max_length)),
+            )
+        sdxl = getattr(pipeline, "text_encoder_2", None) is not None
+        return cls(
+            **common,
+            unet_in_channels=int(pipeline.unet.config.in_channels),
+            native_resolution=int(pipeline.unet.config.sample_size) * vae_scale_factor,
+            default_guidance=5.0 if sdxl else 7.0,
+            sdxl=sdxl,
+            force_zeros_for_empty_prompt=bool(pipeline.config.get("force_zeros_for_empty_prompt", False)),
+            requires_aesthetics_score=bool(pipeline.config.get("requires_aesthetics_score", False)),
+        )
+
+    @property
+    def architecture(self) -> str:
+        """``sd``, ``sdxl`` or ``flux``: which networks the checkpoint has (see ``components``)."""
+        return "flux" if self.flux else "sdxl" if self.sdxl else "sd"
+
+    @property
+    def family(self) -> str:
+        """One of :data:`FAMILIES` (SD 2 counts as sd15)."""
+        if self.flux:
+            return "flux-fill"
+        return f"{'sdxl' if self.sdxl else 'sd15'}-{'inpaint' if self.unet_in_channels == 9 else 'base'}"
+
+    @property
+    def size_multiple(self) -> int:
+        """Width and height must be multiples of this: the VAE's factor, times 2 for FLUX's 2x2
+        latent packing."""
+        return self.vae_scale_factor * (2 if self.flux else 1)
+
+    def save(self, directory: Path) -> None:
+        (directory / SPEC_FILE).write_text(json.dumps(asdict(self), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, directory: Path) -> PipelineSpec:
+        return cls(**json.loads((directory / SPEC_FILE).read_text()))
