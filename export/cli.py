@@ -1,4 +1,4 @@
-"""``triton-inpaint export tiny|onnx``."""
+"""``triton-inpaint export tiny|onnx|registry|detectors``."""
 
 from __future__ import annotations
 
@@ -66,11 +66,25 @@ def _registry(args: argparse.Namespace) -> int:
     return 0
 
 
+def _detectors(args: argparse.Namespace) -> int:
+    from triton_inpaint.export.detectors import export_detectors
+
+    started = time.monotonic()
+    checks = export_detectors(args.repository, args.cache, args.wheel, log=lambda m: print(m, flush=True))
+    print(
+        f"wrote {len(checks)} detector models ({', '.join(c.model for c in checks)}) to {args.repository} "
+        f"in {time.monotonic() - started:.1f} s"
+    )
+    return 0
+
+
 def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
     export = subparsers.add_parser(
         "export", help="build tiny checkpoints; export checkpoints to Triton models"
     )
-    commands = export.add_subparsers(dest="export_command", required=True, metavar="{tiny,onnx,registry}")
+    commands = export.add_subparsers(
+        dest="export_command", required=True, metavar="{tiny,onnx,registry,detectors}"
+    )
 
     tiny = commands.add_parser(
         "tiny",
@@ -128,3 +142,19 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
         help="concurrent requests each denoise model runs",
     )
     registry.set_defaults(handler=_registry)
+
+    detectors = commands.add_parser(
+        "detectors",
+        help="convert MediaPipe's detectors (from the mediapipe 0.10.21 wheel) to ONNX Triton models",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    detectors.add_argument(
+        "--repository", type=Path, required=True, help="Triton model repository to write into"
+    )
+    detectors.add_argument(
+        "--cache", type=Path, default=Path("build/cache"), help="where the mediapipe wheel is downloaded"
+    )
+    detectors.add_argument(
+        "--wheel", type=Path, default=None, help="a mediapipe-0.10.21 wheel already on disk (no download)"
+    )
+    detectors.set_defaults(handler=_detectors)

@@ -139,3 +139,13 @@ def triton_server(exported_repository) -> Iterator[object]:
     finally:
         server.stop()
         assert server.process.poll() is not None, "tritonserver survived stop()"
+
+
+@pytest.fixture(scope="session")
+def detector_repository(tmp_path_factory: pytest.TempPathFactory):
+    """MediaPipe's detectors converted to ONNX Triton models (the wheel comes from the package index)."""
+    from triton_inpaint.export.detectors import export_detectors
+
+    root = tmp_path_factory.mktemp("detectors")
+    checks = export_detectors(root / "repository", root / "cache", log=lambda _: None)
+    return root / "repository", checks

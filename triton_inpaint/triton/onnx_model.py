@@ -21,6 +21,8 @@ class TritonPythonModel:
     def initialize(self, args: dict[str, Any]) -> None:
         config = json.loads(args["model_config"])
         self.input_names = [entry["name"] for entry in config["input"]]
+        # Graphs with a fixed batch of 1 (max_batch_size 0, e.g. the detectors) run one request a time.
+        self.batches = config.get("max_batch_size", 0) > 0
         self.output_names = [entry["name"] for entry in config["output"]]
         options = ort.SessionOptions()
         options.intra_op_num_threads = int(os.environ.get("TRITON_INPAINT_ORT_THREADS", "0"))
@@ -36,7 +38,7 @@ class TritonPythonModel:
         feeds = [self._inputs(request) for request in requests]
         groups: dict[tuple, list[int]] = {}
         for index, feed in enumerate(feeds):
-            key = tuple(feed[name].shape[1:] for name in self.input_names)
+            key = tuple(feed[name].shape[1:] for name in self.input_names) if self.batches else (index,)
             groups.setdefault(key, []).append(index)
         responses: list[Any] = [None] * len(requests)
         for indices in groups.values():

@@ -1,0 +1,178 @@
+"""``export detectors``: MediaPipe's detector graphs from the ``mediapipe==0.10.21`` wheel, as Triton
+models running ONNX, each checked against the TFLite original.
+
+The wheel is fetched from PyPI with pip (never installed: it pins its own OpenCV and numpy) and only
+the ``.tflite`` files and the face-mesh landmark index sets are read out of it. Nothing comes from a
+model hub and no weights are committed. Everything is written into a scratch folder and moved into the
+repository only when every graph converted and matched its original.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2 as mc
+
+from triton_inpaint.export.tflite_onnx import compare_with_tflite, convert
+
+MEDIAPIPE_VERSION = "0.10.21"
+WHEEL_PATTERN = f"mediapipe-{MEDIAPIPE_VERSION}-cp311-cp311-*.whl"
+# Triton model name -> the graph inside the wheel. Each reads one NHWC float image.
+DETECTOR_GRAPHS = {
+    "detector_face": "mediapipe/modules/face_detection/face_detection_short_range.tflite",
+    "detector_face_landmark": "mediapipe/modules/face_landmark/face_landmark.tflite",
+    "detector_palm": "mediapipe/modules/palm_detection/palm_detection_lite.tflite",
+    "detector_hand_landmark": "mediapipe/modules/hand_landmark/hand_landmark_lite.tflite",
+    "detector_person": "mediapipe/modules/selfie_segmentation/selfie_segmentation.tflite",
+}
+FACE_MESH_SETS = (
+    "FACEMESH_FACE_OVAL",
+    "FACEMESH_LEFT_EYE",
+    "FACEMESH_RIGHT_EYE",
+    "FACEMESH_LIPS",
+    "FACEMESH_NOSE",
+)
+FACE_MESH_FILE = "face_mesh.json"
+MAX_DIFF = 1e-3  # ONNX vs TFLite on the sample, per output element
+
+
+@dataclass(frozen=True)
+class DetectorCheck:
+    model: str
+    max_abs_diff: float
+
+
+def fetch_wheel(cache: Path, wheel: Path | None = None, log: Callable[[str], None] = print) -> Path:
+    """The mediapipe wheel: the one given, one already in ``cache``, or downloaded there with pip."""
+    if wheel is not None:
+        if not wheel.is_file():
+            raise FileNotFoundError(f"--wheel {wheel}: no such file")
+        return wheel
+    found = sorted(cache.glob(WHEEL_PATTERN))
+    if found:
+        return found[-1]
+    cache.mkdir(parents=True, exist_ok=True)
+    log(f"downloading mediapipe=={MEDIAPIPE_VERSION} (wheel only, not installed) into {cache} ...")
+    command = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--only-binary=:all:",
+        "--dest",
+        str(cache),
+    ]
+    command += [
+        "--python-version",
+        "3.11",
+        "--platform",
+        "manylinux_2_28_x86_64",
+        f"mediapipe=={MEDIAPIPE_VERSION}",
+    ]
+    result = subprocess.run(command, capture_output=True, text=True)
+    found = sorted(cache.glob(WHEEL_PATTERN))
+    if result.returncode != 0 or not found:
+        raise RuntimeError(
+            f"could not download mediapipe=={MEDIAPIPE_VERSION} from the package index "
+            f"({result.stderr.strip().splitlines()[-1] if result.stderr.strip() else 'no wheel'}); "
+            "download it elsewhere and pass --wheel"
+        )
+    return found[-1]
+
+
+def face_mesh_sets(wheel: zipfile.ZipFile) -> dict[str, list[int]]:
+    """Landmark indices of the face oval, eyes, nose and lips, read from MediaPipe's own
+    ``face_mesh_connections.py`` (edge sets of the 468-point mesh) without importing it; a region's
+    mask is the convex hull of its points."""
+    source = wheel.read("mediapipe/python/solutions/face_mesh_connections.py").decode()
+    sets: dict[str, list[int]] = {}
+    for node in ast.parse(source).body:
+        if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name):
+            name = node.targets[0].id
+            if name in FACE_MESH_SETS:
+                edges = ast.literal_eval(node.value.args[0])  # frozenset([(a, b), ...])
+                sets[name] = sorted({index for edge in edges for index in edge})
+    missing = set(FACE_MESH_SETS) - set(sets)
+    if missing:
+        raise RuntimeError(f"face_mesh_connections.py lacks {', '.join(sorted(missing))}")
+    return sets
+
+
+def _sample(shape: list[int]) -> np.ndarray:
+    """The bundled sample photo at the graph's input size, in [0, 1]: a real image, so the check
+    exercises the activations the detectors see in use."""
+    import io
+    from importlib import resources
+
+    from PIL import Image
+
+    data = resources.files("triton_inpaint.assets").joinpath("sample.png").read_bytes()
+    image = Image.open(io.BytesIO(data)).convert("RGB").resize((shape[2], shape[1]))
+    return (np.asarray(image, dtype=np.float32) / 255.0)[None]
+
+
+def _config(name: str, onnx_model: object) -> mc.ModelConfig:
+    config = mc.ModelConfig(name=name, backend="python", max_batch_size=0)
+    for source, target in ((onnx_model.graph.input, config.input), (onnx_model.graph.output, config.output)):
+        for value in source:
+            entry = target.add()
+            entry.name = value.name
+            entry.data_type = mc.DataType.Value("TYPE_FP32")
+            entry.dims.extend(d.dim_value for d in value.type.tensor_type.shape.dim)
+    group = config.instance_group.add()
+    group.kind = mc.ModelInstanceGroup.KIND_CPU
+    group.count = 1
+    return config
+
+
+def export_detectors(
+    repository: Path, cache: Path, wheel: Path | None = None, log: Callable[[str], None] = print
+) -> list[DetectorCheck]:
+    """Convert, check and write every detector graph as ``detector_*`` Triton models."""
+    wheel = fetch_wheel(cache, wheel, log)
+    repository.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=".export-detectors-", dir=repository.parent))
+    checks = []
+    try:
+        with zipfile.ZipFile(wheel) as archive:
+            for name, member in DETECTOR_GRAPHS.items():
+                tflite_path = scratch / "tflite" / Path(member).name
+                tflite_path.parent.mkdir(parents=True, exist_ok=True)
+                tflite_path.write_bytes(archive.read(member))
+                onnx_path = scratch / name / "1" / "model.onnx"
+                onnx_model = convert(tflite_path, onnx_path)
+                shape = [d.dim_value for d in onnx_model.graph.input[0].type.tensor_type.shape.dim]
+                diff = compare_with_tflite(tflite_path, onnx_path, _sample(shape))
+                log(f"{name:<24} {Path(member).name:<34} max |onnx - tflite| = {diff:.1e}")
+                if not diff <= MAX_DIFF:
+                    raise RuntimeError(f"{name}: ONNX differs from the TFLite original by {diff:.2e}")
+                checks.append(DetectorCheck(name, diff))
+                (scratch / name / "config.pbtxt").write_text(
+                    text_format.MessageToString(_config(name, onnx_model))
+                )
+                (onnx_path.parent / "model.py").write_text(
+                    "from triton_inpaint.triton.onnx_model import TritonPythonModel  # noqa: F401\n"
+                )
+            mesh = face_mesh_sets(archive)
+        (scratch / "detector_face_landmark" / "1" / FACE_MESH_FILE).write_text(json.dumps(mesh) + "\n")
+        shutil.rmtree(scratch / "tflite")
+        for model_dir in sorted(scratch.iterdir()):
+            target = repository / model_dir.name
+            if target.exists():
+                shutil.rmtree(target)
+            model_dir.rename(target)
+        return checks
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
