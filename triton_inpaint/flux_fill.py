@@ -35,7 +35,7 @@ from triton_inpaint.imaging import mask_to_pil
 from triton_inpaint.masks import Box
 from triton_inpaint.params import DenoiseParams
 from triton_inpaint.schedulers import build_scheduler
-from triton_inpaint.sd_inpaint import processing_size
+from triton_inpaint.sd_inpaint import processing_size, token_ids
 from triton_inpaint.spec import PipelineSpec
 
 
@@ -105,20 +105,8 @@ class FluxFillInpaintPipeline:
 
     def encode_prompt(self, prompt: str, num_images: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(T5 states (n, L, D), CLIP pooled (n, D')) for the same prompt (FluxFill's prompt_2 default)."""
-        clip_ids = self.tokenizer(
-            [prompt],
-            padding="max_length",
-            max_length=self.tokenizer.model_max_length,
-            truncation=True,
-            return_tensors="pt",
-        ).input_ids
-        t5_ids = self.tokenizer_2(
-            [prompt],
-            padding="max_length",
-            max_length=self.spec.max_sequence_length,
-            truncation=True,
-            return_tensors="pt",
-        ).input_ids
+        clip_ids = token_ids(self.tokenizer, prompt)
+        t5_ids = token_ids(self.tokenizer_2, prompt, self.spec.max_sequence_length)
         (pooled,) = self.components.encode_text(clip_ids, TEXT_ENCODER)
         (states,) = self.components.encode_text(t5_ids, TEXT_ENCODER_2)
         return states.repeat(num_images, 1, 1), pooled.repeat(num_images, 1)

@@ -29,7 +29,7 @@ from diffusers.image_processor import VaeImageProcessor
 from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
-from transformers import CLIPTokenizer
+from transformers import CLIPTokenizer, PreTrainedTokenizerBase
 
 from triton_inpaint.components import TEXT_ENCODER, TEXT_ENCODER_2, SDComponents
 from triton_inpaint.errors import InvalidInputError
@@ -62,6 +62,18 @@ def processing_size(
     if params.height:
         return snap(params.height * aspect), params.height
     return snap(native * math.sqrt(aspect)), snap(native / math.sqrt(aspect))
+
+
+def token_ids(tokenizer: PreTrainedTokenizerBase, text: str, length: int | None = None) -> torch.Tensor:
+    """(1, length) ids, padded and truncated as the diffusers pipelines tokenize prompts; the length
+    defaults to the tokenizer's own maximum (77 for CLIP)."""
+    return tokenizer(
+        [text],
+        padding="max_length",
+        max_length=length or tokenizer.model_max_length,
+        truncation=True,
+        return_tensors="pt",
+    ).input_ids
 
 
 class SDInpaintPipeline:
@@ -112,16 +124,6 @@ class SDInpaintPipeline:
 
     # -- steps, named after diffusers' ---------------------------------------------------------------
 
-    @staticmethod
-    def _token_ids(tokenizer: CLIPTokenizer, text: str) -> torch.Tensor:
-        return tokenizer(
-            [text],
-            padding="max_length",
-            max_length=tokenizer.model_max_length,
-            truncation=True,
-            return_tensors="pt",
-        ).input_ids
-
     def encode_prompt(
         self, prompt: str, negative_prompt: str | None, do_cfg: bool, num_images: int
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -131,9 +133,7 @@ class SDInpaintPipeline:
             return self._encode_prompt_sdxl(prompt, negative_prompt, do_cfg, num_images)
 
         def embed(text: str) -> torch.Tensor:
-            return self.components.encode_text(self._token_ids(self.tokenizer, text))[0].repeat(
-                num_images, 1, 1
-            )
+            return self.components.encode_text(token_ids(self.tokenizer, text))[0].repeat(num_images, 1, 1)
 
         prompt_embeds = embed(prompt)
         if not do_cfg:
@@ -144,10 +144,8 @@ class SDInpaintPipeline:
         self, prompt: str, negative_prompt: str | None, do_cfg: bool, num_images: int
     ) -> tuple[torch.Tensor, torch.Tensor]:
         def embed(text: str) -> tuple[torch.Tensor, torch.Tensor]:
-            (states_1,) = self.components.encode_text(self._token_ids(self.tokenizer, text), TEXT_ENCODER)
-            states_2, pooled = self.components.encode_text(
-                self._token_ids(self.tokenizer_2, text), TEXT_ENCODER_2
-            )
+            (states_1,) = self.components.encode_text(token_ids(self.tokenizer, text), TEXT_ENCODER)
+            states_2, pooled = self.components.encode_text(token_ids(self.tokenizer_2, text), TEXT_ENCODER_2)
             return torch.cat([states_1, states_2], dim=-1), pooled
 
         prompt_embeds, pooled = embed(prompt)
