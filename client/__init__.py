@@ -4,7 +4,16 @@ from triton_inpaint.client.inpaint_client import (
     InpaintClient,
     InpaintError,
     InpaintResult,
+    MaskResult,
+    ModelInfo,
     ServerUnreachableError,
 )
 
-__all__ = ["InpaintClient", "InpaintError", "InpaintResult", "ModelInfo", "ServerUnreachableError"]
+__all__ = [
+    "InpaintClient",
+    "InpaintError",
+    "InpaintResult",
+    "MaskResult",
+    "ModelInfo",
+    "ServerUnreachableError",
+]

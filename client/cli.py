@@ -96,7 +96,97 @@ def _models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _mask(args: argparse.Namespace) -> int:
+    from triton_inpaint.errors import InvalidInputError
+    from triton_inpaint.masking import resolve_prompt
+
+    model, invert = args.detector, args.invert
+    if args.prompt is not None:
+        try:
+            model, from_prompt = resolve_prompt(args.prompt)
+        except InvalidInputError as exc:
+            print(f"error: --{exc}", file=sys.stderr)
+            return 2
+        invert = invert != from_prompt  # "background" is the inverted person; --invert flips it back
+    image = _read(args.image, "--image")
+    try:
+        with InpaintClient(args.url, args.protocol) as client:
+            result = client.mask(
+                image,
+                model,
+                confidence=args.confidence,
+                max_detections=args.max_detections,
+                padding=args.padding,
+                blur=args.blur,
+                invert=invert,
+            )
+    except ServerUnreachableError as exc:
+        print(f"error: cannot reach Triton at {args.url} over {args.protocol}: {exc}", file=sys.stderr)
+        return 3
+    except InpaintError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = args.out.with_name(args.out.name + ".part")
+    tmp.write_bytes(result.mask)
+    tmp.replace(args.out)
+    print(
+        json.dumps({"model": model, "invert": invert, "mask": str(args.out), "detections": result.detections})
+    )
+    return 0
+
+
 def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
+    from triton_inpaint.masking import (
+        CONFIDENCE_RANGE,
+        DEFAULT_BLUR,
+        DEFAULT_CONFIDENCE,
+        DEFAULT_MAX_DETECTIONS,
+        DEFAULT_PADDING,
+        MASKING_MODELS,
+        MAX_DETECTIONS_RANGE,
+        PADDING_RANGE,
+    )
+
+    mask = subparsers.add_parser(
+        "mask",
+        help="make a mask with a detector (or a mask prompt) through a running Triton server; "
+        "prints the detections as JSON",
+    )
+    mask.add_argument("--url", default="127.0.0.1:8001", help="Triton HOST:PORT (default 127.0.0.1:8001)")
+    mask.add_argument("--protocol", choices=PROTOCOLS, default="grpc", help="default grpc")
+    which = mask.add_mutually_exclusive_group(required=True)
+    which.add_argument("--detector", choices=MASKING_MODELS, help="masking model")
+    which.add_argument("--prompt", help="a mask prompt such as 'face', 'eyes', 'hands' or 'background'")
+    mask.add_argument("--image", type=Path, required=True, help="input image (PNG, JPEG or WEBP)")
+    mask.add_argument("--out", type=Path, required=True, help="where to write the mask (PNG)")
+    mask.add_argument(
+        "--confidence",
+        type=float,
+        default=None,
+        help=f"minimum score {CONFIDENCE_RANGE[0]}-{CONFIDENCE_RANGE[1]} (default {DEFAULT_CONFIDENCE})",
+    )
+    mask.add_argument(
+        "--max-detections",
+        type=int,
+        default=None,
+        help=f"{MAX_DETECTIONS_RANGE[0]}-{MAX_DETECTIONS_RANGE[1]} (default {DEFAULT_MAX_DETECTIONS})",
+    )
+    mask.add_argument(
+        "--padding",
+        type=int,
+        default=None,
+        help=f"grow the mask by {PADDING_RANGE[0]}-{PADDING_RANGE[1]} px (default {DEFAULT_PADDING})",
+    )
+    mask.add_argument(
+        "--blur",
+        type=int,
+        default=None,
+        help=f"feather the mask over {MASK_BLUR_RANGE[0]}-{MASK_BLUR_RANGE[1]} px (default {DEFAULT_BLUR})",
+    )
+    mask.add_argument("--invert", action="store_true", help="select everything but the detections")
+    mask.set_defaults(handler=_mask)
+
     models = subparsers.add_parser(
         "models",
         help="list the served inpainting models with their ids, families and defaults (JSON)",

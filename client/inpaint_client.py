@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from triton_inpaint.contract import REQUEST_INPUTS, RESPONSE_OUTPUTS, ensemble_name
+from triton_inpaint.contract import (
+    MASKING_INPUTS,
+    MASKING_MODEL,
+    MASKING_OUTPUTS,
+    REQUEST_INPUTS,
+    RESPONSE_OUTPUTS,
+    ensemble_name,
+)
 
 PROTOCOLS = ("grpc", "http")
-_SPECS = {spec.name: spec for spec in REQUEST_INPUTS}
+_SPECS = {spec.name: spec for spec in (*REQUEST_INPUTS, *MASKING_INPUTS)}
 
 
 class InpaintError(RuntimeError):
@@ -34,6 +42,14 @@ class ModelInfo:
     default_guidance: float
     default_scheduler: str | None
     default_strength: float = 0.8
+
+
+@dataclass(frozen=True)
+class MaskResult:
+    """The mask (PNG, white = selected) and what was detected, best first."""
+
+    mask: bytes
+    detections: list[dict[str, Any]]
 
 
 @dataclass(frozen=True)
@@ -203,26 +219,57 @@ class InpaintClient:
             "output_format": output_format,
             "output_quality": output_quality,
         }
+        result = self._infer(self.resolve_model(model), values, RESPONSE_OUTPUTS, model)
+        images = [bytes(image) for image in result.as_numpy("output_image").reshape(-1)]
+        seeds = [int(seed) for seed in result.as_numpy("output_seed").reshape(-1)]
+        return InpaintResult(images=images, seeds=seeds)
+
+    def mask(
+        self,
+        image: bytes,
+        model: str,
+        confidence: float | None = None,
+        max_detections: int | None = None,
+        padding: int | None = None,
+        blur: int | None = None,
+        invert: bool | None = None,
+    ) -> MaskResult:
+        """A mask from a detector (``face``, ``face_mesh``, ``eyes``, ``nose``, ``lips``, ``hands``,
+        ``person``); ``None`` leaves a parameter at its default."""
+        values = {
+            "image": image,
+            "model": model,
+            "confidence": confidence,
+            "max_detections": max_detections,
+            "padding": padding,
+            "blur": blur,
+            "invert": invert,
+        }
+        result = self._infer(MASKING_MODEL, values, MASKING_OUTPUTS, MASKING_MODEL)
+        detections = json.loads(bytes(result.as_numpy("detections").reshape(-1)[0]))
+        return MaskResult(mask=bytes(result.as_numpy("mask_image").reshape(-1)[0]), detections=detections)
+
+    def _infer(self, model_name: str, values: dict[str, Any], outputs: tuple, requested: str) -> Any:
+        """One request; errors become InpaintError naming the input, or ServerUnreachableError."""
         inputs = [self._input(name, value) for name, value in values.items() if value is not None]
-        outputs = [self._module.InferRequestedOutput(spec.name) for spec in RESPONSE_OUTPUTS]
-        model_name = self.resolve_model(model)
+        wanted = [self._module.InferRequestedOutput(spec.name) for spec in outputs]
         from tritonclient.utils import InferenceServerException
 
         try:
             if self.protocol == "grpc":
-                result = self._client.infer(model_name, inputs, outputs=outputs, client_timeout=self.timeout)
-            else:
-                result = self._client.infer(model_name, inputs, outputs=outputs)
+                return self._client.infer(model_name, inputs, outputs=wanted, client_timeout=self.timeout)
+            return self._client.infer(model_name, inputs, outputs=wanted)
         except InferenceServerException as exc:
             message = _clean(exc.message() or str(exc))
             if "UNAVAILABLE" in str(exc.status()) or "DEADLINE_EXCEEDED" in str(exc.status()):
                 raise ServerUnreachableError(message) from None
             if "unknown model" in message.lower():
+                if model_name == MASKING_MODEL:
+                    raise InpaintError(
+                        f"{MASKING_MODEL} is not served; export it with 'triton-inpaint export detectors'"
+                    ) from None
                 served = ", ".join(f"{m.id} ({m.name})" for m in self.list_models()) or "none"
-                raise InpaintError(f"model: {model!r} is not served; served models: {served}") from None
+                raise InpaintError(f"model: {requested!r} is not served; served models: {served}") from None
             raise InpaintError(message) from None
         except OSError as exc:  # HTTP: connection refused or reset
             raise ServerUnreachableError(str(exc)) from None
-        images = [bytes(image) for image in result.as_numpy("output_image").reshape(-1)]
-        seeds = [int(seed) for seed in result.as_numpy("output_seed").reshape(-1)]
-        return InpaintResult(images=images, seeds=seeds)

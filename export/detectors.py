@@ -24,7 +24,10 @@ import numpy as np
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
+from triton_inpaint import contract
+from triton_inpaint.export.repository import add_tensors, write_model_py
 from triton_inpaint.export.tflite_onnx import compare_with_tflite, convert
+from triton_inpaint.masking import FACE_MESH_FILE
 
 MEDIAPIPE_VERSION = "0.10.21"
 WHEEL_PATTERN = f"mediapipe-{MEDIAPIPE_VERSION}-cp311-cp311-*.whl"
@@ -43,7 +46,6 @@ FACE_MESH_SETS = (
     "FACEMESH_LIPS",
     "FACEMESH_NOSE",
 )
-FACE_MESH_FILE = "face_mesh.json"
 MAX_DIFF = 1e-3  # ONNX vs TFLite on the sample, per output element
 
 
@@ -137,10 +139,21 @@ def _config(name: str, onnx_model: object) -> mc.ModelConfig:
     return config
 
 
+def _masking_config() -> mc.ModelConfig:
+    config = mc.ModelConfig(name=contract.MASKING_MODEL, backend="python", max_batch_size=0)
+    add_tensors(config.input, contract.MASKING_INPUTS)
+    add_tensors(config.output, contract.MASKING_OUTPUTS)
+    group = config.instance_group.add()
+    group.kind = mc.ModelInstanceGroup.KIND_CPU
+    group.count = 2
+    return config
+
+
 def export_detectors(
     repository: Path, cache: Path, wheel: Path | None = None, log: Callable[[str], None] = print
 ) -> list[DetectorCheck]:
-    """Convert, check and write every detector graph as ``detector_*`` Triton models."""
+    """Convert, check and write every detector graph as ``detector_*`` Triton models, and the
+    ``image_masking`` model that runs them."""
     wheel = fetch_wheel(cache, wheel, log)
     repository.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=".export-detectors-", dir=repository.parent))
@@ -162,11 +175,12 @@ def export_detectors(
                 (scratch / name / "config.pbtxt").write_text(
                     text_format.MessageToString(_config(name, onnx_model))
                 )
-                (onnx_path.parent / "model.py").write_text(
-                    "from triton_inpaint.triton.onnx_model import TritonPythonModel  # noqa: F401\n"
-                )
+                write_model_py(onnx_path.parent, "triton_inpaint.triton.onnx_model")
             mesh = face_mesh_sets(archive)
-        (scratch / "detector_face_landmark" / "1" / FACE_MESH_FILE).write_text(json.dumps(mesh) + "\n")
+        masking = scratch / contract.MASKING_MODEL
+        write_model_py(masking / "1", "triton_inpaint.triton.masking")
+        (masking / "1" / FACE_MESH_FILE).write_text(json.dumps(mesh) + "\n")
+        (masking / "config.pbtxt").write_text(text_format.MessageToString(_masking_config()))
         shutil.rmtree(scratch / "tflite")
         for model_dir in sorted(scratch.iterdir()):
             target = repository / model_dir.name

@@ -55,7 +55,7 @@ class ExportOptions:
     family: str | None = None  # when given, the checkpoint must be of this family
 
 
-def _add_tensors(target: object, specs: Iterable[TensorSpec]) -> None:
+def add_tensors(target: object, specs: Iterable[TensorSpec]) -> None:
     for spec in specs:
         entry = target.add()
         entry.name = spec.name
@@ -69,7 +69,7 @@ def _write_config(model_dir: Path, config: mc.ModelConfig) -> None:
     (model_dir / "config.pbtxt").write_text(text_format.MessageToString(config))
 
 
-def _write_model_py(version_dir: Path, module: str) -> None:
+def write_model_py(version_dir: Path, module: str) -> None:
     version_dir.mkdir(parents=True, exist_ok=True)
     (version_dir / "model.py").write_text(f"from {module} import TritonPythonModel  # noqa: F401\n")
 
@@ -158,8 +158,8 @@ def _network_config(
     name: str, role: str, inputs: list[TensorSpec], outputs: list[TensorSpec], options: ExportOptions
 ) -> mc.ModelConfig:
     config = mc.ModelConfig(name=name, backend="python", max_batch_size=NETWORK_MAX_BATCH)
-    _add_tensors(config.input, inputs)
-    _add_tensors(config.output, outputs)
+    add_tensors(config.input, inputs)
+    add_tensors(config.output, outputs)
     group = config.instance_group.add()
     group.kind = mc.ModelInstanceGroup.KIND_CPU
     denoiser = role in (UNET, TRANSFORMER)
@@ -171,8 +171,8 @@ def _network_config(
 
 def _denoise_config(name: str, checkpoint_name: str, options: ExportOptions) -> mc.ModelConfig:
     config = mc.ModelConfig(name=name, backend="python", max_batch_size=0)
-    _add_tensors(config.input, contract.DENOISE_INPUTS)
-    _add_tensors(config.output, contract.DENOISE_OUTPUTS)
+    add_tensors(config.input, contract.DENOISE_INPUTS)
+    add_tensors(config.output, contract.DENOISE_OUTPUTS)
     group = config.instance_group.add()
     group.kind = mc.ModelInstanceGroup.KIND_CPU
     group.count = options.denoise_instances
@@ -196,8 +196,8 @@ def _ensemble_config(checkpoint_name: str, spec: PipelineSpec, model_id: str) ->
     }
     for key, value in described.items():
         config.parameters[key].string_value = value
-    _add_tensors(config.input, contract.REQUEST_INPUTS)
-    _add_tensors(config.output, contract.RESPONSE_OUTPUTS)
+    add_tensors(config.input, contract.REQUEST_INPUTS)
+    add_tensors(config.output, contract.RESPONSE_OUTPUTS)
     steps = (
         (contract.PREPROCESS_MODEL, contract.PREPROCESS_INPUTS, contract.PREPROCESS_OUTPUTS),
         (contract.denoise_name(checkpoint_name), contract.DENOISE_INPUTS, contract.DENOISE_OUTPUTS),
@@ -281,11 +281,11 @@ def export_checkpoint(
         checks = verify_onnx(pipeline, paths)
         for role, (inputs, outputs) in _network_tensors(pipeline).items():
             _write_config(model_dirs[role], _network_config(f"{name}_{role}", role, inputs, outputs, options))
-            _write_model_py(model_dirs[role] / "1", "triton_inpaint.triton.onnx_model")
+            write_model_py(model_dirs[role] / "1", "triton_inpaint.triton.onnx_model")
 
         denoise_dir = scratch / contract.denoise_name(name)
         version = denoise_dir / "1"
-        _write_model_py(version, "triton_inpaint.triton.denoise")
+        write_model_py(version, "triton_inpaint.triton.denoise")
         pipeline.tokenizer.save_pretrained(version / "tokenizer")
         if spec.sdxl or spec.flux:
             pipeline.tokenizer_2.save_pretrained(version / "tokenizer_2")

@@ -128,11 +128,12 @@ def exported_repository(
 
 
 @pytest.fixture(scope="session")
-def triton_server(exported_repository) -> Iterator[object]:
+def triton_server(exported_repository, detector_repository) -> Iterator[object]:
     from triton_inpaint.server import TritonServer, free_port
 
     repository, _ = exported_repository
-    server = TritonServer([BUILTIN_REPOSITORY, repository], free_port(), free_port(), free_port())
+    detectors, _ = detector_repository
+    server = TritonServer([BUILTIN_REPOSITORY, repository, detectors], free_port(), free_port(), free_port())
     server.start(timeout=300)
     try:
         yield server

@@ -9,8 +9,8 @@ import skimage.data
 
 from triton_inpaint.components import onnx_runner
 from triton_inpaint.errors import InvalidInputError
-from triton_inpaint.export.detectors import DETECTOR_GRAPHS, FACE_MESH_FILE
-from triton_inpaint.masking import MASKING_MODELS, Masker, MaskingParams
+from triton_inpaint.export.detectors import DETECTOR_GRAPHS
+from triton_inpaint.masking import FACE_MESH_FILE, MASKING_MODELS, Masker, MaskingParams, resolve_prompt
 
 ASTRONAUT_FACE = (177, 82, 177 + 95, 82 + 95)  # where MediaPipe's own face detector puts it
 
@@ -26,7 +26,7 @@ def iou(a, b):
 def masker(detector_repository):
     repository, _ = detector_repository
     run = onnx_runner({name: repository / name / "1" / "model.onnx" for name in DETECTOR_GRAPHS})
-    mesh = json.loads((repository / "detector_face_landmark" / "1" / FACE_MESH_FILE).read_text())
+    mesh = json.loads((repository / "image_masking" / "1" / FACE_MESH_FILE).read_text())
     return Masker(run, mesh)
 
 
@@ -122,3 +122,24 @@ def test_parameters_are_checked(inputs, message):
 
 def test_model_names_are_forgiving():
     assert MaskingParams.from_inputs("Face-Mesh").model == "face_mesh"
+
+
+@pytest.mark.parametrize(
+    ("prompt", "expected"),
+    [
+        ("face", ("face", False)),
+        ("Eyes", ("eyes", False)),
+        ("her mouth", ("lips", False)),
+        ("hands", ("hands", False)),
+        ("people", ("person", False)),
+        ("the background", ("person", True)),
+    ],
+)
+def test_mask_prompts_the_detectors_answer(prompt, expected):
+    assert resolve_prompt(prompt) == expected
+
+
+def test_other_mask_prompts_are_refused_with_the_words_that_work():
+    with pytest.raises(InvalidInputError) as info:
+        resolve_prompt("a purple hat")
+    assert info.value.field == "prompt" and "face, faces, eye, eyes" in str(info.value)

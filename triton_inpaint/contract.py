@@ -107,3 +107,24 @@ def ensemble_name(checkpoint_name: str) -> str:
 
 def denoise_name(checkpoint_name: str) -> str:
     return f"{checkpoint_name}_denoise"
+
+
+# image_masking: masks from the detectors (``export detectors`` writes it beside them).
+MASKING_MODEL = "image_masking"
+MASKING_INPUTS: tuple[TensorSpec, ...] = (
+    REQUEST_INPUTS[0],
+    TensorSpec(
+        "model", "TYPE_STRING", (1,), description="face, face_mesh, eyes, nose, lips, hands or person"
+    ),
+    TensorSpec("confidence", "TYPE_FP32", (1,), True, "0-1, minimum detection score"),
+    TensorSpec("max_detections", "TYPE_INT32", (1,), True, "1-20"),
+    TensorSpec("padding", "TYPE_INT32", (1,), True, "0-256 px: grow the mask"),
+    TensorSpec("blur", "TYPE_INT32", (1,), True, "0-160 px: feather the mask"),
+    TensorSpec("invert", "TYPE_BOOL", (1,), True, "select everything but the detections"),
+)
+MASKING_OUTPUTS: tuple[TensorSpec, ...] = (
+    TensorSpec("mask_image", "TYPE_STRING", (1,), description="the mask as PNG: white = selected"),
+    TensorSpec(
+        "detections", "TYPE_STRING", (1,), description="JSON list of x_min, y_min, x_max, y_max, score, label"
+    ),
+)

@@ -90,6 +90,13 @@ def encode_image(pixels: np.ndarray, image_format: str = "PNG", quality: int = D
     return buffer.getvalue()
 
 
+def encode_mask(mask: np.ndarray) -> bytes:
+    """A uint8 (H, W) mask as an 8-bit greyscale PNG."""
+    buffer = io.BytesIO()
+    Image.fromarray(mask, mode="L").save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
 def mask_to_pil(mask: np.ndarray) -> Image.Image:
     """The soft mask as an 8-bit greyscale image, the form diffusers' mask processor expects."""
     return Image.fromarray(np.rint(np.clip(mask, 0.0, 1.0) * 255.0).astype(np.uint8), mode="L")

@@ -36,6 +36,7 @@ DEFAULT_MAX_DETECTIONS = 6
 DEFAULT_PADDING = 4
 DEFAULT_BLUR = 4
 
+FACE_MESH_FILE = "face_mesh.json"  # the landmark index sets, beside the image_masking model
 FACE_MODEL, FACE_LANDMARK_MODEL = "detector_face", "detector_face_landmark"
 PALM_MODEL, HAND_LANDMARK_MODEL, PERSON_MODEL = "detector_palm", "detector_hand_landmark", "detector_person"
 # Which face-mesh index sets (read from MediaPipe's face_mesh_connections.py at export) make a region.
@@ -45,6 +46,35 @@ MESH_REGIONS = {
     "nose": (("nose", "FACEMESH_NOSE"),),
     "lips": (("lips", "FACEMESH_LIPS"),),
 }
+
+
+# Mask prompts the detectors answer without a text-segmentation model: word -> (model, invert).
+PROMPT_WORDS: dict[str, tuple[str, bool]] = {
+    **dict.fromkeys(("face", "faces"), ("face", False)),
+    **dict.fromkeys(("eye", "eyes"), ("eyes", False)),
+    **dict.fromkeys(("nose", "noses"), ("nose", False)),
+    **dict.fromkeys(("lips", "lip", "mouth", "mouths"), ("lips", False)),
+    **dict.fromkeys(("hand", "hands"), ("hands", False)),
+    **dict.fromkeys(("person", "persons", "people", "body", "bodies"), ("person", False)),
+    **dict.fromkeys(("background", "backgrounds"), ("person", True)),
+}
+
+
+def resolve_prompt(prompt: str) -> tuple[str, bool]:
+    """The masking model (and whether to invert it) for a short mask prompt such as "eyes" or "the
+    background"; anything else is refused, naming the words that work."""
+    words = [
+        w
+        for w in prompt.strip().lower().replace(",", " ").split()
+        if w not in ("the", "a", "an", "her", "his", "their")
+    ]
+    if len(words) == 1 and words[0] in PROMPT_WORDS:
+        return PROMPT_WORDS[words[0]]
+    raise InvalidInputError(
+        "prompt",
+        f"no mask model answers {prompt!r}; mask prompts without a text-segmentation model are: "
+        f"{', '.join(PROMPT_WORDS)} (a text-segmentation (CLIPSeg) model for other words is not served yet)",
+    )
 
 
 @dataclass(frozen=True)

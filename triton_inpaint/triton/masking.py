@@ -1,0 +1,47 @@
+"""``image_masking``: an image and a masking model name -> the mask (PNG) and the detections (JSON).
+
+BLS over the ``detector_*`` models rather than an ensemble: which detectors run (one, or a detector
+then a landmark model per detection) depends on the request, and ensembles cannot branch. The version
+directory holds ``face_mesh.json``, the landmark index sets written by ``export detectors``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+from triton_inpaint.imaging import decode_image, encode_mask
+from triton_inpaint.masking import FACE_MESH_FILE, Masker, MaskingParams
+from triton_inpaint.triton.denoise import bls_run
+from triton_inpaint.triton.io import number, raw_bytes, respond_each, text
+
+
+class TritonPythonModel:
+    def initialize(self, args: dict[str, Any]) -> None:
+        self.logger = pb_utils.Logger
+        directory = Path(args["model_repository"]) / args["model_version"]
+        self.masker = Masker(bls_run, json.loads((directory / FACE_MESH_FILE).read_text()))
+
+    def _handle(self, request: Any) -> list[Any]:
+        params = MaskingParams.from_inputs(
+            text(request, "model", required=True),
+            confidence=number(request, "confidence"),
+            max_detections=number(request, "max_detections"),
+            padding=number(request, "padding"),
+            blur=number(request, "blur"),
+            invert=number(request, "invert"),
+        )
+        image = decode_image(raw_bytes(request, "image", required=True), "image")
+        mask, regions = self.masker(image, params)
+        detections = json.dumps([region.as_dict() for region in regions])
+        return [
+            pb_utils.Tensor("mask_image", np.array([encode_mask(mask)], dtype=np.object_)),
+            pb_utils.Tensor("detections", np.array([detections.encode()], dtype=np.object_)),
+        ]
+
+    def execute(self, requests: list[Any]) -> list[Any]:
+        return respond_each(requests, self._handle, self.logger)
