@@ -6,7 +6,9 @@ import argparse
 import dataclasses
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from triton_inpaint.client.inpaint_client import (
     PROTOCOLS,
@@ -37,47 +39,62 @@ def _read(path: Path, flag: str) -> bytes:
 def _inpaint(args: argparse.Namespace) -> int:
     image = _read(args.image, "--image")
     mask = _read(args.mask, "--mask")
-    try:
-        with InpaintClient(args.url, args.protocol) as client:
-            result = client.inpaint(
-                args.model,
-                image,
-                mask,
-                args.prompt,
-                negative_prompt=args.negative_prompt,
-                steps=args.steps,
-                strength=args.strength,
-                guidance_scale=args.guidance,
-                seed=args.seed,
-                scheduler=args.scheduler,
-                width=args.width,
-                height=args.height,
-                mask_invert=args.mask_invert or None,
-                mask_expand=args.mask_expand,
-                mask_blur=args.mask_blur,
-                mask_margin=args.mask_margin,
-                num_images=args.num_images,
-                output_format=args.output_format,
-                output_quality=args.quality,
-            )
-    except ServerUnreachableError as exc:
-        print(f"error: cannot reach Triton at {args.url} over {args.protocol}: {exc}", file=sys.stderr)
-        return 3
-    except InpaintError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except Exception as exc:  # anything else on the way: say what and where, no traceback
-        print(f"error: cannot reach Triton at {args.url} over {args.protocol}: {exc}", file=sys.stderr)
-        return 3
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    for path, image, seed in zip(
+    result, code = _ask(
+        args,
+        lambda client: client.inpaint(
+            args.model,
+            image,
+            mask,
+            args.prompt,
+            negative_prompt=args.negative_prompt,
+            steps=args.steps,
+            strength=args.strength,
+            guidance_scale=args.guidance,
+            seed=args.seed,
+            scheduler=args.scheduler,
+            width=args.width,
+            height=args.height,
+            mask_invert=args.mask_invert or None,
+            mask_expand=args.mask_expand,
+            mask_blur=args.mask_blur,
+            mask_margin=args.mask_margin,
+            num_images=args.num_images,
+            output_format=args.output_format,
+            output_quality=args.quality,
+        ),
+    )
+    if result is None:
+        return code
+    for path, data, seed in zip(
         output_paths(args.out, len(result.images)), result.images, result.seeds, strict=True
     ):
-        tmp = path.with_name(path.name + ".part")
-        tmp.write_bytes(image)
-        tmp.replace(path)  # never leave a half-written result
+        _write(path, data)
         print(f"seed {seed} -> {path}")
     return 0
+
+
+def _ask(args: argparse.Namespace, call: Callable[[InpaintClient], Any]) -> tuple[Any, int]:
+    """(result, 0), or (None, exit code) after printing the error: 2 refused, 3 no server answers."""
+    try:
+        with InpaintClient(args.url, args.protocol) as client:
+            return call(client), 0
+    except ServerUnreachableError as exc:
+        print(f"error: cannot reach Triton at {args.url} over {args.protocol}: {exc}", file=sys.stderr)
+        return None, 3
+    except InpaintError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return None, 2
+    except Exception as exc:  # anything else on the way: say what and where, no traceback
+        print(f"error: cannot reach Triton at {args.url} over {args.protocol}: {exc}", file=sys.stderr)
+        return None, 3
+
+
+def _write(path: Path, data: bytes) -> None:
+    """Write through a temporary name: never leave a half-written result."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".part")
+    tmp.write_bytes(data)
+    tmp.replace(path)
 
 
 def output_paths(out: Path, count: int) -> list[Path]:
@@ -109,27 +126,21 @@ def _mask(args: argparse.Namespace) -> int:
             return 2
         invert = invert != from_prompt  # "background" is the inverted person; --invert flips it back
     image = _read(args.image, "--image")
-    try:
-        with InpaintClient(args.url, args.protocol) as client:
-            result = client.mask(
-                image,
-                model,
-                confidence=args.confidence,
-                max_detections=args.max_detections,
-                padding=args.padding,
-                blur=args.blur,
-                invert=invert,
-            )
-    except ServerUnreachableError as exc:
-        print(f"error: cannot reach Triton at {args.url} over {args.protocol}: {exc}", file=sys.stderr)
-        return 3
-    except InpaintError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_name(args.out.name + ".part")
-    tmp.write_bytes(result.mask)
-    tmp.replace(args.out)
+    result, code = _ask(
+        args,
+        lambda client: client.mask(
+            image,
+            model,
+            confidence=args.confidence,
+            max_detections=args.max_detections,
+            padding=args.padding,
+            blur=args.blur,
+            invert=invert,
+        ),
+    )
+    if result is None:
+        return code
+    _write(args.out, result.mask)
     print(
         json.dumps({"model": model, "invert": invert, "mask": str(args.out), "detections": result.detections})
     )

@@ -25,6 +25,7 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from triton_inpaint import contract
+from triton_inpaint.contract import TensorSpec
 from triton_inpaint.export.repository import add_tensors, write_model_py
 from triton_inpaint.export.tflite_onnx import compare_with_tflite, convert
 from triton_inpaint.masking import FACE_MESH_FILE
@@ -126,13 +127,17 @@ def _sample(shape: list[int]) -> np.ndarray:
 
 
 def _config(name: str, onnx_model: object) -> mc.ModelConfig:
+    """The graph's own (static, batch-1) tensors; the model runs one request at a time."""
+
+    def specs(values: object) -> list[TensorSpec]:
+        return [
+            TensorSpec(v.name, "TYPE_FP32", tuple(d.dim_value for d in v.type.tensor_type.shape.dim))
+            for v in values
+        ]
+
     config = mc.ModelConfig(name=name, backend="python", max_batch_size=0)
-    for source, target in ((onnx_model.graph.input, config.input), (onnx_model.graph.output, config.output)):
-        for value in source:
-            entry = target.add()
-            entry.name = value.name
-            entry.data_type = mc.DataType.Value("TYPE_FP32")
-            entry.dims.extend(d.dim_value for d in value.type.tensor_type.shape.dim)
+    add_tensors(config.input, specs(onnx_model.graph.input))
+    add_tensors(config.output, specs(onnx_model.graph.output))
     group = config.instance_group.add()
     group.kind = mc.ModelInstanceGroup.KIND_CPU
     group.count = 1

@@ -60,6 +60,11 @@ class Detection:
         return self.y_max - self.y_min
 
 
+def sigmoid(logits: np.ndarray) -> np.ndarray:
+    """Scores from logits clipped to +-100, as MediaPipe's calculators clip them (float64: no overflow)."""
+    return 1.0 / (1.0 + np.exp(-np.clip(np.asarray(logits, dtype=np.float64), -100.0, 100.0)))
+
+
 def ssd_anchors(input_size: int, strides: tuple[int, ...], offset: float = 0.5) -> np.ndarray:
     """Anchor centres (N, 2), normalised, in the order of the model's outputs.
 
@@ -135,8 +140,7 @@ def decode_ssd(
     """
     anchors = model.anchors
     raw = regressors.reshape(-1, regressors.shape[-1])
-    logits = np.clip(scores.reshape(-1).astype(np.float64), -100.0, 100.0)
-    probability = 1.0 / (1.0 + np.exp(-logits))
+    probability = sigmoid(scores.reshape(-1))
     keep = np.flatnonzero(probability >= min_score)
     if keep.size == 0:
         return []

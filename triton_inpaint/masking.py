@@ -22,10 +22,12 @@ from triton_inpaint.detection import (
     Detection,
     decode_ssd,
     letterbox,
+    sigmoid,
     stretch,
 )
 from triton_inpaint.errors import InvalidInputError
-from triton_inpaint.masks import MASK_BLUR_RANGE, blur_mask, expand_mask
+from triton_inpaint.masks import MASK_BLUR_RANGE, blur_mask, check_int, expand_mask
+from triton_inpaint.params import check_range
 
 MASKING_MODELS = ("face", "face_mesh", "eyes", "nose", "lips", "hands", "person")
 CONFIDENCE_RANGE = (0.0, 1.0)
@@ -102,23 +104,17 @@ class MaskingParams:
             raise InvalidInputError(
                 "model", f"unknown masking model {model!r}; choose one of: {', '.join(MASKING_MODELS)}"
             )
-
-        def check(field: str, value: float | None, bounds: tuple, default: float, kind: type) -> float:
-            if value is None:
-                return default
-            if not bounds[0] <= value <= bounds[1] or (kind is int and value != int(value)):
-                noun = "an integer" if kind is int else "a number"
-                raise InvalidInputError(field, f"must be {noun} in [{bounds[0]}, {bounds[1]}], got {value}")
-            return kind(value)
+        if confidence is not None:
+            check_range("confidence", float(confidence), CONFIDENCE_RANGE, "a number")
 
         return cls(
             model=name,
-            confidence=check("confidence", confidence, CONFIDENCE_RANGE, DEFAULT_CONFIDENCE, float),
-            max_detections=check(
-                "max_detections", max_detections, MAX_DETECTIONS_RANGE, DEFAULT_MAX_DETECTIONS, int
+            confidence=DEFAULT_CONFIDENCE if confidence is None else float(confidence),
+            max_detections=check_int(
+                "max_detections", max_detections, MAX_DETECTIONS_RANGE, DEFAULT_MAX_DETECTIONS
             ),
-            padding=check("padding", padding, PADDING_RANGE, DEFAULT_PADDING, int),
-            blur=check("blur", blur, MASK_BLUR_RANGE, DEFAULT_BLUR, int),
+            padding=check_int("padding", padding, PADDING_RANGE, DEFAULT_PADDING),
+            blur=check_int("blur", blur, MASK_BLUR_RANGE, DEFAULT_BLUR),
             invert=bool(invert),
         )
 
@@ -143,10 +139,6 @@ class Region:
             "score": round(self.score, 4),
             "label": self.label,
         }
-
-
-def _sigmoid(logit: float) -> float:
-    return 1.0 / (1.0 + math.exp(-max(-100.0, min(100.0, logit))))
 
 
 def _roi_transform(centre: np.ndarray, size: float, angle: float, side: int) -> np.ndarray:
@@ -201,7 +193,7 @@ class Masker:
         values, presence = self.run(model, {"input_1": (crop.astype(np.float32) / 255.0)[None]}, outputs)
         points = values.reshape(-1, 3)[:, :2]
         inverse = cv2.invertAffineTransform(transform)
-        return points @ inverse[:, :2].T + inverse[:, 2], _sigmoid(float(presence.reshape(-1)[0]))
+        return points @ inverse[:, :2].T + inverse[:, 2], float(sigmoid(presence.reshape(-1)[:1])[0])
 
     def face_landmarks(self, image: np.ndarray, face: Detection) -> tuple[np.ndarray, float]:
         """468 landmarks (pixels) of a detected face: the box grown 1.5x, square, rotated so the eyes

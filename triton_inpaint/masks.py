@@ -22,7 +22,8 @@ MASK_MARGIN_RANGE = (32, 128)
 Box = tuple[int, int, int, int]  # x1, y1, x2, y2 (x2, y2 exclusive)
 
 
-def _check_int(field: str, value: int | None, bounds: tuple[int, int], default: int | None) -> int | None:
+def check_int(field: str, value: int | None, bounds: tuple[int, int], default: int | None) -> int | None:
+    """``value`` as an int within ``bounds`` (``default`` when absent), or an error naming the field."""
     if value is None:
         return default
     if not bounds[0] <= int(value) <= bounds[1]:
@@ -44,13 +45,13 @@ class MaskParams:
     ) -> MaskParams:
         return cls(
             invert=bool(invert),
-            expand=_check_int("mask_expand", expand, MASK_EXPAND_RANGE, 0),
-            blur=_check_int("mask_blur", blur, MASK_BLUR_RANGE, 0),
+            expand=check_int("mask_expand", expand, MASK_EXPAND_RANGE, 0),
+            blur=check_int("mask_blur", blur, MASK_BLUR_RANGE, 0),
         )
 
 
 def check_mask_margin(value: int | None) -> int | None:
-    return _check_int("mask_margin", value, MASK_MARGIN_RANGE, None)
+    return check_int("mask_margin", value, MASK_MARGIN_RANGE, None)
 
 
 def expand_mask(mask: np.ndarray, radius: int) -> np.ndarray:

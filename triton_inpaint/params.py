@@ -26,7 +26,7 @@ DEFAULT_STRENGTH = 0.8
 DEFAULT_GUIDANCE = 7.0
 
 
-def _check_range(field: str, value: float, bounds: tuple[float, float], kind: str) -> None:
+def check_range(field: str, value: float, bounds: tuple[float, float], kind: str) -> None:
     lo, hi = bounds
     if not lo <= value <= hi:
         raise InvalidInputError(field, f"must be {kind} in [{lo}, {hi}], got {value}")
@@ -80,19 +80,19 @@ class DenoiseParams:
         if prompt is None:
             raise InvalidInputError("prompt", "is required")
         steps = default_steps if steps is None else int(steps)
-        _check_range("steps", steps, STEPS_RANGE, "an integer")
+        check_range("steps", steps, STEPS_RANGE, "an integer")
         strength = default_strength if strength is None else float(strength)
-        _check_range("strength", strength, STRENGTH_RANGE, "a number")
+        check_range("strength", strength, STRENGTH_RANGE, "a number")
         guidance_scale = default_guidance if guidance_scale is None else float(guidance_scale)
-        _check_range("guidance_scale", guidance_scale, GUIDANCE_RANGE, "a number")
+        check_range("guidance_scale", guidance_scale, GUIDANCE_RANGE, "a number")
         num_images = 1 if num_images is None else int(num_images)
-        _check_range("num_images", num_images, NUM_IMAGES_RANGE, "an integer")
+        check_range("num_images", num_images, NUM_IMAGES_RANGE, "an integer")
         seed = random_seed(num_images) if seed is None else int(seed)
-        _check_range("seed", seed, (SEED_RANGE[0], SEED_RANGE[1] - num_images + 1), "an integer")
+        check_range("seed", seed, (SEED_RANGE[0], SEED_RANGE[1] - num_images + 1), "an integer")
         for field, value in (("width", width), ("height", height)):
             if value is None:
                 continue
-            _check_range(field, int(value), SIZE_RANGE, "an integer")
+            check_range(field, int(value), SIZE_RANGE, "an integer")
             if int(value) % SIZE_MULTIPLE:
                 raise InvalidInputError(field, f"must be a multiple of {SIZE_MULTIPLE}, got {value}")
         return cls(
