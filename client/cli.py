@@ -38,7 +38,7 @@ def _read(path: Path, flag: str) -> bytes:
 
 def _inpaint(args: argparse.Namespace) -> int:
     image = _read(args.image, "--image")
-    mask = _read(args.mask, "--mask")
+    mask = None if args.mask is None else _read(args.mask, "--mask")
     result, code = _ask(
         args,
         lambda client: client.inpaint(
@@ -61,10 +61,15 @@ def _inpaint(args: argparse.Namespace) -> int:
             num_images=args.num_images,
             output_format=args.output_format,
             output_quality=args.quality,
+            mask_model=args.mask_model,
+            mask_prompt=args.mask_prompt,
         ),
     )
     if result is None:
         return code
+    if args.mask_out is not None:
+        _write(args.mask_out, result.mask)
+        print(f"mask -> {args.mask_out}")
     for path, data, seed in zip(
         output_paths(args.out, len(result.images)), result.images, result.seeds, strict=True
     ):
@@ -114,36 +119,25 @@ def _models(args: argparse.Namespace) -> int:
 
 
 def _mask(args: argparse.Namespace) -> int:
-    from triton_inpaint.errors import InvalidInputError
-    from triton_inpaint.masking import resolve_prompt
-
-    model, invert = args.detector, args.invert
-    if args.prompt is not None:
-        try:
-            model, from_prompt = resolve_prompt(args.prompt)
-        except InvalidInputError as exc:
-            print(f"error: --{exc}", file=sys.stderr)
-            return 2
-        invert = invert != from_prompt  # "background" is the inverted person; --invert flips it back
     image = _read(args.image, "--image")
     result, code = _ask(
         args,
         lambda client: client.mask(
             image,
-            model,
+            args.detector,
+            args.prompt,
             confidence=args.confidence,
             max_detections=args.max_detections,
             padding=args.padding,
             blur=args.blur,
-            invert=invert,
+            invert=args.invert or None,
         ),
     )
     if result is None:
         return code
     _write(args.out, result.mask)
-    print(
-        json.dumps({"model": model, "invert": invert, "mask": str(args.out), "detections": result.detections})
-    )
+    which = {"model": args.detector} if args.prompt is None else {"prompt": args.prompt}
+    print(json.dumps({**which, "mask": str(args.out), "detections": result.detections}))
     return 0
 
 
@@ -222,9 +216,21 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
         help="model name given at export (e.g. 'tiny') or registry id (e.g. 'local:sd15-inpaint@1')",
     )
     parser.add_argument("--image", type=Path, required=True, help="input image (PNG, JPEG, WEBP)")
-    parser.add_argument(
-        "--mask", type=Path, required=True, help="mask of the same size: white regenerates, black keeps"
+    mask_source = parser.add_mutually_exclusive_group(required=True)
+    mask_source.add_argument(
+        "--mask", type=Path, help="mask of the same size: white regenerates, black keeps"
     )
+    mask_source.add_argument(
+        "--mask-model",
+        choices=MASKING_MODELS,
+        help="instead of --mask: the server masks what this detector finds (needs 'export detectors')",
+    )
+    mask_source.add_argument(
+        "--mask-prompt",
+        help="instead of --mask: the server masks what this names, e.g. 'face', 'background' or, with "
+        "CLIPSeg weights exported, any phrase such as 'hair'",
+    )
+    parser.add_argument("--mask-out", type=Path, default=None, help="also write the mask used (PNG) here")
     parser.add_argument("--prompt", required=True, help="what to paint into the masked area")
     parser.add_argument("--negative-prompt", default=None, help="what to steer away from")
     parser.add_argument(

@@ -54,10 +54,12 @@ class MaskResult:
 
 @dataclass(frozen=True)
 class InpaintResult:
-    """The encoded images, one per seed (``seeds[i]`` replays ``images[i]`` alone)."""
+    """The encoded images, one per seed (``seeds[i]`` replays ``images[i]`` alone), and the mask they
+    were inpainted through (PNG, after invert, expand and blur)."""
 
     images: list[bytes]
     seeds: list[int]
+    mask: bytes = b""
 
     @property
     def image(self) -> bytes:
@@ -176,7 +178,7 @@ class InpaintClient:
         self,
         model: str,
         image: bytes,
-        mask: bytes,
+        mask: bytes | None,
         prompt: str,
         negative_prompt: str | None = None,
         steps: int | None = None,
@@ -193,15 +195,20 @@ class InpaintClient:
         num_images: int | None = None,
         output_format: str | None = None,
         output_quality: int | None = None,
+        mask_model: str | None = None,
+        mask_prompt: str | None = None,
     ) -> InpaintResult:
         """Inpaint ``image`` where ``mask`` is white; ``None`` leaves a control at the model's default.
 
         ``model`` is the checkpoint name given at export (``tiny``) or the ensemble's name
-        (``inpaint_tiny``).
+        (``inpaint_tiny``). Instead of a mask (pass ``None``), ``mask_model`` (``face``, ``hands``...)
+        or ``mask_prompt`` (``"eyes"``, ``"hair"``) has the server make the mask in the same request.
         """
         values = {
             "image": image,
             "mask": mask,
+            "mask_model": mask_model,
+            "mask_prompt": mask_prompt,
             "prompt": prompt,
             "negative_prompt": negative_prompt,
             "steps": steps,
@@ -222,12 +229,14 @@ class InpaintClient:
         result = self._infer(self.resolve_model(model), values, RESPONSE_OUTPUTS, model)
         images = [bytes(image) for image in result.as_numpy("output_image").reshape(-1)]
         seeds = [int(seed) for seed in result.as_numpy("output_seed").reshape(-1)]
-        return InpaintResult(images=images, seeds=seeds)
+        mask_used = bytes(result.as_numpy("output_mask").reshape(-1)[0])
+        return InpaintResult(images=images, seeds=seeds, mask=mask_used)
 
     def mask(
         self,
         image: bytes,
-        model: str,
+        model: str | None = None,
+        prompt: str | None = None,
         confidence: float | None = None,
         max_detections: int | None = None,
         padding: int | None = None,
@@ -235,10 +244,12 @@ class InpaintClient:
         invert: bool | None = None,
     ) -> MaskResult:
         """A mask from a detector (``face``, ``face_mesh``, ``eyes``, ``nose``, ``lips``, ``hands``,
-        ``person``); ``None`` leaves a parameter at its default."""
+        ``person``) or from a mask prompt (``"the background"``, ``"hair"``); ``None`` leaves a
+        parameter at its default."""
         values = {
             "image": image,
             "model": model,
+            "prompt": prompt,
             "confidence": confidence,
             "max_detections": max_detections,
             "padding": padding,

@@ -10,7 +10,14 @@ import skimage.data
 from triton_inpaint.components import onnx_runner
 from triton_inpaint.errors import InvalidInputError
 from triton_inpaint.export.detectors import DETECTOR_GRAPHS
-from triton_inpaint.masking import FACE_MESH_FILE, MASKING_MODELS, Masker, MaskingParams, resolve_prompt
+from triton_inpaint.masking import (
+    FACE_MESH_FILE,
+    MASKING_MODELS,
+    TEXT_MODEL,
+    Masker,
+    MaskingParams,
+    resolve_prompt,
+)
 
 ASTRONAUT_FACE = (177, 82, 177 + 95, 82 + 95)  # where MediaPipe's own face detector puts it
 
@@ -127,19 +134,37 @@ def test_model_names_are_forgiving():
 @pytest.mark.parametrize(
     ("prompt", "expected"),
     [
-        ("face", ("face", False)),
-        ("Eyes", ("eyes", False)),
-        ("her mouth", ("lips", False)),
-        ("hands", ("hands", False)),
-        ("people", ("person", False)),
-        ("the background", ("person", True)),
+        ("face", ("face", False, ())),
+        ("Eyes", ("eyes", False, ())),
+        ("her mouth", ("lips", False, ())),
+        ("hands", ("hands", False, ())),
+        ("people", ("person", False, ())),
+        ("the background", ("person", True, ())),
+        ("hair", (TEXT_MODEL, False, ("hair",))),
+        ("a purple hat, red scarf ,", (TEXT_MODEL, False, ("a purple hat", "red scarf"))),
     ],
 )
-def test_mask_prompts_the_detectors_answer(prompt, expected):
+def test_mask_prompts_pick_a_detector_or_the_text_model(prompt, expected):
     assert resolve_prompt(prompt) == expected
 
 
-def test_other_mask_prompts_are_refused_with_the_words_that_work():
+def test_prompt_and_model_are_one_or_the_other():
+    for inputs in ({"model": None}, {"model": "face", "prompt": "eyes"}):
+        with pytest.raises(InvalidInputError) as info:
+            MaskingParams.from_inputs(**inputs, fields=("mask_model", "mask_prompt"))
+        assert str(info.value).startswith("mask_model: send a masking model or a mask_prompt")
+    with pytest.raises(InvalidInputError, match="mask_prompt: is empty"):
+        MaskingParams.from_inputs(None, " , ", fields=("mask_model", "mask_prompt"))
+    background = MaskingParams.from_inputs(None, "background", invert=True)
+    assert (background.model, background.invert) == ("person", False)
+
+
+def test_text_prompts_without_a_text_model_are_refused_with_the_words_that_work(detector_repository):
+    repository, _ = detector_repository
+    run = onnx_runner({name: repository / name / "1" / "model.onnx" for name in DETECTOR_GRAPHS})
+    masker = Masker(run, {}, ready=lambda model: False)
     with pytest.raises(InvalidInputError) as info:
-        resolve_prompt("a purple hat")
-    assert info.value.field == "prompt" and "face, faces, eye, eyes" in str(info.value)
+        masker(np.zeros((64, 64, 3), np.uint8), MaskingParams.from_inputs(None, "a purple hat"))
+    message = str(info.value)
+    assert info.value.field == "prompt" and "no detector answers 'a purple hat'" in message
+    assert "face, faces, eye, eyes" in message and "triton-inpaint export clipseg" in message

@@ -118,7 +118,7 @@ def test_mask_cli_with_a_detector_and_with_a_prompt(triton_server, tmp_path):
         "0",
     )
     assert done.returncode == 0, done.stderr
-    assert (json.loads(done.stdout)["model"], json.loads(done.stdout)["invert"]) == ("person", True)
+    assert json.loads(done.stdout)["prompt"] == "the background"
     person = decode_mask(client_mask_person(triton_server))
     assert np.array_equal(decode_mask(background.read_bytes()), 255 - person)
 
@@ -128,12 +128,20 @@ def client_mask_person(triton_server) -> bytes:
         return client.mask(ASTRONAUT, "person", blur=0).mask
 
 
-def test_mask_cli_refuses_unknown_prompt_words(tmp_path):
+def test_mask_cli_refuses_prompts_nothing_served_answers(triton_server, tmp_path):
     image = tmp_path / "astronaut.png"
     image.write_bytes(ASTRONAUT)
     done = run_cli(
-        "mask", "--prompt", "a purple hat", "--image", str(image), "--out", str(tmp_path / "m.png")
+        "mask",
+        "--url",
+        triton_server.grpc_url,
+        "--prompt",
+        "a purple hat",
+        "--image",
+        str(image),
+        "--out",
+        str(tmp_path / "m.png"),
     )
     assert done.returncode == 2
-    assert "--prompt: no mask model answers 'a purple hat'" in done.stderr and "eyes" in done.stderr
+    assert "prompt: no detector answers 'a purple hat'" in done.stderr and "eyes" in done.stderr
     assert not (tmp_path / "m.png").exists()

@@ -33,7 +33,9 @@ class TensorSpec:
 
 REQUEST_INPUTS: tuple[TensorSpec, ...] = (
     TensorSpec("image", "TYPE_STRING", (1,), description="encoded PNG, JPEG or WEBP image"),
-    TensorSpec("mask", "TYPE_STRING", (1,), description="encoded mask: white regenerates, black keeps"),
+    TensorSpec("mask", "TYPE_STRING", (1,), True, "encoded mask: white regenerates, black keeps"),
+    TensorSpec("mask_model", "TYPE_STRING", (1,), True, "instead of a mask: a masking model, e.g. face"),
+    TensorSpec("mask_prompt", "TYPE_STRING", (1,), True, "instead of a mask: what to mask, e.g. eyes"),
     TensorSpec("mask_invert", "TYPE_BOOL", (1,), True, "regenerate what the mask keeps, and the reverse"),
     TensorSpec("mask_expand", "TYPE_INT32", (1,), True, "grow the mask by 0-64 px"),
     TensorSpec("mask_blur", "TYPE_INT32", (1,), True, "feather the mask edge over 0-160 px"),
@@ -54,6 +56,9 @@ REQUEST_INPUTS: tuple[TensorSpec, ...] = (
 RESPONSE_OUTPUTS: tuple[TensorSpec, ...] = (
     TensorSpec("output_image", "TYPE_STRING", (-1,), description="the inpainted images, one per seed"),
     TensorSpec("output_seed", "TYPE_INT64", (-1,), description="the seed of each image"),
+    TensorSpec(
+        "output_mask", "TYPE_STRING", (1,), description="the mask used (after invert, expand, blur), PNG"
+    ),
 )
 _BY_NAME = {spec.name: spec for spec in REQUEST_INPUTS}
 
@@ -68,8 +73,10 @@ SOFT_MASK = TensorSpec("soft_mask", "TYPE_FP32", (-1, -1))
 GENERATED_IMAGE = TensorSpec("generated_image", "TYPE_UINT8", (-1, -1, -1, 3))
 CROP_BOX = TensorSpec("crop_box", "TYPE_INT32", (4,))
 
-PREPROCESS_INPUTS = request_inputs("image", "mask", "mask_invert", "mask_expand", "mask_blur")
-PREPROCESS_OUTPUTS = (ORIGINAL_IMAGE, SOFT_MASK)
+PREPROCESS_INPUTS = request_inputs(
+    "image", "mask", "mask_model", "mask_prompt", "mask_invert", "mask_expand", "mask_blur"
+)
+PREPROCESS_OUTPUTS = (ORIGINAL_IMAGE, SOFT_MASK, RESPONSE_OUTPUTS[2])
 DENOISE_INPUTS = (
     ORIGINAL_IMAGE,
     SOFT_MASK,
@@ -113,9 +120,8 @@ def denoise_name(checkpoint_name: str) -> str:
 MASKING_MODEL = "image_masking"
 MASKING_INPUTS: tuple[TensorSpec, ...] = (
     REQUEST_INPUTS[0],
-    TensorSpec(
-        "model", "TYPE_STRING", (1,), description="face, face_mesh, eyes, nose, lips, hands or person"
-    ),
+    TensorSpec("model", "TYPE_STRING", (1,), True, "face, face_mesh, eyes, nose, lips, hands or person"),
+    TensorSpec("prompt", "TYPE_STRING", (1,), True, "instead of a model: what to mask, e.g. eyes or hair"),
     TensorSpec("confidence", "TYPE_FP32", (1,), True, "0-1, minimum detection score"),
     TensorSpec("max_detections", "TYPE_INT32", (1,), True, "1-20"),
     TensorSpec("padding", "TYPE_INT32", (1,), True, "0-256 px: grow the mask"),

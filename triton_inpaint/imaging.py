@@ -91,9 +91,10 @@ def encode_image(pixels: np.ndarray, image_format: str = "PNG", quality: int = D
 
 
 def encode_mask(mask: np.ndarray) -> bytes:
-    """A uint8 (H, W) mask as an 8-bit greyscale PNG."""
+    """An (H, W) mask as an 8-bit greyscale PNG: uint8 as it is, a soft mask in [0, 1] rounded to 8 bits."""
     buffer = io.BytesIO()
-    Image.fromarray(mask, mode="L").save(buffer, format="PNG")
+    image = Image.fromarray(mask, mode="L") if mask.dtype == np.uint8 else mask_to_pil(mask)
+    image.save(buffer, format="PNG")
     return buffer.getvalue()
 
 

@@ -10,6 +10,7 @@ and in tests (onnxruntime).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import cv2
@@ -62,20 +63,40 @@ PROMPT_WORDS: dict[str, tuple[str, bool]] = {
 }
 
 
-def resolve_prompt(prompt: str) -> tuple[str, bool]:
-    """The masking model (and whether to invert it) for a short mask prompt such as "eyes" or "the
-    background"; anything else is refused, naming the words that work."""
-    words = [
-        w
-        for w in prompt.strip().lower().replace(",", " ").split()
-        if w not in ("the", "a", "an", "her", "his", "their")
-    ]
+TEXT_MODEL = "text"  # prompts no detector answers go to the text-segmentation (CLIPSeg) model
+TEXT_SEGMENTATION_MODEL = "text_segmentation"  # written by ``export clipseg``
+_FILLER_WORDS = ("the", "a", "an", "her", "his", "their", "its")
+MAX_PROMPT_PHRASES = 8
+
+
+def resolve_prompt(prompt: str, field: str = "prompt") -> tuple[str, bool, tuple[str, ...]]:
+    """(masking model, invert, phrases) for a mask prompt.
+
+    A single word the detectors answer ("eyes", "the background") picks that detector, which is
+    exact and needs no extra weights; anything else ("hair", "hat, scarf") goes to the text-segmentation
+    model, one phrase per comma, whose masks are joined.
+    """
+    words = [w for w in prompt.strip().lower().replace(",", " ").split() if w not in _FILLER_WORDS]
     if len(words) == 1 and words[0] in PROMPT_WORDS:
-        return PROMPT_WORDS[words[0]]
-    raise InvalidInputError(
-        "prompt",
-        f"no mask model answers {prompt!r}; mask prompts without a text-segmentation model are: "
-        f"{', '.join(PROMPT_WORDS)} (a text-segmentation (CLIPSeg) model for other words is not served yet)",
+        model, invert = PROMPT_WORDS[words[0]]
+        return model, invert, ()
+    phrases = tuple(p.strip() for p in prompt.split(",") if p.strip())
+    if not phrases:
+        raise InvalidInputError(field, "is empty; say what to mask, e.g. 'face' or 'hair'")
+    if len(phrases) > MAX_PROMPT_PHRASES:
+        raise InvalidInputError(
+            field, f"has {len(phrases)} comma-separated phrases; at most {MAX_PROMPT_PHRASES} are segmented"
+        )
+    return TEXT_MODEL, False, phrases
+
+
+def text_model_missing(prompt: str, field: str = "prompt") -> InvalidInputError:
+    """The error for a prompt only a text-segmentation model answers, when none is served."""
+    return InvalidInputError(
+        field,
+        f"no detector answers {prompt!r} and no text-segmentation model is served. Without one, mask "
+        f"prompts are: {', '.join(PROMPT_WORDS)}. For other words, export CLIPSeg weights with "
+        "'triton-inpaint export clipseg --weights DIR --repository REPO'",
     )
 
 
@@ -87,23 +108,39 @@ class MaskingParams:
     padding: int = DEFAULT_PADDING
     blur: int = DEFAULT_BLUR
     invert: bool = False
+    phrases: tuple[str, ...] = ()  # what the text-segmentation model looks for (model "text")
+    prompt: str | None = None  # the prompt as sent, for messages
 
     @classmethod
     def from_inputs(
         cls,
         model: str | None,
+        prompt: str | None = None,
         confidence: float | None = None,
         max_detections: int | None = None,
         padding: int | None = None,
         blur: int | None = None,
         invert: bool | None = None,
+        fields: tuple[str, str] = ("model", "prompt"),
     ) -> MaskingParams:
-        """Validated parameters; every error names the field and its allowed values."""
-        name = (model or "").strip().lower().replace("-", "_")
-        if name not in MASKING_MODELS:
-            raise InvalidInputError(
-                "model", f"unknown masking model {model!r}; choose one of: {', '.join(MASKING_MODELS)}"
-            )
+        """Validated parameters; every error names the field and its allowed values.
+
+        ``fields`` are the public names of the model and prompt inputs (``mask_model`` and
+        ``mask_prompt`` when the mask is made for an inpainting request).
+        """
+        if (model is None) == (prompt is None):
+            raise InvalidInputError(fields[0], f"send a masking model or a {fields[1]}, one of the two")
+        phrases: tuple[str, ...] = ()
+        invert = bool(invert)
+        if prompt is not None:
+            name, inverted, phrases = resolve_prompt(prompt, fields[1])
+            invert = invert != inverted  # "background" is the inverted person; invert flips it back
+        else:
+            name = model.strip().lower().replace("-", "_")
+            if name not in MASKING_MODELS:
+                raise InvalidInputError(
+                    fields[0], f"unknown masking model {model!r}; choose one of: {', '.join(MASKING_MODELS)}"
+                )
         if confidence is not None:
             check_range("confidence", float(confidence), CONFIDENCE_RANGE, "a number")
 
@@ -115,7 +152,9 @@ class MaskingParams:
             ),
             padding=check_int("padding", padding, PADDING_RANGE, DEFAULT_PADDING),
             blur=check_int("blur", blur, MASK_BLUR_RANGE, DEFAULT_BLUR),
-            invert=bool(invert),
+            invert=invert,
+            phrases=phrases,
+            prompt=prompt,
         )
 
 
@@ -170,9 +209,15 @@ def _hull_region(
 class Masker:
     """Runs one masking request against the detector models."""
 
-    def __init__(self, run: Runner, face_mesh: dict[str, list[int]]) -> None:
+    def __init__(
+        self,
+        run: Runner,
+        face_mesh: dict[str, list[int]],
+        ready: Callable[[str], bool] = lambda model: True,
+    ) -> None:
         self.run = run
         self.face_mesh = face_mesh
+        self.ready = ready  # whether an optional model (text segmentation) is served
 
     # -- detectors --------------------------------------------------------------------------------
 
@@ -224,6 +269,8 @@ class Masker:
         regions: list[Region] = []
         if params.model == "person":
             regions = self._person(image, params, mask)
+        elif params.model == TEXT_MODEL:
+            regions = self._text(image, params, mask)
         elif params.model == "face":
             for face in self.faces(image, params):
                 x0, y0 = max(0, round(face.x_min)), max(0, round(face.y_min))
@@ -261,6 +308,31 @@ class Masker:
         ys, xs = np.nonzero(selected)
         score = float(probability[selected].mean())
         return [Region(int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1, score, "person")]
+
+    def _text(self, image: np.ndarray, params: MaskingParams, mask: np.ndarray) -> list[Region]:
+        """Regions where the text-segmentation model finds each phrase: the connected parts of its
+        probability map above ``confidence``, the ``max_detections`` with the most probability mass."""
+        if not self.ready(TEXT_SEGMENTATION_MODEL):
+            raise text_model_missing(params.prompt or ", ".join(params.phrases))
+        phrases = np.array([phrase.encode() for phrase in params.phrases], dtype=np.object_)
+        (probability,) = self.run(
+            TEXT_SEGMENTATION_MODEL, {"image": image, "prompt": phrases}, ["probability"]
+        )
+        found = []
+        for phrase, phrase_probability in zip(params.phrases, probability, strict=True):
+            selected = (phrase_probability > params.confidence).astype(np.uint8)
+            count, labels, stats, _ = cv2.connectedComponentsWithStats(selected, connectivity=8)
+            for index in range(1, count):
+                part = labels == index
+                x, y, w, h = (int(v) for v in stats[index, :4])
+                values = phrase_probability[part]
+                region = Region(x, y, x + w, y + h, float(values.mean()), phrase)
+                found.append((float(values.sum()), region, part))
+        found.sort(key=lambda item: -item[0])
+        kept = found[: params.max_detections]
+        for _, _, part in kept:
+            mask[part] = 255
+        return [region for _, region, _ in kept]
 
     @staticmethod
     def _finish(mask: np.ndarray, params: MaskingParams) -> np.ndarray:

@@ -20,19 +20,7 @@ from triton_inpaint.flux_fill import FluxFillInpaintPipeline
 from triton_inpaint.params import DenoiseParams
 from triton_inpaint.sd_inpaint import SDInpaintPipeline
 from triton_inpaint.spec import PipelineSpec
-from triton_inpaint.triton.io import number, respond_each, tensor, text
-
-
-def bls_run(model: str, inputs: dict[str, np.ndarray], outputs: list[str]) -> list[np.ndarray]:
-    request = pb_utils.InferenceRequest(
-        model_name=model,
-        requested_output_names=outputs,
-        inputs=[pb_utils.Tensor(name, array) for name, array in inputs.items()],
-    )
-    response = request.exec()
-    if response.has_error():
-        raise RuntimeError(f"{model}: {response.error().message()}")
-    return [pb_utils.get_output_tensor_by_name(response, output).as_numpy() for output in outputs]
+from triton_inpaint.triton.io import bls_run, number, respond_each, tensor, text
 
 
 class TritonPythonModel:

@@ -84,3 +84,31 @@ def respond_each(requests: list[Any], handle: Callable[[Any], list[Any]], logger
                 pb_utils.InferenceResponse(error=_error(f"internal error: {exc}", invalid_argument=False))
             )
     return responses
+
+
+class BlsError(RuntimeError):
+    """A model called over BLS answered with an error; ``message`` is its message as sent."""
+
+    def __init__(self, model: str, message: str) -> None:
+        self.model = model
+        self.message = message
+        super().__init__(f"{model}: {message}")
+
+
+def bls_run(model: str, inputs: dict[str, np.ndarray], outputs: list[str]) -> list[np.ndarray]:
+    """Run another served model from inside a Python model (Triton's BLS); the runner every library
+    pipeline takes, so the same code runs here and, in tests, over onnxruntime."""
+    request = pb_utils.InferenceRequest(
+        model_name=model,
+        requested_output_names=outputs,
+        inputs=[pb_utils.Tensor(name, array) for name, array in inputs.items()],
+    )
+    response = request.exec()
+    if response.has_error():
+        raise BlsError(model, response.error().message())
+    return [pb_utils.get_output_tensor_by_name(response, output).as_numpy() for output in outputs]
+
+
+def model_ready(model: str) -> bool:
+    """Whether ``model`` is loaded and ready, for models a request may use only when served."""
+    return bool(pb_utils.is_model_ready(model_name=model))

@@ -1,7 +1,8 @@
 """``image_masking``: an image and a masking model name -> the mask (PNG) and the detections (JSON).
 
-BLS over the ``detector_*`` models rather than an ensemble: which detectors run (one, or a detector
-then a landmark model per detection) depends on the request, and ensembles cannot branch. The version
+BLS over the ``detector_*`` models (and ``text_segmentation`` for prompts no detector answers) rather
+than an ensemble: which models run (one, or a detector then a landmark model per detection) depends on
+the request, and ensembles cannot branch. The version
 directory holds ``face_mesh.json``, the landmark index sets written by ``export detectors``.
 """
 
@@ -16,19 +17,19 @@ import triton_python_backend_utils as pb_utils
 
 from triton_inpaint.imaging import decode_image, encode_mask
 from triton_inpaint.masking import FACE_MESH_FILE, Masker, MaskingParams
-from triton_inpaint.triton.denoise import bls_run
-from triton_inpaint.triton.io import number, raw_bytes, respond_each, text
+from triton_inpaint.triton.io import bls_run, model_ready, number, raw_bytes, respond_each, text
 
 
 class TritonPythonModel:
     def initialize(self, args: dict[str, Any]) -> None:
         self.logger = pb_utils.Logger
         directory = Path(args["model_repository"]) / args["model_version"]
-        self.masker = Masker(bls_run, json.loads((directory / FACE_MESH_FILE).read_text()))
+        self.masker = Masker(bls_run, json.loads((directory / FACE_MESH_FILE).read_text()), model_ready)
 
     def _handle(self, request: Any) -> list[Any]:
         params = MaskingParams.from_inputs(
-            text(request, "model", required=True),
+            text(request, "model"),
+            prompt=text(request, "prompt"),
             confidence=number(request, "confidence"),
             max_detections=number(request, "max_detections"),
             padding=number(request, "padding"),
