@@ -1,4 +1,4 @@
-"""``triton-inpaint export tiny|onnx|registry|detectors``."""
+"""``triton-inpaint export tiny|onnx|registry|detectors|clipseg``."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import time
 import warnings
 from pathlib import Path
 
-from triton_inpaint.export.tiny import FAMILIES
+from triton_inpaint.export.tiny import TINY_MODELS
 
 
 def _tiny(args: argparse.Namespace) -> int:
@@ -78,12 +78,26 @@ def _detectors(args: argparse.Namespace) -> int:
     return 0
 
 
+def _clipseg(args: argparse.Namespace) -> int:
+    from triton_inpaint.export.clipseg import export_clipseg
+
+    started = time.monotonic()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the tracer's warnings on Python shape checks; the check is numeric
+        check = export_clipseg(args.weights, args.repository, log=lambda m: print(m, flush=True))
+    print(
+        f"wrote {check.model} and text_segmentation to {args.repository} in "
+        f"{time.monotonic() - started:.1f} s; mask prompts beyond the detectors' words now work"
+    )
+    return 0
+
+
 def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
     export = subparsers.add_parser(
         "export", help="build tiny checkpoints; export checkpoints to Triton models"
     )
     commands = export.add_subparsers(
-        dest="export_command", required=True, metavar="{tiny,onnx,registry,detectors}"
+        dest="export_command", required=True, metavar="{tiny,onnx,registry,detectors,clipseg}"
     )
 
     tiny = commands.add_parser(
@@ -91,7 +105,12 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
         help="write a tiny checkpoint with seeded random weights (offline; for tests and the demo)",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    tiny.add_argument("--family", choices=FAMILIES, default=FAMILIES[0], help="checkpoint family")
+    tiny.add_argument(
+        "--family",
+        choices=TINY_MODELS,
+        default=TINY_MODELS[0],
+        help="checkpoint family, or clipseg for text-segmentation weights (the input of 'export clipseg')",
+    )
     tiny.add_argument(
         "--out", type=Path, required=True, help="folder to write (diffusers save_pretrained layout)"
     )
@@ -158,3 +177,20 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
         "--wheel", type=Path, default=None, help="a mediapipe-0.10.21 wheel already on disk (no download)"
     )
     detectors.set_defaults(handler=_detectors)
+
+    clipseg = commands.add_parser(
+        "clipseg",
+        help="export CLIPSeg weights (a transformers CLIPSegForImageSegmentation folder) for mask prompts",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    clipseg.add_argument(
+        "--weights",
+        type=Path,
+        required=True,
+        help="folder with config.json, the weights, tokenizer and preprocessor files "
+        "(e.g. a download of CIDAS/clipseg-rd64-refined)",
+    )
+    clipseg.add_argument(
+        "--repository", type=Path, required=True, help="Triton model repository to write into"
+    )
+    clipseg.set_defaults(handler=_clipseg)

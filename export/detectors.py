@@ -21,12 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from triton_inpaint import contract
 from triton_inpaint.contract import TensorSpec
-from triton_inpaint.export.repository import add_tensors, write_model_py
+from triton_inpaint.export.repository import move_into, python_model_config, write_config, write_model_py
 from triton_inpaint.export.tflite_onnx import compare_with_tflite, convert
 from triton_inpaint.masking import FACE_MESH_FILE
 
@@ -135,23 +134,7 @@ def _config(name: str, onnx_model: object) -> mc.ModelConfig:
             for v in values
         ]
 
-    config = mc.ModelConfig(name=name, backend="python", max_batch_size=0)
-    add_tensors(config.input, specs(onnx_model.graph.input))
-    add_tensors(config.output, specs(onnx_model.graph.output))
-    group = config.instance_group.add()
-    group.kind = mc.ModelInstanceGroup.KIND_CPU
-    group.count = 1
-    return config
-
-
-def _masking_config() -> mc.ModelConfig:
-    config = mc.ModelConfig(name=contract.MASKING_MODEL, backend="python", max_batch_size=0)
-    add_tensors(config.input, contract.MASKING_INPUTS)
-    add_tensors(config.output, contract.MASKING_OUTPUTS)
-    group = config.instance_group.add()
-    group.kind = mc.ModelInstanceGroup.KIND_CPU
-    group.count = 2
-    return config
+    return python_model_config(name, specs(onnx_model.graph.input), specs(onnx_model.graph.output))
 
 
 def export_detectors(
@@ -177,21 +160,18 @@ def export_detectors(
                 if not diff <= MAX_DIFF:
                     raise RuntimeError(f"{name}: ONNX differs from the TFLite original by {diff:.2e}")
                 checks.append(DetectorCheck(name, diff))
-                (scratch / name / "config.pbtxt").write_text(
-                    text_format.MessageToString(_config(name, onnx_model))
-                )
+                write_config(scratch / name, _config(name, onnx_model))
                 write_model_py(onnx_path.parent, "triton_inpaint.triton.onnx_model")
             mesh = face_mesh_sets(archive)
         masking = scratch / contract.MASKING_MODEL
         write_model_py(masking / "1", "triton_inpaint.triton.masking")
         (masking / "1" / FACE_MESH_FILE).write_text(json.dumps(mesh) + "\n")
-        (masking / "config.pbtxt").write_text(text_format.MessageToString(_masking_config()))
+        masking_config = python_model_config(
+            contract.MASKING_MODEL, contract.MASKING_INPUTS, contract.MASKING_OUTPUTS, count=2
+        )
+        write_config(masking, masking_config)
         shutil.rmtree(scratch / "tflite")
-        for model_dir in sorted(scratch.iterdir()):
-            target = repository / model_dir.name
-            if target.exists():
-                shutil.rmtree(target)
-            model_dir.rename(target)
+        move_into(scratch, repository)
         return checks
     finally:
         shutil.rmtree(scratch, ignore_errors=True)

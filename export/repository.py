@@ -65,8 +65,32 @@ def add_tensors(target: object, specs: Iterable[TensorSpec]) -> None:
             entry.optional = True
 
 
-def _write_config(model_dir: Path, config: mc.ModelConfig) -> None:
+def write_config(model_dir: Path, config: mc.ModelConfig) -> None:
+    model_dir.mkdir(parents=True, exist_ok=True)
     (model_dir / "config.pbtxt").write_text(text_format.MessageToString(config))
+
+
+def python_model_config(
+    name: str, inputs: Iterable[TensorSpec], outputs: Iterable[TensorSpec], count: int = 1
+) -> mc.ModelConfig:
+    """A Python-backend model on CPU taking one request at a time (``max_batch_size`` 0)."""
+    config = mc.ModelConfig(name=name, backend="python", max_batch_size=0)
+    add_tensors(config.input, inputs)
+    add_tensors(config.output, outputs)
+    group = config.instance_group.add()
+    group.kind = mc.ModelInstanceGroup.KIND_CPU
+    group.count = count
+    return config
+
+
+def move_into(scratch: Path, repository: Path) -> None:
+    """Move every model folder of ``scratch`` into ``repository``, replacing models of the same name:
+    the last step of an export, once everything was written and checked."""
+    for model_dir in sorted(scratch.iterdir()):
+        target = repository / model_dir.name
+        if target.exists():
+            shutil.rmtree(target)
+        model_dir.rename(target)
 
 
 def write_model_py(version_dir: Path, module: str) -> None:
@@ -170,12 +194,9 @@ def _network_config(
 
 
 def _denoise_config(name: str, checkpoint_name: str, options: ExportOptions) -> mc.ModelConfig:
-    config = mc.ModelConfig(name=name, backend="python", max_batch_size=0)
-    add_tensors(config.input, contract.DENOISE_INPUTS)
-    add_tensors(config.output, contract.DENOISE_OUTPUTS)
-    group = config.instance_group.add()
-    group.kind = mc.ModelInstanceGroup.KIND_CPU
-    group.count = options.denoise_instances
+    config = python_model_config(
+        name, contract.DENOISE_INPUTS, contract.DENOISE_OUTPUTS, options.denoise_instances
+    )
     config.parameters["submodel_prefix"].string_value = checkpoint_name
     return config
 
@@ -280,7 +301,7 @@ def export_checkpoint(
         paths = export_onnx(pipeline, {role: d / "1" / "model.onnx" for role, d in model_dirs.items()})
         checks = verify_onnx(pipeline, paths)
         for role, (inputs, outputs) in _network_tensors(pipeline).items():
-            _write_config(model_dirs[role], _network_config(f"{name}_{role}", role, inputs, outputs, options))
+            write_config(model_dirs[role], _network_config(f"{name}_{role}", role, inputs, outputs, options))
             write_model_py(model_dirs[role] / "1", "triton_inpaint.triton.onnx_model")
 
         denoise_dir = scratch / contract.denoise_name(name)
@@ -291,17 +312,13 @@ def export_checkpoint(
             pipeline.tokenizer_2.save_pretrained(version / "tokenizer_2")
         pipeline.scheduler.save_pretrained(version / "scheduler")
         spec.save(version)
-        _write_config(denoise_dir, _denoise_config(denoise_dir.name, name, options))
+        write_config(denoise_dir, _denoise_config(denoise_dir.name, name, options))
 
         ensemble_dir = scratch / contract.ensemble_name(name)
         (ensemble_dir / "1").mkdir(parents=True)
-        _write_config(ensemble_dir, _ensemble_config(name, spec, options.model_id or f"local:{name}@1"))
+        write_config(ensemble_dir, _ensemble_config(name, spec, options.model_id or f"local:{name}@1"))
 
-        for model_dir in sorted(scratch.iterdir()):
-            target = repository / model_dir.name
-            if target.exists():
-                shutil.rmtree(target)
-            model_dir.rename(target)
+        move_into(scratch, repository)
         return [replace(check, path=repository / check.path.relative_to(scratch)) for check in checks]
     finally:
         shutil.rmtree(scratch, ignore_errors=True)

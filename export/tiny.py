@@ -26,6 +26,9 @@ from diffusers import (
 )
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
 from transformers import (
+    CLIPSegConfig,
+    CLIPSegForImageSegmentation,
+    CLIPSegProcessor,
     CLIPTextConfig,
     CLIPTextModel,
     CLIPTextModelWithProjection,
@@ -33,6 +36,7 @@ from transformers import (
     T5Config,
     T5EncoderModel,
     T5TokenizerFast,
+    ViTImageProcessor,
 )
 from transformers.convert_slow_tokenizer import bytes_to_unicode
 
@@ -41,6 +45,8 @@ from triton_inpaint.spec import FAMILIES
 # FAMILIES: *-inpaint: 9-channel inpainting UNet (mask and masked-image latents concatenated to its
 # input). *-base: 4-channel base UNet, inpainting by blending the noised original latents every step.
 # flux-fill: FLUX.1 Fill (transformer over packed latents, the mask packed into its input).
+CLIPSEG = "clipseg"  # not a pipeline family: the text-segmentation model behind mask prompts
+TINY_MODELS = (*FAMILIES, CLIPSEG)
 TINY_T5_SEQUENCE = 32  # the tiny FLUX checkpoint's T5 length (FLUX.1 Fill: 512)
 TINY_RESOLUTION = 128  # native resolution of the tiny SD 1.5 checkpoint: 16x16 latents
 _TOKENIZER_WORDS = [
@@ -322,10 +328,60 @@ def build_flux_fill(seed: int = 0) -> FluxFillPipeline:
     )
 
 
+def build_clipseg(seed: int = 0) -> tuple[CLIPSegForImageSegmentation, CLIPSegProcessor]:
+    """A tiny CLIPSeg (text-prompted segmentation): CLIP text and vision towers with the decoder on top,
+    and the processor of CIDAS/clipseg-rd64-refined (352 px, ImageNet mean and std) with the in-code
+    CLIP tokenizer."""
+    tokenizer = build_clip_tokenizer()
+    config = CLIPSegConfig(
+        text_config={
+            "vocab_size": len(tokenizer),
+            "hidden_size": 32,
+            "intermediate_size": 37,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "max_position_embeddings": 77,
+            "bos_token_id": 0,
+            "eos_token_id": 1,
+            "pad_token_id": 1,
+        },
+        vision_config={
+            "hidden_size": 32,
+            "intermediate_size": 37,
+            "num_hidden_layers": 3,
+            "num_attention_heads": 4,
+            "image_size": 224,
+            "patch_size": 16,
+        },
+        projection_dim=16,
+        extract_layers=[0, 1, 2],
+        reduce_dim=16,
+        decoder_num_attention_heads=2,
+        decoder_intermediate_size=32,
+    )
+    torch.manual_seed(seed)
+    model = CLIPSegForImageSegmentation(config).eval()
+    image_processor = ViTImageProcessor(
+        do_resize=True,
+        size={"height": 352, "width": 352},
+        resample=2,
+        image_mean=[0.485, 0.456, 0.406],
+        image_std=[0.229, 0.224, 0.225],
+    )
+    return model, CLIPSegProcessor(image_processor=image_processor, tokenizer=tokenizer)
+
+
 def write_tiny_checkpoint(family: str, out: Path, seed: int = 0) -> Path:
-    """Write a tiny checkpoint in diffusers' ``save_pretrained`` layout; same seed, same bytes."""
-    if family not in FAMILIES:
-        raise ValueError(f"unknown family {family!r}; choose one of: {', '.join(FAMILIES)}")
+    """Write a tiny checkpoint in diffusers' ``save_pretrained`` layout (``clipseg``: transformers'
+    layout, as an operator's CLIPSeg weights directory); same seed, same bytes."""
+    if family not in TINY_MODELS:
+        raise ValueError(f"unknown family {family!r}; choose one of: {', '.join(TINY_MODELS)}")
+    if family == CLIPSEG:
+        model, processor = build_clipseg(seed)
+        out.mkdir(parents=True, exist_ok=True)
+        model.save_pretrained(out, safe_serialization=True)
+        processor.save_pretrained(out)
+        return out
     if family == "flux-fill":
         pipeline = build_flux_fill(seed)
     else:

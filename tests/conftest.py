@@ -128,12 +128,14 @@ def exported_repository(
 
 
 @pytest.fixture(scope="session")
-def triton_server(exported_repository, detector_repository) -> Iterator[object]:
+def triton_server(exported_repository, detector_repository, clipseg_repository) -> Iterator[object]:
     from triton_inpaint.server import TritonServer, free_port
 
     repository, _ = exported_repository
     detectors, _ = detector_repository
-    server = TritonServer([BUILTIN_REPOSITORY, repository, detectors], free_port(), free_port(), free_port())
+    clipseg, _ = clipseg_repository
+    repositories = [BUILTIN_REPOSITORY, repository, detectors, clipseg]
+    server = TritonServer(repositories, free_port(), free_port(), free_port())
     server.start(timeout=300)
     try:
         yield server
@@ -150,3 +152,23 @@ def detector_repository(tmp_path_factory: pytest.TempPathFactory):
     root = tmp_path_factory.mktemp("detectors")
     checks = export_detectors(root / "repository", root / "cache", log=lambda _: None)
     return root / "repository", checks
+
+
+@pytest.fixture(scope="session")
+def clipseg_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random-weight CLIPSeg folder in transformers' layout, as an operator would supply one."""
+    from triton_inpaint.export.tiny import CLIPSEG, write_tiny_checkpoint
+
+    return write_tiny_checkpoint(CLIPSEG, tmp_path_factory.mktemp("clipseg") / "weights", seed=0)
+
+
+@pytest.fixture(scope="session")
+def clipseg_repository(clipseg_weights: Path, tmp_path_factory: pytest.TempPathFactory):
+    """The text-segmentation models exported from the tiny CLIPSeg weights."""
+    from triton_inpaint.export.clipseg import export_clipseg
+
+    repository = tmp_path_factory.mktemp("clipseg-repository")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        check = export_clipseg(clipseg_weights, repository, log=lambda _: None)
+    return repository, check

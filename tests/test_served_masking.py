@@ -126,22 +126,3 @@ def test_mask_cli_with_a_detector_and_with_a_prompt(triton_server, tmp_path):
 def client_mask_person(triton_server) -> bytes:
     with InpaintClient(triton_server.grpc_url) as client:
         return client.mask(ASTRONAUT, "person", blur=0).mask
-
-
-def test_mask_cli_refuses_prompts_nothing_served_answers(triton_server, tmp_path):
-    image = tmp_path / "astronaut.png"
-    image.write_bytes(ASTRONAUT)
-    done = run_cli(
-        "mask",
-        "--url",
-        triton_server.grpc_url,
-        "--prompt",
-        "a purple hat",
-        "--image",
-        str(image),
-        "--out",
-        str(tmp_path / "m.png"),
-    )
-    assert done.returncode == 2
-    assert "prompt: no detector answers 'a purple hat'" in done.stderr and "eyes" in done.stderr
-    assert not (tmp_path / "m.png").exists()

@@ -134,3 +134,15 @@ MASKING_OUTPUTS: tuple[TensorSpec, ...] = (
         "detections", "TYPE_STRING", (1,), description="JSON list of x_min, y_min, x_max, y_max, score, label"
     ),
 )
+
+
+# text_segmentation: a CLIPSeg-architecture model for mask prompts no detector answers (``export clipseg``).
+TEXT_SEGMENTATION_MODEL = "text_segmentation"
+TEXT_SEGMENTATION_NETWORK = "text_segmentation_network"
+TEXT_SEGMENTATION_INPUTS: tuple[TensorSpec, ...] = (
+    TensorSpec("image", "TYPE_UINT8", (-1, -1, 3), description="decoded RGB image"),
+    TensorSpec("prompt", "TYPE_STRING", (-1,), description="UTF-8 phrases, each segmented on its own"),
+)
+TEXT_SEGMENTATION_OUTPUTS: tuple[TensorSpec, ...] = (
+    TensorSpec("probability", "TYPE_FP32", (-1, -1, -1), description="per phrase, per pixel, 0-1"),
+)

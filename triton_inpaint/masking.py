@@ -17,6 +17,7 @@ import cv2
 import numpy as np
 
 from triton_inpaint.components import Runner
+from triton_inpaint.contract import TEXT_SEGMENTATION_MODEL
 from triton_inpaint.detection import (
     FACE_DETECTOR,
     PALM_DETECTOR,
@@ -64,7 +65,6 @@ PROMPT_WORDS: dict[str, tuple[str, bool]] = {
 
 
 TEXT_MODEL = "text"  # prompts no detector answers go to the text-segmentation (CLIPSeg) model
-TEXT_SEGMENTATION_MODEL = "text_segmentation"  # written by ``export clipseg``
 _FILLER_WORDS = ("the", "a", "an", "her", "his", "their", "its")
 MAX_PROMPT_PHRASES = 8
 
@@ -206,6 +206,33 @@ def _hull_region(
     return region, hull
 
 
+def regions_from_probability(
+    probability: np.ndarray, phrases: tuple[str, ...], confidence: float, max_detections: int
+) -> tuple[np.ndarray, list[Region]]:
+    """The selected pixels and regions of per-phrase probability maps (phrases, H, W): the connected
+    parts above ``confidence``, the ``max_detections`` with the most probability mass, best first."""
+    found: list[tuple[float, Region, int, int]] = []  # (mass, region, phrase index, component label)
+    labelled = []
+    for index, (phrase, phrase_probability) in enumerate(zip(phrases, probability, strict=True)):
+        above = (phrase_probability > confidence).astype(np.uint8)
+        count, labels, stats, _ = cv2.connectedComponentsWithStats(above, connectivity=8)
+        labelled.append(labels)
+        # Mass per component in one pass: a map may hold thousands of small parts.
+        mass = np.bincount(labels.ravel(), weights=phrase_probability.ravel(), minlength=count)
+        for label in range(1, count):
+            x, y, w, h, area = (int(v) for v in stats[label])
+            region = Region(x, y, x + w, y + h, float(mass[label] / area), phrase)
+            found.append((float(mass[label]), region, index, label))
+    found.sort(key=lambda item: -item[0])
+    kept = found[:max_detections]
+    selected = np.zeros(probability.shape[1:], dtype=bool)
+    for index, labels in enumerate(labelled):
+        chosen = [label for _, _, i, label in kept if i == index]
+        if chosen:
+            selected |= np.isin(labels, chosen)
+    return selected, [region for _, region, _, _ in kept]
+
+
 class Masker:
     """Runs one masking request against the detector models."""
 
@@ -310,29 +337,17 @@ class Masker:
         return [Region(int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1, score, "person")]
 
     def _text(self, image: np.ndarray, params: MaskingParams, mask: np.ndarray) -> list[Region]:
-        """Regions where the text-segmentation model finds each phrase: the connected parts of its
-        probability map above ``confidence``, the ``max_detections`` with the most probability mass."""
         if not self.ready(TEXT_SEGMENTATION_MODEL):
             raise text_model_missing(params.prompt or ", ".join(params.phrases))
         phrases = np.array([phrase.encode() for phrase in params.phrases], dtype=np.object_)
         (probability,) = self.run(
             TEXT_SEGMENTATION_MODEL, {"image": image, "prompt": phrases}, ["probability"]
         )
-        found = []
-        for phrase, phrase_probability in zip(params.phrases, probability, strict=True):
-            selected = (phrase_probability > params.confidence).astype(np.uint8)
-            count, labels, stats, _ = cv2.connectedComponentsWithStats(selected, connectivity=8)
-            for index in range(1, count):
-                part = labels == index
-                x, y, w, h = (int(v) for v in stats[index, :4])
-                values = phrase_probability[part]
-                region = Region(x, y, x + w, y + h, float(values.mean()), phrase)
-                found.append((float(values.sum()), region, part))
-        found.sort(key=lambda item: -item[0])
-        kept = found[: params.max_detections]
-        for _, _, part in kept:
-            mask[part] = 255
-        return [region for _, region, _ in kept]
+        selected, regions = regions_from_probability(
+            probability, params.phrases, params.confidence, params.max_detections
+        )
+        mask[selected] = 255
+        return regions
 
     @staticmethod
     def _finish(mask: np.ndarray, params: MaskingParams) -> np.ndarray:
