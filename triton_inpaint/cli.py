@@ -13,6 +13,7 @@ def build_parser() -> argparse.ArgumentParser:
     from triton_inpaint import demo, serve_cli
     from triton_inpaint.client import cli as client_cli
     from triton_inpaint.export import cli as export_cli
+    from triton_inpaint.gateway import cli as gateway_cli
 
     parser = argparse.ArgumentParser(
         prog="triton-inpaint", description="Self-hosted inpainting on NVIDIA Triton Inference Server."
@@ -23,6 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     export_cli.add_subcommands(subparsers)
     serve_cli.add_subcommands(subparsers)
     client_cli.add_subcommands(subparsers)
+    gateway_cli.add_subcommands(subparsers)
     return parser
 
 

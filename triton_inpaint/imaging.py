@@ -14,20 +14,34 @@ ACCEPTED_FORMATS = ("PNG", "JPEG", "WEBP")
 MAX_PIXELS = 4096 * 4096
 
 
-def _open(data: bytes, field: str) -> Image.Image:
+def _header(data: bytes, field: str, max_pixels: int) -> Image.Image:
+    """The image opened lazily: Pillow has read only the header, so format and size are known and
+    nothing has been decoded yet. Too many pixels is refused here, before any decoding."""
     if not data:
         raise InvalidInputError(field, "is empty; send PNG, JPEG or WEBP bytes")
     try:
         image = Image.open(io.BytesIO(data))
-        if image.format not in ACCEPTED_FORMATS:
-            raise InvalidInputError(field, f"format {image.format} is not accepted; send PNG, JPEG or WEBP")
-        if image.width * image.height > MAX_PIXELS:
-            raise InvalidInputError(field, f"{image.width}x{image.height} has more than {MAX_PIXELS} pixels")
-        image.load()
-    except InvalidInputError:
-        raise
     except UnidentifiedImageError:
         raise InvalidInputError(field, "cannot be decoded: not a PNG, JPEG or WEBP image") from None
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise InvalidInputError(field, f"cannot be decoded: {exc}") from None
+    if image.format not in ACCEPTED_FORMATS:
+        raise InvalidInputError(field, f"format {image.format} is not accepted; send PNG, JPEG or WEBP")
+    if image.width * image.height > max_pixels:
+        raise InvalidInputError(field, f"{image.width}x{image.height} has more than {max_pixels} pixels")
+    return image
+
+
+def probe(data: bytes, field: str = "image", max_pixels: int = MAX_PIXELS) -> tuple[str, int, int]:
+    """(format, width, height) from the header alone, with the same refusals as decoding."""
+    image = _header(data, field, max_pixels)
+    return image.format, image.width, image.height
+
+
+def _open(data: bytes, field: str) -> Image.Image:
+    image = _header(data, field, MAX_PIXELS)
+    try:
+        image.load()
     except (OSError, ValueError, Image.DecompressionBombError) as exc:
         raise InvalidInputError(field, f"cannot be decoded: {exc}") from None
     # Phone photos store their rotation in EXIF; users expect the image as they see it.

@@ -80,7 +80,10 @@ def server_environment() -> dict[str, str]:
 
 
 def port_is_free(port: int, host: str = "0.0.0.0") -> bool:
+    """Whether a server could listen on ``port``. SO_REUSEADDR as servers set it: connections of a
+    stopped server still in TIME_WAIT do not keep a restarted one from binding."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError:

@@ -1,0 +1,341 @@
+"""The HTTP API: Runware-style ``POST /v1`` tasks, Eden-style async tasks, images, health and metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Annotated, Any
+
+from fastapi import Body, FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from pydantic import ValidationError
+
+from triton_inpaint.client import InpaintClient
+
+from .limits import KeyLimits, matching_key, presented_key
+from .service import AsyncInpainting, GatewayConfig, TaskFailed, TaskRunner, TritonUnavailable
+from .storage import IMAGE_EXTENSIONS, LocalStorage, Storage, TaskRecord
+from .tasks import TASK_TYPES, EdenTaskRequest, field_errors
+
+MAX_TASKS = 16  # tasks in one POST /v1
+
+
+def _error(message: str, parameter: str | None = None, task_uuid: str | None = None, code: str = "") -> dict:
+    item: dict[str, Any] = {"code": code or "invalidParameter", "message": message}
+    if parameter is not None:
+        item["parameter"] = parameter
+    if task_uuid is not None:
+        item["taskUUID"] = task_uuid
+    return item
+
+
+def _errors(status: int, *items: dict, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"errors": list(items)}, status_code=status, headers=headers)
+
+
+class BodyLimit:
+    """Refuses request bodies over ``max_bytes`` (413) by Content-Length and while reading, so a body
+    that lies about its length is cut off too."""
+
+    def __init__(self, app: Any, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            await self._refuse(scope, receive, send)
+            return
+        seen = 0
+
+        async def limited_receive() -> dict:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    raise _TooLarge
+            return message
+
+        try:
+            await self.app(scope, limited_receive, send)
+        except _TooLarge:
+            await self._refuse(scope, receive, send)
+
+    async def _refuse(self, scope: dict, receive: Any, send: Any) -> None:
+        response = _errors(
+            413, _error(f"request body is larger than {self.max_bytes} bytes", code="bodyTooLarge")
+        )
+        await response(scope, receive, send)
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def create_app(config: GatewayConfig, storage: Storage | None = None) -> FastAPI:
+    storage = storage or LocalStorage(config.data_dir)
+    runner = TaskRunner(config, storage)
+    worker = AsyncInpainting(runner)
+    limits = KeyLimits(config.concurrency_per_key, config.requests_per_minute)
+    registry = CollectorRegistry()
+    tasks_total = Counter(
+        "gateway_tasks_total", "Tasks by type and outcome", ["task_type", "outcome"], registry=registry
+    )
+    task_seconds = Histogram(
+        "gateway_task_seconds",
+        "Seconds per task",
+        ["task_type"],
+        registry=registry,
+        buckets=(0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300),
+    )
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        worker.start()
+        try:
+            yield
+        finally:
+            worker.stop()
+
+    app = FastAPI(
+        title="triton-inpaint gateway",
+        version="0.1.0",
+        description="Inpainting over HTTP in the style of the Runware and Eden APIs, served by Triton.",
+        lifespan=lifespan,
+    )
+    app.add_middleware(BodyLimit, max_bytes=config.max_body_bytes)
+
+    def identify(request: Request) -> str | JSONResponse:
+        """The caller's identity for limits (its key, or its address when no keys are configured), or
+        the 401 answer; nothing else happens for a request without a valid key."""
+        if not config.keys:
+            return f"address:{request.client.host if request.client else 'unknown'}"
+        key = matching_key(
+            config.keys,
+            presented_key(request.headers.get("authorization"), request.headers.get("x-api-key")),
+        )
+        if key is None:
+            return _errors(
+                401,
+                _error(
+                    "missing or invalid API key; send 'Authorization: Bearer KEY' or 'X-Api-Key: KEY'",
+                    code="unauthorized",
+                ),
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+        return f"key:{key}"
+
+    async def limited(request: Request, handle: Any) -> Response:
+        who = identify(request)
+        if isinstance(who, JSONResponse):
+            return who
+        wait = limits.acquire(who)
+        if wait is not None:
+            return _errors(
+                429,
+                _error(
+                    f"too many requests for this key (at most {config.concurrency_per_key} at once and "
+                    f"{config.requests_per_minute} a minute); retry after {wait:g} s",
+                    code="rateLimited",
+                ),
+                headers={"Retry-After": str(int(wait))},
+            )
+        try:
+            return await handle()
+        finally:
+            limits.release(who)
+
+    def base_url(request: Request) -> str:
+        return str(request.base_url).rstrip("/")
+
+    async def run_one(task: Any, url: str) -> tuple[list[dict], dict | None, int]:
+        """(items, error, status): status 200, 400 (refused), 500 (failed on the server) or 503."""
+        started = time.monotonic()
+        try:
+            items = await run_in_threadpool(runner.run, task, url)
+            tasks_total.labels(task.taskType, "ok").inc()
+            return items, None, 200
+        except TaskFailed as exc:
+            failed = exc.code == "inferenceFailed"
+            tasks_total.labels(task.taskType, "failed" if failed else "refused").inc()
+            return [], _error(exc.message, exc.parameter, task.taskUUID, exc.code), 500 if failed else 400
+        except TritonUnavailable as exc:
+            tasks_total.labels(task.taskType, "unavailable").inc()
+            return [], _error(str(exc), None, task.taskUUID, "serviceUnavailable"), 503
+        finally:
+            task_seconds.labels(task.taskType).observe(time.monotonic() - started)
+
+    @app.post(
+        "/v1",
+        summary="Run tasks: imageInference (inpainting), imageMasking, imageUpload",
+        responses={400: {"description": "every task was refused"}, 401: {}, 413: {}, 429: {}, 503: {}},
+    )
+    async def run_tasks(
+        request: Request,
+        body: Annotated[
+            Any,
+            Body(
+                description="a JSON array of tasks, each with taskType and taskUUID",
+                examples=[
+                    [
+                        {
+                            "taskType": "imageUpload",
+                            "taskUUID": "3738f7ee-392d-4fae-927d-604abf2de01b",
+                            "image": "https://example.com/photo.png",
+                        }
+                    ]
+                ],
+            ),
+        ],
+    ) -> Response:
+        async def handle() -> Response:
+            items = body if isinstance(body, list) else [body]
+            if not items or len(items) > MAX_TASKS:
+                return _errors(400, _error(f"send 1-{MAX_TASKS} tasks in a JSON array", "body"))
+            valid, errors = [], []
+            for raw in items:
+                if not isinstance(raw, dict):
+                    errors.append(_error("each task must be a JSON object", "body"))
+                    continue
+                task_uuid = raw.get("taskUUID") if isinstance(raw.get("taskUUID"), str) else None
+                task_type = raw.get("taskType")
+                schema = TASK_TYPES.get(task_type) if isinstance(task_type, str) else None
+                if schema is None:
+                    errors.append(
+                        _error(
+                            f"taskType: must be one of {', '.join(TASK_TYPES)}, got {task_type!r}",
+                            "taskType",
+                            task_uuid,
+                        )
+                    )
+                    continue
+                try:
+                    valid.append(schema.model_validate(raw))
+                except ValidationError as exc:
+                    errors.extend(
+                        _error(f"{name}: {message}", name, task_uuid)
+                        for name, message in field_errors(schema, exc)
+                    )
+            outcomes = await asyncio.gather(*(run_one(task, base_url(request)) for task in valid))
+            data = [item for items, _, _ in outcomes for item in items]
+            errors.extend(error for _, error, _ in outcomes if error is not None)
+            statuses = {status for _, _, status in outcomes}
+            content: dict[str, Any] = {"data": data}
+            if errors:
+                content["errors"] = errors
+            if data:
+                return JSONResponse(content)
+            if 503 in statuses:
+                return JSONResponse(content, status_code=503, headers={"Retry-After": "5"})
+            return JSONResponse(content, status_code=500 if 500 in statuses else 400)
+
+        return await limited(request, handle)
+
+    @app.post("/v2/tasks/create", summary="Create an async inpainting task (Eden-style); returns its id")
+    async def create_task(request: Request, body: Annotated[Any, Body()]) -> Response:
+        async def handle() -> Response:
+            try:
+                parsed = EdenTaskRequest.model_validate(body)
+            except ValidationError as exc:
+                problems = field_errors(EdenTaskRequest, exc)
+                return _errors(400, *(_error(f"{name}: {message}", name) for name, message in problems))
+            try:
+                record = await run_in_threadpool(worker.create, parsed.args)
+            except TaskFailed as exc:
+                return _errors(400, _error(exc.message, exc.parameter))
+            return JSONResponse({"taskId": record.id}, status_code=201)
+
+        return await limited(request, handle)
+
+    @app.get("/v2/tasks/{task_id}", summary="An async task's status, progress and results")
+    async def get_task(request: Request, task_id: str) -> Response:
+        async def handle() -> Response:
+            record = await run_in_threadpool(storage.get_task, task_id)
+            if record is None:
+                return _errors(404, _error(f"no task {task_id!r}", "task_id", code="notFound"))
+            return JSONResponse({"task": _task_view(record, base_url(request))})
+
+        return await limited(request, handle)
+
+    @app.get("/images/{name}", summary="A stored image (uploads, results, masks) by UUID and extension")
+    async def get_image(name: str) -> Response:
+        image_uuid, _, ext = name.partition(".")
+        stored = (
+            await run_in_threadpool(storage.get_image, image_uuid.lower())
+            if ext in IMAGE_EXTENSIONS
+            else None
+        )
+        if stored is None or stored.ext != ext:
+            return _errors(404, _error(f"no image {name!r}", "name", code="notFound"))
+        return Response(
+            stored.data,
+            media_type=stored.media_type,
+            headers={"Cache-Control": "public, max-age=31536000, immutable"},
+        )
+
+    @app.get("/healthz", summary="The gateway process is up")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", summary="Triton is reachable and serves at least one inpainting model")
+    async def readyz() -> Response:
+        def check() -> list[str]:
+            with InpaintClient(config.triton_url, "grpc", timeout=5.0) as client:
+                return client.served_models()
+
+        try:
+            models = await asyncio.wait_for(run_in_threadpool(check), timeout=10.0)
+        except Exception as exc:  # noqa: BLE001 - any failure means not ready, with its reason
+            return JSONResponse(
+                {
+                    "status": "unavailable",
+                    "reason": f"Triton at {config.triton_url}: {exc or type(exc).__name__}",
+                },
+                status_code=503,
+            )
+        if not models:
+            return JSONResponse(
+                {"status": "unavailable", "reason": "no inpainting model is ready"}, status_code=503
+            )
+        return JSONResponse({"status": "ready", "models": models})
+
+    @app.get("/metrics", summary="Prometheus metrics")
+    async def metrics() -> Response:
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    return app
+
+
+def _task_view(record: TaskRecord, base_url: str) -> dict[str, Any]:
+    result = record.result
+    if result is not None:
+        result = json.loads(json.dumps(result))
+        for item in [*result.get("output", []), result.get("mask", {})]:
+            if "url" in item:
+                item["url"] = base_url + item["url"]
+    return {
+        "_id": record.id,
+        "tool": record.tool,
+        "status": record.status,
+        "progress": record.progress,
+        "args": record.args,
+        "result": result,
+        "error": record.error,
+        "createdAt": _iso(record.created),
+        "updatedAt": _iso(record.updated),
+    }
+
+
+def _iso(timestamp: float) -> str:
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(timestamp, UTC).isoformat()

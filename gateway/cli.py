@@ -1,0 +1,89 @@
+"""``triton-inpaint gateway``: serve the HTTP API (uvicorn) in front of a Triton server."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import sys
+import threading
+import time
+from pathlib import Path
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from .app import create_app
+    from .fetch import FetchPolicy
+    from .limits import load_keys
+    from .service import GatewayConfig
+
+    try:
+        keys = load_keys(args.keys)
+    except OSError as exc:
+        print(f"error: --keys {args.keys}: {exc.strerror}", file=sys.stderr)
+        return 2
+    config = GatewayConfig(
+        triton_url=args.triton,
+        data_dir=args.data,
+        keys=keys,
+        public_url=args.public_url,
+        default_model=args.default_model,
+        max_body_bytes=args.max_body_mb * 1024 * 1024,
+        triton_timeout=args.timeout,
+        concurrency_per_key=args.concurrency,
+        requests_per_minute=args.rate,
+        fetch=FetchPolicy(allowed_networks=tuple(args.allow_fetch_network)),
+    )
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(config), host=args.host, port=args.port, log_level="warning", access_log=False
+        )
+    )
+
+    def announce() -> None:
+        while not server.started and not server.should_exit:
+            time.sleep(0.05)
+        if server.started:
+            access = f"{len(keys)} API key(s)" if keys else "no API keys (open access)"
+            where = f"http://{args.host}:{args.port}"
+            print(f"gateway ready on {where} (Triton {args.triton}, {access}, data {args.data})", flush=True)
+
+    threading.Thread(target=announce, daemon=True).start()
+    server.run()  # uvicorn handles SIGINT and SIGTERM: finishes requests, stops the task worker
+    print("gateway stopped", flush=True)
+    return 0 if server.started else 1
+
+
+def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "gateway",
+        help="serve the HTTP API (Runware-style tasks, Eden-style async tasks) in front of Triton",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--triton", default="127.0.0.1:8001", help="Triton gRPC HOST:PORT")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 for all)")
+    parser.add_argument("--port", type=int, default=8080, help="port to listen on")
+    parser.add_argument(
+        "--keys",
+        type=Path,
+        default=None,
+        help="file of API keys, one per line ('#' comments); $TRITON_INPAINT_API_KEYS adds comma-separated "
+        "keys; with none, no key is asked for",
+    )
+    parser.add_argument("--data", type=Path, default=Path("build/gateway"), help="images and task database")
+    parser.add_argument("--public-url", default=None, help="base of image URLs (default: the request's)")
+    parser.add_argument("--default-model", default=None, help="model for async tasks that name none")
+    parser.add_argument("--max-body-mb", type=int, default=64, help="largest request body, MiB")
+    parser.add_argument("--timeout", type=float, default=300.0, help="seconds one Triton request may take")
+    parser.add_argument("--concurrency", type=int, default=4, help="requests at once per key")
+    parser.add_argument("--rate", type=int, default=120, help="requests a minute per key")
+    parser.add_argument(
+        "--allow-fetch-network",
+        type=ipaddress.ip_network,
+        action="append",
+        default=[],
+        metavar="CIDR",
+        help="a non-public network image URLs may point into (e.g. an internal image store); repeatable",
+    )
+    parser.set_defaults(handler=_serve)

@@ -1,0 +1,352 @@
+"""What each task does: resolve its images, call Triton through :class:`InpaintClient`, store results.
+
+Plain synchronous code, run in worker threads by the HTTP layer; no FastAPI here, so it is testable and
+reusable by the async-task worker.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from triton_inpaint.client import InpaintClient, InpaintError, ServerUnreachableError
+from triton_inpaint.errors import InvalidInputError
+from triton_inpaint.imaging import (
+    DEFAULT_QUALITY,
+    MAX_PIXELS,
+    decode_image,
+    encode_image,
+    output_format,
+    probe,
+)
+
+from .fetch import FetchPolicy
+from .images import image_extension, output_fields, resolve_image
+from .storage import Storage
+from .tasks import ImageInferenceTask, ImageMaskingTask, ImageUploadTask
+
+# Triton's input names -> the reference's field names, so a refusal names what the caller sent.
+INFERENCE_FIELDS = {
+    "image": "seedImage",
+    "mask": "maskImage",
+    "prompt": "positivePrompt",
+    "negative_prompt": "negativePrompt",
+    "mask_margin": "maskMargin",
+    "guidance_scale": "CFGScale",
+    "num_images": "numberResults",
+    "output_format": "outputFormat",
+    "output_quality": "outputQuality",
+}
+MASKING_FIELDS = {
+    "image": "inputImage",
+    "max_detections": "maxDetections",
+    "padding": "maskPadding",
+    "blur": "maskBlur",
+}
+EXTENSIONS = {"PNG": "png", "JPG": "jpg", "WEBP": "webp"}
+
+
+class TaskFailed(Exception):
+    """A task was refused: ``parameter`` is the reference's field name (or None for the whole task)."""
+
+    def __init__(self, message: str, parameter: str | None = None, code: str = "invalidParameter") -> None:
+        super().__init__(message)
+        self.message = message
+        self.parameter = parameter
+        self.code = code
+
+
+class TritonUnavailable(Exception):
+    """Triton did not answer; the caller retries later (HTTP 503)."""
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    triton_url: str = "127.0.0.1:8001"
+    data_dir: Path = Path("build/gateway")
+    keys: frozenset[str] = frozenset()  # empty: no key is asked for
+    public_url: str | None = None  # base of image URLs; the request's own base URL when None
+    default_model: str | None = None  # for async tasks that name none: the first served model
+    max_body_bytes: int = 64 * 1024 * 1024
+    max_pixels: int = MAX_PIXELS
+    triton_timeout: float = 300.0  # seconds one Triton request may take
+    concurrency_per_key: int = 4
+    requests_per_minute: int = 120
+    fetch: FetchPolicy = field(default_factory=FetchPolicy)
+
+
+def _refusal(exc: InpaintError, names: dict[str, str]) -> TaskFailed:
+    """An InpaintError ("field: reason") as a TaskFailed naming the reference's field; a failure inside
+    the server ("internal error: ...") is not the caller's fault and says so."""
+    message = str(exc)
+    if message.startswith("internal error"):
+        return TaskFailed(f"inference failed on the server: {message}", code="inferenceFailed")
+    name, _, reason = message.partition(": ")
+    if reason and " " not in name:
+        public = names.get(name, name)
+        return TaskFailed(f"{public}: {reason}", public)
+    return TaskFailed(message)
+
+
+class TaskRunner:
+    def __init__(self, config: GatewayConfig, storage: Storage) -> None:
+        self.config = config
+        self.storage = storage
+        self._local = threading.local()
+
+    def client(self) -> InpaintClient:
+        """One Triton client per worker thread (channels are reused across that thread's tasks)."""
+        client = getattr(self._local, "client", None)
+        if client is None:
+            client = InpaintClient(self.config.triton_url, "grpc", timeout=self.config.triton_timeout)
+            self._local.client = client
+        return client
+
+    def _drop_client(self) -> None:
+        client = getattr(self._local, "client", None)
+        self._local.client = None
+        if client is not None:
+            with contextlib.suppress(Exception):  # a broken channel may fail to close; it is dropped anyway
+                client.close()
+
+    def _image(self, value: str, field_name: str) -> bytes:
+        try:
+            return resolve_image(value, field_name, self.storage, self.config.fetch, self.config.max_pixels)
+        except InvalidInputError as exc:
+            raise TaskFailed(str(exc), field_name) from None
+
+    def _call(self, names: dict[str, str], call: Any) -> Any:
+        try:
+            return call(self.client())
+        except ServerUnreachableError as exc:
+            # A gRPC channel that failed waits out a growing back-off before it reconnects; a fresh
+            # one next time lets the first request after Triton returns succeed.
+            self._drop_client()
+            raise TritonUnavailable(f"Triton at {self.config.triton_url} is not reachable: {exc}") from None
+        except InpaintError as exc:
+            raise _refusal(exc, names) from None
+
+    # -- task types -------------------------------------------------------------------------------
+
+    def image_upload(self, task: ImageUploadTask, base_url: str) -> list[dict[str, Any]]:
+        data = self._image(task.image, "image")
+        image_uuid = self.storage.put_image(data, image_extension(data))
+        return [{"taskType": task.taskType, "taskUUID": task.taskUUID, "imageUUID": image_uuid}]
+
+    def image_inference(self, task: ImageInferenceTask, base_url: str) -> list[dict[str, Any]]:
+        image = self._image(task.seedImage, "seedImage")
+        mask = self._image(task.maskImage, "maskImage")
+        result = self._call(
+            INFERENCE_FIELDS,
+            lambda client: client.inpaint(
+                task.model,
+                image,
+                mask,
+                task.positivePrompt,
+                negative_prompt=task.negativePrompt,
+                steps=task.steps,
+                strength=task.strength,
+                guidance_scale=task.CFGScale,
+                seed=task.seed,
+                scheduler=task.scheduler,
+                width=task.width,
+                height=task.height,
+                mask_margin=task.maskMargin,
+                num_images=task.numberResults,
+                output_format=task.outputFormat,
+                output_quality=task.outputQuality,
+            ),
+        )
+        return self._results(task, result.images, result.seeds, base_url)
+
+    def _results(
+        self, task: Any, images: list[bytes], seeds: list[int], base_url: str
+    ) -> list[dict[str, Any]]:
+        ext = EXTENSIONS[task.outputFormat]
+        items = []
+        for data, seed in zip(images, seeds, strict=True):
+            image_uuid = self.storage.put_image(data, ext)
+            item = {"taskType": task.taskType, "taskUUID": task.taskUUID}
+            item.update(output_fields("image", image_uuid, data, ext, task.outputType, self._base(base_url)))
+            item["seed"] = seed
+            items.append(item)
+        return items
+
+    def image_masking(self, task: ImageMaskingTask, base_url: str) -> list[dict[str, Any]]:
+        image = self._image(task.inputImage, "inputImage")
+        result = self._call(
+            MASKING_FIELDS,
+            lambda client: client.mask(
+                image,
+                task.model,
+                confidence=task.confidence,
+                max_detections=task.maxDetections,
+                padding=task.maskPadding,
+                blur=task.maskBlur,
+                invert=task.invert,
+            ),
+        )
+        mask = result.mask
+        if task.outputFormat != "PNG":
+            mask = _reencode(mask, task.outputFormat)
+        ext = EXTENSIONS[task.outputFormat]
+        mask_uuid = self.storage.put_image(mask, ext)
+        item: dict[str, Any] = {"taskType": task.taskType, "taskUUID": task.taskUUID}
+        item.update(output_fields("maskImage", mask_uuid, mask, ext, task.outputType, self._base(base_url)))
+        item["detections"] = result.detections
+        return [item]
+
+    def run(self, task: Any, base_url: str) -> list[dict[str, Any]]:
+        handler = {
+            "imageUpload": self.image_upload,
+            "imageInference": self.image_inference,
+            "imageMasking": self.image_masking,
+        }[task.taskType]
+        return handler(task, base_url)
+
+    def _base(self, base_url: str) -> str:
+        return self.config.public_url or base_url
+
+
+def _reencode(png: bytes, name: str) -> bytes:
+    """The mask in the task's output format (image_masking answers PNG)."""
+    return encode_image(decode_image(png, "mask"), output_format(name), DEFAULT_QUALITY)
+
+
+def processing_size(width: int, height: int, resolution: int, multiple: int = 16) -> tuple[int, int]:
+    """Eden's ``resolution``: the longer side of the processing size, the aspect ratio kept, both sides
+    multiples of 16 (what every family accepts) and at least 64."""
+    scale = resolution / max(width, height)
+    return (
+        max(64, int(width * scale) // multiple * multiple),
+        max(64, int(height * scale) // multiple * multiple),
+    )
+
+
+class AsyncInpainting:
+    """Eden-style tasks: stored first, run by one worker thread, readable while they run and after a
+    gateway restart (unfinished tasks are picked up again when the worker starts)."""
+
+    RETRY_SECONDS = 5.0
+    GIVE_UP_SECONDS = 600.0  # Triton unreachable this long: the task fails
+
+    def __init__(self, runner: TaskRunner) -> None:
+        self.runner = runner
+        self.storage = runner.storage
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def create(self, args: Any) -> Any:
+        """Store the task, its input images first (as uploads), so it can run after a restart."""
+        if (args.mask is None) == (args.masking_prompt is None):
+            raise TaskFailed("args.mask: send a mask image or a masking_prompt, one of the two", "args.mask")
+        stored = args.model_dump()
+        for name in ("image", "mask"):
+            value = getattr(args, name)
+            if value is not None:
+                data = self.runner._image(value, f"args.{name}")
+                stored[name] = self.storage.put_image(data, image_extension(data))
+        record = self.storage.create_task("flux_inpainting", stored)
+        self._wake.set()
+        return record
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._work, name="async-inpainting", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    def _work(self) -> None:
+        for task in self.storage.unfinished_tasks():
+            if task.status == "running":  # the gateway stopped while it ran: run it again
+                self.storage.update_task(task.id, status="pending", progress=0.0)
+        while not self._stop.is_set():
+            pending = self.storage.unfinished_tasks()
+            if not pending:
+                self._wake.wait(timeout=1.0)
+                self._wake.clear()
+                continue
+            self._run(pending[0])
+
+    def _run(self, task: Any) -> None:
+        self.storage.update_task(task.id, status="running", progress=0.1)
+        deadline = task.created + self.GIVE_UP_SECONDS
+        while not self._stop.is_set():
+            try:
+                result = self.inpaint(task.args)
+            except TaskFailed as exc:
+                self.storage.update_task(task.id, status="failed", progress=1.0, error=exc.message)
+                return
+            except TritonUnavailable as exc:
+                if time.time() > deadline:
+                    self.storage.update_task(task.id, status="failed", progress=1.0, error=str(exc))
+                    return
+                self.storage.update_task(task.id, status="pending", progress=0.0, error=str(exc))
+                self._stop.wait(self.RETRY_SECONDS)
+                continue
+            self.storage.update_task(task.id, status="completed", progress=1.0, result=result, error=None)
+            return
+
+    def inpaint(self, args: dict[str, Any]) -> dict[str, Any]:
+        image = self.storage.get_image(args["image"])
+        mask = self.storage.get_image(args["mask"]) if args.get("mask") else None
+        if image is None or (args.get("mask") and mask is None):
+            raise TaskFailed("the task's stored input images are gone", "args.image")
+        _, width, height = probe(image.data)
+        width, height = processing_size(width, height, args["resolution"])
+
+        def call(client: InpaintClient) -> Any:
+            model = args.get("model") or self.runner.config.default_model or _first_model(client)
+            return client.inpaint(
+                model,
+                image.data,
+                None if mask is None else mask.data,
+                args["inpainting_prompt"],
+                mask_prompt=args.get("masking_prompt"),
+                mask_blur=args["mask_blur"],
+                mask_expand=args["mask_expand"],
+                strength=min(1.0, args["creativity"]),
+                num_images=args["n_samples"],
+                seed=args.get("seed"),
+                width=width,
+                height=height,
+            )
+
+        result = self.runner._call(EDEN_FIELDS, call)
+        outputs = []
+        for data, seed in zip(result.images, result.seeds, strict=True):
+            image_uuid = self.storage.put_image(data, "png")
+            outputs.append({"imageUUID": image_uuid, "url": f"/images/{image_uuid}.png", "seed": seed})
+        mask_uuid = self.storage.put_image(result.mask, "png")
+        return {"output": outputs, "mask": {"imageUUID": mask_uuid, "url": f"/images/{mask_uuid}.png"}}
+
+
+EDEN_FIELDS = {
+    "image": "args.image",
+    "mask": "args.mask",
+    "mask_prompt": "args.masking_prompt",
+    "mask_model": "args.masking_prompt",
+    "prompt": "args.inpainting_prompt",
+    "mask_blur": "args.mask_blur",
+    "mask_expand": "args.mask_expand",
+    "num_images": "args.n_samples",
+    "width": "args.resolution",
+    "height": "args.resolution",
+    "model": "args.model",
+}
+
+
+def _first_model(client: InpaintClient) -> str:
+    served = client.served_models()
+    if not served:
+        raise TaskFailed("no inpainting model is served", "args.model")
+    return served[0]

@@ -1,0 +1,181 @@
+"""Where the gateway keeps images and async tasks: one interface, and the embedded local backend.
+
+:class:`LocalStorage` writes image files under ``DATA/images`` and their metadata (and the async tasks)
+into ``DATA/gateway.sqlite3``. A file is written under a temporary name and renamed, then its row is
+inserted: an image is listed only once it is complete, so a crash leaves at worst an orphan file, never
+a half image behind a UUID. An S3-compatible backend implements the same :class:`Storage` protocol.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+IMAGE_EXTENSIONS = {"png": "image/png", "jpg": "image/jpeg", "webp": "image/webp"}
+TASK_STATUSES = ("pending", "running", "completed", "failed")
+
+
+@dataclass(frozen=True)
+class StoredImage:
+    uuid: str
+    ext: str
+    data: bytes
+
+    @property
+    def media_type(self) -> str:
+        return IMAGE_EXTENSIONS[self.ext]
+
+
+@dataclass(frozen=True)
+class TaskRecord:
+    id: str
+    tool: str
+    args: dict[str, Any]
+    status: str
+    progress: float
+    result: dict[str, Any] | None
+    error: str | None
+    created: float
+    updated: float
+
+
+class Storage(Protocol):
+    def put_image(self, data: bytes, ext: str) -> str: ...
+
+    def get_image(self, image_uuid: str) -> StoredImage | None: ...
+
+    def create_task(self, tool: str, args: dict[str, Any]) -> TaskRecord: ...
+
+    def get_task(self, task_id: str) -> TaskRecord | None: ...
+
+    def update_task(self, task_id: str, **changes: Any) -> None: ...
+
+    def unfinished_tasks(self) -> list[TaskRecord]: ...
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS images (
+    uuid TEXT PRIMARY KEY, ext TEXT NOT NULL, size INTEGER NOT NULL, created REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS tasks (
+    id TEXT PRIMARY KEY, tool TEXT NOT NULL, args TEXT NOT NULL, status TEXT NOT NULL,
+    progress REAL NOT NULL, result TEXT, error TEXT, created REAL NOT NULL, updated REAL NOT NULL
+);
+"""
+
+
+class LocalStorage:
+    """Files on local disk, metadata in SQLite (the embedded default)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.images = root / "images"
+        self.images.mkdir(parents=True, exist_ok=True)
+        self._database = root / "gateway.sqlite3"
+        self._lock = threading.Lock()
+        with self._connect() as db:
+            db.executescript(_SCHEMA)
+
+    @contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        """One connection per operation (threads share nothing), committed and closed at the end."""
+        db = sqlite3.connect(self._database, timeout=30)
+        db.row_factory = sqlite3.Row
+        try:
+            with db:
+                yield db
+        finally:
+            db.close()
+
+    # -- images -----------------------------------------------------------------------------------
+
+    def put_image(self, data: bytes, ext: str) -> str:
+        if ext not in IMAGE_EXTENSIONS:
+            raise ValueError(f"unknown image extension {ext!r}")
+        image_uuid = str(uuid.uuid4())
+        path = self.images / f"{image_uuid}.{ext}"
+        partial = path.with_name(path.name + ".part")
+        with open(partial, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(partial, path)
+        with self._lock, self._connect() as db:
+            db.execute(
+                "INSERT INTO images (uuid, ext, size, created) VALUES (?, ?, ?, ?)",
+                (image_uuid, ext, len(data), time.time()),
+            )
+        return image_uuid
+
+    def get_image(self, image_uuid: str) -> StoredImage | None:
+        with self._connect() as db:
+            row = db.execute("SELECT ext FROM images WHERE uuid = ?", (image_uuid,)).fetchone()
+        if row is None:
+            return None
+        path = self.images / f"{image_uuid}.{row['ext']}"
+        try:
+            return StoredImage(image_uuid, row["ext"], path.read_bytes())
+        except FileNotFoundError:
+            return None
+
+    # -- async tasks ------------------------------------------------------------------------------
+
+    def create_task(self, tool: str, args: dict[str, Any]) -> TaskRecord:
+        now = time.time()
+        record = TaskRecord(str(uuid.uuid4()), tool, args, "pending", 0.0, None, None, now, now)
+        with self._lock, self._connect() as db:
+            db.execute(
+                "INSERT INTO tasks VALUES (?, ?, ?, ?, ?, NULL, NULL, ?, ?)",
+                (record.id, tool, json.dumps(args), record.status, 0.0, now, now),
+            )
+        return record
+
+    def get_task(self, task_id: str) -> TaskRecord | None:
+        with self._connect() as db:
+            row = db.execute("SELECT * FROM tasks WHERE id = ?", (task_id,)).fetchone()
+        return None if row is None else _task(row)
+
+    def update_task(self, task_id: str, **changes: Any) -> None:
+        allowed = {"status", "progress", "result", "error"}
+        if not changes or set(changes) - allowed:
+            raise ValueError(f"update_task takes {sorted(allowed)}, got {sorted(changes)}")
+        if "status" in changes and changes["status"] not in TASK_STATUSES:
+            raise ValueError(f"unknown task status {changes['status']!r}")
+        if "result" in changes and changes["result"] is not None:
+            changes["result"] = json.dumps(changes["result"])
+        columns = ", ".join(f"{name} = ?" for name in changes)
+        with self._lock, self._connect() as db:
+            db.execute(
+                f"UPDATE tasks SET {columns}, updated = ? WHERE id = ?",  # noqa: S608 - names from `allowed`
+                (*changes.values(), time.time(), task_id),
+            )
+
+    def unfinished_tasks(self) -> list[TaskRecord]:
+        with self._connect() as db:
+            rows = db.execute(
+                "SELECT * FROM tasks WHERE status IN ('pending', 'running') ORDER BY created"
+            ).fetchall()
+        return [_task(row) for row in rows]
+
+
+def _task(row: sqlite3.Row) -> TaskRecord:
+    return TaskRecord(
+        id=row["id"],
+        tool=row["tool"],
+        args=json.loads(row["args"]),
+        status=row["status"],
+        progress=row["progress"],
+        result=None if row["result"] is None else json.loads(row["result"]),
+        error=row["error"],
+        created=row["created"],
+        updated=row["updated"],
+    )

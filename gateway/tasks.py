@@ -1,0 +1,220 @@
+"""The task API's request schemas (Runware-style ``POST /v1`` and Eden-style async tasks), in pydantic.
+
+Field names, ranges and defaults are the reference's; the ranges themselves come from the library's
+parameter modules, the single place they are defined. Validation errors become one message per field
+that names the field and its allowed range.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+import annotated_types
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from triton_inpaint.imaging import QUALITY_RANGE
+from triton_inpaint.masking import (
+    CONFIDENCE_RANGE,
+    DEFAULT_BLUR,
+    DEFAULT_CONFIDENCE,
+    DEFAULT_MAX_DETECTIONS,
+    DEFAULT_PADDING,
+    MASKING_MODELS,
+    MAX_DETECTIONS_RANGE,
+    PADDING_RANGE,
+)
+from triton_inpaint.masks import MASK_BLUR_RANGE, MASK_EXPAND_RANGE, MASK_MARGIN_RANGE
+from triton_inpaint.params import (
+    GUIDANCE_RANGE,
+    NUM_IMAGES_RANGE,
+    SEED_RANGE,
+    SIZE_RANGE,
+    STEPS_RANGE,
+    STRENGTH_RANGE,
+)
+
+from .images import OUTPUT_TYPES
+
+BLANK_PROMPT = "__BLANK__"
+PROMPT_LENGTH = (2, 3000)
+OUTPUT_FORMATS = ("PNG", "JPG", "WEBP")
+IGNORED_FIELDS = ("includeCost", "deliveryMethod")  # accepted for compatibility; they change nothing here
+
+
+def _between(bounds: tuple[float, float]) -> list[Any]:
+    return [annotated_types.Ge(bounds[0]), annotated_types.Le(bounds[1])]
+
+
+class _Task(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    taskType: str
+    taskUUID: str = Field(
+        pattern=r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+    )
+    includeCost: bool | None = None
+    deliveryMethod: Literal["sync"] | None = None
+
+
+class _Output(BaseModel):
+    outputType: Literal["URL", "base64Data", "dataURI"] = "URL"
+    outputFormat: Literal["PNG", "JPG", "WEBP"] = "PNG"
+
+    @field_validator("outputType", mode="before")
+    @classmethod
+    def _first_type(cls, value: Any) -> Any:
+        # The reference allows a list of output types; one is returned: the first.
+        return value[0] if isinstance(value, list) and value else value
+
+    @field_validator("outputFormat", mode="before")
+    @classmethod
+    def _upper(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
+
+
+class ImageInferenceTask(_Task, _Output):
+    taskType: Literal["imageInference"]
+    positivePrompt: str
+    negativePrompt: Annotated[str, Field(max_length=PROMPT_LENGTH[1])] | None = None
+    seedImage: str
+    maskImage: str
+    model: str
+    maskMargin: Annotated[int, *_between(MASK_MARGIN_RANGE)] | None = None
+    strength: Annotated[float, *_between(STRENGTH_RANGE)] | None = None
+    steps: Annotated[int, *_between(STEPS_RANGE)] | None = None
+    CFGScale: Annotated[float, *_between(GUIDANCE_RANGE)] | None = None
+    scheduler: str | None = None
+    width: Annotated[int, *_between(SIZE_RANGE)] | None = None
+    height: Annotated[int, *_between(SIZE_RANGE)] | None = None
+    seed: Annotated[int, *_between(SEED_RANGE)] | None = None
+    numberResults: Annotated[int, *_between(NUM_IMAGES_RANGE)] = 1
+    outputQuality: Annotated[int, *_between(QUALITY_RANGE)] | None = None
+
+    @field_validator("positivePrompt")
+    @classmethod
+    def _prompt(cls, value: str) -> str:
+        if value == BLANK_PROMPT:
+            return ""
+        if not PROMPT_LENGTH[0] <= len(value) <= PROMPT_LENGTH[1]:
+            low, high = PROMPT_LENGTH
+            raise ValueError(f"must be {low}-{high} characters (or {BLANK_PROMPT}), got {len(value)}")
+        return value
+
+
+class ImageMaskingTask(_Task, _Output):
+    taskType: Literal["imageMasking"]
+    inputImage: str
+    model: Literal[MASKING_MODELS]  # type: ignore[valid-type]
+    confidence: Annotated[float, *_between(CONFIDENCE_RANGE)] = DEFAULT_CONFIDENCE
+    maxDetections: Annotated[int, *_between(MAX_DETECTIONS_RANGE)] = DEFAULT_MAX_DETECTIONS
+    maskPadding: Annotated[int, *_between(PADDING_RANGE)] = DEFAULT_PADDING
+    maskBlur: Annotated[int, *_between(MASK_BLUR_RANGE)] = DEFAULT_BLUR
+    invert: bool = False
+
+
+class ImageUploadTask(_Task):
+    taskType: Literal["imageUpload"]
+    image: str
+
+
+TASK_TYPES: dict[str, type[_Task]] = {
+    "imageInference": ImageInferenceTask,
+    "imageMasking": ImageMaskingTask,
+    "imageUpload": ImageUploadTask,
+}
+
+
+# Eden-style async inpainting (``POST /v2/tasks/create`` with ``tool`` and ``args``).
+EDEN_TOOL = "flux_inpainting"
+RESOLUTION_RANGE = (512, 1536)
+CREATIVITY_RANGE = (0.0, 1.1)
+
+
+class InpaintingArgs(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    image: str
+    inpainting_prompt: Annotated[str, Field(min_length=1, max_length=PROMPT_LENGTH[1])]
+    masking_prompt: Annotated[str, Field(min_length=1, max_length=200)] | None = None
+    mask: str | None = None
+    model: str | None = None  # which served model; the gateway's default when absent
+    resolution: Annotated[int, *_between(RESOLUTION_RANGE)] = 1024
+    creativity: Annotated[float, *_between(CREATIVITY_RANGE)] = 0.85
+    mask_blur: Annotated[int, *_between(MASK_BLUR_RANGE)] = 24
+    mask_expand: Annotated[int, *_between(MASK_EXPAND_RANGE)] = 12
+    n_samples: Annotated[int, *_between(NUM_IMAGES_RANGE)] = 1
+    seed: Annotated[int, *_between(SEED_RANGE)] | None = None
+
+
+class EdenTaskRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    tool: Literal["flux_inpainting"]
+    args: InpaintingArgs
+
+
+def _bounds(model: type[BaseModel], name: str) -> tuple[Any, Any] | None:
+    info = model.model_fields.get(name)
+    if info is None:
+        return None
+    low = next((m.ge for m in info.metadata if isinstance(m, annotated_types.Ge)), None)
+    high = next((m.le for m in info.metadata if isinstance(m, annotated_types.Le)), None)
+    if low is None and high is None:
+        # Optional fields keep their constraints inside the Annotated member of the union.
+        for member in getattr(info.annotation, "__args__", ()):
+            for m in getattr(member, "__metadata__", ()):
+                low = m.ge if isinstance(m, annotated_types.Ge) else low
+                high = m.le if isinstance(m, annotated_types.Le) else high
+    return None if low is None or high is None else (low, high)
+
+
+def _owner(model: type[BaseModel], path: list[str]) -> type[BaseModel]:
+    """The (nested) model that holds the field at ``path`` + leaf, e.g. InpaintingArgs for args.x."""
+    for part in path:
+        info = model.model_fields.get(part)
+        annotation = getattr(info, "annotation", None)
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            break
+        model = annotation
+    return model
+
+
+def field_errors(model: type[BaseModel], error: ValidationError) -> list[tuple[str, str]]:
+    """(field, message) for each problem, the message naming the allowed values."""
+    problems = []
+    for item in error.errors(include_url=False):
+        location = [str(part) for part in item["loc"] if not isinstance(part, int)]
+        name = ".".join(location) or "body"
+        leaf = location[-1] if location else ""
+        owner = _owner(model, location[:-1])
+        got = item.get("input")
+        kind = item["type"]
+        if kind == "extra_forbidden":
+            allowed = ", ".join(n for n in owner.model_fields if n not in IGNORED_FIELDS)
+            message = f"is not a field of this task; its fields are: {allowed}"
+        elif kind == "missing":
+            message = "is required"
+        elif kind in ("greater_than_equal", "less_than_equal") and _bounds(owner, leaf):
+            low, high = _bounds(owner, leaf)
+            message = f"must be in [{low}, {high}], got {got!r}"
+        elif kind == "literal_error":
+            message = f"must be one of {item['ctx']['expected']}, got {got!r}"
+        elif kind == "value_error":
+            message = str(item["ctx"]["error"])
+        else:
+            message = f"{item['msg'][:1].lower()}{item['msg'][1:]}, got {str(got)[:80]!r}"
+        problems.append((name, message))
+    return problems
+
+
+__all__ = [
+    "OUTPUT_FORMATS",
+    "OUTPUT_TYPES",
+    "TASK_TYPES",
+    "EdenTaskRequest",
+    "ImageInferenceTask",
+    "ImageMaskingTask",
+    "ImageUploadTask",
+    "InpaintingArgs",
+    "field_errors",
+]
