@@ -1,5 +1,6 @@
 """Thin client over tritonclient (gRPC and HTTP) and its CLI."""
 
+from triton_inpaint.client.gateway_client import GatewayClient
 from triton_inpaint.client.inpaint_client import (
     InpaintClient,
     InpaintError,
@@ -10,6 +11,7 @@ from triton_inpaint.client.inpaint_client import (
 )
 
 __all__ = [
+    "GatewayClient",
     "InpaintClient",
     "InpaintError",
     "InpaintResult",

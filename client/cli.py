@@ -5,11 +5,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from triton_inpaint.client.gateway_client import GatewayClient
 from triton_inpaint.client.inpaint_client import (
     PROTOCOLS,
     InpaintClient,
@@ -27,6 +29,8 @@ from triton_inpaint.params import (
     STRENGTH_RANGE,
 )
 from triton_inpaint.schedulers import scheduler_names
+
+API_KEY_ENV = "TRITON_INPAINT_API_KEY"
 
 
 def _read(path: Path, flag: str) -> bytes:
@@ -78,20 +82,41 @@ def _inpaint(args: argparse.Namespace) -> int:
     return 0
 
 
-def _ask(args: argparse.Namespace, call: Callable[[InpaintClient], Any]) -> tuple[Any, int]:
-    """(result, 0), or (None, exit code) after printing the error: 2 refused, 3 no server answers."""
+def _ask(args: argparse.Namespace, call: Callable[[Any], Any]) -> tuple[Any, int]:
+    """(result, 0), or (None, exit code) after printing the error: 2 refused, 3 no server answers.
+
+    The call goes to Triton (``--url``) or, with ``--gateway``, to the HTTP gateway: same calls.
+    """
+    if args.gateway:
+        target = f"the gateway at {args.gateway}"
+        client = GatewayClient(args.gateway, args.api_key or os.environ.get(API_KEY_ENV))
+    else:
+        target = f"Triton at {args.url} over {args.protocol}"
+        client = None
     try:
-        with InpaintClient(args.url, args.protocol) as client:
-            return call(client), 0
+        with client or InpaintClient(args.url, args.protocol) as opened:
+            return call(opened), 0
     except ServerUnreachableError as exc:
-        print(f"error: cannot reach Triton at {args.url} over {args.protocol}: {exc}", file=sys.stderr)
+        print(f"error: cannot reach {target}: {exc}", file=sys.stderr)
         return None, 3
     except InpaintError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return None, 2
     except Exception as exc:  # anything else on the way: say what and where, no traceback
-        print(f"error: cannot reach Triton at {args.url} over {args.protocol}: {exc}", file=sys.stderr)
+        print(f"error: cannot reach {target}: {exc}", file=sys.stderr)
         return None, 3
+
+
+def _add_target(parser: argparse.ArgumentParser) -> None:
+    """--url/--protocol for Triton, or --gateway/--api-key for the HTTP gateway."""
+    parser.add_argument(
+        "--url", default="127.0.0.1:8001", help="Triton HOST:PORT (gRPC port, or HTTP with --protocol http)"
+    )
+    parser.add_argument("--protocol", choices=PROTOCOLS, default="grpc")
+    parser.add_argument(
+        "--gateway", default=None, help="send to the HTTP gateway at http://HOST:PORT instead of Triton"
+    )
+    parser.add_argument("--api-key", default=None, help=f"the gateway's API key (default: ${API_KEY_ENV})")
 
 
 def _write(path: Path, data: bytes) -> None:
@@ -158,8 +183,7 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
         help="make a mask with a detector (or a mask prompt) through a running Triton server; "
         "prints the detections as JSON",
     )
-    mask.add_argument("--url", default="127.0.0.1:8001", help="Triton HOST:PORT (default 127.0.0.1:8001)")
-    mask.add_argument("--protocol", choices=PROTOCOLS, default="grpc", help="default grpc")
+    _add_target(mask)
     which = mask.add_mutually_exclusive_group(required=True)
     which.add_argument("--detector", choices=MASKING_MODELS, help="masking model")
     which.add_argument("--prompt", help="a mask prompt such as 'face', 'eyes', 'hands' or 'background'")
@@ -206,10 +230,7 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
         help="inpaint an image through a running Triton server",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument(
-        "--url", default="127.0.0.1:8001", help="Triton HOST:PORT (gRPC port, or HTTP with --protocol http)"
-    )
-    parser.add_argument("--protocol", choices=PROTOCOLS, default="grpc")
+    _add_target(parser)
     parser.add_argument(
         "--model",
         required=True,

@@ -282,6 +282,27 @@ def create_app(config: GatewayConfig, storage: Storage | None = None) -> FastAPI
             headers={"Cache-Control": "public, max-age=31536000, immutable"},
         )
 
+    def openapi() -> dict[str, Any]:
+        """FastAPI's schema, with the task bodies described by their pydantic models (the handlers
+        read the body themselves, to answer each task's errors in the reference's format)."""
+        if app.openapi_schema is None:
+            from fastapi.openapi.utils import get_openapi
+
+            schema = get_openapi(
+                title=app.title, version=app.version, description=app.description, routes=app.routes
+            )
+            bodies, definitions = request_schemas()
+            schema.setdefault("components", {}).setdefault("schemas", {}).update(definitions)
+            for path, body in bodies.items():
+                schema["paths"][path]["post"]["requestBody"] = {
+                    "required": True,
+                    "content": {"application/json": {"schema": body}},
+                }
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
     @app.get("/healthz", summary="The gateway process is up")
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
@@ -313,6 +334,25 @@ def create_app(config: GatewayConfig, storage: Storage | None = None) -> FastAPI
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     return app
+
+
+def request_schemas() -> tuple[dict[str, Any], dict[str, Any]]:
+    """JSON schemas of the ``/v1`` and ``/v2/tasks/create`` bodies, and the definitions they refer to."""
+    from pydantic import Field, TypeAdapter
+
+    from .tasks import ImageInferenceTask, ImageMaskingTask, ImageUploadTask
+
+    one_task = Annotated[
+        ImageInferenceTask | ImageMaskingTask | ImageUploadTask, Field(discriminator="taskType")
+    ]
+    template = "#/components/schemas/{model}"
+    tasks = TypeAdapter(Annotated[list[one_task], Field(min_length=1, max_length=MAX_TASKS)]).json_schema(
+        ref_template=template
+    )
+    eden = TypeAdapter(EdenTaskRequest).json_schema(ref_template=template)
+    definitions = {**tasks.pop("$defs", {}), **eden.pop("$defs", {})}
+    definitions["EdenTaskRequest"] = eden
+    return {"/v1": tasks, "/v2/tasks/create": {"$ref": template.format(model="EdenTaskRequest")}}, definitions
 
 
 def _task_view(record: TaskRecord, base_url: str) -> dict[str, Any]:

@@ -33,7 +33,11 @@ def _serve(args: argparse.Namespace) -> int:
         triton_timeout=args.timeout,
         concurrency_per_key=args.concurrency,
         requests_per_minute=args.rate,
-        fetch=FetchPolicy(allowed_networks=tuple(args.allow_fetch_network)),
+        fetch=FetchPolicy(
+            max_bytes=args.fetch_max_mb * 1024 * 1024,
+            timeout=args.fetch_timeout,
+            allowed_networks=tuple(args.allow_fetch_network),
+        ),
     )
     server = uvicorn.Server(
         uvicorn.Config(
@@ -78,6 +82,8 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds one Triton request may take")
     parser.add_argument("--concurrency", type=int, default=4, help="requests at once per key")
     parser.add_argument("--rate", type=int, default=120, help="requests a minute per key")
+    parser.add_argument("--fetch-timeout", type=float, default=15.0, help="seconds to fetch an image URL")
+    parser.add_argument("--fetch-max-mb", type=int, default=20, help="largest image URL body, MiB")
     parser.add_argument(
         "--allow-fetch-network",
         type=ipaddress.ip_network,

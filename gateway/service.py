@@ -40,9 +40,15 @@ INFERENCE_FIELDS = {
     "num_images": "numberResults",
     "output_format": "outputFormat",
     "output_quality": "outputQuality",
+    "mask_model": "maskModel",
+    "mask_prompt": "maskPrompt",
+    "mask_invert": "maskInvert",
+    "mask_expand": "maskExpand",
+    "mask_blur": "maskBlur",
 }
 MASKING_FIELDS = {
     "image": "inputImage",
+    "prompt": "maskPrompt",
     "max_detections": "maxDetections",
     "padding": "maskPadding",
     "blur": "maskBlur",
@@ -138,8 +144,9 @@ class TaskRunner:
         return [{"taskType": task.taskType, "taskUUID": task.taskUUID, "imageUUID": image_uuid}]
 
     def image_inference(self, task: ImageInferenceTask, base_url: str) -> list[dict[str, Any]]:
+        _one_of(task, ("maskImage", "maskModel", "maskPrompt"))
         image = self._image(task.seedImage, "seedImage")
-        mask = self._image(task.maskImage, "maskImage")
+        mask = None if task.maskImage is None else self._image(task.maskImage, "maskImage")
         result = self._call(
             INFERENCE_FIELDS,
             lambda client: client.inpaint(
@@ -159,9 +166,21 @@ class TaskRunner:
                 num_images=task.numberResults,
                 output_format=task.outputFormat,
                 output_quality=task.outputQuality,
+                mask_model=task.maskModel,
+                mask_prompt=task.maskPrompt,
+                mask_invert=task.maskInvert,
+                mask_expand=task.maskExpand,
+                mask_blur=task.maskBlur,
             ),
         )
-        return self._results(task, result.images, result.seeds, base_url)
+        items = self._results(task, result.images, result.seeds, base_url)
+        if task.maskImage is None:  # a mask made on the server: the caller sees which
+            mask_uuid = self.storage.put_image(result.mask, "png")
+            base = self._base(base_url)
+            shown = output_fields("maskImage", mask_uuid, result.mask, "png", task.outputType, base)
+            for item in items:
+                item.update(shown)
+        return items
 
     def _results(
         self, task: Any, images: list[bytes], seeds: list[int], base_url: str
@@ -177,12 +196,14 @@ class TaskRunner:
         return items
 
     def image_masking(self, task: ImageMaskingTask, base_url: str) -> list[dict[str, Any]]:
+        _one_of(task, ("model", "maskPrompt"))
         image = self._image(task.inputImage, "inputImage")
         result = self._call(
             MASKING_FIELDS,
             lambda client: client.mask(
                 image,
                 task.model,
+                task.maskPrompt,
                 confidence=task.confidence,
                 max_detections=task.maxDetections,
                 padding=task.maskPadding,
@@ -210,6 +231,16 @@ class TaskRunner:
 
     def _base(self, base_url: str) -> str:
         return self.config.public_url or base_url
+
+
+def _one_of(task: Any, names: tuple[str, ...]) -> None:
+    given = [name for name in names if getattr(task, name) is not None]
+    if len(given) != 1:
+        raise TaskFailed(
+            f"{names[0]}: send exactly one of {', '.join(names)}"
+            + (f"; got {', '.join(given)}" if given else ""),
+            names[0],
+        )
 
 
 def _reencode(png: bytes, name: str) -> bytes:

@@ -38,6 +38,7 @@ from .images import OUTPUT_TYPES
 BLANK_PROMPT = "__BLANK__"
 PROMPT_LENGTH = (2, 3000)
 OUTPUT_FORMATS = ("PNG", "JPG", "WEBP")
+MASK_PROMPT_LENGTH = 200
 IGNORED_FIELDS = ("includeCost", "deliveryMethod")  # accepted for compatibility; they change nothing here
 
 
@@ -77,7 +78,14 @@ class ImageInferenceTask(_Task, _Output):
     positivePrompt: str
     negativePrompt: Annotated[str, Field(max_length=PROMPT_LENGTH[1])] | None = None
     seedImage: str
-    maskImage: str
+    maskImage: str | None = None
+    # Extensions beyond the reference: the mask made on the server instead of maskImage, and the mask
+    # controls of the Triton API (the reference has them only for Eden-style tasks).
+    maskModel: Literal[MASKING_MODELS] | None = None  # type: ignore[valid-type]
+    maskPrompt: Annotated[str, Field(min_length=1, max_length=MASK_PROMPT_LENGTH)] | None = None
+    maskInvert: bool | None = None
+    maskExpand: Annotated[int, *_between(MASK_EXPAND_RANGE)] | None = None
+    maskBlur: Annotated[int, *_between(MASK_BLUR_RANGE)] | None = None
     model: str
     maskMargin: Annotated[int, *_between(MASK_MARGIN_RANGE)] | None = None
     strength: Annotated[float, *_between(STRENGTH_RANGE)] | None = None
@@ -104,7 +112,8 @@ class ImageInferenceTask(_Task, _Output):
 class ImageMaskingTask(_Task, _Output):
     taskType: Literal["imageMasking"]
     inputImage: str
-    model: Literal[MASKING_MODELS]  # type: ignore[valid-type]
+    model: Literal[MASKING_MODELS] | None = None  # type: ignore[valid-type]
+    maskPrompt: Annotated[str, Field(min_length=1, max_length=MASK_PROMPT_LENGTH)] | None = None  # or this
     confidence: Annotated[float, *_between(CONFIDENCE_RANGE)] = DEFAULT_CONFIDENCE
     maxDetections: Annotated[int, *_between(MAX_DETECTIONS_RANGE)] = DEFAULT_MAX_DETECTIONS
     maskPadding: Annotated[int, *_between(PADDING_RANGE)] = DEFAULT_PADDING
@@ -135,7 +144,7 @@ class InpaintingArgs(BaseModel):
 
     image: str
     inpainting_prompt: Annotated[str, Field(min_length=1, max_length=PROMPT_LENGTH[1])]
-    masking_prompt: Annotated[str, Field(min_length=1, max_length=200)] | None = None
+    masking_prompt: Annotated[str, Field(min_length=1, max_length=MASK_PROMPT_LENGTH)] | None = None
     mask: str | None = None
     model: str | None = None  # which served model; the gateway's default when absent
     resolution: Annotated[int, *_between(RESOLUTION_RANGE)] = 1024

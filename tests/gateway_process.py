@@ -3,59 +3,15 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import threading
 import urllib.error
 import urllib.request
-from pathlib import Path
 from typing import Any
 
-from triton_inpaint.server import free_port
+from triton_inpaint.gateway.launcher import GatewayServer
 
 
-class GatewayProcess:
-    def __init__(self, triton_url: str, data: Path, *extra: str, port: int | None = None) -> None:
-        self.data = data
-        self.port = port or free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.command = [
-            sys.executable, "-m", "triton_inpaint.cli", "gateway", "--triton", triton_url,
-            "--port", str(self.port), "--data", str(data), *extra,
-        ]  # fmt: skip
-        self.process: subprocess.Popen | None = None
-        self.lines: list[str] = []
-
-    def start(self, timeout: float = 60.0) -> GatewayProcess:
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        self.process = subprocess.Popen(
-            self.command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
-        )
-        ready = threading.Event()
-
-        def read() -> None:
-            for line in self.process.stdout:
-                self.lines.append(line.rstrip())
-                if line.startswith("gateway ready on"):
-                    ready.set()
-
-        threading.Thread(target=read, daemon=True).start()
-        if not ready.wait(timeout):
-            self.stop()
-            raise RuntimeError("gateway did not start:\n" + "\n".join(self.lines))
-        return self
-
-    def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+class GatewayProcess(GatewayServer):
+    """The launcher plus small HTTP helpers for the tests."""
 
     def request(
         self, method: str, path: str, body: Any = None, key: str | None = None, raw: bytes | None = None

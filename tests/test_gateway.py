@@ -3,6 +3,8 @@
 import base64
 import io
 import json
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -368,3 +370,37 @@ def test_triton_down_gives_503_then_recovers_without_a_gateway_restart(exported_
     finally:
         gateway.stop()
         server.stop()
+
+
+def test_gateway_client_and_cli_make_the_same_calls(gateway, tmp_path):
+    from triton_inpaint.client import GatewayClient
+
+    with GatewayClient(gateway.url, KEYS[0]) as client:
+        result = client.inpaint(
+            MODEL, ASTRONAUT, None, "a statue", mask_prompt="face", mask_expand=6, steps=2, seed=4
+        )
+        masked = client.mask(ASTRONAUT, prompt="face", padding=0, blur=0)
+    assert result.seeds == [4] and len(masked.detections) == 1
+    used = decode(result.mask)[1][..., 0]
+    astronaut = skimage.data.astronaut()
+    outside = used == 0
+    assert 0.9 < outside.mean() < 1.0 and np.array_equal(decode(result.image)[1][outside], astronaut[outside])
+
+    image = tmp_path / "astronaut.png"
+    image.write_bytes(ASTRONAUT)
+    out = tmp_path / "out.png"
+    common = [sys.executable, "-m", "triton_inpaint.cli"]
+    done = subprocess.run(
+        [*common, "inpaint", "--gateway", gateway.url, "--api-key", KEYS[1], "--model", MODEL,
+         "--image", str(image), "--mask-prompt", "eyes", "--prompt", "sunglasses", "--steps", "2",
+         "--seed", "8", "--out", str(out)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert f"seed 8 -> {out}" in done.stdout and decode(out.read_bytes())[1].shape == astronaut.shape
+    done = subprocess.run(
+        [*common, "mask", "--gateway", gateway.url, "--detector", "face", "--image", str(image),
+         "--out", str(tmp_path / "m.png")],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 2 and "missing or invalid API key" in done.stderr  # no key given

@@ -1,7 +1,7 @@
 """``triton-inpaint demo``: the README's first command, end to end on the embedded default.
 
-Builds the tiny checkpoint, exports it to a model repository, starts tritonserver on free ports,
-inpaints the bundled sample through the client, writes the result and stops the server.
+Builds the tiny checkpoint, exports it to a model repository, starts tritonserver and the HTTP gateway
+on free ports, inpaints the bundled sample through the gateway, writes the result and stops both.
 """
 
 from __future__ import annotations
@@ -36,17 +36,18 @@ def _step(number: int, total: int, message: str) -> float:
 
 
 def run_demo(workdir: Path, seed: int, steps: int) -> Path:
-    from triton_inpaint.client import InpaintClient
+    from triton_inpaint.client import GatewayClient
     from triton_inpaint.export.repository import export_checkpoint
     from triton_inpaint.export.tiny import write_tiny_checkpoint
+    from triton_inpaint.gateway.launcher import GatewayServer
     from triton_inpaint.server import TritonServer, free_port
 
     checkpoint = workdir / "tiny-sd15-inpaint"
     repository = workdir / "repository"
     result_path = workdir / "result.png"
-    started = _step(1, 4, f"building the tiny SD 1.5 inpainting checkpoint (random weights) in {checkpoint}")
+    started = _step(1, 5, f"building the tiny SD 1.5 inpainting checkpoint (random weights) in {checkpoint}")
     write_tiny_checkpoint("sd15-inpaint", checkpoint, seed=0)
-    _step(2, 4, f"exporting it to ONNX Triton models in {repository}")
+    _step(2, 5, f"exporting it to ONNX Triton models in {repository}")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         checks = export_checkpoint(
@@ -54,12 +55,15 @@ def run_demo(workdir: Path, seed: int, steps: int) -> Path:
         )
     for check in checks:
         print(f"      {check.submodel:<13} max |onnx - torch| = {check.max_abs_diff:.1e}")
-    _step(3, 4, "starting tritonserver (CPU) on free ports")
+    _step(3, 5, "starting tritonserver (CPU) on free ports")
     server = TritonServer([builtin_repository(), repository], free_port(), free_port(), free_port())
     with server:
         print(f"      ready: pid {server.pid}, gRPC {server.grpc_url}, HTTP {server.http_url}", flush=True)
-        _step(4, 4, "inpainting the bundled sample through the gRPC client")
-        with InpaintClient(server.grpc_url, "grpc") as client:
+        _step(4, 5, "starting the HTTP gateway in front of it")
+        gateway = GatewayServer(server.grpc_url, workdir / "gateway")
+        with gateway, GatewayClient(gateway.url) as client:
+            print(f"      ready: pid {gateway.pid}, {gateway.url}", flush=True)
+            _step(5, 5, "inpainting the bundled sample through the gateway (POST /v1 imageInference)")
             request_started = time.monotonic()
             result = client.inpaint(
                 "tiny",
