@@ -71,9 +71,11 @@ def _inpaint(args: argparse.Namespace) -> int:
     )
     if result is None:
         return code
-    if args.mask_out is not None:
+    if args.mask_out is not None and result.mask:
         _write(args.mask_out, result.mask)
         print(f"mask -> {args.mask_out}")
+    elif args.mask_out is not None:  # the gateway returns the mask only when it made it
+        print("mask: the uploaded one was used; nothing written to --mask-out", file=sys.stderr)
     for path, data, seed in zip(
         output_paths(args.out, len(result.images)), result.images, result.seeds, strict=True
     ):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import signal
 import sys
 import threading
 import time
@@ -54,7 +55,11 @@ def _serve(args: argparse.Namespace) -> int:
             print(f"gateway ready on {where} (Triton {args.triton}, {access}, data {args.data})", flush=True)
 
     threading.Thread(target=announce, daemon=True).start()
-    server.run()  # uvicorn handles SIGINT and SIGTERM: finishes requests, stops the task worker
+    # uvicorn handles SIGINT and SIGTERM (finishes requests, stops the task worker), then raises the
+    # signal again for the handler that was there before it: this one, so the exit stays clean.
+    for name in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(name, lambda number, frame: None)
+    server.run()
     print("gateway stopped", flush=True)
     return 0 if server.started else 1
 

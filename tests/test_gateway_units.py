@@ -1,0 +1,144 @@
+"""The gateway's pieces without a server: storage, keys and limits, task schemas, image inputs."""
+
+import base64
+import time
+
+import numpy as np
+import pytest
+from pydantic import ValidationError
+
+from tests.helpers import png_bytes
+from triton_inpaint.errors import InvalidInputError
+from triton_inpaint.gateway.fetch import FetchPolicy
+from triton_inpaint.gateway.images import output_fields, resolve_image
+from triton_inpaint.gateway.limits import KeyLimits, load_keys, matching_key, presented_key
+from triton_inpaint.gateway.service import processing_size
+from triton_inpaint.gateway.storage import LocalStorage
+from triton_inpaint.gateway.tasks import ImageInferenceTask, field_errors
+
+PNG = png_bytes(np.full((6, 10, 3), 7, np.uint8))
+
+
+def test_storage_lists_an_image_only_once_it_is_complete(tmp_path):
+    storage = LocalStorage(tmp_path)
+    image_uuid = storage.put_image(PNG, "png")
+    assert storage.get_image(image_uuid).data == PNG
+    assert not list((tmp_path / "images").glob("*.part"))
+    # A file without its row (a crash between the two) is not an image; nor is an unknown UUID.
+    (tmp_path / "images" / "00000000-0000-4000-8000-000000000000.png").write_bytes(PNG)
+    assert storage.get_image("00000000-0000-4000-8000-000000000000") is None
+    with pytest.raises(ValueError, match="unknown image extension"):
+        storage.put_image(PNG, "gif")
+
+
+def test_tasks_persist_across_storage_instances(tmp_path):
+    task = LocalStorage(tmp_path).create_task("flux_inpainting", {"resolution": 512})
+    reopened = LocalStorage(tmp_path)
+    assert [t.id for t in reopened.unfinished_tasks()] == [task.id]
+    reopened.update_task(task.id, status="completed", progress=1.0, result={"output": []})
+    done = LocalStorage(tmp_path).get_task(task.id)
+    assert (done.status, done.progress, done.result, done.args) == (
+        "completed",
+        1.0,
+        {"output": []},
+        {"resolution": 512},
+    )
+    assert LocalStorage(tmp_path).unfinished_tasks() == []
+    with pytest.raises(ValueError):
+        reopened.update_task(task.id, status="exploded")
+
+
+def test_keys_come_from_a_file_and_the_environment(tmp_path, monkeypatch):
+    keys_file = tmp_path / "keys"
+    keys_file.write_text("# team A\nalpha-key\n\n beta-key  # trailing comment\n")
+    monkeypatch.setenv("TRITON_INPAINT_API_KEYS", "gamma-key, ,delta-key")
+    keys = load_keys(keys_file)
+    assert keys == {"alpha-key", "beta-key", "gamma-key", "delta-key"}
+    assert matching_key(keys, presented_key("Bearer beta-key", None)) == "beta-key"
+    assert matching_key(keys, presented_key(None, "alpha-key")) == "alpha-key"
+    assert matching_key(keys, presented_key("Basic alpha-key", None)) is None
+    assert matching_key(keys, "alpha-ke") is None and matching_key(keys, None) is None
+
+
+def test_limits_count_concurrency_and_a_one_minute_window():
+    limits = KeyLimits(concurrency=2, per_minute=3)
+    assert limits.acquire("a") is None and limits.acquire("a") is None
+    assert limits.acquire("a") == 1.0  # two already running
+    assert limits.acquire("b") is None  # other keys are not affected
+    limits.release("a")
+    assert limits.acquire("a") is None
+    limits.release("a")
+    limits.release("a")
+    assert 1.0 <= limits.acquire("a") <= 60.0  # three in the last minute
+
+
+def test_image_inputs_in_every_form(tmp_path):
+    storage = LocalStorage(tmp_path)
+    policy = FetchPolicy()
+    encoded = base64.b64encode(PNG).decode()
+    stored = storage.put_image(PNG, "png")
+    for value in (
+        f"data:image/png;base64,{encoded}",
+        encoded,
+        f" {encoded[:20]}\n{encoded[20:]} ",
+        stored.upper(),
+    ):
+        assert resolve_image(value, "seedImage", storage, policy) == PNG
+    for value, message in (
+        ("", "seedImage: is empty"),
+        ("data:image/png,abc", "data URI must look like"),
+        (base64.b64encode(b"GIF89a....").decode(), "cannot be decoded"),
+        ("ftp://example.com/x.png", "URL scheme 'ftp' is not allowed"),
+    ):
+        with pytest.raises(InvalidInputError, match=message):
+            resolve_image(value, "seedImage", storage, policy)
+    with pytest.raises(InvalidInputError, match="has more than 50 pixels"):
+        resolve_image(encoded, "seedImage", storage, policy, max_pixels=50)
+
+
+def test_output_fields_by_type():
+    assert output_fields("image", "u", PNG, "png", "URL", "http://gw") == {
+        "imageUUID": "u",
+        "imageURL": "http://gw/images/u.png",
+    }
+    assert output_fields("mask", "u", PNG, "webp", "dataURI", "")["maskDataURI"].startswith(
+        "data:image/webp;base64,"
+    )
+    assert (
+        base64.b64decode(output_fields("image", "u", PNG, "png", "base64Data", "")["imageBase64Data"]) == PNG
+    )
+
+
+def test_blank_prompt_and_output_type_lists():
+    base = {"taskType": "imageInference", "taskUUID": "3738f7ee-392d-4fae-927d-604abf2de01b",
+            "seedImage": "x", "maskImage": "y", "model": "m"}  # fmt: skip
+    task = ImageInferenceTask.model_validate(
+        {**base, "positivePrompt": "__BLANK__", "outputType": ["dataURI", "URL"]}
+    )
+    assert task.positivePrompt == "" and task.outputType == "dataURI"
+    with pytest.raises(ValidationError) as info:
+        ImageInferenceTask.model_validate({**base, "positivePrompt": "ok", "numberResults": 9, "width": 10})
+    assert sorted(field_errors(ImageInferenceTask, info.value)) == [
+        ("numberResults", "must be in [1, 4], got 9"),
+        ("width", "must be in [64, 2048], got 10"),
+    ]
+
+
+def test_eden_resolution_is_the_longer_side():
+    assert processing_size(512, 512, 1024) == (1024, 1024)
+    assert processing_size(1200, 800, 768) == (768, 512)
+    assert processing_size(100, 3000, 512) == (64, 512)
+
+
+@pytest.mark.parametrize("signal_name", ["SIGINT", "SIGTERM"])
+def test_gateway_process_prints_ready_and_stops_cleanly(tmp_path, signal_name):
+    import signal
+
+    from triton_inpaint.gateway.launcher import GatewayServer
+
+    gateway = GatewayServer("127.0.0.1:1", tmp_path / "store").start()  # Triton need not be up to start
+    assert any(line.startswith(f"gateway ready on {gateway.url}") for line in gateway.lines)
+    gateway.process.send_signal(getattr(signal, signal_name))
+    assert gateway.process.wait(timeout=20) == 0
+    time.sleep(0.2)  # the reader thread collects the last line
+    assert gateway.lines[-1] == "gateway stopped"
