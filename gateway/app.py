@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import json
+import copy
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import Body, FastAPI, Request
@@ -358,7 +359,7 @@ def request_schemas() -> tuple[dict[str, Any], dict[str, Any]]:
 def _task_view(record: TaskRecord, base_url: str) -> dict[str, Any]:
     result = record.result
     if result is not None:
-        result = json.loads(json.dumps(result))
+        result = copy.deepcopy(result)
         for item in [*result.get("output", []), result.get("mask", {})]:
             if "url" in item:
                 item["url"] = base_url + item["url"]
@@ -376,6 +377,4 @@ def _task_view(record: TaskRecord, base_url: str) -> dict[str, Any]:
 
 
 def _iso(timestamp: float) -> str:
-    from datetime import UTC, datetime
-
     return datetime.fromtimestamp(timestamp, UTC).isoformat()

@@ -23,7 +23,6 @@ DATA_URI = re.compile(
     r"^data:(?P<type>[\w.+-]+/[\w.+-]+)?(?:;[\w-]+=[\w.-]+)*;base64,(?P<data>.*)$", re.DOTALL
 )
 EXTENSION_BY_FORMAT = {"PNG": "png", "JPEG": "jpg", "WEBP": "webp"}
-OUTPUT_TYPES = ("URL", "base64Data", "dataURI")
 
 
 def _base64(text: str, field: str, what: str) -> bytes:

@@ -119,13 +119,15 @@ class TaskRunner:
             with contextlib.suppress(Exception):  # a broken channel may fail to close; it is dropped anyway
                 client.close()
 
-    def _image(self, value: str, field_name: str) -> bytes:
+    def image(self, value: str, field_name: str) -> bytes:
+        """The bytes an image field stands for, or TaskFailed naming the field."""
         try:
             return resolve_image(value, field_name, self.storage, self.config.fetch, self.config.max_pixels)
         except InvalidInputError as exc:
             raise TaskFailed(str(exc), field_name) from None
 
-    def _call(self, names: dict[str, str], call: Any) -> Any:
+    def call(self, names: dict[str, str], call: Any) -> Any:
+        """``call(client)`` against Triton; refusals name the caller's field (``names`` maps them)."""
         try:
             return call(self.client())
         except ServerUnreachableError as exc:
@@ -139,15 +141,19 @@ class TaskRunner:
     # -- task types -------------------------------------------------------------------------------
 
     def image_upload(self, task: ImageUploadTask, base_url: str) -> list[dict[str, Any]]:
-        data = self._image(task.image, "image")
+        data = self.image(task.image, "image")
+        try:  # stored images are decoded once here, so a truncated or corrupt file is refused now
+            decode_image(data, "image")
+        except InvalidInputError as exc:
+            raise TaskFailed(str(exc), "image") from None
         image_uuid = self.storage.put_image(data, image_extension(data))
         return [{"taskType": task.taskType, "taskUUID": task.taskUUID, "imageUUID": image_uuid}]
 
     def image_inference(self, task: ImageInferenceTask, base_url: str) -> list[dict[str, Any]]:
         _one_of(task, ("maskImage", "maskModel", "maskPrompt"))
-        image = self._image(task.seedImage, "seedImage")
-        mask = None if task.maskImage is None else self._image(task.maskImage, "maskImage")
-        result = self._call(
+        image = self.image(task.seedImage, "seedImage")
+        mask = None if task.maskImage is None else self.image(task.maskImage, "maskImage")
+        result = self.call(
             INFERENCE_FIELDS,
             lambda client: client.inpaint(
                 task.model,
@@ -197,8 +203,8 @@ class TaskRunner:
 
     def image_masking(self, task: ImageMaskingTask, base_url: str) -> list[dict[str, Any]]:
         _one_of(task, ("model", "maskPrompt"))
-        image = self._image(task.inputImage, "inputImage")
-        result = self._call(
+        image = self.image(task.inputImage, "inputImage")
+        result = self.call(
             MASKING_FIELDS,
             lambda client: client.mask(
                 image,
@@ -280,7 +286,7 @@ class AsyncInpainting:
         for name in ("image", "mask"):
             value = getattr(args, name)
             if value is not None:
-                data = self.runner._image(value, f"args.{name}")
+                data = self.runner.image(value, f"args.{name}")
                 stored[name] = self.storage.put_image(data, image_extension(data))
         record = self.storage.create_task("flux_inpainting", stored)
         self._wake.set()
@@ -352,7 +358,7 @@ class AsyncInpainting:
                 height=height,
             )
 
-        result = self.runner._call(EDEN_FIELDS, call)
+        result = self.runner.call(EDEN_FIELDS, call)
         outputs = []
         for data, seed in zip(result.images, result.seeds, strict=True):
             image_uuid = self.storage.put_image(data, "png")

@@ -33,11 +33,8 @@ from triton_inpaint.params import (
     STRENGTH_RANGE,
 )
 
-from .images import OUTPUT_TYPES
-
 BLANK_PROMPT = "__BLANK__"
 PROMPT_LENGTH = (2, 3000)
-OUTPUT_FORMATS = ("PNG", "JPG", "WEBP")
 MASK_PROMPT_LENGTH = 200
 IGNORED_FIELDS = ("includeCost", "deliveryMethod")  # accepted for compatibility; they change nothing here
 
@@ -214,16 +211,3 @@ def field_errors(model: type[BaseModel], error: ValidationError) -> list[tuple[s
             message = f"{item['msg'][:1].lower()}{item['msg'][1:]}, got {str(got)[:80]!r}"
         problems.append((name, message))
     return problems
-
-
-__all__ = [
-    "OUTPUT_FORMATS",
-    "OUTPUT_TYPES",
-    "TASK_TYPES",
-    "EdenTaskRequest",
-    "ImageInferenceTask",
-    "ImageMaskingTask",
-    "ImageUploadTask",
-    "InpaintingArgs",
-    "field_errors",
-]

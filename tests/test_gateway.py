@@ -245,6 +245,13 @@ def test_refusals_name_the_field_and_the_range(gateway, fields, parameter, messa
     assert status == 200 and len(body["data"]) == 1 and len(body["errors"]) == 1
 
 
+def test_an_upload_that_does_not_decode_is_refused(gateway):
+    truncated = png_bytes(IMAGE)[:200]  # a valid header, then nothing
+    status, body = run(gateway, task("imageUpload", image=b64(truncated)))
+    assert status == 400 and body["errors"][0]["parameter"] == "image"
+    assert body["errors"][0]["message"].startswith("image: cannot be decoded")
+
+
 def test_malformed_requests(gateway):
     status, _, content = gateway.request("POST", "/v1", raw=b"{not json", key=KEYS[0])
     assert 400 <= status < 500
