@@ -74,8 +74,11 @@ def gateway(triton_server, tmp_path_factory):
     keys = data / "keys.txt"
     keys.write_text(f"# test keys\n{KEYS[0]}\n{KEYS[1]}\n")
     process = GatewayProcess(
-        triton_server.grpc_url, data / "store", "--keys", str(keys), "--allow-fetch-network", "127.0.0.2/32"
-    ).start()
+        triton_server.grpc_url,
+        data / "store",
+        "--keys", str(keys), "--allow-fetch-network", "127.0.0.2/32",
+        "--rate", "100000",  # the limits have a test of their own; these tests must never meet them
+    ).start()  # fmt: skip
     try:
         yield process
     finally:
