@@ -19,7 +19,7 @@ from pydantic import ValidationError
 from triton_inpaint.client import InpaintClient
 
 from .limits import KeyLimits, matching_key, presented_key
-from .service import AsyncInpainting, GatewayConfig, TaskFailed, TaskRunner, TritonUnavailable
+from .service import AsyncInpainting, GatewayConfig, TaskFailed, TaskRunner, TritonUnavailable, logger
 from .storage import IMAGE_EXTENSIONS, LocalStorage, Storage, TaskRecord
 from .tasks import TASK_TYPES, EdenTaskRequest, field_errors
 
@@ -172,6 +172,11 @@ def create_app(config: GatewayConfig, storage: Storage | None = None) -> FastAPI
         except TritonUnavailable as exc:
             tasks_total.labels(task.taskType, "unavailable").inc()
             return [], _error(str(exc), None, task.taskUUID, "serviceUnavailable"), 503
+        except Exception as exc:  # noqa: BLE001 - one task's bug must not take the others' answers down
+            logger.exception("task %s failed", task.taskUUID)
+            tasks_total.labels(task.taskType, "failed").inc()
+            message = f"internal error: {type(exc).__name__}"
+            return [], _error(message, None, task.taskUUID, "internalError"), 500
         finally:
             task_seconds.labels(task.taskType).observe(time.monotonic() - started)
 

@@ -7,6 +7,7 @@ reusable by the async-task worker.
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 import time
 from dataclasses import dataclass, field
@@ -54,6 +55,7 @@ MASKING_FIELDS = {
     "blur": "maskBlur",
 }
 EXTENSIONS = {"PNG": "png", "JPG": "jpg", "WEBP": "webp"}
+logger = logging.getLogger("triton_inpaint.gateway")
 
 
 class TaskFailed(Exception):
@@ -315,9 +317,9 @@ class AsyncInpainting:
             self._run(pending[0])
 
     def _run(self, task: Any) -> None:
-        self.storage.update_task(task.id, status="running", progress=0.1)
         deadline = task.created + self.GIVE_UP_SECONDS
         while not self._stop.is_set():
+            self.storage.update_task(task.id, status="running", progress=0.1)
             try:
                 result = self.inpaint(task.args)
             except TaskFailed as exc:
@@ -330,6 +332,11 @@ class AsyncInpainting:
                 self.storage.update_task(task.id, status="pending", progress=0.0, error=str(exc))
                 self._stop.wait(self.RETRY_SECONDS)
                 continue
+            except Exception as exc:  # noqa: BLE001 - one broken task must not stop the worker
+                logger.exception("async task %s failed", task.id)
+                error = f"internal error: {type(exc).__name__}: {exc}"
+                self.storage.update_task(task.id, status="failed", progress=1.0, error=error)
+                return
             self.storage.update_task(task.id, status="completed", progress=1.0, result=result, error=None)
             return
 

@@ -142,3 +142,26 @@ def test_gateway_process_prints_ready_and_stops_cleanly(tmp_path, signal_name):
     assert gateway.process.wait(timeout=20) == 0
     time.sleep(0.2)  # the reader thread collects the last line
     assert gateway.lines[-1] == "gateway stopped"
+
+
+def test_a_broken_async_task_fails_alone_and_the_worker_goes_on(tmp_path):
+    from triton_inpaint.gateway.service import AsyncInpainting, GatewayConfig, TaskRunner
+
+    storage = LocalStorage(tmp_path)
+    # A record without "resolution" (written by an older version, say) breaks in an unforeseen way.
+    broken = storage.create_task("flux_inpainting", {"image": storage.put_image(PNG, "png")})
+    gone = storage.create_task(
+        "flux_inpainting", {"image": "00000000-0000-4000-8000-000000000000", "resolution": 512}
+    )
+    worker = AsyncInpainting(TaskRunner(GatewayConfig(triton_url="127.0.0.1:1", data_dir=tmp_path), storage))
+    worker.start()
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and storage.unfinished_tasks():
+            time.sleep(0.1)
+    finally:
+        worker.stop()
+    first, second = storage.get_task(broken.id), storage.get_task(gone.id)
+    assert (first.status, second.status) == ("failed", "failed")
+    assert first.error.startswith("internal error: KeyError")
+    assert second.error == "the task's stored input images are gone"
