@@ -148,3 +148,10 @@ def test_only_http_and_https_with_a_host(url):
 )
 def test_public_means_global_unicast(address, public):
     assert is_public(ipaddress.ip_address(address)) is public
+
+
+def test_https_goes_through_tls_to_the_checked_address(host):
+    # The host speaks plain HTTP: the TLS handshake our pinned connection starts must fail cleanly.
+    _, port = host
+    with pytest.raises(InvalidInputError, match=r"image: cannot fetch URL: .*(SSL|ssl)"):
+        fetch_url(f"https://127.0.0.2:{port}/image.png", "image", POLICY)
