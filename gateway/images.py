@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-from collections.abc import Callable
 
 from triton_inpaint.errors import InvalidInputError
 from triton_inpaint.imaging import MAX_PIXELS, probe
@@ -40,7 +39,6 @@ def resolve_image(
     storage: Storage,
     policy: FetchPolicy,
     max_pixels: int = MAX_PIXELS,
-    fetch: Callable[[str, str, FetchPolicy], bytes] = fetch_url,
 ) -> bytes:
     """The image bytes ``value`` stands for, checked to be an accepted image of acceptable size."""
     value = value.strip()
@@ -57,7 +55,7 @@ def resolve_image(
             raise InvalidInputError(field, "data URI must look like data:image/png;base64,<base64>")
         data = _base64(match["data"], field, "the data URI's payload")
     elif value.lower().startswith(("http://", "https://")) or "://" in value[:16]:
-        data = fetch(value, field, policy)
+        data = fetch_url(value, field, policy)
     else:
         data = _base64(value, field, "the value")
     probe(data, field, max_pixels)
