@@ -17,13 +17,21 @@ from triton_inpaint.contract import (
     RESPONSE_OUTPUTS,
     ensemble_name,
 )
+from triton_inpaint.errors import split_field
 
 PROTOCOLS = ("grpc", "http")
 _SPECS = {spec.name: spec for spec in (*REQUEST_INPUTS, *MASKING_INPUTS)}
 
 
 class InpaintError(RuntimeError):
-    """The server refused or failed the request; the message is the server's, naming the input."""
+    """The server refused or failed the request; the message is the server's, naming the input.
+
+    ``field`` and ``reason`` are the message's two parts when it names an input, else None.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.field, self.reason = split_field(message) or (None, None)
 
 
 class ServerUnreachableError(InpaintError):

@@ -28,7 +28,7 @@ from triton_inpaint.imaging import (
 from .fetch import FetchPolicy
 from .images import image_extension, output_fields, resolve_image
 from .storage import Storage
-from .tasks import ImageInferenceTask, ImageMaskingTask, ImageUploadTask
+from .tasks import EDEN_TOOL, ImageInferenceTask, ImageMaskingTask, ImageUploadTask
 
 # Triton's input names -> the reference's field names, so a refusal names what the caller sent.
 INFERENCE_FIELDS = {
@@ -88,16 +88,15 @@ class GatewayConfig:
 
 
 def _refusal(exc: InpaintError, names: dict[str, str]) -> TaskFailed:
-    """An InpaintError ("field: reason") as a TaskFailed naming the reference's field; a failure inside
-    the server ("internal error: ...") is not the caller's fault and says so."""
+    """An InpaintError as a TaskFailed naming the reference's field; a failure inside the server
+    ("internal error: ...") is not the caller's fault and says so."""
     message = str(exc)
     if message.startswith("internal error"):
         return TaskFailed(f"inference failed on the server: {message}", code="inferenceFailed")
-    name, _, reason = message.partition(": ")
-    if reason and " " not in name:
-        public = names.get(name, name)
-        return TaskFailed(f"{public}: {reason}", public)
-    return TaskFailed(message)
+    if exc.field is None:
+        return TaskFailed(message)
+    public = names.get(exc.field, exc.field)
+    return TaskFailed(f"{public}: {exc.reason}", public)
 
 
 class TaskRunner:
@@ -290,7 +289,7 @@ class AsyncInpainting:
             if value is not None:
                 data = self.runner.image(value, f"args.{name}")
                 stored[name] = self.storage.put_image(data, image_extension(data))
-        record = self.storage.create_task("flux_inpainting", stored)
+        record = self.storage.create_task(EDEN_TOOL, stored)
         self._wake.set()
         return record
 

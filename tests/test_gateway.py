@@ -386,6 +386,8 @@ def test_gateway_client_and_cli_make_the_same_calls(gateway, tmp_path):
     from triton_inpaint.client import GatewayClient
 
     with GatewayClient(gateway.url, KEYS[0]) as client:
+        uploaded = client.upload(ASTRONAUT)
+        assert gateway.request("GET", f"/images/{uploaded}.png")[2] == ASTRONAUT
         result = client.inpaint(
             MODEL, ASTRONAUT, None, "a statue", mask_prompt="face", mask_expand=6, steps=2, seed=4
         )

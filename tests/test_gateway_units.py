@@ -165,3 +165,25 @@ def test_a_broken_async_task_fails_alone_and_the_worker_goes_on(tmp_path):
     assert (first.status, second.status) == ("failed", "failed")
     assert first.error.startswith("internal error: KeyError")
     assert second.error == "the task's stored input images are gone"
+
+
+@pytest.mark.parametrize(
+    ("message", "parts"),
+    [
+        (
+            "steps: must be an integer in [1, 100], got 500",
+            ("steps", "must be an integer in [1, 100], got 500"),
+        ),
+        ("args.mask: send a mask", ("args.mask", "send a mask")),
+        ("internal error: boom", None),  # two words: not a field
+        ("no field here", None),
+        ("mask:", None),
+    ],
+)
+def test_field_messages_split_into_field_and_reason(message, parts):
+    from triton_inpaint.client import InpaintError
+    from triton_inpaint.errors import split_field
+
+    assert split_field(message) == parts
+    error = InpaintError(message)
+    assert (error.field, error.reason) == (parts or (None, None))

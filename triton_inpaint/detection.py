@@ -37,7 +37,6 @@ class SsdModel:
 FACE_DETECTOR = SsdModel(128, (8, 16, 16, 16), num_keypoints=6, value_range=(-1.0, 1.0))
 # palm_detection_lite.tflite: 192x192 in [0, 1], 2016 anchors, 7 keypoints (wrist, finger bases...).
 PALM_DETECTOR = SsdModel(192, (8, 16, 16, 16), num_keypoints=7, value_range=(0.0, 1.0))
-FACE_KEYPOINTS = ("right_eye", "left_eye", "nose_tip", "mouth_center", "right_ear", "left_ear")
 
 
 @dataclass(frozen=True)

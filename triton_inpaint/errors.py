@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import re
+
+_FIELD = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*")
+
 
 class InvalidInputError(ValueError):
     """A request input is missing, malformed or out of range.
@@ -14,3 +18,12 @@ class InvalidInputError(ValueError):
         self.field = field
         self.reason = message
         super().__init__(f"{field}: {message}")
+
+
+def split_field(message: str) -> tuple[str, str] | None:
+    """(field, reason) of a message in :class:`InvalidInputError`'s "field: reason" form, as it comes
+    back from another model or over the wire; None for any other message."""
+    field, separator, reason = message.partition(": ")
+    if separator and reason and _FIELD.fullmatch(field):
+        return field, reason
+    return None

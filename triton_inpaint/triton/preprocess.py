@@ -12,7 +12,7 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from triton_inpaint.contract import MASKING_MODEL
-from triton_inpaint.errors import InvalidInputError
+from triton_inpaint.errors import InvalidInputError, split_field
 from triton_inpaint.imaging import decode_image, decode_mask, encode_mask
 from triton_inpaint.masking import MaskingParams
 from triton_inpaint.masks import MaskParams, prepare_mask
@@ -45,9 +45,9 @@ def _generated_mask(image_bytes: bytes, model: str | None, prompt: str | None) -
     try:
         (mask,) = bls_run(MASKING_MODEL, inputs, ["mask_image"])
     except BlsError as exc:
-        field, _, reason = exc.message.partition(": ")
-        if field in _MASKING_FIELDS and reason:
-            raise InvalidInputError(_MASKING_FIELDS[field], reason) from None
+        parts = split_field(exc.message)
+        if parts is not None and parts[0] in _MASKING_FIELDS:
+            raise InvalidInputError(_MASKING_FIELDS[parts[0]], parts[1]) from None
         raise
     return bytes(mask.reshape(-1)[0])
 
