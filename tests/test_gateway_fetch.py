@@ -53,12 +53,24 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_response(200)
             self.send_header("Content-Length", "100")
             self.end_headers()
-            for _ in range(50):
-                self.wfile.write(b"x")
-                self.wfile.flush()
-                time.sleep(0.1)
+            self._drip(b"x" * 100)
+        elif parts.path == "/drip-status":
+            self._drip(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        elif parts.path == "/drip-headers":
+            self.wfile.write(b"HTTP/1.1 200 OK\r\n")
+            self._drip(b"X-Padding: " + b"y" * 100 + b"\r\n\r\n")
         else:
             self._send(404, b"no")
+
+    def _drip(self, data):
+        """One byte every 0.1 s: each read is quick, the whole takes far longer than the deadline."""
+        for byte in data:
+            try:
+                self.wfile.write(bytes([byte]))
+                self.wfile.flush()
+            except OSError:
+                return
+            time.sleep(0.1)
 
     def _send(self, status, body):
         self.send_response(status)
@@ -118,6 +130,59 @@ def test_caps_on_redirects_size_time_and_status(host, path, message):
     base, _ = host
     with pytest.raises(InvalidInputError, match=message):
         fetch_url(base + path, "image", POLICY)
+
+
+@pytest.mark.parametrize("path", ["/slow", "/drip-status", "/drip-headers", "/redirect?to=/slow"])
+def test_one_deadline_covers_status_line_headers_body_and_redirects(host, path):
+    """A server that trickles its answer (each byte well within a per-read timeout) is cut off at the
+    fetch's deadline (2 s here), not when it finishes sending (10 s and more)."""
+    base, _ = host
+    started = time.monotonic()
+    with pytest.raises(InvalidInputError, match="image: URL took longer than 2 s"):
+        fetch_url(base + path, "image", POLICY)
+    assert time.monotonic() - started < 4.0
+
+
+def test_a_resolver_that_hangs_is_abandoned_at_the_deadline():
+    def resolver(host, port):
+        time.sleep(5)
+        return ["93.184.216.34"]
+
+    started = time.monotonic()
+    with pytest.raises(InvalidInputError, match="URL took longer than 2 s"):
+        fetch_url("http://slow-dns.example/x.png", "image", POLICY, resolver=resolver)
+    assert time.monotonic() - started < 4.0
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["http://[::ffff:127.0.0.1:18090/", "http://[::1/x.png", "http://example.com:99999/x.png", "http://a:b/"],
+)
+def test_malformed_urls_are_refused_naming_the_field(url):
+    with pytest.raises(InvalidInputError, match=r"^seedImage: (is not a valid URL|URL)"):
+        fetch_url(url, "seedImage", POLICY)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://[::7f00:1]:{port}/image.png",
+        "http://[::127.0.0.1]:{port}/image.png",
+        "http://[64:ff9b::7f00:1]:{port}/image.png",
+        "http://[64:ff9b::a9fe:a9fe]/latest/meta-data/",
+        "http://[2002:7f00:1::]:{port}/image.png",
+        "http://[2002:a9fe:a9fe::]/",
+        "http://[fec0::1]/",
+        "http://192.0.0.8/",
+        "http://2130706433:{port}/image.png",
+    ],
+)
+def test_embedded_and_special_purpose_addresses_are_refused(host, url):
+    base, port = host
+    url = url.format(port=port)
+    for attempt in (url, f"{base}/redirect?to={url}"):
+        with pytest.raises(InvalidInputError, match="is not a public address"):
+            fetch_url(attempt, "seedImage", POLICY)
 
 
 @pytest.mark.parametrize("url", ["file:///etc/passwd", "ftp://example.com/x.png", "gopher://x/", "http:///x"])
