@@ -12,16 +12,20 @@ from typing import Annotated, Any
 
 from fastapi import Body, FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import JSONResponse, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from pydantic import ValidationError
 
 from triton_inpaint.client import InpaintClient
 
-from .limits import KeyLimits, matching_key, presented_key
-from .service import AsyncInpainting, GatewayConfig, TaskFailed, TaskRunner, TritonUnavailable, logger
+from .guard import AsciiJSONResponse as JSONResponse  # every answer ASCII-safe
+from .guard import RequestGuard
+from .images import UUID_PATTERN
+from .limits import KeyLimits
+from .service import AsyncInpainting, GatewayConfig, TaskFailed, TaskRunner, Unavailable, logger
 from .storage import IMAGE_EXTENSIONS, LocalStorage, Storage, TaskRecord
-from .tasks import TASK_TYPES, EdenTaskRequest, field_errors
+from .tasks import TASK_TYPES, EdenTaskRequest, field_errors, quoted
 
 MAX_TASKS = 16  # tasks in one POST /v1
 
@@ -39,54 +43,12 @@ def _errors(status: int, *items: dict, headers: dict[str, str] | None = None) ->
     return JSONResponse({"errors": list(items)}, status_code=status, headers=headers)
 
 
-class BodyLimit:
-    """Refuses request bodies over ``max_bytes`` (413) by Content-Length and while reading, so a body
-    that lies about its length is cut off too."""
-
-    def __init__(self, app: Any, max_bytes: int) -> None:
-        self.app = app
-        self.max_bytes = max_bytes
-
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        declared = dict(scope.get("headers") or []).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await self._refuse(scope, receive, send)
-            return
-        seen = 0
-
-        async def limited_receive() -> dict:
-            nonlocal seen
-            message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.max_bytes:
-                    raise _TooLarge
-            return message
-
-        try:
-            await self.app(scope, limited_receive, send)
-        except _TooLarge:
-            await self._refuse(scope, receive, send)
-
-    async def _refuse(self, scope: dict, receive: Any, send: Any) -> None:
-        response = _errors(
-            413, _error(f"request body is larger than {self.max_bytes} bytes", code="bodyTooLarge")
-        )
-        await response(scope, receive, send)
-
-
-class _TooLarge(Exception):
-    pass
-
-
 def create_app(config: GatewayConfig, storage: Storage | None = None) -> FastAPI:
     storage = storage or LocalStorage(config.data_dir)
     runner = TaskRunner(config, storage)
     worker = AsyncInpainting(runner)
     limits = KeyLimits(config.concurrency_per_key, config.requests_per_minute)
+    trusted_hosts = config.trusted_host_names()
     registry = CollectorRegistry()
     tasks_total = Counter(
         "gateway_tasks_total", "Tasks by type and outcome", ["task_type", "outcome"], registry=registry
@@ -112,51 +74,31 @@ def create_app(config: GatewayConfig, storage: Storage | None = None) -> FastAPI
         version="0.1.0",
         description="Inpainting over HTTP in the style of the Runware and Eden APIs, served by Triton.",
         lifespan=lifespan,
+        default_response_class=JSONResponse,
     )
-    app.add_middleware(BodyLimit, max_bytes=config.max_body_bytes)
+    app.add_middleware(
+        RequestGuard,
+        keys=config.keys,
+        limits=limits,
+        max_body_bytes=config.max_body_bytes,
+        body_timeout=config.body_timeout,
+    )
 
-    def identify(request: Request) -> str | JSONResponse:
-        """The caller's identity for limits (its key, or its address when no keys are configured), or
-        the 401 answer; nothing else happens for a request without a valid key."""
-        if not config.keys:
-            return f"address:{request.client.host if request.client else 'unknown'}"
-        key = matching_key(
-            config.keys,
-            presented_key(request.headers.get("authorization"), request.headers.get("x-api-key")),
-        )
-        if key is None:
-            return _errors(
-                401,
-                _error(
-                    "missing or invalid API key; send 'Authorization: Bearer KEY' or 'X-Api-Key: KEY'",
-                    code="unauthorized",
-                ),
-                headers={"WWW-Authenticate": "Bearer"},
-            )
-        return f"key:{key}"
-
-    async def limited(request: Request, handle: Any) -> Response:
-        who = identify(request)
-        if isinstance(who, JSONResponse):
-            return who
-        wait = limits.acquire(who)
-        if wait is not None:
-            return _errors(
-                429,
-                _error(
-                    f"too many requests for this key (at most {config.concurrency_per_key} at once and "
-                    f"{config.requests_per_minute} a minute); retry after {wait:g} s",
-                    code="rateLimited",
-                ),
-                headers={"Retry-After": str(int(wait))},
-            )
-        try:
-            return await handle()
-        finally:
-            limits.release(who)
+    @app.exception_handler(RequestValidationError)
+    async def unreadable_body(request: Request, exc: RequestValidationError) -> Response:
+        # FastAPI's 422 would describe (and echo) the body; the reference answers 400 naming it.
+        return _errors(400, _error("body: is not valid JSON; send a JSON array of tasks", "body"))
 
     def base_url(request: Request) -> str:
-        return str(request.base_url).rstrip("/")
+        """Where result URLs point: ``--public-url``, else the request's own host when it is one the
+        gateway trusts (``--trusted-host``), else the address it listens on: never a Host header an
+        arbitrary caller chose."""
+        if config.public_url:
+            return config.public_url.rstrip("/")
+        host = request.headers.get("host", "").lower()
+        if host in trusted_hosts:
+            return f"{request.url.scheme}://{host}"
+        return config.listen_url.rstrip("/")
 
     async def run_one(task: Any, url: str) -> tuple[list[dict], dict | None, int]:
         """(items, error, status): status 200, 400 (refused), 500 (failed on the server) or 503."""
@@ -169,7 +111,7 @@ def create_app(config: GatewayConfig, storage: Storage | None = None) -> FastAPI
             failed = exc.code == "inferenceFailed"
             tasks_total.labels(task.taskType, "failed" if failed else "refused").inc()
             return [], _error(exc.message, exc.parameter, task.taskUUID, exc.code), 500 if failed else 400
-        except TritonUnavailable as exc:
+        except Unavailable as exc:
             tasks_total.labels(task.taskType, "unavailable").inc()
             return [], _error(str(exc), None, task.taskUUID, "serviceUnavailable"), 503
         except Exception as exc:  # noqa: BLE001 - one task's bug must not take the others' answers down
@@ -203,74 +145,69 @@ def create_app(config: GatewayConfig, storage: Storage | None = None) -> FastAPI
             ),
         ],
     ) -> Response:
-        async def handle() -> Response:
-            items = body if isinstance(body, list) else [body]
-            if not items or len(items) > MAX_TASKS:
-                return _errors(400, _error(f"send 1-{MAX_TASKS} tasks in a JSON array", "body"))
-            valid, errors = [], []
-            for raw in items:
-                if not isinstance(raw, dict):
-                    errors.append(_error("each task must be a JSON object", "body"))
-                    continue
-                task_uuid = raw.get("taskUUID") if isinstance(raw.get("taskUUID"), str) else None
-                task_type = raw.get("taskType")
-                schema = TASK_TYPES.get(task_type) if isinstance(task_type, str) else None
-                if schema is None:
-                    errors.append(
-                        _error(
-                            f"taskType: must be one of {', '.join(TASK_TYPES)}, got {task_type!r}",
-                            "taskType",
-                            task_uuid,
-                        )
+        items = body if isinstance(body, list) else [body]
+        if not items or len(items) > MAX_TASKS:
+            return _errors(400, _error(f"send 1-{MAX_TASKS} tasks in a JSON array", "body"))
+        valid, errors = [], []
+        for raw in items:
+            if not isinstance(raw, dict):
+                errors.append(_error("each task must be a JSON object", "body"))
+                continue
+            # Echoed in errors only when it is a UUID: anything else is the caller's raw input.
+            task_uuid = raw.get("taskUUID")
+            task_uuid = task_uuid if isinstance(task_uuid, str) and UUID_PATTERN.match(task_uuid) else None
+            task_type = raw.get("taskType")
+            schema = TASK_TYPES.get(task_type) if isinstance(task_type, str) else None
+            if schema is None:
+                errors.append(
+                    _error(
+                        f"taskType: must be one of {', '.join(TASK_TYPES)}, got {quoted(task_type)}",
+                        "taskType",
+                        task_uuid,
                     )
-                    continue
-                try:
-                    valid.append(schema.model_validate(raw))
-                except ValidationError as exc:
-                    errors.extend(
-                        _error(f"{name}: {message}", name, task_uuid)
-                        for name, message in field_errors(schema, exc)
-                    )
-            outcomes = await asyncio.gather(*(run_one(task, base_url(request)) for task in valid))
-            data = [item for items, _, _ in outcomes for item in items]
-            errors.extend(error for _, error, _ in outcomes if error is not None)
-            statuses = {status for _, _, status in outcomes}
-            content: dict[str, Any] = {"data": data}
-            if errors:
-                content["errors"] = errors
-            if data:
-                return JSONResponse(content)
-            if 503 in statuses:
-                return JSONResponse(content, status_code=503, headers={"Retry-After": "5"})
-            return JSONResponse(content, status_code=500 if 500 in statuses else 400)
-
-        return await limited(request, handle)
+                )
+                continue
+            try:
+                valid.append(schema.model_validate(raw))
+            except ValidationError as exc:
+                errors.extend(
+                    _error(f"{name}: {message}", name, task_uuid)
+                    for name, message in field_errors(schema, exc)
+                )
+        outcomes = await asyncio.gather(*(run_one(task, base_url(request)) for task in valid))
+        data = [item for items, _, _ in outcomes for item in items]
+        errors.extend(error for _, error, _ in outcomes if error is not None)
+        statuses = {status for _, _, status in outcomes}
+        content: dict[str, Any] = {"data": data}
+        if errors:
+            content["errors"] = errors
+        if data:
+            return JSONResponse(content)
+        if 503 in statuses:
+            return JSONResponse(content, status_code=503, headers={"Retry-After": "5"})
+        return JSONResponse(content, status_code=500 if 500 in statuses else 400)
 
     @app.post("/v2/tasks/create", summary="Create an async inpainting task (Eden-style); returns its id")
     async def create_task(request: Request, body: Annotated[Any, Body()]) -> Response:
-        async def handle() -> Response:
-            try:
-                parsed = EdenTaskRequest.model_validate(body)
-            except ValidationError as exc:
-                problems = field_errors(EdenTaskRequest, exc)
-                return _errors(400, *(_error(f"{name}: {message}", name) for name, message in problems))
-            try:
-                record = await run_in_threadpool(worker.create, parsed.args)
-            except TaskFailed as exc:
-                return _errors(400, _error(exc.message, exc.parameter))
-            return JSONResponse({"taskId": record.id}, status_code=201)
-
-        return await limited(request, handle)
+        try:
+            parsed = EdenTaskRequest.model_validate(body)
+        except ValidationError as exc:
+            problems = field_errors(EdenTaskRequest, exc)
+            return _errors(400, *(_error(f"{name}: {message}", name) for name, message in problems))
+        try:
+            record = await run_in_threadpool(worker.create, parsed.args)
+        except TaskFailed as exc:
+            return _errors(400, _error(exc.message, exc.parameter))
+        except Unavailable as exc:
+            return _errors(503, _error(str(exc), code="serviceUnavailable"), headers={"Retry-After": "5"})
+        return JSONResponse({"taskId": record.id}, status_code=201)
 
     @app.get("/v2/tasks/{task_id}", summary="An async task's status, progress and results")
     async def get_task(request: Request, task_id: str) -> Response:
-        async def handle() -> Response:
-            record = await run_in_threadpool(storage.get_task, task_id)
-            if record is None:
-                return _errors(404, _error(f"no task {task_id!r}", "task_id", code="notFound"))
-            return JSONResponse({"task": _task_view(record, base_url(request))})
-
-        return await limited(request, handle)
+        record = await run_in_threadpool(storage.get_task, task_id)
+        if record is None:
+            return _errors(404, _error(f"no task {quoted(task_id)}", "task_id", code="notFound"))
+        return JSONResponse({"task": _task_view(record, base_url(request))})
 
     @app.get("/images/{name}", summary="A stored image (uploads, results, masks) by UUID and extension")
     async def get_image(name: str) -> Response:
@@ -281,7 +218,7 @@ def create_app(config: GatewayConfig, storage: Storage | None = None) -> FastAPI
             else None
         )
         if stored is None or stored.ext != ext:
-            return _errors(404, _error(f"no image {name!r}", "name", code="notFound"))
+            return _errors(404, _error(f"no image {quoted(name)}", "name", code="notFound"))
         return Response(
             stored.data,
             media_type=stored.media_type,

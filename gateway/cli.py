@@ -29,6 +29,9 @@ def _serve(args: argparse.Namespace) -> int:
         data_dir=args.data,
         keys=keys,
         public_url=args.public_url,
+        trusted_hosts=tuple(args.trusted_host),
+        listen_url=f"http://{_url_host(args.host)}:{args.port}",
+        body_timeout=args.body_timeout,
         default_model=args.default_model,
         max_body_bytes=args.max_body_mb * 1024 * 1024,
         triton_timeout=args.timeout,
@@ -64,6 +67,13 @@ def _serve(args: argparse.Namespace) -> int:
     return 0 if server.started else 1
 
 
+def _url_host(host: str) -> str:
+    """The listen address as a URL host: IPv6 in brackets, the wildcard as loopback."""
+    if host in ("0.0.0.0", "::", ""):
+        return "127.0.0.1"
+    return f"[{host}]" if ":" in host else host
+
+
 def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "gateway",
@@ -81,9 +91,25 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
         "keys; with none, no key is asked for",
     )
     parser.add_argument("--data", type=Path, default=Path("build/gateway"), help="images and task database")
-    parser.add_argument("--public-url", default=None, help="base of image URLs (default: the request's)")
+    parser.add_argument(
+        "--public-url",
+        default=None,
+        help="base of image URLs, e.g. https://inpaint.example.com (default: the request's Host when it "
+        "is trusted, else the listen address)",
+    )
+    parser.add_argument(
+        "--trusted-host",
+        action="append",
+        default=[],
+        metavar="HOST[:PORT]",
+        help="a Host header that image URLs may be built from when --public-url is not set (loopback "
+        "names of --port always are); repeatable. Any other Host gets the listen address",
+    )
     parser.add_argument("--default-model", default=None, help="model for async tasks that name none")
     parser.add_argument("--max-body-mb", type=int, default=64, help="largest request body, MiB")
+    parser.add_argument(
+        "--body-timeout", type=float, default=60.0, help="seconds a request body may take to arrive (408)"
+    )
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds one Triton request may take")
     parser.add_argument("--concurrency", type=int, default=4, help="requests at once per key")
     parser.add_argument("--rate", type=int, default=120, help="requests a minute per key")

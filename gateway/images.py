@@ -2,7 +2,8 @@
 
 Inputs: the UUID of an uploaded or generated image, a data URI, raw base64, or a public http(s) URL.
 Whatever the form, the bytes must be a PNG, JPEG or WEBP of at most ``max_pixels``, checked from the
-header before anything is decoded.
+header before anything is decoded, and must then decode completely (a header that promises 4000x4000
+over a 16x16 body, or a truncated file, is refused) before they are stored or sent on.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import binascii
 import re
 
 from triton_inpaint.errors import InvalidInputError
-from triton_inpaint.imaging import MAX_PIXELS, probe
+from triton_inpaint.imaging import MAX_PIXELS, decode_image, probe
 
 from .fetch import FetchPolicy, fetch_url
 from .storage import IMAGE_EXTENSIONS, Storage
@@ -59,6 +60,7 @@ def resolve_image(
     else:
         data = _base64(value, field, "the value")
     probe(data, field, max_pixels)
+    decode_image(data, field)
     return data
 
 

@@ -10,6 +10,7 @@ import contextlib
 import logging
 import threading
 import time
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -68,8 +69,16 @@ class TaskFailed(Exception):
         self.code = code
 
 
-class TritonUnavailable(Exception):
-    """Triton did not answer; the caller retries later (HTTP 503)."""
+class Unavailable(Exception):
+    """A service the gateway needs did not work; the caller retries later (HTTP 503)."""
+
+
+class TritonUnavailable(Unavailable):
+    """Triton did not answer."""
+
+
+class StorageUnavailable(Unavailable):
+    """Images could not be stored (a full disk, a broken volume); nothing of the task was kept."""
 
 
 @dataclass(frozen=True)
@@ -77,14 +86,25 @@ class GatewayConfig:
     triton_url: str = "127.0.0.1:8001"
     data_dir: Path = Path("build/gateway")
     keys: frozenset[str] = frozenset()  # empty: no key is asked for
-    public_url: str | None = None  # base of image URLs; the request's own base URL when None
+    public_url: str | None = None  # base of image URLs; see trusted_hosts when None
+    # Host headers (host[:port]) whose value may become the base of image URLs when no public_url is
+    # set; any other Host gets listen_url. Loopback names of the listen port are always trusted.
+    trusted_hosts: tuple[str, ...] = ()
+    listen_url: str = "http://127.0.0.1:8080"
     default_model: str | None = None  # for async tasks that name none: the first served model
     max_body_bytes: int = 64 * 1024 * 1024
+    body_timeout: float = 60.0  # seconds the whole request body may take to arrive
     max_pixels: int = MAX_PIXELS
     triton_timeout: float = 300.0  # seconds one Triton request may take
     concurrency_per_key: int = 4
     requests_per_minute: int = 120
     fetch: FetchPolicy = field(default_factory=FetchPolicy)
+
+    def trusted_host_names(self) -> frozenset[str]:
+        """The Host header values that result URLs may be built from, lower-case."""
+        port = urllib.parse.urlsplit(self.listen_url).port
+        loopback = {f"{name}:{port}" for name in ("127.0.0.1", "localhost", "[::1]")} if port else set()
+        return frozenset(host.lower() for host in (*self.trusted_hosts, *loopback))
 
 
 def _refusal(exc: InpaintError, names: dict[str, str]) -> TaskFailed:
@@ -142,12 +162,8 @@ class TaskRunner:
     # -- task types -------------------------------------------------------------------------------
 
     def image_upload(self, task: ImageUploadTask, base_url: str) -> list[dict[str, Any]]:
-        data = self.image(task.image, "image")
-        try:  # stored images are decoded once here, so a truncated or corrupt file is refused now
-            decode_image(data, "image")
-        except InvalidInputError as exc:
-            raise TaskFailed(str(exc), "image") from None
-        image_uuid = self.storage.put_image(data, image_extension(data))
+        data = self.image(task.image, "image")  # decoded once there: a corrupt file is refused now
+        (image_uuid,) = self.store([(data, image_extension(data))])
         return [{"taskType": task.taskType, "taskUUID": task.taskUUID, "imageUUID": image_uuid}]
 
     def image_inference(self, task: ImageInferenceTask, base_url: str) -> list[dict[str, Any]]:
@@ -180,25 +196,20 @@ class TaskRunner:
                 mask_blur=task.maskBlur,
             ),
         )
-        items = self._results(task, result.images, result.seeds, base_url)
-        if task.maskImage is None:  # a mask made on the server: the caller sees which
-            mask_uuid = self.storage.put_image(result.mask, "png")
-            base = self._base(base_url)
-            shown = output_fields("maskImage", mask_uuid, result.mask, "png", task.outputType, base)
-            for item in items:
-                item.update(shown)
-        return items
-
-    def _results(
-        self, task: Any, images: list[bytes], seeds: list[int], base_url: str
-    ) -> list[dict[str, Any]]:
         ext = EXTENSIONS[task.outputFormat]
+        made_mask = task.maskImage is None  # a mask made on the server: the caller sees which
+        uuids = self.store(
+            [(data, ext) for data in result.images] + ([(result.mask, "png")] if made_mask else [])
+        )
         items = []
-        for data, seed in zip(images, seeds, strict=True):
-            image_uuid = self.storage.put_image(data, ext)
+        for data, seed, image_uuid in zip(result.images, result.seeds, uuids, strict=False):
             item = {"taskType": task.taskType, "taskUUID": task.taskUUID}
-            item.update(output_fields("image", image_uuid, data, ext, task.outputType, self._base(base_url)))
+            item.update(output_fields("image", image_uuid, data, ext, task.outputType, base_url))
             item["seed"] = seed
+            if made_mask:
+                item.update(
+                    output_fields("maskImage", uuids[-1], result.mask, "png", task.outputType, base_url)
+                )
             items.append(item)
         return items
 
@@ -222,9 +233,9 @@ class TaskRunner:
         if task.outputFormat != "PNG":
             mask = _reencode(mask, task.outputFormat)
         ext = EXTENSIONS[task.outputFormat]
-        mask_uuid = self.storage.put_image(mask, ext)
+        (mask_uuid,) = self.store([(mask, ext)])
         item: dict[str, Any] = {"taskType": task.taskType, "taskUUID": task.taskUUID}
-        item.update(output_fields("maskImage", mask_uuid, mask, ext, task.outputType, self._base(base_url)))
+        item.update(output_fields("maskImage", mask_uuid, mask, ext, task.outputType, base_url))
         item["detections"] = result.detections
         return [item]
 
@@ -236,8 +247,21 @@ class TaskRunner:
         }[task.taskType]
         return handler(task, base_url)
 
-    def _base(self, base_url: str) -> str:
-        return self.config.public_url or base_url
+    def store(self, images: list[tuple[bytes, str]]) -> list[str]:
+        """Store every (data, ext) or none of them: a task that fails half-way leaves no orphans."""
+        stored: list[str] = []
+        try:
+            for data, ext in images:
+                stored.append(self.storage.put_image(data, ext))
+        except OSError as exc:
+            for image_uuid in stored:
+                with contextlib.suppress(OSError):
+                    self.storage.delete_image(image_uuid)
+            logger.error("storing images failed: %s", exc)
+            raise StorageUnavailable(
+                f"images could not be stored ({exc.strerror or exc}); retry later"
+            ) from None
+        return stored
 
 
 def _one_of(task: Any, names: tuple[str, ...]) -> None:
@@ -284,11 +308,22 @@ class AsyncInpainting:
         if (args.mask is None) == (args.masking_prompt is None):
             raise TaskFailed("args.mask: send a mask image or a masking_prompt, one of the two", "args.mask")
         stored = args.model_dump()
-        for name in ("image", "mask"):
-            value = getattr(args, name)
-            if value is not None:
-                data = self.runner.image(value, f"args.{name}")
-                stored[name] = self.storage.put_image(data, image_extension(data))
+        # Every input is resolved and checked before anything is stored: a refused task keeps nothing.
+        inputs = {
+            name: self.runner.image(getattr(args, name), f"args.{name}")
+            for name in ("image", "mask")
+            if getattr(args, name) is not None
+        }
+        if "mask" in inputs:
+            image_size, mask_size = (probe(inputs[name])[1:] for name in ("image", "mask"))
+            if image_size != mask_size:
+                raise TaskFailed(
+                    f"args.mask: size {mask_size[0]}x{mask_size[1]} does not match the image's "
+                    f"{image_size[0]}x{image_size[1]}; send a mask of the same width and height",
+                    "args.mask",
+                )
+        uuids = self.runner.store([(data, image_extension(data)) for data in inputs.values()])
+        stored.update(zip(inputs, uuids, strict=True))
         record = self.storage.create_task(EDEN_TOOL, stored)
         self._wake.set()
         return record
@@ -324,7 +359,7 @@ class AsyncInpainting:
             except TaskFailed as exc:
                 self.storage.update_task(task.id, status="failed", progress=1.0, error=exc.message)
                 return
-            except TritonUnavailable as exc:
+            except Unavailable as exc:
                 if time.time() > deadline:
                     self.storage.update_task(task.id, status="failed", progress=1.0, error=str(exc))
                     return
@@ -365,11 +400,11 @@ class AsyncInpainting:
             )
 
         result = self.runner.call(EDEN_FIELDS, call)
-        outputs = []
-        for data, seed in zip(result.images, result.seeds, strict=True):
-            image_uuid = self.storage.put_image(data, "png")
-            outputs.append({"imageUUID": image_uuid, "url": f"/images/{image_uuid}.png", "seed": seed})
-        mask_uuid = self.storage.put_image(result.mask, "png")
+        *uuids, mask_uuid = self.runner.store([(data, "png") for data in [*result.images, result.mask]])
+        outputs = [
+            {"imageUUID": image_uuid, "url": f"/images/{image_uuid}.png", "seed": seed}
+            for image_uuid, seed in zip(uuids, result.seeds, strict=True)
+        ]
         return {"output": outputs, "mask": {"imageUUID": mask_uuid, "url": f"/images/{mask_uuid}.png"}}
 
 

@@ -51,6 +51,8 @@ class TaskRecord:
 class Storage(Protocol):
     def put_image(self, data: bytes, ext: str) -> str: ...
 
+    def delete_image(self, image_uuid: str) -> None: ...
+
     def get_image(self, image_uuid: str) -> StoredImage | None: ...
 
     def create_task(self, tool: str, args: dict[str, Any]) -> TaskRecord: ...
@@ -104,17 +106,30 @@ class LocalStorage:
         image_uuid = str(uuid.uuid4())
         path = self.images / f"{image_uuid}.{ext}"
         partial = path.with_name(path.name + ".part")
-        with open(partial, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(partial, path)
-        with self._lock, self._connect() as db:
-            db.execute(
-                "INSERT INTO images (uuid, ext, size, created) VALUES (?, ?, ?, ?)",
-                (image_uuid, ext, len(data), time.time()),
-            )
+        try:
+            with open(partial, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(partial, path)
+            with self._lock, self._connect() as db:
+                db.execute(
+                    "INSERT INTO images (uuid, ext, size, created) VALUES (?, ?, ?, ?)",
+                    (image_uuid, ext, len(data), time.time()),
+                )
+        except BaseException:  # a full disk, a failed insert: nothing half-written stays behind
+            partial.unlink(missing_ok=True)
+            path.unlink(missing_ok=True)
+            raise
         return image_uuid
+
+    def delete_image(self, image_uuid: str) -> None:
+        """Forget an image (row first, so it is never listed without its file); absent is fine."""
+        with self._lock, self._connect() as db:
+            row = db.execute("SELECT ext FROM images WHERE uuid = ?", (image_uuid,)).fetchone()
+            db.execute("DELETE FROM images WHERE uuid = ?", (image_uuid,))
+        if row is not None:
+            (self.images / f"{image_uuid}.{row['ext']}").unlink(missing_ok=True)
 
     def get_image(self, image_uuid: str) -> StoredImage | None:
         with self._connect() as db:

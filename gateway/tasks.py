@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 import annotated_types
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from triton_inpaint.imaging import QUALITY_RANGE
 from triton_inpaint.masking import (
@@ -36,11 +36,46 @@ from triton_inpaint.params import (
 BLANK_PROMPT = "__BLANK__"
 PROMPT_LENGTH = (2, 3000)
 MASK_PROMPT_LENGTH = 200
+NAME_LENGTH = 200  # model and scheduler names
 IGNORED_FIELDS = ("includeCost", "deliveryMethod")  # accepted for compatibility; they change nothing here
 
 
 def _between(bounds: tuple[float, float]) -> list[Any]:
     return [annotated_types.Ge(bounds[0]), annotated_types.Le(bounds[1])]
+
+
+# JSON lets "\ud800" through as a lone surrogate, which no UTF-8 encoder (Triton's, ours) accepts.
+_CONTROL = {chr(c) for c in (*range(0x00, 0x20), 0x7F)}
+_TEXT_CONTROL = _CONTROL - {"\t", "\n", "\r"}
+
+
+def _valid_unicode(value: str) -> str:
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError("is not valid Unicode text (it holds a lone surrogate); send UTF-8") from None
+    return value
+
+
+def _text(value: str) -> str:
+    """Free text (prompts, image strings): valid Unicode, no control characters but tab and newline."""
+    _valid_unicode(value)
+    if any(char in _TEXT_CONTROL for char in value):
+        raise ValueError("must not contain control characters (NUL and the like); tabs and newlines are fine")
+    return value
+
+
+def _name(value: str) -> str:
+    """Identifiers (model, scheduler): valid Unicode and no control characters at all."""
+    _valid_unicode(value)
+    if any(char in _CONTROL for char in value):
+        raise ValueError("must not contain control characters (NUL, newlines and the like)")
+    return value
+
+
+Text = Annotated[str, AfterValidator(_text)]
+Name = Annotated[str, Field(min_length=1, max_length=NAME_LENGTH), AfterValidator(_name)]
 
 
 class _Task(BaseModel):
@@ -72,23 +107,23 @@ class _Output(BaseModel):
 
 class ImageInferenceTask(_Task, _Output):
     taskType: Literal["imageInference"]
-    positivePrompt: str
-    negativePrompt: Annotated[str, Field(max_length=PROMPT_LENGTH[1])] | None = None
-    seedImage: str
-    maskImage: str | None = None
+    positivePrompt: Text
+    negativePrompt: Annotated[Text, Field(max_length=PROMPT_LENGTH[1])] | None = None
+    seedImage: Text
+    maskImage: Text | None = None
     # Extensions beyond the reference: the mask made on the server instead of maskImage, and the mask
     # controls of the Triton API (the reference has them only for Eden-style tasks).
     maskModel: Literal[MASKING_MODELS] | None = None  # type: ignore[valid-type]
-    maskPrompt: Annotated[str, Field(min_length=1, max_length=MASK_PROMPT_LENGTH)] | None = None
+    maskPrompt: Annotated[Text, Field(min_length=1, max_length=MASK_PROMPT_LENGTH)] | None = None
     maskInvert: bool | None = None
     maskExpand: Annotated[int, *_between(MASK_EXPAND_RANGE)] | None = None
     maskBlur: Annotated[int, *_between(MASK_BLUR_RANGE)] | None = None
-    model: str
+    model: Name
     maskMargin: Annotated[int, *_between(MASK_MARGIN_RANGE)] | None = None
     strength: Annotated[float, *_between(STRENGTH_RANGE)] | None = None
     steps: Annotated[int, *_between(STEPS_RANGE)] | None = None
     CFGScale: Annotated[float, *_between(GUIDANCE_RANGE)] | None = None
-    scheduler: str | None = None
+    scheduler: Name | None = None
     width: Annotated[int, *_between(SIZE_RANGE)] | None = None
     height: Annotated[int, *_between(SIZE_RANGE)] | None = None
     seed: Annotated[int, *_between(SEED_RANGE)] | None = None
@@ -108,9 +143,9 @@ class ImageInferenceTask(_Task, _Output):
 
 class ImageMaskingTask(_Task, _Output):
     taskType: Literal["imageMasking"]
-    inputImage: str
+    inputImage: Text
     model: Literal[MASKING_MODELS] | None = None  # type: ignore[valid-type]
-    maskPrompt: Annotated[str, Field(min_length=1, max_length=MASK_PROMPT_LENGTH)] | None = None  # or this
+    maskPrompt: Annotated[Text, Field(min_length=1, max_length=MASK_PROMPT_LENGTH)] | None = None  # or this
     confidence: Annotated[float, *_between(CONFIDENCE_RANGE)] = DEFAULT_CONFIDENCE
     maxDetections: Annotated[int, *_between(MAX_DETECTIONS_RANGE)] = DEFAULT_MAX_DETECTIONS
     maskPadding: Annotated[int, *_between(PADDING_RANGE)] = DEFAULT_PADDING
@@ -120,7 +155,7 @@ class ImageMaskingTask(_Task, _Output):
 
 class ImageUploadTask(_Task):
     taskType: Literal["imageUpload"]
-    image: str
+    image: Text
 
 
 TASK_TYPES: dict[str, type[_Task]] = {
@@ -139,11 +174,11 @@ CREATIVITY_RANGE = (0.0, 1.1)
 class InpaintingArgs(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    image: str
-    inpainting_prompt: Annotated[str, Field(min_length=1, max_length=PROMPT_LENGTH[1])]
-    masking_prompt: Annotated[str, Field(min_length=1, max_length=MASK_PROMPT_LENGTH)] | None = None
-    mask: str | None = None
-    model: str | None = None  # which served model; the gateway's default when absent
+    image: Text
+    inpainting_prompt: Annotated[Text, Field(min_length=1, max_length=PROMPT_LENGTH[1])]
+    masking_prompt: Annotated[Text, Field(min_length=1, max_length=MASK_PROMPT_LENGTH)] | None = None
+    mask: Text | None = None
+    model: Name | None = None  # which served model; the gateway's default when absent
     resolution: Annotated[int, *_between(RESOLUTION_RANGE)] = 1024
     creativity: Annotated[float, *_between(CREATIVITY_RANGE)] = 0.85
     mask_blur: Annotated[int, *_between(MASK_BLUR_RANGE)] = 24
@@ -202,12 +237,18 @@ def field_errors(model: type[BaseModel], error: ValidationError) -> list[tuple[s
             message = "is required"
         elif kind in ("greater_than_equal", "less_than_equal") and _bounds(owner, leaf):
             low, high = _bounds(owner, leaf)
-            message = f"must be in [{low}, {high}], got {got!r}"
+            message = f"must be in [{low}, {high}], got {quoted(got)}"
         elif kind == "literal_error":
-            message = f"must be one of {item['ctx']['expected']}, got {got!r}"
+            message = f"must be one of {item['ctx']['expected']}, got {quoted(got)}"
         elif kind == "value_error":
             message = str(item["ctx"]["error"])
         else:
-            message = f"{item['msg'][:1].lower()}{item['msg'][1:]}, got {str(got)[:80]!r}"
+            message = f"{item['msg'][:1].lower()}{item['msg'][1:]}, got {quoted(got)}"
         problems.append((name, message))
     return problems
+
+
+def quoted(value: Any, limit: int = 80) -> str:
+    """A caller's value as an error message may quote it: repr (escapes surrogates and controls), cut."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -31,6 +31,31 @@ def test_storage_lists_an_image_only_once_it_is_complete(tmp_path):
         storage.put_image(PNG, "gif")
 
 
+def test_a_failed_write_leaves_nothing_and_a_task_stores_all_of_its_images_or_none(tmp_path, monkeypatch):
+    import errno
+    import os
+
+    from triton_inpaint.gateway.service import GatewayConfig, StorageUnavailable, TaskRunner
+
+    storage = LocalStorage(tmp_path)
+    kept = storage.put_image(PNG, "png")
+    writes = []
+    real_fsync = os.fsync
+
+    def fsync_until_full(fd):
+        writes.append(fd)
+        if len(writes) > 2:  # the disk fills up on the third image
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync_until_full)
+    runner = TaskRunner(GatewayConfig(data_dir=tmp_path), storage)
+    with pytest.raises(StorageUnavailable, match="No space left on device"):
+        runner.store([(PNG, "png")] * 4)
+    assert sorted(p.name for p in (tmp_path / "images").iterdir()) == [f"{kept}.png"]  # no .part, no orphans
+    assert storage.get_image(kept).data == PNG
+
+
 def test_tasks_persist_across_storage_instances(tmp_path):
     task = LocalStorage(tmp_path).create_task("flux_inpainting", {"resolution": 512})
     reopened = LocalStorage(tmp_path)

@@ -92,3 +92,63 @@ def test_transparent_mask_pixels_mean_keep():
     expected = np.zeros((4, 4), np.float32)
     expected[1:3, 1:3] = 1.0
     assert np.array_equal(mask, expected)
+
+
+def test_sixteen_bit_greyscale_is_scaled_not_clipped():
+    values = np.array([[0, 1000, 32768, 65535]], np.uint16)
+    data = _encode(Image.fromarray(values), "PNG")
+    assert Image.open(io.BytesIO(data)).mode == "I;16"
+    image = decode_image(data)
+    assert image.shape == (1, 4, 3) and np.array_equal(image[..., 0], image[..., 2])
+    assert image[0, :, 0].tolist() == [0, 4, 128, 255]  # round(v * 255 / 65535)
+    mask = decode_mask(data)
+    assert mask.dtype == np.float32 and abs(mask[0, 1] - 1000 / 65535) < 1e-7  # full precision
+
+
+@pytest.mark.parametrize(
+    ("array", "expected"),
+    [
+        (np.array([[0, 1000, 65535, 70000]], np.int32), [0, 4, 255, 255]),  # "I": 16-bit data
+        (np.array([[0.0, 0.5, 1.0, 2.0]], np.float32), [0, 128, 255, 255]),  # "F": [0, 1]
+    ],
+)
+def test_integer_and_float_greyscale_modes_are_scaled(array, expected):
+    from triton_inpaint.imaging import image_rgb, mask_fraction
+
+    image = Image.fromarray(array)
+    assert image.mode in ("I", "F")
+    assert image_rgb(image)[0, :, 1].tolist() == expected
+    assert np.allclose(mask_fraction(image)[0], np.array(expected) / 255, atol=0.5 / 255 + 1e-6)
+
+
+def test_palette_cmyk_alpha_and_exif_rotation_look_as_they_show():
+    rgb = np.zeros((6, 10, 3), np.uint8)
+    rgb[:, :5] = (200, 30, 30)
+    rgb[:, 5:] = (20, 40, 220)
+    palette = decode_image(_encode(Image.fromarray(rgb).convert("P", palette=Image.Palette.ADAPTIVE), "PNG"))
+    assert np.abs(palette.astype(int) - rgb).max() <= 8
+    cmyk = decode_image(_encode(Image.fromarray(rgb).convert("CMYK"), "JPEG"))
+    assert cmyk.shape == rgb.shape and np.abs(cmyk.astype(int) - rgb).mean() < 12
+    rgba = np.dstack([rgb, np.full((6, 10), 128, np.uint8)])
+    assert np.array_equal(decode_image(_encode(Image.fromarray(rgba), "PNG")), rgb)  # alpha dropped
+    rotated = Image.fromarray(rgb)
+    exif = rotated.getexif()
+    exif[0x0112] = 6  # orientation: rotate 90 degrees clockwise to display
+    buffer = io.BytesIO()
+    rotated.save(buffer, format="JPEG", exif=exif.tobytes(), quality=95)
+    shown = decode_image(buffer.getvalue())
+    assert shown.shape == (10, 6, 3)  # as displayed: portrait
+    assert shown[0, 0, 0] > 150 and shown[-1, 0, 2] > 150  # turned clockwise: red on top, blue below
+
+
+def test_a_header_promising_more_than_the_body_holds_is_refused():
+    small = _encode(Image.fromarray(np.full((16, 16, 3), 90, np.uint8)), "JPEG")
+    # Patch the SOF0 frame header to claim 4000x4000 over the 16x16 body.
+    sof = small.index(b"\xff\xc0")
+    lying = bytearray(small)
+    lying[sof + 5 : sof + 9] = (4000).to_bytes(2, "big") * 2
+    with pytest.raises(InvalidInputError, match="^image: cannot be decoded"):
+        decode_image(bytes(lying), "image")
+    truncated = _encode(Image.fromarray(np.full((64, 64, 3), 90, np.uint8)), "PNG")[:-40]
+    with pytest.raises(InvalidInputError, match="^mask: cannot be decoded"):
+        decode_mask(truncated, "mask")

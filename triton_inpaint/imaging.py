@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import math
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -44,28 +45,92 @@ def _open(data: bytes, field: str) -> Image.Image:
         image.load()
     except (OSError, ValueError, Image.DecompressionBombError) as exc:
         raise InvalidInputError(field, f"cannot be decoded: {exc}") from None
+    if image.format == "JPEG":
+        _check_jpeg_complete(data, image, field)
     # Phone photos store their rotation in EXIF; users expect the image as they see it.
     return ImageOps.exif_transpose(image)
 
 
-def decode_image(data: bytes, field: str = "image") -> np.ndarray:
-    """Decode an encoded image into RGB ``uint8`` of shape (H, W, 3)."""
-    return np.asarray(_open(data, field).convert("RGB"), dtype=np.uint8)
+_ARITHMETIC_SOF = (b"\xff\xc9", b"\xff\xca", b"\xff\xcb", b"\xff\xcd", b"\xff\xce", b"\xff\xcf")
 
 
-def decode_mask(data: bytes, field: str = "mask") -> np.ndarray:
-    """Decode a mask into a soft mask in [0, 1] of shape (H, W): white regenerates, black keeps.
+def _check_jpeg_complete(data: bytes, image: Image.Image, field: str) -> None:
+    """Refuse a JPEG whose data stops before its image does.
 
-    Greyscale and RGB masks are read by luminance. A mask with transparency is laid over black first,
-    so both an opaque black-and-white PNG saved as RGBA and white strokes on a transparent layer mean
-    what they show: transparent counts as black (keep).
+    libjpeg fills a scan that ends early with grey and only warns, and Pillow does not pass the
+    warning on, so a header that promises 4000x4000 over a 16x16 body "decodes". Written by hand
+    because no decoder we ship reports it: with Huffman coding (baseline and progressive) every 8x8
+    block's DC coefficient takes at least one bit, so fewer bytes than blocks/8 cannot hold the image.
+    Arithmetic-coded JPEGs (rare) can go below that bound and are not checked.
     """
-    image = _open(data, field)
+    layers = getattr(image, "layer", None)
+    if not layers or any(marker in data for marker in _ARITHMETIC_SOF):
+        return
+    h_max = max(h for _, h, _, _ in layers)
+    v_max = max(v for _, _, v, _ in layers)
+    blocks = sum(
+        math.ceil(math.ceil(image.width * h / h_max) / 8) * math.ceil(math.ceil(image.height * v / v_max) / 8)
+        for _, h, v, _ in layers
+    )
+    if len(data) * 8 < blocks:
+        raise InvalidInputError(
+            field,
+            f"cannot be decoded: the JPEG data ends before its {image.width}x{image.height} image does "
+            "(truncated or a header that lies)",
+        )
+
+
+# Pillow's convert() clips high-bit-depth greyscale to 0-255 instead of scaling it (a 16-bit PNG's
+# 1000 becomes 255), so these modes are scaled by hand to [0, 1] first. The full range of each mode:
+# I;16* are 16-bit PNGs; "I" (32-bit integer) holds 16-bit data wherever Pillow produces it from a
+# PNG; "F" (float) is taken as [0, 1].
+_HIGH_DEPTH_RANGE = {"I;16": 65535.0, "I;16B": 65535.0, "I;16L": 65535.0, "I;16N": 65535.0, "I": 65535.0,
+                     "F": 1.0}  # fmt: skip
+
+
+def _grey_fraction(image: Image.Image) -> np.ndarray | None:
+    """A high-bit-depth greyscale image as float32 in [0, 1], or None for every other mode."""
+    full = _HIGH_DEPTH_RANGE.get(image.mode)
+    if full is None:
+        return None
+    return np.clip(np.asarray(image, dtype=np.float32) / full, 0.0, 1.0)
+
+
+def image_rgb(image: Image.Image) -> np.ndarray:
+    """An opened image as RGB ``uint8`` (H, W, 3), converted as it looks: high-bit-depth greyscale
+    scaled (not clipped) to 8 bits, palette and CMYK through Pillow; alpha is dropped, as diffusers'
+    loaders drop it."""
+    grey = _grey_fraction(image)
+    if grey is not None:
+        return np.repeat(np.rint(grey * 255.0).astype(np.uint8)[..., None], 3, axis=2)
+    return np.asarray(image.convert("RGB"), dtype=np.uint8)
+
+
+def mask_fraction(image: Image.Image) -> np.ndarray:
+    """An opened mask as float32 (H, W) in [0, 1]: white regenerates, black keeps.
+
+    Greyscale and RGB masks are read by luminance; 16-bit ones at full precision (1000/65535 means
+    1.5 %). A mask with transparency is laid over black first, so both an opaque black-and-white PNG
+    saved as RGBA and white strokes on a transparent layer mean what they show: transparent counts as
+    black (keep).
+    """
+    grey = _grey_fraction(image)
+    if grey is not None:
+        return grey
     if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
         rgba = image.convert("RGBA")
         image = Image.alpha_composite(Image.new("RGBA", rgba.size, (0, 0, 0, 255)), rgba)
-    grey = np.asarray(image.convert("L"), dtype=np.float32)
-    return grey / 255.0
+    return np.asarray(image.convert("L"), dtype=np.float32) / 255.0
+
+
+def decode_image(data: bytes, field: str = "image") -> np.ndarray:
+    """Decode an encoded image into RGB ``uint8`` of shape (H, W, 3) (see :func:`image_rgb`)."""
+    return image_rgb(_open(data, field))
+
+
+def decode_mask(data: bytes, field: str = "mask") -> np.ndarray:
+    """Decode a mask into a soft mask in [0, 1] of shape (H, W) (see :func:`mask_fraction`)."""
+    return mask_fraction(_open(data, field))
 
 
 OUTPUT_FORMATS = {"PNG": "PNG", "JPG": "JPEG", "JPEG": "JPEG", "WEBP": "WEBP"}

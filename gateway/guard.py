@@ -1,0 +1,163 @@
+"""What happens to a request before any route sees it, in the order that costs an attacker the most.
+
+1. The API key (401), from the headers alone: a caller without a key gets nothing read, parsed or
+   stored, however large or malformed its body.
+2. The key's limits (429): requests at once and a minute, again before the body.
+3. The body, read whole under a size cap (413, whether Content-Length says so, lies, or is absent
+   because the body is chunked) and a deadline (408), so a client that stalls mid-body frees its slot.
+4. The route, which gets the body already in memory.
+
+A pure ASGI middleware rather than FastAPI dependencies, because dependencies run only after FastAPI
+has read and parsed the body.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from starlette.responses import JSONResponse
+
+from .limits import KeyLimits, matching_key, presented_key
+
+# Paths that need a key (and count against its limits); health, metrics, images and the API docs
+# do not, as in the reference (image URLs are capabilities).
+PROTECTED_PREFIXES = ("/v1", "/v2/")
+
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+class AsciiJSONResponse(JSONResponse):
+    """JSON with every non-ASCII character escaped: a lone surrogate that slips into a message can
+    never make rendering the answer fail (UTF-8 cannot encode it; ``\\ud800`` as an escape is fine)."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode()
+
+
+def error_response(
+    status: int, message: str, code: str, parameter: str | None = None, headers: dict | None = None
+) -> AsciiJSONResponse:
+    item: dict[str, Any] = {"code": code, "message": message}
+    if parameter is not None:
+        item["parameter"] = parameter
+    return AsciiJSONResponse({"errors": [item]}, status_code=status, headers=headers)
+
+
+class RequestGuard:
+    def __init__(
+        self,
+        app: Any,
+        keys: frozenset[str],
+        limits: KeyLimits,
+        max_body_bytes: int,
+        body_timeout: float,
+    ) -> None:
+        self.app = app
+        self.keys = keys
+        self.limits = limits
+        self.max_body_bytes = max_body_bytes
+        self.body_timeout = body_timeout
+
+    async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        who = None
+        if scope["path"].startswith(PROTECTED_PREFIXES):
+            who = self._caller(scope)
+            if who is None:
+                await error_response(
+                    401,
+                    "missing or invalid API key; send 'Authorization: Bearer KEY' or 'X-Api-Key: KEY'",
+                    "unauthorized",
+                    headers={"WWW-Authenticate": "Bearer"},
+                )(scope, receive, send)
+                return
+            wait = self.limits.acquire(who)
+            if wait is not None:
+                await error_response(
+                    429,
+                    f"too many requests for this key (at most {self.limits.concurrency} at once and "
+                    f"{self.limits.per_minute} a minute); retry after {wait:g} s",
+                    "rateLimited",
+                    headers={"Retry-After": str(int(wait))},
+                )(scope, receive, send)
+                return
+        try:
+            body, refusal = await self._read_body(scope, receive)
+            if refusal is not None:
+                await refusal(scope, receive, send)
+                return
+            await self.app(scope, _replay(body, receive), send)
+        except _Disconnected:
+            return  # the client left mid-body: nobody to answer
+        finally:
+            if who is not None:
+                self.limits.release(who)
+
+    def _caller(self, scope: dict[str, Any]) -> str | None:
+        """The identity limits count against: the key, or the client address when no key is set."""
+        if not self.keys:
+            client = scope.get("client")
+            return f"address:{client[0] if client else 'unknown'}"
+        headers = _headers(scope)
+        key = matching_key(self.keys, presented_key(headers.get("authorization"), headers.get("x-api-key")))
+        return None if key is None else f"key:{key}"
+
+    async def _read_body(
+        self, scope: dict[str, Any], receive: Receive
+    ) -> tuple[bytes, AsciiJSONResponse | None]:
+        declared = _headers(scope).get("content-length")
+        too_large = error_response(
+            413, f"request body is larger than {self.max_body_bytes} bytes", "bodyTooLarge"
+        )
+        if declared is not None and (not declared.isdigit() or int(declared) > self.max_body_bytes):
+            if declared.isdigit():
+                return b"", too_large
+            return b"", error_response(400, "Content-Length is not a number", "invalidRequest")
+        chunks: list[bytes] = []
+        size = 0
+        deadline = time.monotonic() + self.body_timeout
+        while True:
+            try:
+                message = await asyncio.wait_for(receive(), timeout=max(deadline - time.monotonic(), 0))
+            except TimeoutError:
+                return b"", error_response(
+                    408, f"the request body did not arrive within {self.body_timeout:g} s", "requestTimeout"
+                )
+            if message["type"] == "http.disconnect":
+                raise _Disconnected
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_body_bytes:
+                return b"", too_large
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(chunks), None
+
+
+class _Disconnected(Exception):
+    pass
+
+
+def _headers(scope: dict[str, Any]) -> dict[str, str]:
+    return {name.decode("latin-1").lower(): value.decode("latin-1") for name, value in scope["headers"]}
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """A receive() that hands the route the body already read, then waits for the disconnect."""
+    sent = False
+
+    async def replay() -> dict[str, Any]:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay

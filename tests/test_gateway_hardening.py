@@ -1,0 +1,234 @@
+"""The gateway as a hostile or careless caller meets it: keys before bodies, bodies under caps and a
+deadline, text that is not text, images that lie, refusals that store nothing, URLs that do not follow
+the caller's Host header. A real gateway process in front of the session's Triton."""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import io
+import json
+import socket
+import time
+import uuid
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.conftest import MODEL
+from tests.gateway_process import GatewayProcess
+from tests.helpers import irregular_mask, make_image, png_bytes
+
+pytestmark = pytest.mark.server
+KEY = "hardening-key-0123456789"
+IMAGE = make_image(96, 64, seed=5)
+MASK = irregular_mask(96, 64)
+
+
+@pytest.fixture(scope="module")
+def gateway(triton_server, tmp_path_factory):
+    data = tmp_path_factory.mktemp("hardened")
+    keys = data / "keys.txt"
+    keys.write_text(KEY + "\n")
+    process = GatewayProcess(
+        triton_server.grpc_url, data / "store",
+        "--keys", str(keys), "--max-body-mb", "2", "--body-timeout", "2", "--rate", "100000",
+    ).start()  # fmt: skip
+    try:
+        yield process
+    finally:
+        process.stop()
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def task(task_type: str, **fields) -> dict:
+    return {"taskType": task_type, "taskUUID": str(uuid.uuid4()), **fields}
+
+
+def inference(**fields) -> dict:
+    base = {"positivePrompt": "a bowl of fruit", "model": MODEL, "steps": 2, "seed": 3,
+            "seedImage": b64(png_bytes(IMAGE)), "maskImage": b64(png_bytes(MASK))}  # fmt: skip
+    return task("imageInference", **{**base, **fields})
+
+
+def stored(gateway) -> list[str]:
+    return sorted(path.name for path in (gateway.data / "images").iterdir())
+
+
+def connect(gateway) -> http.client.HTTPConnection:
+    return http.client.HTTPConnection("127.0.0.1", gateway.port, timeout=30)
+
+
+def test_no_key_is_refused_before_a_byte_of_the_body_is_read(gateway):
+    """Headers promise 60 MiB of malformed body, none is sent: the 401 comes anyway, at once."""
+    connection = connect(gateway)
+    connection.putrequest("POST", "/v1")
+    connection.putheader("Content-Type", "application/json")
+    connection.putheader("Content-Length", str(60 * 1024 * 1024))
+    connection.endheaders(b"{not json")
+    started = time.monotonic()
+    response = connection.getresponse()
+    assert response.status == 401 and json.loads(response.read())["errors"][0]["code"] == "unauthorized"
+    assert time.monotonic() - started < 2.0  # not waiting for the body (nor its 2 s deadline)
+    status, body = gateway.post("/v1", "{not json")  # a small malformed body without a key: 401 too
+    assert status == 401
+
+
+def test_bodies_over_the_cap_get_413_whether_declared_or_chunked(gateway):
+    connection = connect(gateway)
+    chunk = b" " * (256 * 1024)
+    connection.request(
+        "POST", "/v1", body=iter([b"["] + [chunk] * 12 + [b"]"]), encode_chunked=True,
+        headers={"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"},
+    )  # fmt: skip
+    response = connection.getresponse()
+    assert response.status == 413 and b"larger than 2097152 bytes" in response.read()
+    status, _, content = gateway.request("POST", "/v1", raw=b"[" + b" " * (3 * 1024 * 1024) + b"]", key=KEY)
+    assert status == 413
+
+
+def test_a_stalled_body_gets_408_at_its_deadline(gateway):
+    with socket.create_connection(("127.0.0.1", gateway.port), timeout=30) as sock:
+        sock.sendall(
+            b"POST /v1 HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            + f"Authorization: Bearer {KEY}\r\nContent-Length: 1000\r\n\r\n[".encode()
+        )
+        started = time.monotonic()
+        answer = sock.recv(4096)
+    assert answer.startswith(b"HTTP/1.1 408") and b"did not arrive within 2 s" in answer
+    assert time.monotonic() - started < 10.0
+
+
+def test_malformed_json_with_a_key_is_a_400_naming_the_body(gateway):
+    status, _, content = gateway.request("POST", "/v1", raw=b"[{not json", key=KEY)
+    (error,) = json.loads(content)["errors"]
+    assert status == 400 and error["parameter"] == "body"
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("positivePrompt", "a \ud800 fruit"),
+        ("negativePrompt", "\udfff"),
+        ("model", "tiny\ud800"),
+        ("scheduler", "\ud83d"),
+        ("maskPrompt", "her \udc00 face"),
+        ("model", "tiny\x00"),
+        ("scheduler", "DDIM\n"),
+        ("positivePrompt", "fruit\x00bowl"),
+        ("model", "m" * 201),
+    ],
+)
+def test_text_that_is_not_text_is_a_400_naming_the_field(gateway, field, value):
+    body = inference(**{field: value})
+    if field == "maskPrompt":
+        body.pop("maskImage")
+    # json.dumps writes a lone surrogate as the escape "\ud800", exactly as a hostile client would.
+    status, _, content = gateway.request("POST", "/v1", raw=json.dumps([body]).encode(), key=KEY)
+    answer = json.loads(content)
+    assert status == 400, answer
+    (error,) = answer["errors"]
+    assert error["parameter"] == field and error["message"].startswith(f"{field}: ")
+    assert error["taskUUID"] == body["taskUUID"]
+
+
+def test_a_task_uuid_that_is_not_one_is_refused_and_never_echoed(gateway):
+    body = inference(taskUUID="\ud800not-a-uuid")
+    status, _, content = gateway.request("POST", "/v1", raw=json.dumps([body]).encode(), key=KEY)
+    (error,) = json.loads(content)["errors"]
+    assert status == 400 and error["parameter"] == "taskUUID" and "taskUUID" not in error
+    assert content.isascii()
+
+
+def test_a_jpeg_whose_header_lies_is_neither_stored_nor_used(gateway):
+    buffer = io.BytesIO()
+    Image.fromarray(np.full((16, 16, 3), 90, np.uint8)).save(buffer, format="JPEG")
+    lying = bytearray(buffer.getvalue())
+    sof = lying.index(b"\xff\xc0")
+    lying[sof + 5 : sof + 9] = (4000).to_bytes(2, "big") * 2
+    before = stored(gateway)
+    status, body = gateway.post("/v1", [task("imageUpload", image=b64(bytes(lying)))], key=KEY)
+    assert status == 400 and "JPEG data ends before its 4000x4000 image" in body["errors"][0]["message"]
+    args = {"image": b64(bytes(lying)), "mask": b64(png_bytes(MASK)), "inpainting_prompt": "a hat"}
+    status, body = gateway.post("/v2/tasks/create", {"tool": "flux_inpainting", "args": args}, key=KEY)
+    assert status == 400 and body["errors"][0]["parameter"] == "args.image"
+    assert stored(gateway) == before
+
+
+@pytest.mark.parametrize(
+    ("changes", "parameter"),
+    [
+        ({"mask": b64(b"\x89PNG\r\n\x1a\nbroken")}, "args.mask"),
+        ({"mask": b64(png_bytes(irregular_mask(48, 32)))}, "args.mask"),  # size differs from the image
+        ({"mask": "http://[::ffff:127.0.0.1:18090/"}, "args.mask"),  # malformed URL: 400, not 500
+    ],
+)
+def test_a_refused_async_task_stores_nothing(gateway, changes, parameter):
+    before = stored(gateway)
+    args = {"image": b64(png_bytes(IMAGE)), "mask": b64(png_bytes(MASK)), "inpainting_prompt": "x", **changes}
+    status, body = gateway.post("/v2/tasks/create", {"tool": "flux_inpainting", "args": args}, key=KEY)
+    assert status == 400 and body["errors"][0]["parameter"] == parameter, body
+    assert stored(gateway) == before
+
+
+def test_result_urls_never_follow_an_untrusted_host_header(gateway, triton_server, tmp_path):
+    connection = connect(gateway)
+    body = json.dumps([inference(outputType="URL")]).encode()
+    headers = {"Host": "evil.example", "Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}
+    connection.request("POST", "/v1", body=body, headers=headers)
+    response = connection.getresponse()
+    answer = json.loads(response.read())
+    assert response.status == 200, answer
+    assert answer["data"][0]["imageURL"].startswith(f"http://127.0.0.1:{gateway.port}/images/")
+    assert "evil" not in json.dumps(answer)
+    status, answer = gateway.post("/v1", [inference(outputType="URL")], key=KEY)  # a trusted loopback Host
+    assert answer["data"][0]["imageURL"].startswith(f"http://127.0.0.1:{gateway.port}/images/")
+    with GatewayProcess(
+        triton_server.grpc_url, tmp_path / "store", "--trusted-host", "inpaint.example.com"
+    ) as trusting:
+        for host, base in (("inpaint.example.com", "http://inpaint.example.com"),
+                           ("evil.example", trusting.url)):  # fmt: skip
+            connection = http.client.HTTPConnection("127.0.0.1", trusting.port, timeout=30)
+            connection.request(
+                "POST", "/v1", body=json.dumps([inference(outputType="URL")]).encode(),
+                headers={"Host": host, "Content-Type": "application/json"},
+            )  # fmt: skip
+            answer = json.loads(connection.getresponse().read())
+            assert answer["data"][0]["imageURL"].startswith(base + "/images/"), answer
+    with GatewayProcess(
+        triton_server.grpc_url, tmp_path / "store2", "--public-url", "https://cdn.example.org/"
+    ) as public:
+        status, answer = public.post("/v1", [inference(outputType="URL")])
+        assert answer["data"][0]["imageURL"].startswith("https://cdn.example.org/images/")
+
+
+def test_sixteen_bit_images_and_masks_keep_their_meaning(gateway):
+    """A 16-bit greyscale photo comes back as its 8-bit self outside the mask (not clipped to white),
+    and a 16-bit mask of 1000/65535 changes pixels by about 1.5 %, not by 90 %."""
+    photo16 = (make_image(96, 64, seed=6)[..., 0].astype(np.uint16) * 257).astype(np.uint16)
+    mask16 = np.zeros((64, 96), np.uint16)
+    mask16[16:48, 24:72] = 1000
+
+    def png16(array):
+        buffer = io.BytesIO()
+        Image.fromarray(array).save(buffer, format="PNG")
+        return buffer.getvalue()
+
+    sixteen_bit = inference(
+        seedImage=b64(png16(photo16)), maskImage=b64(png16(mask16)), outputType="base64Data"
+    )
+    status, body = gateway.post("/v1", [sixteen_bit], key=KEY)
+    assert status == 200, body
+    result = np.asarray(
+        Image.open(io.BytesIO(base64.b64decode(body["data"][0]["imageBase64Data"]))).convert("L")
+    )
+    expected = np.rint(photo16 / 257).astype(np.uint8)
+    outside = mask16 == 0
+    assert np.array_equal(result[outside], expected[outside])
+    changed = np.abs(result.astype(int) - expected.astype(int))[~outside]
+    print(f"16-bit mask of 1000/65535: largest change inside {changed.max()}/255")
+    assert changed.max() <= 5
