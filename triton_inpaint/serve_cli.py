@@ -1,4 +1,8 @@
-"""``triton-inpaint serve``: run the bundled tritonserver in the foreground until SIGINT/SIGTERM."""
+"""``triton-inpaint serve``: run the bundled tritonserver in the foreground until SIGINT/SIGTERM.
+
+Models whose process dies are reloaded by the server's supervisor; a server that dies is started
+again on the same ports (up to ``--restarts`` times), so the service comes back without an operator.
+"""
 
 from __future__ import annotations
 
@@ -6,37 +10,55 @@ import argparse
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 
-from triton_inpaint.server import ServerError, TritonServer, ready_models
+from triton_inpaint.server import LOOPBACK, ServerError, TritonServer, ready_models
+
+
+def _log(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
 
 
 def _serve(args: argparse.Namespace) -> int:
-    server = TritonServer(
-        repositories=args.repository,
-        http_port=args.http_port,
-        grpc_port=args.grpc_port,
-        metrics_port=args.metrics_port,
-        log=lambda line: print(line, file=sys.stderr, flush=True),
-    )
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
-    try:
-        server.start(timeout=args.ready_timeout)
-    except ServerError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    models = ", ".join(ready_models(server.http_url))
-    print(
-        f"triton-inpaint: server ready (pid {server.pid}): HTTP {server.http_url}, gRPC {server.grpc_url}, "
-        f"metrics 127.0.0.1:{server.metrics_port}; models: {models}",
-        flush=True,
-    )
-    while not stop.wait(0.5):
-        if server.process.poll() is not None:
-            print(f"error: tritonserver stopped unexpectedly: {server.failure_reason()}", file=sys.stderr)
+    restarts = 0
+    while True:
+        server = TritonServer(
+            repositories=args.repository,
+            http_port=args.http_port,
+            grpc_port=args.grpc_port,
+            metrics_port=args.metrics_port,
+            grpc_address=args.grpc_address,
+            http_address=args.http_address,
+            metrics_address=args.metrics_address,
+            log=_log,
+        )
+        try:
+            server.start(timeout=args.ready_timeout)
+        except ServerError as exc:
+            print(f"error: {exc}", file=sys.stderr)
             return 1
+        models = ", ".join(ready_models(server.http_url))
+        print(
+            f"triton-inpaint: server ready (pid {server.pid}): HTTP {server.http_url}, "
+            f"gRPC {server.grpc_url}, metrics {server.metrics_url}; models: {models}",
+            flush=True,
+        )
+        while not stop.wait(0.5) and server.process.poll() is None:
+            pass
+        if stop.is_set():
+            break
+        reason = server.failure_reason()
+        server.stop()  # reaps what is left of it: stubs, shared memory
+        if restarts >= args.restarts:
+            print(f"error: tritonserver stopped unexpectedly: {reason}", file=sys.stderr)
+            return 1
+        restarts += 1
+        _log(f"triton-inpaint: tritonserver stopped unexpectedly; restart {restarts} of {args.restarts}")
+        time.sleep(1.0)
     print("triton-inpaint: stopping", file=sys.stderr, flush=True)
     server.stop()
     print("triton-inpaint: stopped", flush=True)
@@ -59,5 +81,23 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--http-port", type=int, default=8000)
     parser.add_argument("--grpc-port", type=int, default=8001)
     parser.add_argument("--metrics-port", type=int, default=8002)
+    parser.add_argument(
+        "--grpc-address",
+        default=LOOPBACK,
+        help="address gRPC listens on; 0.0.0.0 lets other machines (the gateway's) reach Triton: it has no "
+        "API keys or limits of its own, so allow only the gateway there (a firewall or NetworkPolicy)",
+    )
+    parser.add_argument(
+        "--http-address",
+        default=LOOPBACK,
+        help="address HTTP listens on; keep it on loopback: Triton 2.51's HTTP frontend aborts the whole "
+        "server on one malformed request (a huge declared tensor shape)",
+    )
+    parser.add_argument(
+        "--metrics-address", default=LOOPBACK, help="address Prometheus metrics are served on"
+    )
     parser.add_argument("--ready-timeout", type=float, default=300.0, help="seconds to wait for all models")
+    parser.add_argument(
+        "--restarts", type=int, default=5, help="times to start tritonserver again after it dies"
+    )
     parser.set_defaults(handler=_serve)

@@ -14,6 +14,7 @@ import ctypes
 import json
 import os
 import re
+import secrets
 import shutil
 import signal
 import socket
@@ -26,6 +27,8 @@ import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from triton_inpaint.supervisor import Supervisor
 
 
 class ServerError(RuntimeError):
@@ -79,10 +82,11 @@ def server_environment() -> dict[str, str]:
     return env
 
 
-def port_is_free(port: int, host: str = "0.0.0.0") -> bool:
+def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
     """Whether a server could listen on ``port``. SO_REUSEADDR as servers set it: connections of a
     stopped server still in TIME_WAIT do not keep a restarted one from binding."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
@@ -114,9 +118,30 @@ _LOAD_FAILURE = re.compile(r"failed to load '([^']+)' version \d+: (.*)")
 _TABLE_FAILURE = re.compile(r"^\|\s*(\S+)\s*\|\s*\d+\s*\|\s*UNAVAILABLE: (.*?)\s*\|?$")
 
 
+LOOPBACK = "127.0.0.1"
+# Triton APIs nobody here uses, restricted to a header value that is never shown: registering shared
+# memory would let any caller make Triton map regions of its choosing; trace and log settings are the
+# operator's. Model control stays open because clients read the repository index through it.
+RESTRICTED_APIS = "shared-memory,trace,logging"
+
+
+def _connect_host(address: str) -> str:
+    """Where a local client reaches a server bound to ``address``."""
+    if address in ("0.0.0.0", "::", ""):
+        return LOOPBACK
+    return f"[{address}]" if ":" in address else address
+
+
 @dataclass
 class TritonServer:
-    """One tritonserver process. Use as a context manager, or ``start()`` / ``stop()``."""
+    """One tritonserver process. Use as a context manager, or ``start()`` / ``stop()``.
+
+    Every endpoint binds loopback unless an address is given: Triton's own HTTP frontend aborts the
+    whole server on a JSON tensor whose declared shape is huge (a 91-byte request), so only the gRPC
+    port (which checks shapes first) should ever face other machines, and then only the gateway's.
+    With ``supervise`` (the default), model processes that die are reloaded and a server that dies
+    takes its stubs and shared memory with it (see :mod:`triton_inpaint.supervisor`).
+    """
 
     repositories: Sequence[Path]
     http_port: int = 8000
@@ -124,17 +149,26 @@ class TritonServer:
     metrics_port: int = 8002
     log: Callable[[str], None] | None = None
     extra_args: Sequence[str] = ()
+    grpc_address: str = LOOPBACK
+    http_address: str = LOOPBACK
+    metrics_address: str = LOOPBACK
+    supervise: bool = True
     process: subprocess.Popen | None = field(default=None, init=False)
+    supervisor: Supervisor | None = field(default=None, init=False)
     _lines: list[str] = field(default_factory=list, init=False)
     _reader: threading.Thread | None = field(default=None, init=False)
 
     @property
     def http_url(self) -> str:
-        return f"127.0.0.1:{self.http_port}"
+        return f"{_connect_host(self.http_address)}:{self.http_port}"
 
     @property
     def grpc_url(self) -> str:
-        return f"127.0.0.1:{self.grpc_port}"
+        return f"{_connect_host(self.grpc_address)}:{self.grpc_port}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"{_connect_host(self.metrics_address)}:{self.metrics_port}"
 
     @property
     def pid(self) -> int | None:
@@ -145,12 +179,21 @@ class TritonServer:
         args += [f"--model-repository={Path(repo).resolve()}" for repo in self.repositories]
         args += [
             f"--backend-directory={prepare_backend_dir()}",
+            f"--http-address={self.http_address}",
             f"--http-port={self.http_port}",
+            f"--grpc-address={self.grpc_address}",
             f"--grpc-port={self.grpc_port}",
+            f"--metrics-address={self.metrics_address}",
             f"--metrics-port={self.metrics_port}",
             "--allow-gpu-metrics=false",
             "--strict-readiness=true",
             "--exit-on-error=true",
+            # Explicit model control with every model loaded at start: the same models as mode
+            # "none", plus the unload/load the supervisor needs to bring a dead model back.
+            "--model-control-mode=explicit",
+            "--load-model=*",
+            f"--http-restricted-api={RESTRICTED_APIS}:triton-inpaint-admin={secrets.token_hex(16)}",
+            f"--grpc-restricted-protocol={RESTRICTED_APIS}:triton-inpaint-admin={secrets.token_hex(16)}",
             *self.extra_args,
         ]
         return args
@@ -160,15 +203,15 @@ class TritonServer:
             if not Path(repo).is_dir():
                 raise ServerError(f"--repository {repo}: no such folder")
         ports = {
-            "--http-port": self.http_port,
-            "--grpc-port": self.grpc_port,
-            "--metrics-port": self.metrics_port,
+            "--http-port": (self.http_port, self.http_address),
+            "--grpc-port": (self.grpc_port, self.grpc_address),
+            "--metrics-port": (self.metrics_port, self.metrics_address),
         }
-        if len(set(ports.values())) != len(ports):
-            raise ServerError(f"ports must differ: {ports}")
-        for flag, port in ports.items():
-            if not port_is_free(port):
-                raise ServerError(f"{flag} {port}: the port is already in use; choose another")
+        if len({port for port, _ in ports.values()}) != len(ports):
+            raise ServerError(f"ports must differ: { {flag: port for flag, (port, _) in ports.items()} }")
+        for flag, (port, address) in ports.items():
+            if not port_is_free(port, address or "0.0.0.0"):
+                raise ServerError(f"{flag} {port}: the port is already in use on {address}; choose another")
 
     def _read_output(self) -> None:
         assert self.process is not None and self.process.stdout is not None
@@ -198,6 +241,11 @@ class TritonServer:
                 self._reader.join(timeout=5)
                 raise ServerError(self.failure_reason())
             if self.is_ready():
+                if self.supervise:
+                    self.supervisor = Supervisor(
+                        self.process.pid, self.http_url, log=self.log or (lambda line: None),
+                        alive=lambda: self.process is not None and self.process.poll() is None,
+                    ).start()  # fmt: skip
                 return self
             time.sleep(0.25)
         self.stop()
@@ -229,6 +277,8 @@ class TritonServer:
         """SIGTERM, then SIGKILL after ``timeout``; also reaps the backend stubs of its process group."""
         if self.process is None:
             return
+        if self.supervisor is not None:
+            self.supervisor.stop()  # the stubs' exit from here on is no loss to repair
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
             try:
@@ -238,6 +288,8 @@ class TritonServer:
                 self.process.wait()
         with contextlib.suppress(ProcessLookupError):  # stubs a killed server left share its group
             os.killpg(self.process.pid, signal.SIGKILL)
+        if self.supervisor is not None:
+            self.supervisor.clean_up_after_server()  # shared memory a killed server left behind
         if self._reader is not None:
             self._reader.join(timeout=5)
 

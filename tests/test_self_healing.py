@@ -1,0 +1,90 @@
+"""A model process killed under load (as the OOM killer would) is back in service by itself: readiness
+says so at once, and requests succeed again within seconds, with no operator and no server restart."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+
+from tests.conftest import MODEL
+from tests.helpers import irregular_mask, make_image, png_bytes
+from triton_inpaint.client import InpaintClient
+
+pytestmark = pytest.mark.server
+IMAGE = png_bytes(make_image(64, 64, seed=8))
+MASK = png_bytes(irregular_mask(64, 64))
+
+
+def _ready(server) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://{server.http_url}/v2/health/ready", timeout=2) as response:
+            return response.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+@pytest.mark.parametrize("role", ["unet", "vae_decoder"])
+def test_a_killed_model_process_is_back_in_service_by_itself(triton_server, role):
+    from triton_inpaint.supervisor import stubs_of
+
+    model = f"{MODEL}_{role}"
+    outcomes: list[tuple[float, float, bool]] = []  # (started, finished, succeeded)
+    not_ready: list[float] = []
+    stop = threading.Event()
+
+    def load() -> None:
+        with InpaintClient(triton_server.grpc_url, timeout=60) as client:
+            while not stop.is_set():
+                started = time.monotonic()
+                try:
+                    client.inpaint(MODEL, IMAGE, MASK, "a red apple", steps=2, seed=1)
+                    ok = True
+                except Exception:  # noqa: BLE001 - the failures are what is being counted
+                    ok = False
+                outcomes.append((started, time.monotonic(), ok))
+
+    def watch_readiness() -> None:
+        while not stop.is_set():
+            if not _ready(triton_server):
+                not_ready.append(time.monotonic())
+            time.sleep(0.05)
+
+    threads = [threading.Thread(target=load) for _ in range(3)] + [threading.Thread(target=watch_readiness)]
+    for thread in threads:
+        thread.start()
+    try:
+        deadline = time.monotonic() + 60
+        while sum(ok for *_, ok in outcomes) < 3 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        (victim,) = [pid for pid, stub in stubs_of(triton_server.pid).items() if stub.model == model]
+        killed_at = time.monotonic()
+        os.kill(victim, signal.SIGKILL)
+        back = None
+        while time.monotonic() < killed_at + 30:
+            later = [finished for started, finished, ok in outcomes if ok and started > killed_at + 0.5]
+            if later and model in {name for name, _ in triton_server.supervisor.reloads}:
+                back = min(later)
+                break
+            time.sleep(0.1)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=120)
+    assert back is not None, "requests did not succeed again within 30 s of the kill"
+    failed = sum(not ok for *_, ok in outcomes)
+    seconds = dict(triton_server.supervisor.reloads)[model]
+    print(
+        f"{model} killed under load: reloaded in {seconds:.1f} s, requests succeed again "
+        f"{back - killed_at:.1f} s after the kill; {failed} of {len(outcomes)} requests failed meanwhile"
+    )
+    assert any(moment > killed_at for moment in not_ready), "readiness never reported the lost model"
+    assert _ready(triton_server)
+    with InpaintClient(triton_server.grpc_url) as client:  # and it stays in service
+        for seed in range(3):
+            assert client.inpaint(MODEL, IMAGE, MASK, "a red apple", steps=2, seed=seed).images

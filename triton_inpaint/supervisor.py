@@ -1,0 +1,162 @@
+"""Keeping a tritonserver's Python-backend models alive, and cleaning up after a server that died.
+
+Triton 2.51 does not restart a Python-backend stub that died (OOM killer, a crash): every later request
+to that model fails with "Stub process ... is not healthy" while the server and its readiness still say
+all is well. The supervisor watches the server's stub processes (children of the server, found in
+``/proc``); when one disappears that nobody asked to stop, it unloads and reloads that model through
+Triton's model control API, which starts fresh stubs (about 1-2 s for the tiny models). While the model
+is unloaded, ``/v2/health/ready`` (strict readiness) answers 503, so readiness reports the loss at once.
+
+When the server itself dies (SIGKILL, a crash), its stubs would live on for minutes and their shared
+memory regions in ``/dev/shm`` for ever: the supervisor kills the stubs it knew and unlinks their
+regions. Written by hand: Triton has no hook for either.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+STUB_BINARY = "triton_python_backend_stub"
+SHM_DIR = Path("/dev/shm")
+
+
+@dataclass(frozen=True)
+class Stub:
+    """One Python-backend model instance process."""
+
+    pid: int
+    model: str
+    instance: str
+    shm_region: str
+
+
+def _parent_pid(pid: str) -> int | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat.rsplit(")", 1)[1].split()[1])  # the name in (...) may hold spaces
+
+
+def stubs_of(server_pid: int) -> dict[int, Stub]:
+    """The server's live stub processes by pid, read from their command lines:
+    ``stub MODEL_DIR/VERSION/model.py SHM_REGION ... INSTANCE_NAME ...``."""
+    found = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or _parent_pid(entry) != server_pid:
+            continue
+        try:
+            argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if len(argv) < 9 or not argv[0].endswith(STUB_BINARY.encode()):
+            continue
+        model = Path(argv[1].decode()).parent.parent.name
+        found[int(entry)] = Stub(int(entry), model, argv[8].decode(), argv[2].decode())
+    return found
+
+
+def unlink_regions(regions: set[str]) -> None:
+    for region in regions:
+        if region.startswith("triton_python_backend_shm_region_"):
+            (SHM_DIR / region).unlink(missing_ok=True)
+
+
+class Supervisor:
+    """Watches one tritonserver process; see the module's docstring."""
+
+    def __init__(
+        self,
+        server_pid: int,
+        http_url: str,
+        log: Callable[[str], None],
+        interval: float = 0.5,
+        alive: Callable[[], bool] | None = None,
+    ) -> None:
+        self.server_pid = server_pid
+        self.http_url = http_url
+        self.log = log
+        self.interval = interval
+        self.alive = alive or (lambda: _parent_pid(str(server_pid)) is not None)
+        self.reloads: list[tuple[str, float]] = []  # (model, seconds it took), for logs and tests
+        self._stop = threading.Event()
+        self._known: dict[int, Stub] = {}
+        self._regions: set[str] = set()
+        self._thread = threading.Thread(target=self._run, name="triton-supervisor", daemon=True)
+
+    def start(self) -> Supervisor:
+        self._known = stubs_of(self.server_pid)
+        self._regions = {stub.shm_region for stub in self._known.values()}
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop watching (before the server is stopped on purpose, so its stubs' exit is no loss)."""
+        self._stop.set()
+        if self._thread.is_alive() and threading.current_thread() is not self._thread:
+            self._thread.join(timeout=10)
+
+    def clean_up_after_server(self) -> None:
+        """Kill the stubs the server left and unlink every shared-memory region it used."""
+        for stub in [*self._known.values(), *stubs_of(self.server_pid).values()]:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(stub.pid, signal.SIGKILL)
+        unlink_regions(self._regions)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            if not self.alive():
+                self.log("triton-inpaint: tritonserver died; removing its stubs and shared memory")
+                self.clean_up_after_server()
+                return
+            current = stubs_of(self.server_pid)
+            self._regions |= {stub.shm_region for stub in current.values()}
+            lost = [stub for pid, stub in self._known.items() if pid not in current]
+            for model in dict.fromkeys(stub.model for stub in lost):
+                if self._stop.is_set():
+                    return
+                gone = [stub for stub in lost if stub.model == model]
+                names = ", ".join(f"{stub.instance} (pid {stub.pid})" for stub in gone)
+                self.log(f"triton-inpaint: model {model} lost its process {names}; reloading it")
+                started = time.monotonic()
+                try:
+                    self._reload(model, {pid for pid, stub in self._known.items() if stub.model == model})
+                except (OSError, RuntimeError) as exc:
+                    self.log(f"triton-inpaint: reloading {model} failed: {exc}")
+                    continue
+                seconds = time.monotonic() - started
+                self.reloads.append((model, seconds))
+                unlink_regions({stub.shm_region for stub in gone})
+                self.log(f"triton-inpaint: model {model} is back after {seconds:.1f} s")
+            self._known = stubs_of(self.server_pid)
+            self._regions |= {stub.shm_region for stub in self._known.values()}
+
+    def _control(self, model: str, action: str) -> None:
+        request = urllib.request.Request(
+            f"http://{self.http_url}/v2/repository/models/{model}/{action}",
+            data=b"{}",
+            method="POST",
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=600) as response:
+                response.read()
+        except urllib.error.HTTPError as exc:
+            raise RuntimeError(f"{action}: HTTP {exc.code} {exc.read()[:300]!r}") from None
+
+    def _reload(self, model: str, old_pids: set[int]) -> None:
+        """Unload (the dead instance cannot be reused: a plain load of an unchanged model is a no-op),
+        wait until the model's old processes are gone, load again."""
+        self._control(model, "unload")
+        deadline = time.monotonic() + 60
+        while old_pids & set(stubs_of(self.server_pid)) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        self._control(model, "load")
