@@ -154,6 +154,11 @@ class InpaintClient:
             self._names_by_id = {info.id: info.name for info in self.list_models()}
         return ensemble_name(self._names_by_id.get(model, model))  # unknown: refused with the served list
 
+    def server_ready(self) -> bool:
+        """Triton's own readiness: false while any model is loading, e.g. one being restored after its
+        process died (the server runs with strict readiness)."""
+        return bool(self._client.is_server_ready())
+
     def served_models(self) -> list[str]:
         """Names of the ready inpainting models (the ``NAME`` of each ``inpaint_NAME`` ensemble)."""
         if self.protocol == "grpc":

@@ -252,9 +252,9 @@ def create_app(config: GatewayConfig, storage: Storage | None = None) -> FastAPI
 
     @app.get("/readyz", summary="Triton is reachable and serves at least one inpainting model")
     async def readyz() -> Response:
-        def check() -> list[str]:
+        def check() -> list[str] | None:
             with InpaintClient(config.triton_url, "grpc", timeout=5.0) as client:
-                return client.served_models()
+                return client.served_models() if client.server_ready() else None
 
         try:
             models = await asyncio.wait_for(run_in_threadpool(check), timeout=10.0)
@@ -266,6 +266,9 @@ def create_app(config: GatewayConfig, storage: Storage | None = None) -> FastAPI
                 },
                 status_code=503,
             )
+        if models is None:
+            reason = "Triton is not ready: a model is loading, or being restored after its process died"
+            return JSONResponse({"status": "unavailable", "reason": reason}, status_code=503)
         if not models:
             return JSONResponse(
                 {"status": "unavailable", "reason": "no inpainting model is ready"}, status_code=503

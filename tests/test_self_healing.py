@@ -13,6 +13,7 @@ import urllib.request
 import pytest
 
 from tests.conftest import MODEL
+from tests.gateway_process import GatewayProcess
 from tests.helpers import irregular_mask, make_image, png_bytes
 from triton_inpaint.client import InpaintClient
 
@@ -21,21 +22,31 @@ IMAGE = png_bytes(make_image(64, 64, seed=8))
 MASK = png_bytes(irregular_mask(64, 64))
 
 
-def _ready(server) -> bool:
+def _ready(url: str) -> bool:
     try:
-        with urllib.request.urlopen(f"http://{server.http_url}/v2/health/ready", timeout=2) as response:
+        with urllib.request.urlopen(url, timeout=2) as response:
             return response.status == 200
     except (urllib.error.URLError, OSError):
         return False
 
 
+@pytest.fixture(scope="module")
+def gateway(triton_server, tmp_path_factory):
+    with GatewayProcess(triton_server.grpc_url, tmp_path_factory.mktemp("healing")) as process:
+        yield process
+
+
 @pytest.mark.parametrize("role", ["unet", "vae_decoder"])
-def test_a_killed_model_process_is_back_in_service_by_itself(triton_server, role):
+def test_a_killed_model_process_is_back_in_service_by_itself(triton_server, gateway, role):
     from triton_inpaint.supervisor import stubs_of
 
     model = f"{MODEL}_{role}"
     outcomes: list[tuple[float, float, bool]] = []  # (started, finished, succeeded)
-    not_ready: list[float] = []
+    not_ready: dict[str, list[float]] = {"triton": [], "gateway": []}
+    readiness = {
+        "triton": f"http://{triton_server.http_url}/v2/health/ready",
+        "gateway": f"{gateway.url}/readyz",
+    }
     stop = threading.Event()
 
     def load() -> None:
@@ -51,8 +62,9 @@ def test_a_killed_model_process_is_back_in_service_by_itself(triton_server, role
 
     def watch_readiness() -> None:
         while not stop.is_set():
-            if not _ready(triton_server):
-                not_ready.append(time.monotonic())
+            for name, url in readiness.items():
+                if not _ready(url):
+                    not_ready[name].append(time.monotonic())
             time.sleep(0.05)
 
     threads = [threading.Thread(target=load) for _ in range(3)] + [threading.Thread(target=watch_readiness)]
@@ -83,8 +95,11 @@ def test_a_killed_model_process_is_back_in_service_by_itself(triton_server, role
         f"{model} killed under load: reloaded in {seconds:.1f} s, requests succeed again "
         f"{back - killed_at:.1f} s after the kill; {failed} of {len(outcomes)} requests failed meanwhile"
     )
-    assert any(moment > killed_at for moment in not_ready), "readiness never reported the lost model"
-    assert _ready(triton_server)
+    for name, moments in not_ready.items():
+        assert any(moment > killed_at for moment in moments), (
+            f"{name} readiness never reported the lost model"
+        )
+        assert _ready(readiness[name])
     with InpaintClient(triton_server.grpc_url) as client:  # and it stays in service
         for seed in range(3):
             assert client.inpaint(MODEL, IMAGE, MASK, "a red apple", steps=2, seed=seed).images
