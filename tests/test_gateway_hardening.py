@@ -232,3 +232,34 @@ def test_sixteen_bit_images_and_masks_keep_their_meaning(gateway):
     changed = np.abs(result.astype(int) - expected.astype(int))[~outside]
     print(f"16-bit mask of 1000/65535: largest change inside {changed.max()}/255")
     assert changed.max() <= 5
+
+
+def test_requests_too_large_for_memory_are_refused_up_front_and_no_model_process_dies(gateway, triton_server):
+    """The two requests that used to get a model process OOM-killed, inside the documented ranges."""
+    from triton_inpaint.supervisor import stubs_of
+
+    processes = set(stubs_of(triton_server.pid))
+    status, body = gateway.post("/v1", [inference(width=2048, height=2048, numberResults=4)], key=KEY)
+    assert status == 400, body
+    (error,) = body["errors"]
+    assert error["parameter"] == "width"
+    assert "2048x2048 (width x height) with num_images 4 needs about" in error["message"]
+    assert "fits with num_images 4" in error["message"]
+    # resolution is the longer side of the processing size, whatever the input's: 96x64 -> 1536x1024.
+    args = {"image": b64(png_bytes(IMAGE)), "mask": b64(png_bytes(MASK)), "inpainting_prompt": "a hat",
+            "resolution": 1536, "n_samples": 4, "model": MODEL}  # fmt: skip
+    status, created = gateway.post("/v2/tasks/create", {"tool": "flux_inpainting", "args": args}, key=KEY)
+    assert status == 201, created
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        status, view = gateway.get_json(f"/v2/tasks/{created['taskId']}", key=KEY)
+        if view["task"]["status"] in ("completed", "failed"):
+            break
+        time.sleep(0.5)
+    assert view["task"]["status"] == "failed" and view["task"]["error"].startswith(
+        "args.resolution: 1536x1024"
+    )
+    assert "needs about" in view["task"]["error"]
+    assert set(stubs_of(triton_server.pid)) == processes, "a model process was lost"
+    status, body = gateway.post("/v1", [inference()], key=KEY)  # and the service goes on
+    assert status == 200, body

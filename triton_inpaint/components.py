@@ -153,7 +153,9 @@ class RunnerComponents:
         return self._call(TRANSFORMER, [_np(inputs[name]) for name in self._tensors[TRANSFORMER][0]])[0]
 
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
-        return self._call(VAE_DECODER, [_np(latents)])[0]
+        """One image at a time: the VAE's memory grows with its batch (quadratically with the size,
+        through its attention), its results do not depend on it."""
+        return torch.cat([self._call(VAE_DECODER, [_np(latents[i : i + 1])])[0] for i in range(len(latents))])
 
 
 def onnx_runner(onnx_files: dict[str, Path], threads: int = 0) -> Runner:

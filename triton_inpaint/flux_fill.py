@@ -33,6 +33,7 @@ from triton_inpaint.components import TEXT_ENCODER, TEXT_ENCODER_2, FluxComponen
 from triton_inpaint.errors import InvalidInputError
 from triton_inpaint.imaging import mask_to_pil
 from triton_inpaint.masks import Box
+from triton_inpaint.memory import check_request
 from triton_inpaint.params import DenoiseParams
 from triton_inpaint.schedulers import build_scheduler
 from triton_inpaint.sd_inpaint import processing_size, token_ids
@@ -57,6 +58,7 @@ class FluxFillInpaintPipeline:
         self.tokenizer_2 = tokenizer_2
         self.scheduler_config = dict(scheduler_config)
         self.spec = spec
+        self.memory_budget: int | None = None  # bytes one request may use; None: unchecked
         # As FluxFillPipeline builds them: sizes snap to the packed-latent multiple, masks binarize.
         self.image_processor = VaeImageProcessor(
             vae_scale_factor=spec.size_multiple, vae_latent_channels=spec.latent_channels
@@ -219,6 +221,10 @@ class FluxFillInpaintPipeline:
         width, height = processing_size(
             image_width, image_height, self.spec.native_resolution, params, self.spec.size_multiple
         )
+        check_request(
+            self.spec.networks, width, height, params.num_images, False, self.memory_budget,
+            self.spec.size_multiple,
+        )  # fmt: skip
         scheduler = build_scheduler(params.scheduler, self.scheduler_config)
         timesteps = self.prepare_timesteps(scheduler, params.steps, params.strength, width, height)
         if len(timesteps) == 0:

@@ -35,6 +35,7 @@ from triton_inpaint.components import TEXT_ENCODER, TEXT_ENCODER_2, SDComponents
 from triton_inpaint.errors import InvalidInputError
 from triton_inpaint.imaging import mask_to_pil
 from triton_inpaint.masks import Box, crop_region, mask_bounds
+from triton_inpaint.memory import check_request
 from triton_inpaint.params import SIZE_MULTIPLE, DenoiseParams
 from triton_inpaint.schedulers import build_scheduler
 from triton_inpaint.spec import PipelineSpec
@@ -99,6 +100,7 @@ class SDInpaintPipeline:
             raise ValueError("an SDXL checkpoint needs its second tokenizer")
         self.scheduler_config = dict(scheduler_config)
         self.spec = spec
+        self.memory_budget: int | None = None  # bytes one request may use; None: unchecked
         self.image_processor = VaeImageProcessor(vae_scale_factor=spec.vae_scale_factor)
         self.mask_processor = VaeImageProcessor(
             vae_scale_factor=spec.vae_scale_factor,
@@ -326,6 +328,11 @@ class SDInpaintPipeline:
         and the box of the input they belong to (the whole image unless ``mask_margin`` cropped).
         """
         width, height, crop = self.geometry(mask, params)
+        do_cfg = params.guidance_scale > 1.0
+        check_request(
+            self.spec.networks, width, height, params.num_images, do_cfg, self.memory_budget,
+            self.spec.size_multiple,
+        )  # fmt: skip
         scheduler = build_scheduler(params.scheduler, self.scheduler_config)
         timesteps = self.prepare_timesteps(scheduler, params.steps, params.strength)
         if len(timesteps) == 0:
@@ -334,7 +341,6 @@ class SDInpaintPipeline:
                 f"{params.strength} with steps={params.steps} leaves no denoising step "
                 "(int(steps * strength) must be at least 1); raise strength or steps",
             )
-        do_cfg = params.guidance_scale > 1.0
         generators = [torch.Generator("cpu").manual_seed(seed) for seed in params.seeds]
         prompt_embeds, pooled = self.encode_prompt(
             params.prompt, params.negative_prompt, do_cfg, params.num_images

@@ -7,12 +7,14 @@ again on the same ports (up to ``--restarts`` times), so the service comes back 
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import threading
 import time
 from pathlib import Path
 
+from triton_inpaint.memory import BUDGET_ENV, parse_size
 from triton_inpaint.server import LOOPBACK, ServerError, TritonServer, ready_models
 
 
@@ -21,6 +23,13 @@ def _log(line: str) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    if args.memory_budget is not None:
+        try:
+            parse_size(args.memory_budget)
+        except ValueError as exc:
+            print(f"error: --memory-budget {exc}", file=sys.stderr)
+            return 2
+        os.environ[BUDGET_ENV] = args.memory_budget  # the denoise models read it when they load
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
@@ -95,6 +104,14 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--metrics-address", default=LOOPBACK, help="address Prometheus metrics are served on"
+    )
+    parser.add_argument(
+        "--memory-budget",
+        default=None,
+        metavar="SIZE",
+        help=f"memory one request may use, e.g. 6GiB (also ${BUDGET_ENV}); requests estimated to need "
+        "more are refused before any work, naming the largest size that fits. Default: half the "
+        "machine's (or container's) memory divided by the requests a model runs at once",
     )
     parser.add_argument("--ready-timeout", type=float, default=300.0, help="seconds to wait for all models")
     parser.add_argument(

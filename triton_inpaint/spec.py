@@ -35,6 +35,9 @@ class PipelineSpec:
     flux: bool = False
     vae_shift_factor: float = 0.0
     max_sequence_length: int = 512
+    # The networks' attention layers and largest feature maps, for the memory estimate
+    # (:func:`triton_inpaint.memory.network_shapes`); None in exports made before it existed.
+    networks: dict[str, Any] | None = None
 
     @classmethod
     def from_diffusers(cls, pipeline: Any) -> PipelineSpec:
@@ -45,6 +48,9 @@ class PipelineSpec:
             "vae_scaling_factor": float(vae.scaling_factor),
             "latent_channels": int(vae.latent_channels),
         }
+        from triton_inpaint.memory import network_shapes
+
+        common["networks"] = network_shapes(pipeline)
         if getattr(pipeline, "transformer", None) is not None:
             # FluxFillPipeline's own defaults: 50 steps, guidance 30, strength 1 (the whole mask
             # regenerated); FLUX has no UNet sample size, the VAE's is its native resolution (1024).

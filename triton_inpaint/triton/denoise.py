@@ -17,6 +17,7 @@ import triton_python_backend_utils as pb_utils
 
 from triton_inpaint.components import RunnerComponents, network_tensors
 from triton_inpaint.flux_fill import FluxFillInpaintPipeline
+from triton_inpaint.memory import gib, request_budget
 from triton_inpaint.params import DenoiseParams
 from triton_inpaint.sd_inpaint import SDInpaintPipeline
 from triton_inpaint.spec import PipelineSpec
@@ -36,6 +37,13 @@ class TritonPythonModel:
         )
         pipeline_class = FluxFillInpaintPipeline if spec.flux else SDInpaintPipeline
         self.pipeline = pipeline_class.from_directory(directory, components)
+        # Requests run in parallel on this model's instances: each gets its share of the budget.
+        instances = sum(group.get("count", 1) for group in config.get("instance_group", [])) or 1
+        self.pipeline.memory_budget = request_budget(instances)
+        self.logger.log_info(
+            f"{args['model_name']}: {gib(self.pipeline.memory_budget)} of memory per request "
+            f"({instances} at once)"
+        )
 
     def _handle(self, request: Any) -> list[Any]:
         spec = self.pipeline.spec
