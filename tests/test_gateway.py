@@ -353,8 +353,7 @@ def test_triton_down_gives_503_then_recovers_without_a_gateway_restart(exported_
             f"inpaint_{MODEL}",
             *(f"{MODEL}_{n}" for n in ("text_encoder", "unet", "vae_encoder", "vae_decoder")),
         ]
-        load = ["--model-control-mode=explicit", *(f"--load-model={name}" for name in models)]
-        return TritonServer([BUILTIN_REPOSITORY, repository], *ports, extra_args=load).start(timeout=300)
+        return TritonServer([BUILTIN_REPOSITORY, repository], *ports, models=models).start(timeout=300)
 
     request = inference(seedImage=b64(png_bytes(IMAGE)), maskImage=b64(png_bytes(MASK)))
     server = triton()

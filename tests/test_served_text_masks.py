@@ -91,7 +91,7 @@ def server_without_clipseg(exported_repository, detector_repository):
         free_port(),
         free_port(),
         free_port(),
-        extra_args=["--model-control-mode=explicit", *(f"--load-model={name}" for name in models)],
+        models=models,
     )
     server.start(timeout=300)
     try:

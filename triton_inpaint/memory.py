@@ -189,10 +189,10 @@ def check_request(
         if single is not None and request_bytes(networks, width, height, 1, guided) <= budget:
             advice.append(f"{width}x{height} fits with num_images 1")
         elif single is not None:
-            advice.append(f"{single[0]}x{single[1]} with num_images 1")
+            advice.append(f"at most {single[0]}x{single[1]} with num_images 1")
     raise InvalidInputError(
         "width",
         f"{width}x{height} (width x height) with num_images {num_images} needs about {gib(needed)} of "
         f"memory, more than the {gib(budget)} one request may use on this server ({BUDGET_ENV}); "
-        + ("; ".join(advice) if advice else "not even the smallest size fits: raise the budget"),
+        + (", or ".join(advice) if advice else "not even the smallest size fits: raise the budget"),
     )

@@ -153,6 +153,7 @@ class TritonServer:
     http_address: str = LOOPBACK
     metrics_address: str = LOOPBACK
     supervise: bool = True
+    models: Sequence[str] | None = None  # the models to load (with what they depend on); None: all
     process: subprocess.Popen | None = field(default=None, init=False)
     supervisor: Supervisor | None = field(default=None, init=False)
     _lines: list[str] = field(default_factory=list, init=False)
@@ -191,7 +192,7 @@ class TritonServer:
             # Explicit model control with every model loaded at start: the same models as mode
             # "none", plus the unload/load the supervisor needs to bring a dead model back.
             "--model-control-mode=explicit",
-            "--load-model=*",
+            *(f"--load-model={name}" for name in (self.models or ["*"])),
             f"--http-restricted-api={RESTRICTED_APIS}:triton-inpaint-admin={secrets.token_hex(16)}",
             f"--grpc-restricted-protocol={RESTRICTED_APIS}:triton-inpaint-admin={secrets.token_hex(16)}",
             *self.extra_args,

@@ -65,6 +65,14 @@ def stubs_of(server_pid: int) -> dict[int, Stub]:
     return found
 
 
+def _still_runs(stub: Stub) -> bool:
+    try:
+        argv = Path(f"/proc/{stub.pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return len(argv) > 2 and argv[0].endswith(STUB_BINARY.encode()) and argv[2].decode() == stub.shm_region
+
+
 def unlink_regions(regions: set[str]) -> None:
     for region in regions:
         if region.startswith("triton_python_backend_shm_region_"):
@@ -108,8 +116,9 @@ class Supervisor:
     def clean_up_after_server(self) -> None:
         """Kill the stubs the server left and unlink every shared-memory region it used."""
         for stub in [*self._known.values(), *stubs_of(self.server_pid).values()]:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(stub.pid, signal.SIGKILL)
+            if _still_runs(stub):  # never a process that merely reuses a dead stub's pid
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(stub.pid, signal.SIGKILL)
         unlink_regions(self._regions)
 
     def _run(self) -> None:
