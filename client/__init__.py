@@ -7,6 +7,7 @@ from triton_inpaint.client.inpaint_client import (
     InpaintResult,
     MaskResult,
     ModelInfo,
+    ModelUnavailableError,
     ServerUnreachableError,
 )
 
@@ -17,5 +18,6 @@ __all__ = [
     "InpaintResult",
     "MaskResult",
     "ModelInfo",
+    "ModelUnavailableError",
     "ServerUnreachableError",
 ]

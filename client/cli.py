@@ -16,6 +16,7 @@ from triton_inpaint.client.inpaint_client import (
     PROTOCOLS,
     InpaintClient,
     InpaintError,
+    ModelUnavailableError,
     ServerUnreachableError,
 )
 from triton_inpaint.imaging import DEFAULT_QUALITY, QUALITY_RANGE
@@ -100,6 +101,9 @@ def _ask(args: argparse.Namespace, call: Callable[[Any], Any]) -> tuple[Any, int
             return call(opened), 0
     except ServerUnreachableError as exc:
         print(f"error: cannot reach {target}: {exc}", file=sys.stderr)
+        return None, 3
+    except ModelUnavailableError as exc:  # temporary, like an unreachable server: retry later
+        print(f"error: {exc}", file=sys.stderr)
         return None, 3
     except InpaintError as exc:
         print(f"error: {exc}", file=sys.stderr)

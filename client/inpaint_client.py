@@ -38,6 +38,15 @@ class ServerUnreachableError(InpaintError):
     """No Triton answered at the URL (refused, timed out, or not serving)."""
 
 
+class ModelUnavailableError(InpaintError):
+    """A model the request needs has lost its process or is (re)loading; the server's supervisor is
+    bringing it back, so the same request succeeds again in a few seconds."""
+
+
+# What Triton says while a model is dead or being reloaded (see triton_inpaint.supervisor).
+_UNAVAILABLE = re.compile(r"Stub process '[^']+' is not healthy|is not ready|is not available")
+
+
 @dataclass(frozen=True)
 class ModelInfo:
     """A served inpainting model as its ensemble's config describes it."""
@@ -287,6 +296,10 @@ class InpaintClient:
             message = _clean(exc.message() or str(exc))
             if "UNAVAILABLE" in str(exc.status()) or "DEADLINE_EXCEEDED" in str(exc.status()):
                 raise ServerUnreachableError(message) from None
+            if _UNAVAILABLE.search(message):
+                raise ModelUnavailableError(
+                    f"{message} (the model is being restored; retry in a few seconds)"
+                ) from None
             if "unknown model" in message.lower():
                 if model_name == MASKING_MODEL:
                     raise InpaintError(

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from triton_inpaint.client import InpaintClient, InpaintError, ServerUnreachableError
+from triton_inpaint.client import InpaintClient, InpaintError, ModelUnavailableError, ServerUnreachableError
 from triton_inpaint.errors import InvalidInputError
 from triton_inpaint.imaging import (
     DEFAULT_QUALITY,
@@ -156,6 +156,8 @@ class TaskRunner:
             # one next time lets the first request after Triton returns succeed.
             self._drop_client()
             raise TritonUnavailable(f"Triton at {self.config.triton_url} is not reachable: {exc}") from None
+        except ModelUnavailableError as exc:  # being restored: 503 and Retry-After, not the caller's fault
+            raise TritonUnavailable(str(exc)) from None
         except InpaintError as exc:
             raise _refusal(exc, names) from None
 

@@ -3,12 +3,14 @@ says so at once, and requests succeed again within seconds, with no operator and
 
 from __future__ import annotations
 
+import base64
 import os
 import signal
 import threading
 import time
 import urllib.error
 import urllib.request
+import uuid
 
 import pytest
 
@@ -60,6 +62,21 @@ def test_a_killed_model_process_is_back_in_service_by_itself(triton_server, gate
                     ok = False
                 outcomes.append((started, time.monotonic(), ok))
 
+    gateway_statuses: list[int] = []
+    images = {"seedImage": base64.b64encode(IMAGE).decode(), "maskImage": base64.b64encode(MASK).decode()}
+    task = {
+        "taskType": "imageInference",
+        "positivePrompt": "a red apple",
+        "model": MODEL,
+        "steps": 2,
+        **images,
+    }
+
+    def gateway_load() -> None:
+        while not stop.is_set():
+            status, _ = gateway.post("/v1", [{**task, "taskUUID": str(uuid.uuid4())}])
+            gateway_statuses.append(status)
+
     def watch_readiness() -> None:
         while not stop.is_set():
             for name, url in readiness.items():
@@ -67,7 +84,8 @@ def test_a_killed_model_process_is_back_in_service_by_itself(triton_server, gate
                     not_ready[name].append(time.monotonic())
             time.sleep(0.05)
 
-    threads = [threading.Thread(target=load) for _ in range(3)] + [threading.Thread(target=watch_readiness)]
+    threads = [threading.Thread(target=load) for _ in range(3)]
+    threads += [threading.Thread(target=gateway_load), threading.Thread(target=watch_readiness)]
     for thread in threads:
         thread.start()
     try:
@@ -89,6 +107,8 @@ def test_a_killed_model_process_is_back_in_service_by_itself(triton_server, gate
         for thread in threads:
             thread.join(timeout=120)
     assert back is not None, "requests did not succeed again within 30 s of the kill"
+    # Through the gateway a model being restored is a 503 with Retry-After, never a 500.
+    assert set(gateway_statuses) <= {200, 503} and gateway_statuses[-1] == 200, gateway_statuses
     failed = sum(not ok for *_, ok in outcomes)
     seconds = dict(triton_server.supervisor.reloads)[model]
     print(
