@@ -219,12 +219,15 @@ class InpaintClient:
         output_quality: int | None = None,
         mask_model: str | None = None,
         mask_prompt: str | None = None,
+        dry_run: bool | None = None,
     ) -> InpaintResult:
         """Inpaint ``image`` where ``mask`` is white; ``None`` leaves a control at the model's default.
 
         ``model`` is the checkpoint name given at export (``tiny``) or the ensemble's name
         (``inpaint_tiny``). Instead of a mask (pass ``None``), ``mask_model`` (``face``, ``hands``...)
         or ``mask_prompt`` (``"eyes"``, ``"hair"``) has the server make the mask in the same request.
+        ``dry_run`` checks everything a request can be refused for without running a network (images,
+        mask, sizes, the memory budget, scheduler, strength) and answers with no images.
         """
         values = {
             "image": image,
@@ -247,6 +250,7 @@ class InpaintClient:
             "num_images": num_images,
             "output_format": output_format,
             "output_quality": output_quality,
+            "dry_run": dry_run,
         }
         result = self._infer(self.resolve_model(model), values, RESPONSE_OUTPUTS, model)
         images = [bytes(image) for image in result.as_numpy("output_image").reshape(-1)]

@@ -324,11 +324,43 @@ class AsyncInpainting:
                     f"{image_size[0]}x{image_size[1]}; send a mask of the same width and height",
                     "args.mask",
                 )
+        # Whatever Triton would refuse (a mask prompt that finds nothing, a size over the memory budget)
+        # is refused now, with a 400, not later in the task. A Triton that does not answer does not
+        # stop the task from being accepted: it waits and retries like any other.
+        try:
+            self._request(stored, inputs["image"], inputs.get("mask"), dry_run=True)
+        except TritonUnavailable as exc:
+            logger.warning("async task accepted without its checks: %s", exc)
         uuids = self.runner.store([(data, image_extension(data)) for data in inputs.values()])
         stored.update(zip(inputs, uuids, strict=True))
         record = self.storage.create_task(EDEN_TOOL, stored)
         self._wake.set()
         return record
+
+    def _request(self, args: dict[str, Any], image: bytes, mask: bytes | None, dry_run: bool = False) -> Any:
+        """The task's inpainting request to Triton (``dry_run``: only its checks, no images)."""
+        _, width, height = probe(image)
+        width, height = processing_size(width, height, args["resolution"])
+
+        def call(client: InpaintClient) -> Any:
+            model = args.get("model") or self.runner.config.default_model or _first_model(client)
+            return client.inpaint(
+                model,
+                image,
+                mask,
+                args["inpainting_prompt"],
+                mask_prompt=args.get("masking_prompt"),
+                mask_blur=args["mask_blur"],
+                mask_expand=args["mask_expand"],
+                strength=min(1.0, args["creativity"]),
+                num_images=args["n_samples"],
+                seed=args.get("seed"),
+                width=width,
+                height=height,
+                dry_run=dry_run or None,
+            )
+
+        return self.runner.call(EDEN_FIELDS, call)
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._work, name="async-inpainting", daemon=True)
@@ -381,27 +413,7 @@ class AsyncInpainting:
         mask = self.storage.get_image(args["mask"]) if args.get("mask") else None
         if image is None or (args.get("mask") and mask is None):
             raise TaskFailed("the task's stored input images are gone", "args.image")
-        _, width, height = probe(image.data)
-        width, height = processing_size(width, height, args["resolution"])
-
-        def call(client: InpaintClient) -> Any:
-            model = args.get("model") or self.runner.config.default_model or _first_model(client)
-            return client.inpaint(
-                model,
-                image.data,
-                None if mask is None else mask.data,
-                args["inpainting_prompt"],
-                mask_prompt=args.get("masking_prompt"),
-                mask_blur=args["mask_blur"],
-                mask_expand=args["mask_expand"],
-                strength=min(1.0, args["creativity"]),
-                num_images=args["n_samples"],
-                seed=args.get("seed"),
-                width=width,
-                height=height,
-            )
-
-        result = self.runner.call(EDEN_FIELDS, call)
+        result = self._request(args, image.data, None if mask is None else mask.data)
         *uuids, mask_uuid = self.runner.store([(data, "png") for data in [*result.images, result.mask]])
         outputs = [
             {"imageUUID": image_uuid, "url": f"/images/{image_uuid}.png", "seed": seed}

@@ -246,20 +246,35 @@ def test_requests_too_large_for_memory_are_refused_up_front_and_no_model_process
     assert "2048x2048 (width x height) with num_images 4 needs about" in error["message"]
     assert "fits with num_images 4" in error["message"]
     # resolution is the longer side of the processing size, whatever the input's: 96x64 -> 1536x1024.
+    # Refused at create (a dry run through Triton), before anything is stored or queued.
     args = {"image": b64(png_bytes(IMAGE)), "mask": b64(png_bytes(MASK)), "inpainting_prompt": "a hat",
             "resolution": 1536, "n_samples": 4, "model": MODEL}  # fmt: skip
-    status, created = gateway.post("/v2/tasks/create", {"tool": "flux_inpainting", "args": args}, key=KEY)
-    assert status == 201, created
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        status, view = gateway.get_json(f"/v2/tasks/{created['taskId']}", key=KEY)
-        if view["task"]["status"] in ("completed", "failed"):
-            break
-        time.sleep(0.5)
-    assert view["task"]["status"] == "failed" and view["task"]["error"].startswith(
+    before = stored(gateway)
+    status, body = gateway.post("/v2/tasks/create", {"tool": "flux_inpainting", "args": args}, key=KEY)
+    assert status == 400, body
+    (error,) = body["errors"]
+    assert error["parameter"] == "args.resolution" and error["message"].startswith(
         "args.resolution: 1536x1024"
     )
-    assert "needs about" in view["task"]["error"]
+    assert "needs about" in error["message"] and stored(gateway) == before
     assert set(stubs_of(triton_server.pid)) == processes, "a model process was lost"
     status, body = gateway.post("/v1", [inference()], key=KEY)  # and the service goes on
     assert status == 200, body
+
+
+def test_a_dry_run_checks_everything_and_generates_nothing(triton_server):
+    from triton_inpaint.client import InpaintClient, InpaintError
+
+    with InpaintClient(triton_server.grpc_url) as client:
+        result = client.inpaint(
+            MODEL, png_bytes(IMAGE), png_bytes(MASK), "a hat", seed=5, num_images=2, dry_run=True
+        )
+        assert result.images == [] and result.seeds == [5, 6] and result.mask  # the mask it would use
+        for changes, field in (
+            ({"width": 2048, "height": 2048, "num_images": 4}, "width"),
+            ({"scheduler": "no such scheduler"}, "scheduler"),
+            ({"strength": 0.01, "steps": 2, "scheduler": "DDIM"}, "strength"),
+        ):
+            with pytest.raises(InpaintError) as info:
+                client.inpaint(MODEL, png_bytes(IMAGE), png_bytes(MASK), "a hat", dry_run=True, **changes)
+            assert info.value.field == field, info.value

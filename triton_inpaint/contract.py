@@ -52,6 +52,13 @@ REQUEST_INPUTS: tuple[TensorSpec, ...] = (
     TensorSpec("num_images", "TYPE_INT32", (1,), True, "1-4 images, seeds seed, seed+1, ..."),
     TensorSpec("output_format", "TYPE_STRING", (1,), True, "PNG, JPG or WEBP"),
     TensorSpec("output_quality", "TYPE_INT32", (1,), True, "1-100 for JPG and WEBP"),
+    TensorSpec(
+        "dry_run",
+        "TYPE_BOOL",
+        (1,),
+        True,
+        "check everything (image, mask, sizes, memory) and answer no images",
+    ),
 )
 RESPONSE_OUTPUTS: tuple[TensorSpec, ...] = (
     TensorSpec("output_image", "TYPE_STRING", (-1,), description="the inpainted images, one per seed"),
@@ -92,6 +99,7 @@ DENOISE_INPUTS = (
         "height",
         "mask_margin",
         "num_images",
+        "dry_run",
     ),
 )
 DENOISE_OUTPUTS = (GENERATED_IMAGE, CROP_BOX, RESPONSE_OUTPUTS[1])

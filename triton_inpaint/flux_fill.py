@@ -36,7 +36,7 @@ from triton_inpaint.masks import Box
 from triton_inpaint.memory import check_request
 from triton_inpaint.params import DenoiseParams
 from triton_inpaint.schedulers import build_scheduler
-from triton_inpaint.sd_inpaint import processing_size, token_ids
+from triton_inpaint.sd_inpaint import Plan, processing_size, token_ids
 from triton_inpaint.spec import PipelineSpec
 
 
@@ -210,12 +210,8 @@ class FluxFillInpaintPipeline:
 
     # -- the whole request ---------------------------------------------------------------------------
 
-    def __call__(self, image: np.ndarray, mask: np.ndarray, params: DenoiseParams) -> tuple[np.ndarray, Box]:
-        """Inpaint ``image`` (H, W, 3 uint8) where ``mask`` (H, W in [0, 1]) is set.
-
-        Returns the generated images at the processing size, (n, h, w, 3) uint8 before compositing,
-        and the box of the input they belong to (always the whole image: FLUX Fill takes no margin).
-        """
+    def plan(self, mask: np.ndarray, params: DenoiseParams) -> Plan:
+        """Everything decided before a network runs (see ``SDInpaintPipeline.plan``)."""
         self.check(params)
         image_height, image_width = mask.shape
         width, height = processing_size(
@@ -233,6 +229,17 @@ class FluxFillInpaintPipeline:
                 f"{params.strength} with steps={params.steps} leaves no denoising step "
                 "(steps * strength must be at least 1); raise strength or steps",
             )
+        return Plan(width, height, None, scheduler, timesteps)
+
+    def __call__(self, image: np.ndarray, mask: np.ndarray, params: DenoiseParams) -> tuple[np.ndarray, Box]:
+        """Inpaint ``image`` (H, W, 3 uint8) where ``mask`` (H, W in [0, 1]) is set.
+
+        Returns the generated images at the processing size, (n, h, w, 3) uint8 before compositing,
+        and the box of the input they belong to (always the whole image: FLUX Fill takes no margin).
+        """
+        plan = self.plan(mask, params)
+        width, height, scheduler, timesteps = plan.width, plan.height, plan.scheduler, plan.timesteps
+        image_height, image_width = mask.shape
         generators = [torch.Generator("cpu").manual_seed(seed) for seed in params.seeds]
         states, pooled = self.encode_prompt(params.prompt, params.num_images)
         init_image = self.image_processor.preprocess(

@@ -20,6 +20,7 @@ from __future__ import annotations
 import inspect
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +64,17 @@ def processing_size(
     if params.height:
         return snap(params.height * aspect), params.height
     return snap(native * math.sqrt(aspect)), snap(native / math.sqrt(aspect))
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a request decides before any network runs (see ``plan``); shared by every family."""
+
+    width: int
+    height: int
+    crop: Box | None
+    scheduler: Any
+    timesteps: torch.Tensor
 
 
 def token_ids(tokenizer: PreTrainedTokenizerBase, text: str, length: int | None = None) -> torch.Tensor:
@@ -321,17 +333,13 @@ class SDInpaintPipeline:
         )
         return width, height, crop_region(mask, width, height, params.mask_margin)
 
-    def __call__(self, image: np.ndarray, mask: np.ndarray, params: DenoiseParams) -> tuple[np.ndarray, Box]:
-        """Inpaint ``image`` (H, W, 3 uint8) where ``mask`` (H, W in [0, 1]) is set.
-
-        Returns the generated images at the processing size, (n, h, w, 3) uint8 before compositing,
-        and the box of the input they belong to (the whole image unless ``mask_margin`` cropped).
-        """
+    def plan(self, mask: np.ndarray, params: DenoiseParams) -> Plan:
+        """Everything decided before a network runs: size, crop, memory, scheduler, timesteps. Every
+        refusal that needs no network happens here, so a dry run (``dry_run``) stops after it."""
         width, height, crop = self.geometry(mask, params)
-        do_cfg = params.guidance_scale > 1.0
         check_request(
-            self.spec.networks, width, height, params.num_images, do_cfg, self.memory_budget,
-            self.spec.size_multiple,
+            self.spec.networks, width, height, params.num_images, params.guidance_scale > 1.0,
+            self.memory_budget, self.spec.size_multiple,
         )  # fmt: skip
         scheduler = build_scheduler(params.scheduler, self.scheduler_config)
         timesteps = self.prepare_timesteps(scheduler, params.steps, params.strength)
@@ -341,6 +349,19 @@ class SDInpaintPipeline:
                 f"{params.strength} with steps={params.steps} leaves no denoising step "
                 "(int(steps * strength) must be at least 1); raise strength or steps",
             )
+        return Plan(width, height, crop, scheduler, timesteps)
+
+    def __call__(self, image: np.ndarray, mask: np.ndarray, params: DenoiseParams) -> tuple[np.ndarray, Box]:
+        """Inpaint ``image`` (H, W, 3 uint8) where ``mask`` (H, W in [0, 1]) is set.
+
+        Returns the generated images at the processing size, (n, h, w, 3) uint8 before compositing,
+        and the box of the input they belong to (the whole image unless ``mask_margin`` cropped).
+        """
+        plan = self.plan(mask, params)
+        width, height, crop, scheduler, timesteps = (
+            plan.width, plan.height, plan.crop, plan.scheduler, plan.timesteps
+        )  # fmt: skip
+        do_cfg = params.guidance_scale > 1.0
         generators = [torch.Generator("cpu").manual_seed(seed) for seed in params.seeds]
         prompt_embeds, pooled = self.encode_prompt(
             params.prompt, params.negative_prompt, do_cfg, params.num_images
