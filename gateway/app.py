@@ -21,6 +21,8 @@ from triton_inpaint.client import InpaintClient
 
 from .guard import AsciiJSONResponse as JSONResponse  # every answer ASCII-safe
 from .guard import RequestGuard
+from .guard import error_item as _error
+from .guard import error_response as _errors
 from .images import UUID_PATTERN
 from .limits import KeyLimits
 from .service import AsyncInpainting, GatewayConfig, TaskFailed, TaskRunner, Unavailable, logger
@@ -28,19 +30,6 @@ from .storage import IMAGE_EXTENSIONS, LocalStorage, Storage, TaskRecord
 from .tasks import TASK_TYPES, EdenTaskRequest, field_errors, quoted
 
 MAX_TASKS = 16  # tasks in one POST /v1
-
-
-def _error(message: str, parameter: str | None = None, task_uuid: str | None = None, code: str = "") -> dict:
-    item: dict[str, Any] = {"code": code or "invalidParameter", "message": message}
-    if parameter is not None:
-        item["parameter"] = parameter
-    if task_uuid is not None:
-        item["taskUUID"] = task_uuid
-    return item
-
-
-def _errors(status: int, *items: dict, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"errors": list(items)}, status_code=status, headers=headers)
 
 
 def create_app(config: GatewayConfig, storage: Storage | None = None) -> FastAPI:

@@ -39,13 +39,20 @@ class AsciiJSONResponse(JSONResponse):
         return json.dumps(content, ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode()
 
 
-def error_response(
-    status: int, message: str, code: str, parameter: str | None = None, headers: dict | None = None
-) -> AsciiJSONResponse:
+def error_item(
+    message: str, parameter: str | None = None, task_uuid: str | None = None, code: str = "invalidParameter"
+) -> dict[str, Any]:
+    """One entry of an ``errors`` list, in the reference's shape."""
     item: dict[str, Any] = {"code": code, "message": message}
     if parameter is not None:
         item["parameter"] = parameter
-    return AsciiJSONResponse({"errors": [item]}, status_code=status, headers=headers)
+    if task_uuid is not None:
+        item["taskUUID"] = task_uuid
+    return item
+
+
+def error_response(status: int, *items: dict[str, Any], headers: dict | None = None) -> AsciiJSONResponse:
+    return AsciiJSONResponse({"errors": list(items)}, status_code=status, headers=headers)
 
 
 class RequestGuard:
@@ -67,29 +74,34 @@ class RequestGuard:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        headers = {
+            name.decode("latin-1").lower(): value.decode("latin-1") for name, value in scope["headers"]
+        }
         who = None
         if scope["path"].startswith(PROTECTED_PREFIXES):
-            who = self._caller(scope)
+            who = self._caller(scope, headers)
             if who is None:
                 await error_response(
                     401,
-                    "missing or invalid API key; send 'Authorization: Bearer KEY' or 'X-Api-Key: KEY'",
-                    "unauthorized",
+                    error_item(
+                        "missing or invalid API key; send 'Authorization: Bearer KEY' or 'X-Api-Key: KEY'",
+                        code="unauthorized",
+                    ),
                     headers={"WWW-Authenticate": "Bearer"},
                 )(scope, receive, send)
                 return
             wait = self.limits.acquire(who)
             if wait is not None:
-                await error_response(
-                    429,
+                message = (
                     f"too many requests for this key (at most {self.limits.concurrency} at once and "
-                    f"{self.limits.per_minute} a minute); retry after {wait:g} s",
-                    "rateLimited",
-                    headers={"Retry-After": str(int(wait))},
+                    f"{self.limits.per_minute} a minute); retry after {wait:g} s"
+                )
+                await error_response(
+                    429, error_item(message, code="rateLimited"), headers={"Retry-After": str(int(wait))}
                 )(scope, receive, send)
                 return
         try:
-            body, refusal = await self._read_body(scope, receive)
+            body, refusal = await self._read_body(headers.get("content-length"), receive)
             if refusal is not None:
                 await refusal(scope, receive, send)
                 return
@@ -100,26 +112,26 @@ class RequestGuard:
             if who is not None:
                 self.limits.release(who)
 
-    def _caller(self, scope: dict[str, Any]) -> str | None:
+    def _caller(self, scope: dict[str, Any], headers: dict[str, str]) -> str | None:
         """The identity limits count against: the key, or the client address when no key is set."""
         if not self.keys:
             client = scope.get("client")
             return f"address:{client[0] if client else 'unknown'}"
-        headers = _headers(scope)
         key = matching_key(self.keys, presented_key(headers.get("authorization"), headers.get("x-api-key")))
         return None if key is None else f"key:{key}"
 
     async def _read_body(
-        self, scope: dict[str, Any], receive: Receive
+        self, declared: str | None, receive: Receive
     ) -> tuple[bytes, AsciiJSONResponse | None]:
-        declared = _headers(scope).get("content-length")
         too_large = error_response(
-            413, f"request body is larger than {self.max_body_bytes} bytes", "bodyTooLarge"
+            413, error_item(f"request body is larger than {self.max_body_bytes} bytes", code="bodyTooLarge")
         )
         if declared is not None and (not declared.isdigit() or int(declared) > self.max_body_bytes):
             if declared.isdigit():
                 return b"", too_large
-            return b"", error_response(400, "Content-Length is not a number", "invalidRequest")
+            return b"", error_response(
+                400, error_item("Content-Length is not a number", "Content-Length", code="invalidRequest")
+            )
         chunks: list[bytes] = []
         size = 0
         deadline = time.monotonic() + self.body_timeout
@@ -127,9 +139,8 @@ class RequestGuard:
             try:
                 message = await asyncio.wait_for(receive(), timeout=max(deadline - time.monotonic(), 0))
             except TimeoutError:
-                return b"", error_response(
-                    408, f"the request body did not arrive within {self.body_timeout:g} s", "requestTimeout"
-                )
+                message = f"the request body did not arrive within {self.body_timeout:g} s"
+                return b"", error_response(408, error_item(message, code="requestTimeout"))
             if message["type"] == "http.disconnect":
                 raise _Disconnected
             chunk = message.get("body", b"")
@@ -143,10 +154,6 @@ class RequestGuard:
 
 class _Disconnected(Exception):
     pass
-
-
-def _headers(scope: dict[str, Any]) -> dict[str, str]:
-    return {name.decode("latin-1").lower(): value.decode("latin-1") for name, value in scope["headers"]}
 
 
 def _replay(body: bytes, receive: Receive) -> Receive:

@@ -13,7 +13,7 @@ import binascii
 import re
 
 from triton_inpaint.errors import InvalidInputError
-from triton_inpaint.imaging import MAX_PIXELS, decode_image, probe
+from triton_inpaint.imaging import MAX_PIXELS, check_decodes, probe
 
 from .fetch import FetchPolicy, fetch_url
 from .storage import IMAGE_EXTENSIONS, Storage
@@ -60,7 +60,7 @@ def resolve_image(
     else:
         data = _base64(value, field, "the value")
     probe(data, field, max_pixels)
-    decode_image(data, field)
+    check_decodes(data, field)
     return data
 
 

@@ -123,6 +123,12 @@ def mask_fraction(image: Image.Image) -> np.ndarray:
     return np.asarray(image.convert("L"), dtype=np.float32) / 255.0
 
 
+def check_decodes(data: bytes, field: str = "image") -> None:
+    """Refuse bytes that do not decode completely (truncated, lying header), without converting the
+    pixels: for checks before an image is stored or sent on."""
+    _open(data, field)
+
+
 def decode_image(data: bytes, field: str = "image") -> np.ndarray:
     """Decode an encoded image into RGB ``uint8`` of shape (H, W, 3) (see :func:`image_rgb`)."""
     return image_rgb(_open(data, field))
