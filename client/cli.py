@@ -19,17 +19,7 @@ from triton_inpaint.client.inpaint_client import (
     ModelUnavailableError,
     ServerUnreachableError,
 )
-from triton_inpaint.imaging import DEFAULT_QUALITY, QUALITY_RANGE
-from triton_inpaint.masks import MASK_BLUR_RANGE, MASK_EXPAND_RANGE, MASK_MARGIN_RANGE
-from triton_inpaint.params import (
-    DEFAULT_STRENGTH,
-    GUIDANCE_RANGE,
-    NUM_IMAGES_RANGE,
-    SEED_RANGE,
-    STEPS_RANGE,
-    STRENGTH_RANGE,
-)
-from triton_inpaint.schedulers import scheduler_names
+from triton_inpaint.schema import INPAINT, MASK, MASK_SOURCES, Control, RequestSchema
 
 API_KEY_ENV = "TRITON_INPAINT_API_KEY"
 
@@ -41,35 +31,20 @@ def _read(path: Path, flag: str) -> bytes:
         raise SystemExit(f"error: {flag} {path}: {exc.strerror}") from None
 
 
+def _controls(args: argparse.Namespace, schema: RequestSchema) -> dict[str, Any]:
+    """The controls given on the command line (absent flags are not in ``args``), files read."""
+    values = {}
+    for control in schema:
+        if hasattr(args, control.name):
+            value = getattr(args, control.name)
+            values[control.name] = _read(value, control.cli_flag) if control.kind is bytes else value
+    return values
+
+
 def _inpaint(args: argparse.Namespace) -> int:
-    image = _read(args.image, "--image")
-    mask = None if args.mask is None else _read(args.mask, "--mask")
-    result, code = _ask(
-        args,
-        lambda client: client.inpaint(
-            args.model,
-            image,
-            mask,
-            args.prompt,
-            negative_prompt=args.negative_prompt,
-            steps=args.steps,
-            strength=args.strength,
-            guidance_scale=args.guidance,
-            seed=args.seed,
-            scheduler=args.scheduler,
-            width=args.width,
-            height=args.height,
-            mask_invert=args.mask_invert or None,
-            mask_expand=args.mask_expand,
-            mask_blur=args.mask_blur,
-            mask_margin=args.mask_margin,
-            num_images=args.num_images,
-            output_format=args.output_format,
-            output_quality=args.quality,
-            mask_model=args.mask_model,
-            mask_prompt=args.mask_prompt,
-        ),
-    )
+    controls = _controls(args, INPAINT)
+    image, mask, prompt = (controls.pop(name, None) for name in ("image", "mask", "prompt"))
+    result, code = _ask(args, lambda client: client.inpaint(args.model, image, mask, prompt, **controls))
     if result is None:
         return code
     if args.mask_out is not None and result.mask:
@@ -77,6 +52,9 @@ def _inpaint(args: argparse.Namespace) -> int:
         print(f"mask -> {args.mask_out}")
     elif args.mask_out is not None:  # the gateway returns the mask only when it made it
         print("mask: the uploaded one was used; nothing written to --mask-out", file=sys.stderr)
+    if controls.get("dry_run"):
+        print("dry run: the request passed every check; no images were made")
+        return 0
     for path, data, seed in zip(
         output_paths(args.out, len(result.images)), result.images, result.seeds, strict=True
     ):
@@ -150,76 +128,58 @@ def _models(args: argparse.Namespace) -> int:
 
 
 def _mask(args: argparse.Namespace) -> int:
-    image = _read(args.image, "--image")
-    result, code = _ask(
-        args,
-        lambda client: client.mask(
-            image,
-            args.detector,
-            args.prompt,
-            confidence=args.confidence,
-            max_detections=args.max_detections,
-            padding=args.padding,
-            blur=args.blur,
-            invert=args.invert or None,
-        ),
-    )
+    controls = _controls(args, MASK)
+    image = controls.pop("image")
+    result, code = _ask(args, lambda client: client.mask(image, **controls))
     if result is None:
         return code
     _write(args.out, result.mask)
-    which = {"model": args.detector} if args.prompt is None else {"prompt": args.prompt}
+    which = {name: controls[name] for name in ("model", "prompt") if controls.get(name) is not None}
     print(json.dumps({**which, "mask": str(args.out), "detections": result.detections}))
     return 0
 
 
-def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
-    from triton_inpaint.masking import (
-        CONFIDENCE_RANGE,
-        DEFAULT_BLUR,
-        DEFAULT_CONFIDENCE,
-        DEFAULT_MAX_DETECTIONS,
-        DEFAULT_PADDING,
-        MASKING_MODELS,
-        MAX_DETECTIONS_RANGE,
-        PADDING_RANGE,
-    )
+def control_help(control: Control) -> str:
+    """A flag's help: what it does, what it allows and its default, all from the declaration."""
+    listed_by_argparse = control.choices is not None and not control.open_choices
+    allowed = f"; {control.allowed}" if control.allowed and not listed_by_argparse else ""
+    has_default = control.default is not None or control.default_text is not None
+    default = f" (default: {control.shown_default})" if has_default else ""
+    return f"{control.description}{allowed}{default}"
 
+
+def add_controls(
+    parser: argparse.ArgumentParser, schema: RequestSchema, exclusive: tuple[str, ...], **help_overrides: str
+) -> None:
+    """One flag per control of ``schema``; the ``exclusive`` controls form a required either-or group.
+
+    Absent flags stay out of the namespace (``argparse.SUPPRESS``), so the server's defaults apply.
+    """
+    group = parser.add_mutually_exclusive_group(required=True)
+    for control in schema:
+        target = group if control.name in exclusive else parser
+        options: dict[str, Any] = {"dest": control.name, "default": argparse.SUPPRESS}
+        options["help"] = help_overrides.get(control.name, control_help(control))
+        if control.kind is bool:
+            options["action"] = "store_true"
+        else:
+            options["type"] = Path if control.kind is bytes else control.kind
+            if control.choices and not control.open_choices:
+                options["choices"] = control.choices
+            if control.required:
+                options["required"] = True
+        target.add_argument(control.cli_flag, **options)
+
+
+def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
     mask = subparsers.add_parser(
         "mask",
         help="make a mask with a detector (or a mask prompt) through a running Triton server; "
         "prints the detections as JSON",
     )
     _add_target(mask)
-    which = mask.add_mutually_exclusive_group(required=True)
-    which.add_argument("--detector", choices=MASKING_MODELS, help="masking model")
-    which.add_argument("--prompt", help="a mask prompt such as 'face', 'eyes', 'hands' or 'background'")
-    mask.add_argument("--image", type=Path, required=True, help="input image (PNG, JPEG or WEBP)")
+    add_controls(mask, MASK, ("model", "prompt"), prompt="a mask prompt such as 'face', 'eyes' or 'hair'")
     mask.add_argument("--out", type=Path, required=True, help="where to write the mask (PNG)")
-    mask.add_argument(
-        "--confidence",
-        type=float,
-        default=None,
-        help=f"minimum score {CONFIDENCE_RANGE[0]}-{CONFIDENCE_RANGE[1]} (default {DEFAULT_CONFIDENCE})",
-    )
-    mask.add_argument(
-        "--max-detections",
-        type=int,
-        default=None,
-        help=f"{MAX_DETECTIONS_RANGE[0]}-{MAX_DETECTIONS_RANGE[1]} (default {DEFAULT_MAX_DETECTIONS})",
-    )
-    mask.add_argument(
-        "--padding",
-        type=int,
-        default=None,
-        help=f"grow the mask by {PADDING_RANGE[0]}-{PADDING_RANGE[1]} px (default {DEFAULT_PADDING})",
-    )
-    mask.add_argument(
-        "--blur",
-        type=int,
-        default=None,
-        help=f"feather the mask over {MASK_BLUR_RANGE[0]}-{MASK_BLUR_RANGE[1]} px (default {DEFAULT_BLUR})",
-    )
-    mask.add_argument("--invert", action="store_true", help="select everything but the detections")
     mask.set_defaults(handler=_mask)
 
     models = subparsers.add_parser(
@@ -233,7 +193,7 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
 
     parser = subparsers.add_parser(
         "inpaint",
-        help="inpaint an image through a running Triton server",
+        help="inpaint an image through a running Triton server (or the gateway)",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     _add_target(parser)
@@ -242,97 +202,8 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
         required=True,
         help="model name given at export (e.g. 'tiny') or registry id (e.g. 'local:sd15-inpaint@1')",
     )
-    parser.add_argument("--image", type=Path, required=True, help="input image (PNG, JPEG, WEBP)")
-    mask_source = parser.add_mutually_exclusive_group(required=True)
-    mask_source.add_argument(
-        "--mask", type=Path, help="mask of the same size: white regenerates, black keeps"
-    )
-    mask_source.add_argument(
-        "--mask-model",
-        choices=MASKING_MODELS,
-        help="instead of --mask: the server masks what this detector finds (needs 'export detectors')",
-    )
-    mask_source.add_argument(
-        "--mask-prompt",
-        help="instead of --mask: the server masks what this names, e.g. 'face', 'background' or, with "
-        "CLIPSeg weights exported, any phrase such as 'hair'",
-    )
+    add_controls(parser, INPAINT, MASK_SOURCES)
     parser.add_argument("--mask-out", type=Path, default=None, help="also write the mask used (PNG) here")
-    parser.add_argument("--prompt", required=True, help="what to paint into the masked area")
-    parser.add_argument("--negative-prompt", default=None, help="what to steer away from")
-    parser.add_argument(
-        "--steps",
-        type=int,
-        default=None,
-        help=f"denoising steps, {STEPS_RANGE[0]}-{STEPS_RANGE[1]} (default: the model's, 20)",
-    )
-    parser.add_argument(
-        "--strength",
-        type=float,
-        default=None,
-        help=f"{STRENGTH_RANGE[0]}-{STRENGTH_RANGE[1]}: how much the masked area changes "
-        f"(default {DEFAULT_STRENGTH})",
-    )
-    parser.add_argument(
-        "--guidance",
-        type=float,
-        default=None,
-        help=f"guidance scale {GUIDANCE_RANGE[0]}-{GUIDANCE_RANGE[1]} (default: the model's, 7)",
-    )
-    parser.add_argument(
-        "--seed",
-        type=int,
-        default=None,
-        help=f"{SEED_RANGE[0]}-{SEED_RANGE[1]}; random when absent; the seed used is printed",
-    )
-    parser.add_argument(
-        "--scheduler",
-        default=None,
-        help=f"one of: {', '.join(scheduler_names())} (default: the checkpoint's)",
-    )
-    parser.add_argument(
-        "--width", type=int, default=None, help="processing width, multiple of 8 (default: native)"
-    )
-    parser.add_argument(
-        "--height", type=int, default=None, help="processing height, multiple of 8 (default: native)"
-    )
-    parser.add_argument(
-        "--mask-invert",
-        action="store_true",
-        help="regenerate what the mask keeps (e.g. the background) instead of what it marks",
-    )
-    parser.add_argument(
-        "--mask-expand",
-        type=int,
-        default=None,
-        help=f"grow the mask by {MASK_EXPAND_RANGE[0]}-{MASK_EXPAND_RANGE[1]} px (default 0)",
-    )
-    parser.add_argument(
-        "--mask-blur",
-        type=int,
-        default=None,
-        help=f"feather the mask edge over {MASK_BLUR_RANGE[0]}-{MASK_BLUR_RANGE[1]} px (default 0)",
-    )
-    parser.add_argument(
-        "--mask-margin",
-        type=int,
-        default=None,
-        help=f"{MASK_MARGIN_RANGE[0]}-{MASK_MARGIN_RANGE[1]} px: inpaint only a crop around "
-        "the mask, at full model resolution (default off)",
-    )
-    parser.add_argument(
-        "--num-images",
-        type=int,
-        default=None,
-        help=f"{NUM_IMAGES_RANGE[0]}-{NUM_IMAGES_RANGE[1]} images with seeds seed, seed+1, ... (default 1)",
-    )
-    parser.add_argument("--output-format", default=None, help="PNG, JPG or WEBP (default PNG)")
-    parser.add_argument(
-        "--quality",
-        type=int,
-        default=None,
-        help=f"{QUALITY_RANGE[0]}-{QUALITY_RANGE[1]} for JPG and WEBP (default {DEFAULT_QUALITY})",
-    )
     parser.add_argument(
         "--out",
         type=Path,

@@ -15,6 +15,11 @@ from triton_inpaint.client.inpaint_client import (
     MaskResult,
     ServerUnreachableError,
 )
+from triton_inpaint.schema import INPAINT, MASK, Control, RequestSchema, with_controls
+
+
+def _offered(control: Control) -> bool:
+    return control.runware is not None
 
 
 class GatewayClient:
@@ -71,56 +76,13 @@ class GatewayClient:
         (item,) = self._post([self._task("imageUpload", image=_b64(image))])
         return item["imageUUID"]
 
+    @with_controls(INPAINT, skip=("image", "mask", "prompt"), include=_offered)
     def inpaint(
-        self,
-        model: str,
-        image: bytes,
-        mask: bytes | None,
-        prompt: str,
-        negative_prompt: str | None = None,
-        steps: int | None = None,
-        strength: float | None = None,
-        guidance_scale: float | None = None,
-        seed: int | None = None,
-        scheduler: str | None = None,
-        width: int | None = None,
-        height: int | None = None,
-        mask_invert: bool | None = None,
-        mask_expand: int | None = None,
-        mask_blur: int | None = None,
-        mask_margin: int | None = None,
-        num_images: int | None = None,
-        output_format: str | None = None,
-        output_quality: int | None = None,
-        mask_model: str | None = None,
-        mask_prompt: str | None = None,
+        self, model: str, image: bytes, mask: bytes | None, prompt: str, **controls: Any
     ) -> InpaintResult:
         """As :meth:`InpaintClient.inpaint`: one ``imageInference`` task, images returned as base64."""
-        task = self._task(
-            "imageInference",
-            model=model,
-            seedImage=_b64(image),
-            maskImage=None if mask is None else _b64(mask),
-            maskModel=mask_model,
-            maskPrompt=mask_prompt,
-            positivePrompt=prompt,
-            negativePrompt=negative_prompt,
-            steps=steps,
-            strength=strength,
-            CFGScale=guidance_scale,
-            seed=seed,
-            scheduler=scheduler,
-            width=width,
-            height=height,
-            maskInvert=mask_invert,
-            maskExpand=mask_expand,
-            maskBlur=mask_blur,
-            maskMargin=mask_margin,
-            numberResults=num_images,
-            outputType="base64Data",
-            outputFormat=output_format,
-            outputQuality=output_quality,
-        )
+        values = {"image": image, "mask": mask, "prompt": prompt, **INPAINT.keywords(controls, "inpaint")}
+        task = self._task("imageInference", model=model, outputType="base64Data", **_fields(INPAINT, values))
         items = self._post([task])
         mask_used = (
             base64.b64decode(items[0]["maskImageBase64Data"]) if "maskImageBase64Data" in items[0] else b""
@@ -131,32 +93,28 @@ class GatewayClient:
             mask=mask_used,
         )
 
+    @with_controls(MASK, skip=("image", "model", "prompt"), include=_offered)
     def mask(
-        self,
-        image: bytes,
-        model: str | None = None,
-        prompt: str | None = None,
-        confidence: float | None = None,
-        max_detections: int | None = None,
-        padding: int | None = None,
-        blur: int | None = None,
-        invert: bool | None = None,
+        self, image: bytes, model: str | None = None, prompt: str | None = None, **controls: Any
     ) -> MaskResult:
         """As :meth:`InpaintClient.mask`: one ``imageMasking`` task."""
-        task = self._task(
-            "imageMasking",
-            inputImage=_b64(image),
-            model=model,
-            maskPrompt=prompt,
-            confidence=confidence,
-            maxDetections=max_detections,
-            maskPadding=padding,
-            maskBlur=blur,
-            invert=invert,
-            outputType="base64Data",
-        )
+        values = {"image": image, "model": model, "prompt": prompt, **MASK.keywords(controls, "mask")}
+        task = self._task("imageMasking", outputType="base64Data", **_fields(MASK, values))
         (item,) = self._post([task])
         return MaskResult(mask=base64.b64decode(item["maskImageBase64Data"]), detections=item["detections"])
+
+
+def _fields(schema: RequestSchema, values: dict[str, Any]) -> dict[str, Any]:
+    """The task's fields: each control under its Runware-style name, images as base64."""
+    fields = {}
+    for name, value in values.items():
+        control = schema[name]
+        if value is None:
+            continue
+        if control.runware is None:
+            raise InpaintError(f"{name}: is not offered by the gateway's task API")
+        fields[control.runware] = _b64(value) if control.kind is bytes else value
+    return fields
 
 
 def _b64(data: bytes) -> str:

@@ -18,6 +18,7 @@ from triton_inpaint.contract import (
     ensemble_name,
 )
 from triton_inpaint.errors import split_field
+from triton_inpaint.schema import INPAINT, MASK, with_controls
 
 PROTOCOLS = ("grpc", "http")
 _SPECS = {spec.name: spec for spec in (*REQUEST_INPUTS, *MASKING_INPUTS)}
@@ -196,32 +197,11 @@ class InpaintClient:
         tensor.set_data_from_numpy(array)
         return tensor
 
+    @with_controls(INPAINT, skip=("image", "mask", "prompt"))
     def inpaint(
-        self,
-        model: str,
-        image: bytes,
-        mask: bytes | None,
-        prompt: str,
-        negative_prompt: str | None = None,
-        steps: int | None = None,
-        strength: float | None = None,
-        guidance_scale: float | None = None,
-        seed: int | None = None,
-        scheduler: str | None = None,
-        width: int | None = None,
-        height: int | None = None,
-        mask_invert: bool | None = None,
-        mask_expand: int | None = None,
-        mask_blur: int | None = None,
-        mask_margin: int | None = None,
-        num_images: int | None = None,
-        output_format: str | None = None,
-        output_quality: int | None = None,
-        mask_model: str | None = None,
-        mask_prompt: str | None = None,
-        dry_run: bool | None = None,
+        self, model: str, image: bytes, mask: bytes | None, prompt: str, **controls: Any
     ) -> InpaintResult:
-        """Inpaint ``image`` where ``mask`` is white; ``None`` leaves a control at the model's default.
+        """Inpaint ``image`` where ``mask`` is white; an absent or ``None`` control takes its default.
 
         ``model`` is the checkpoint name given at export (``tiny``) or the ensemble's name
         (``inpaint_tiny``). Instead of a mask (pass ``None``), ``mask_model`` (``face``, ``hands``...)
@@ -229,59 +209,21 @@ class InpaintClient:
         ``dry_run`` checks everything a request can be refused for without running a network (images,
         mask, sizes, the memory budget, scheduler, strength) and answers with no images.
         """
-        values = {
-            "image": image,
-            "mask": mask,
-            "mask_model": mask_model,
-            "mask_prompt": mask_prompt,
-            "prompt": prompt,
-            "negative_prompt": negative_prompt,
-            "steps": steps,
-            "strength": strength,
-            "guidance_scale": guidance_scale,
-            "seed": seed,
-            "scheduler": scheduler,
-            "width": width,
-            "height": height,
-            "mask_invert": mask_invert,
-            "mask_expand": mask_expand,
-            "mask_blur": mask_blur,
-            "mask_margin": mask_margin,
-            "num_images": num_images,
-            "output_format": output_format,
-            "output_quality": output_quality,
-            "dry_run": dry_run,
-        }
+        values = {"image": image, "mask": mask, "prompt": prompt, **INPAINT.keywords(controls, "inpaint")}
         result = self._infer(self.resolve_model(model), values, RESPONSE_OUTPUTS, model)
         images = [bytes(image) for image in result.as_numpy("output_image").reshape(-1)]
         seeds = [int(seed) for seed in result.as_numpy("output_seed").reshape(-1)]
         mask_used = bytes(result.as_numpy("output_mask").reshape(-1)[0])
         return InpaintResult(images=images, seeds=seeds, mask=mask_used)
 
+    @with_controls(MASK, skip=("image", "model", "prompt"))
     def mask(
-        self,
-        image: bytes,
-        model: str | None = None,
-        prompt: str | None = None,
-        confidence: float | None = None,
-        max_detections: int | None = None,
-        padding: int | None = None,
-        blur: int | None = None,
-        invert: bool | None = None,
+        self, image: bytes, model: str | None = None, prompt: str | None = None, **controls: Any
     ) -> MaskResult:
         """A mask from a detector (``face``, ``face_mesh``, ``eyes``, ``nose``, ``lips``, ``hands``,
-        ``person``) or from a mask prompt (``"the background"``, ``"hair"``); ``None`` leaves a
-        parameter at its default."""
-        values = {
-            "image": image,
-            "model": model,
-            "prompt": prompt,
-            "confidence": confidence,
-            "max_detections": max_detections,
-            "padding": padding,
-            "blur": blur,
-            "invert": invert,
-        }
+        ``person``) or from a mask prompt (``"the background"``, ``"hair"``); an absent or ``None``
+        control takes its default."""
+        values = {"image": image, "model": model, "prompt": prompt, **MASK.keywords(controls, "mask")}
         result = self._infer(MASKING_MODEL, values, MASKING_OUTPUTS, MASKING_MODEL)
         detections = json.loads(bytes(result.as_numpy("detections").reshape(-1)[0]))
         return MaskResult(mask=bytes(result.as_numpy("mask_image").reshape(-1)[0]), detections=detections)

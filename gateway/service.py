@@ -17,14 +17,8 @@ from typing import Any
 
 from triton_inpaint.client import InpaintClient, InpaintError, ModelUnavailableError, ServerUnreachableError
 from triton_inpaint.errors import InvalidInputError
-from triton_inpaint.imaging import (
-    DEFAULT_QUALITY,
-    MAX_PIXELS,
-    decode_image,
-    encode_image,
-    output_format,
-    probe,
-)
+from triton_inpaint.imaging import MAX_PIXELS, decode_image, encode_image, probe
+from triton_inpaint.schema import INPAINT, MASK, MASK_SOURCES, RequestSchema
 
 from .fetch import FetchPolicy
 from .images import image_extension, output_fields, resolve_image
@@ -32,29 +26,8 @@ from .storage import Storage
 from .tasks import EDEN_TOOL, ImageInferenceTask, ImageMaskingTask, ImageUploadTask
 
 # Triton's input names -> the reference's field names, so a refusal names what the caller sent.
-INFERENCE_FIELDS = {
-    "image": "seedImage",
-    "mask": "maskImage",
-    "prompt": "positivePrompt",
-    "negative_prompt": "negativePrompt",
-    "mask_margin": "maskMargin",
-    "guidance_scale": "CFGScale",
-    "num_images": "numberResults",
-    "output_format": "outputFormat",
-    "output_quality": "outputQuality",
-    "mask_model": "maskModel",
-    "mask_prompt": "maskPrompt",
-    "mask_invert": "maskInvert",
-    "mask_expand": "maskExpand",
-    "mask_blur": "maskBlur",
-}
-MASKING_FIELDS = {
-    "image": "inputImage",
-    "prompt": "maskPrompt",
-    "max_detections": "maxDetections",
-    "padding": "maskPadding",
-    "blur": "maskBlur",
-}
+INFERENCE_FIELDS = {control.name: control.runware for control in INPAINT if control.runware}
+MASKING_FIELDS = {control.name: control.runware for control in MASK if control.runware}
 EXTENSIONS = {"PNG": "png", "JPG": "jpg", "WEBP": "webp"}
 logger = logging.getLogger("triton_inpaint.gateway")
 
@@ -169,34 +142,13 @@ class TaskRunner:
         return [{"taskType": task.taskType, "taskUUID": task.taskUUID, "imageUUID": image_uuid}]
 
     def image_inference(self, task: ImageInferenceTask, base_url: str) -> list[dict[str, Any]]:
-        _one_of(task, ("maskImage", "maskModel", "maskPrompt"))
+        _one_of(task, tuple(INFERENCE_FIELDS[name] for name in MASK_SOURCES))
         image = self.image(task.seedImage, "seedImage")
         mask = None if task.maskImage is None else self.image(task.maskImage, "maskImage")
+        controls = runware_controls(INPAINT, task)
+        prompt = controls.pop("prompt")
         result = self.call(
-            INFERENCE_FIELDS,
-            lambda client: client.inpaint(
-                task.model,
-                image,
-                mask,
-                task.positivePrompt,
-                negative_prompt=task.negativePrompt,
-                steps=task.steps,
-                strength=task.strength,
-                guidance_scale=task.CFGScale,
-                seed=task.seed,
-                scheduler=task.scheduler,
-                width=task.width,
-                height=task.height,
-                mask_margin=task.maskMargin,
-                num_images=task.numberResults,
-                output_format=task.outputFormat,
-                output_quality=task.outputQuality,
-                mask_model=task.maskModel,
-                mask_prompt=task.maskPrompt,
-                mask_invert=task.maskInvert,
-                mask_expand=task.maskExpand,
-                mask_blur=task.maskBlur,
-            ),
+            INFERENCE_FIELDS, lambda client: client.inpaint(task.model, image, mask, prompt, **controls)
         )
         ext = EXTENSIONS[task.outputFormat]
         made_mask = task.maskImage is None  # a mask made on the server: the caller sees which
@@ -218,19 +170,8 @@ class TaskRunner:
     def image_masking(self, task: ImageMaskingTask, base_url: str) -> list[dict[str, Any]]:
         _one_of(task, ("model", "maskPrompt"))
         image = self.image(task.inputImage, "inputImage")
-        result = self.call(
-            MASKING_FIELDS,
-            lambda client: client.mask(
-                image,
-                task.model,
-                task.maskPrompt,
-                confidence=task.confidence,
-                max_detections=task.maxDetections,
-                padding=task.maskPadding,
-                blur=task.maskBlur,
-                invert=task.invert,
-            ),
-        )
+        controls = runware_controls(MASK, task)
+        result = self.call(MASKING_FIELDS, lambda client: client.mask(image, **controls))
         mask = result.mask
         if task.outputFormat != "PNG":
             mask = _reencode(mask, task.outputFormat)
@@ -266,6 +207,15 @@ class TaskRunner:
         return stored
 
 
+def runware_controls(schema: RequestSchema, task: Any) -> dict[str, Any]:
+    """The task's control fields by control name, images left out (they are resolved first)."""
+    return {
+        control.name: getattr(task, control.runware)
+        for control in schema
+        if control.runware is not None and control.kind is not bytes
+    }
+
+
 def _one_of(task: Any, names: tuple[str, ...]) -> None:
     given = [name for name in names if getattr(task, name) is not None]
     if len(given) != 1:
@@ -278,7 +228,7 @@ def _one_of(task: Any, names: tuple[str, ...]) -> None:
 
 def _reencode(png: bytes, name: str) -> bytes:
     """The mask in the task's output format (image_masking answers PNG)."""
-    return encode_image(decode_image(png, "mask"), output_format(name), DEFAULT_QUALITY)
+    return encode_image(decode_image(png, "mask"), name)
 
 
 def processing_size(width: int, height: int, resolution: int, multiple: int = 16) -> tuple[int, int]:
@@ -344,17 +294,19 @@ class AsyncInpainting:
 
         def call(client: InpaintClient) -> Any:
             model = args.get("model") or self.runner.config.default_model or _first_model(client)
+            controls = {
+                control.name: args.get(control.eden)
+                for control in INPAINT
+                if control.eden is not None and control.kind is not bytes
+            }
+            prompt = controls.pop("prompt")
             return client.inpaint(
                 model,
                 image,
                 mask,
-                args["inpainting_prompt"],
-                mask_prompt=args.get("masking_prompt"),
-                mask_blur=args["mask_blur"],
-                mask_expand=args["mask_expand"],
+                prompt,
+                **controls,
                 strength=min(1.0, args["creativity"]),
-                num_images=args["n_samples"],
-                seed=args.get("seed"),
                 width=width,
                 height=height,
                 dry_run=dry_run or None,
@@ -423,16 +375,12 @@ class AsyncInpainting:
 
 
 EDEN_FIELDS = {
-    "image": "args.image",
-    "mask": "args.mask",
-    "mask_prompt": "args.masking_prompt",
+    **{control.name: f"args.{control.eden}" for control in INPAINT if control.eden},
+    # What Eden-style tasks send under other names: the size from resolution, a prompt's detector.
     "mask_model": "args.masking_prompt",
-    "prompt": "args.inpainting_prompt",
-    "mask_blur": "args.mask_blur",
-    "mask_expand": "args.mask_expand",
-    "num_images": "args.n_samples",
     "width": "args.resolution",
     "height": "args.resolution",
+    "strength": "args.creativity",
     "model": "args.model",
 }
 

@@ -1,8 +1,9 @@
 """The task API's request schemas (Runware-style ``POST /v1`` and Eden-style async tasks), in pydantic.
 
-Field names, ranges and defaults are the reference's; the ranges themselves come from the library's
-parameter modules, the single place they are defined. Validation errors become one message per field
-that names the field and its allowed range.
+The fields that carry controls are generated from the declarations in ``triton_inpaint.schema`` (their
+Runware- and Eden-style names, types, ranges, choices and defaults); what is written here is only what
+the task styles add: task envelopes, output options, prompt length rules, Eden's resolution and
+creativity. Validation errors become one message per field that names the field and its allowed range.
 """
 
 from __future__ import annotations
@@ -10,38 +11,23 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 import annotated_types
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    create_model,
+    field_validator,
+)
 
-from triton_inpaint.imaging import QUALITY_RANGE
-from triton_inpaint.masking import (
-    CONFIDENCE_RANGE,
-    DEFAULT_BLUR,
-    DEFAULT_CONFIDENCE,
-    DEFAULT_MAX_DETECTIONS,
-    DEFAULT_PADDING,
-    MASKING_MODELS,
-    MAX_DETECTIONS_RANGE,
-    PADDING_RANGE,
-)
-from triton_inpaint.masks import MASK_BLUR_RANGE, MASK_EXPAND_RANGE, MASK_MARGIN_RANGE
-from triton_inpaint.params import (
-    GUIDANCE_RANGE,
-    NUM_IMAGES_RANGE,
-    SEED_RANGE,
-    SIZE_RANGE,
-    STEPS_RANGE,
-    STRENGTH_RANGE,
-)
+from triton_inpaint.schema import INPAINT, MASK, Control, RequestSchema
 
 BLANK_PROMPT = "__BLANK__"
 PROMPT_LENGTH = (2, 3000)
 MASK_PROMPT_LENGTH = 200
 NAME_LENGTH = 200  # model and scheduler names
 IGNORED_FIELDS = ("includeCost", "deliveryMethod")  # accepted for compatibility; they change nothing here
-
-
-def _between(bounds: tuple[float, float]) -> list[Any]:
-    return [annotated_types.Ge(bounds[0]), annotated_types.Le(bounds[1])]
 
 
 # JSON lets "\ud800" through as a lone surrogate, which no UTF-8 encoder (Triton's, ours) accepts.
@@ -91,7 +77,7 @@ class _Task(BaseModel):
 
 class _Output(BaseModel):
     outputType: Literal["URL", "base64Data", "dataURI"] = "URL"
-    outputFormat: Literal["PNG", "JPG", "WEBP"] = "PNG"
+    outputFormat: Literal[INPAINT["output_format"].choices] = INPAINT["output_format"].default  # type: ignore
 
     @field_validator("outputType", mode="before")
     @classmethod
@@ -105,32 +91,57 @@ class _Output(BaseModel):
         return value.upper() if isinstance(value, str) else value
 
 
-class ImageInferenceTask(_Task, _Output):
-    taskType: Literal["imageInference"]
-    positivePrompt: Text
-    negativePrompt: Annotated[Text, Field(max_length=PROMPT_LENGTH[1])] | None = None
-    seedImage: Text
-    maskImage: Text | None = None
-    # Extensions beyond the reference: the mask made on the server instead of maskImage, and the mask
-    # controls of the Triton API (the reference has them only for Eden-style tasks).
-    maskModel: Literal[MASKING_MODELS] | None = None  # type: ignore[valid-type]
-    maskPrompt: Annotated[Text, Field(min_length=1, max_length=MASK_PROMPT_LENGTH)] | None = None
-    maskInvert: bool | None = None
-    maskExpand: Annotated[int, *_between(MASK_EXPAND_RANGE)] | None = None
-    maskBlur: Annotated[int, *_between(MASK_BLUR_RANGE)] | None = None
-    model: Name
-    maskMargin: Annotated[int, *_between(MASK_MARGIN_RANGE)] | None = None
-    strength: Annotated[float, *_between(STRENGTH_RANGE)] | None = None
-    steps: Annotated[int, *_between(STEPS_RANGE)] | None = None
-    CFGScale: Annotated[float, *_between(GUIDANCE_RANGE)] | None = None
-    scheduler: Name | None = None
-    width: Annotated[int, *_between(SIZE_RANGE)] | None = None
-    height: Annotated[int, *_between(SIZE_RANGE)] | None = None
-    seed: Annotated[int, *_between(SEED_RANGE)] | None = None
-    numberResults: Annotated[int, *_between(NUM_IMAGES_RANGE)] = 1
-    outputQuality: Annotated[int, *_between(QUALITY_RANGE)] | None = None
+# The task styles' own rules for some control fields, beyond the declared type and range.
+_MASK_PROMPT = Annotated[Text, Field(min_length=1, max_length=MASK_PROMPT_LENGTH)]
+RUNWARE_TYPES: dict[str, Any] = {
+    "negativePrompt": Annotated[Text, Field(max_length=PROMPT_LENGTH[1])],
+    "maskPrompt": _MASK_PROMPT,
+    "scheduler": Name,
+}
+EDEN_TYPES: dict[str, Any] = {
+    "inpainting_prompt": Annotated[Text, Field(min_length=1, max_length=PROMPT_LENGTH[1])],
+    "masking_prompt": _MASK_PROMPT,
+}
 
-    @field_validator("positivePrompt")
+
+def _between(bounds: tuple[float, float]) -> list[Any]:
+    return [annotated_types.Ge(bounds[0]), annotated_types.Le(bounds[1])]
+
+
+def _field_type(control: Control) -> Any:
+    """A control's value as a task field: images are strings (UUID, URL, base64, data URI); closed
+    choices are literals; numbers carry their range."""
+    if control.kind in (bytes, str):
+        if control.choices is not None and not control.open_choices:
+            return Literal[control.choices]  # type: ignore[valid-type]
+        return Text
+    if control.bounds is not None:
+        return Annotated[control.kind, *_between(control.bounds)]
+    return control.kind
+
+
+def control_fields(
+    schema: RequestSchema, style: str, types: dict[str, Any], skip: tuple[str, ...] = ()
+) -> dict[str, Any]:
+    """pydantic field definitions for the controls offered in ``style`` ("runware" or "eden")."""
+    fields: dict[str, Any] = {}
+    for control in schema:
+        name = getattr(control, style)
+        if name is None or name in skip:
+            continue
+        annotation = types.get(name, _field_type(control))
+        default = control.default
+        if style == "eden" and control.eden_default is not None:
+            default = control.eden_default
+        fields[name] = (annotation, ...) if control.required else (annotation | None, default)
+    return fields
+
+
+class _InferenceTask(_Task, _Output):
+    taskType: Literal["imageInference"]
+    model: Name
+
+    @field_validator("positivePrompt", check_fields=False)
     @classmethod
     def _prompt(cls, value: str) -> str:
         if value == BLANK_PROMPT:
@@ -141,16 +152,22 @@ class ImageInferenceTask(_Task, _Output):
         return value
 
 
-class ImageMaskingTask(_Task, _Output):
+class _MaskingTask(_Task, _Output):
     taskType: Literal["imageMasking"]
-    inputImage: Text
-    model: Literal[MASKING_MODELS] | None = None  # type: ignore[valid-type]
-    maskPrompt: Annotated[Text, Field(min_length=1, max_length=MASK_PROMPT_LENGTH)] | None = None  # or this
-    confidence: Annotated[float, *_between(CONFIDENCE_RANGE)] = DEFAULT_CONFIDENCE
-    maxDetections: Annotated[int, *_between(MAX_DETECTIONS_RANGE)] = DEFAULT_MAX_DETECTIONS
-    maskPadding: Annotated[int, *_between(PADDING_RANGE)] = DEFAULT_PADDING
-    maskBlur: Annotated[int, *_between(MASK_BLUR_RANGE)] = DEFAULT_BLUR
-    invert: bool = False
+
+
+# Beyond the reference, inference tasks carry every control of the Triton API: the mask made on the
+# server instead of maskImage, the mask controls (the reference has them only for Eden-style tasks).
+ImageInferenceTask = create_model(
+    "ImageInferenceTask",
+    __base__=_InferenceTask,
+    **control_fields(INPAINT, "runware", RUNWARE_TYPES, skip=tuple(_Output.model_fields)),
+)
+ImageMaskingTask = create_model(
+    "ImageMaskingTask",
+    __base__=_MaskingTask,
+    **control_fields(MASK, "runware", RUNWARE_TYPES, skip=tuple(_Output.model_fields)),
+)
 
 
 class ImageUploadTask(_Task):
@@ -171,20 +188,17 @@ RESOLUTION_RANGE = (512, 1536)
 CREATIVITY_RANGE = (0.0, 1.1)
 
 
-class InpaintingArgs(BaseModel):
+class _EdenArgs(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    image: Text
-    inpainting_prompt: Annotated[Text, Field(min_length=1, max_length=PROMPT_LENGTH[1])]
-    masking_prompt: Annotated[Text, Field(min_length=1, max_length=MASK_PROMPT_LENGTH)] | None = None
-    mask: Text | None = None
     model: Name | None = None  # which served model; the gateway's default when absent
-    resolution: Annotated[int, *_between(RESOLUTION_RANGE)] = 1024
-    creativity: Annotated[float, *_between(CREATIVITY_RANGE)] = 0.85
-    mask_blur: Annotated[int, *_between(MASK_BLUR_RANGE)] = 24
-    mask_expand: Annotated[int, *_between(MASK_EXPAND_RANGE)] = 12
-    n_samples: Annotated[int, *_between(NUM_IMAGES_RANGE)] = 1
-    seed: Annotated[int, *_between(SEED_RANGE)] | None = None
+    resolution: Annotated[int, *_between(RESOLUTION_RANGE)] = 1024  # the processing size's longer side
+    creativity: Annotated[float, *_between(CREATIVITY_RANGE)] = 0.85  # strength, capped at 1
+
+
+InpaintingArgs = create_model(
+    "InpaintingArgs", __base__=_EdenArgs, **control_fields(INPAINT, "eden", EDEN_TYPES)
+)
 
 
 class EdenTaskRequest(BaseModel):

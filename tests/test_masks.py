@@ -14,12 +14,12 @@ from triton_inpaint.imaging import mask_to_pil
 from triton_inpaint.masks import (
     MaskParams,
     blur_mask,
-    check_mask_margin,
     crop_region,
     expand_mask,
     mask_bounds,
     prepare_mask,
 )
+from triton_inpaint.schema import INPAINT
 
 binary_masks = arrays(np.bool_, st.tuples(st.integers(8, 48), st.integers(8, 48))).map(
     lambda m: m.astype(np.float32)
@@ -141,8 +141,8 @@ def test_empty_mask_crop_is_whole_image():
         (lambda: MaskParams.from_inputs(expand=65), "mask_expand: must be an integer in [0, 64], got 65"),
         (lambda: MaskParams.from_inputs(blur=161), "mask_blur: must be an integer in [0, 160], got 161"),
         (lambda: MaskParams.from_inputs(blur=-1), "mask_blur: must be an integer in [0, 160], got -1"),
-        (lambda: check_mask_margin(20), "mask_margin: must be an integer in [32, 128], got 20"),
-        (lambda: check_mask_margin(129), "mask_margin: must be an integer in [32, 128], got 129"),
+        (lambda: INPAINT["mask_margin"].check(20), "mask_margin: must be an integer in [32, 128], got 20"),
+        (lambda: INPAINT["mask_margin"].check(129), "mask_margin: must be an integer in [32, 128], got 129"),
     ],
 )
 def test_ranges_name_the_field(call, message):

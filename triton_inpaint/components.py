@@ -9,12 +9,13 @@ ONNX graphs' names, which are also the Triton models' names, so nothing maps nam
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 import torch
+
+from triton_inpaint.contract import Runner
 
 TEXT_ENCODER = "text_encoder"
 TEXT_ENCODER_2 = "text_encoder_2"
@@ -69,7 +70,6 @@ def network_tensors(architecture: str) -> dict[str, tuple[tuple[str, ...], tuple
     return _TENSORS[architecture]
 
 
-Runner = Callable[[str, dict[str, np.ndarray], list[str]], list[np.ndarray]]
 
 
 class SDComponents(Protocol):

@@ -1,13 +1,22 @@
 """The tensor contract between the client, the ensemble and its steps: names, types, shapes.
 
-Names stay the same from stage to stage (``original_image`` is ``original_image`` in preprocess,
-denoise and postprocess), so configs need no name mapping. The generated configs are built from these
-lists; a test checks that the hand-written ``model_repository/`` configs agree with them.
+The request's tensors are its controls as declared in ``schema.py``; each ensemble step reads the
+controls of its stage. Names stay the same from stage to stage (``original_image`` is ``original_image``
+in preprocess, denoise and postprocess), so configs need no name mapping. Exported configs are written
+from these lists, and the built-in models complete their configs from them when Triton loads them.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
+
+from triton_inpaint.schema import DENOISE, INPAINT, MASK, POSTPROCESS, PREPROCESS, Control
+
+# How library code reaches a network or another model: run(model, inputs, output names) -> outputs.
+# In Triton it is BLS (``triton/io.py``); in tests, onnxruntime (``components.onnx_runner``).
+Runner = Callable[[str, dict[str, Any], list[str]], list[Any]]
 
 
 @dataclass(frozen=True)
@@ -31,35 +40,13 @@ class TensorSpec:
         }[self.data_type]
 
 
-REQUEST_INPUTS: tuple[TensorSpec, ...] = (
-    TensorSpec("image", "TYPE_STRING", (1,), description="encoded PNG, JPEG or WEBP image"),
-    TensorSpec("mask", "TYPE_STRING", (1,), True, "encoded mask: white regenerates, black keeps"),
-    TensorSpec("mask_model", "TYPE_STRING", (1,), True, "instead of a mask: a masking model, e.g. face"),
-    TensorSpec("mask_prompt", "TYPE_STRING", (1,), True, "instead of a mask: what to mask, e.g. eyes"),
-    TensorSpec("mask_invert", "TYPE_BOOL", (1,), True, "regenerate what the mask keeps, and the reverse"),
-    TensorSpec("mask_expand", "TYPE_INT32", (1,), True, "grow the mask by 0-64 px"),
-    TensorSpec("mask_blur", "TYPE_INT32", (1,), True, "feather the mask edge over 0-160 px"),
-    TensorSpec("prompt", "TYPE_STRING", (1,), description="UTF-8 text describing the fill"),
-    TensorSpec("negative_prompt", "TYPE_STRING", (1,), True, "UTF-8 text to steer away from"),
-    TensorSpec("steps", "TYPE_INT32", (1,), True, "denoising steps, 1-100"),
-    TensorSpec("strength", "TYPE_FP32", (1,), True, "0-1, how much of the masked area is regenerated"),
-    TensorSpec("guidance_scale", "TYPE_FP32", (1,), True, "0-50, classifier-free guidance"),
-    TensorSpec("seed", "TYPE_INT64", (1,), True, "0 to 2^63-1; random when absent"),
-    TensorSpec("scheduler", "TYPE_STRING", (1,), True, "scheduler name, e.g. DDIM"),
-    TensorSpec("width", "TYPE_INT32", (1,), True, "processing width, multiple of 8"),
-    TensorSpec("height", "TYPE_INT32", (1,), True, "processing height, multiple of 8"),
-    TensorSpec("mask_margin", "TYPE_INT32", (1,), True, "32-128 px: inpaint a crop around the mask"),
-    TensorSpec("num_images", "TYPE_INT32", (1,), True, "1-4 images, seeds seed, seed+1, ..."),
-    TensorSpec("output_format", "TYPE_STRING", (1,), True, "PNG, JPG or WEBP"),
-    TensorSpec("output_quality", "TYPE_INT32", (1,), True, "1-100 for JPG and WEBP"),
-    TensorSpec(
-        "dry_run",
-        "TYPE_BOOL",
-        (1,),
-        True,
-        "check everything (image, mask, sizes, memory) and answer no images",
-    ),
-)
+def control_tensor(control: Control) -> TensorSpec:
+    """A request control as the shape-[1] tensor that carries it."""
+    description = control.description + (f"; {control.allowed}" if control.allowed else "")
+    return TensorSpec(control.name, control.data_type, (1,), not control.required, description)
+
+
+REQUEST_INPUTS: tuple[TensorSpec, ...] = tuple(control_tensor(control) for control in INPAINT)
 RESPONSE_OUTPUTS: tuple[TensorSpec, ...] = (
     TensorSpec("output_image", "TYPE_STRING", (-1,), description="the inpainted images, one per seed"),
     TensorSpec("output_seed", "TYPE_INT64", (-1,), description="the seed of each image"),
@@ -67,11 +54,11 @@ RESPONSE_OUTPUTS: tuple[TensorSpec, ...] = (
         "output_mask", "TYPE_STRING", (1,), description="the mask used (after invert, expand, blur), PNG"
     ),
 )
-_BY_NAME = {spec.name: spec for spec in REQUEST_INPUTS}
 
 
-def request_inputs(*names: str) -> tuple[TensorSpec, ...]:
-    return tuple(_BY_NAME[name] for name in names)
+def stage_inputs(stage: str) -> tuple[TensorSpec, ...]:
+    """The request tensors the ensemble step ``stage`` reads: the controls it implements."""
+    return tuple(control_tensor(control) for control in INPAINT.at(stage))
 
 
 # Tensors between the steps of the ensemble.
@@ -80,37 +67,18 @@ SOFT_MASK = TensorSpec("soft_mask", "TYPE_FP32", (-1, -1))
 GENERATED_IMAGE = TensorSpec("generated_image", "TYPE_UINT8", (-1, -1, -1, 3))
 CROP_BOX = TensorSpec("crop_box", "TYPE_INT32", (4,))
 
-PREPROCESS_INPUTS = request_inputs(
-    "image", "mask", "mask_model", "mask_prompt", "mask_invert", "mask_expand", "mask_blur"
-)
+PREPROCESS_INPUTS = stage_inputs(PREPROCESS)
 PREPROCESS_OUTPUTS = (ORIGINAL_IMAGE, SOFT_MASK, RESPONSE_OUTPUTS[2])
-DENOISE_INPUTS = (
-    ORIGINAL_IMAGE,
-    SOFT_MASK,
-    *request_inputs(
-        "prompt",
-        "negative_prompt",
-        "steps",
-        "strength",
-        "guidance_scale",
-        "seed",
-        "scheduler",
-        "width",
-        "height",
-        "mask_margin",
-        "num_images",
-        "dry_run",
-    ),
-)
+DENOISE_INPUTS = (ORIGINAL_IMAGE, SOFT_MASK, *stage_inputs(DENOISE))
 DENOISE_OUTPUTS = (GENERATED_IMAGE, CROP_BOX, RESPONSE_OUTPUTS[1])
-POSTPROCESS_INPUTS = (
-    GENERATED_IMAGE,
-    CROP_BOX,
-    ORIGINAL_IMAGE,
-    SOFT_MASK,
-    *request_inputs("output_format", "output_quality"),
-)
+POSTPROCESS_INPUTS = (GENERATED_IMAGE, CROP_BOX, ORIGINAL_IMAGE, SOFT_MASK, *stage_inputs(POSTPROCESS))
 POSTPROCESS_OUTPUTS = (RESPONSE_OUTPUTS[0],)
+
+STAGE_TENSORS = {
+    PREPROCESS: (PREPROCESS_INPUTS, PREPROCESS_OUTPUTS),
+    DENOISE: (DENOISE_INPUTS, DENOISE_OUTPUTS),
+    POSTPROCESS: (POSTPROCESS_INPUTS, POSTPROCESS_OUTPUTS),
+}
 
 PREPROCESS_MODEL = "inpaint_preprocess"
 POSTPROCESS_MODEL = "inpaint_postprocess"
@@ -126,16 +94,7 @@ def denoise_name(checkpoint_name: str) -> str:
 
 # image_masking: masks from the detectors (``export detectors`` writes it beside them).
 MASKING_MODEL = "image_masking"
-MASKING_INPUTS: tuple[TensorSpec, ...] = (
-    REQUEST_INPUTS[0],
-    TensorSpec("model", "TYPE_STRING", (1,), True, "face, face_mesh, eyes, nose, lips, hands or person"),
-    TensorSpec("prompt", "TYPE_STRING", (1,), True, "instead of a model: what to mask, e.g. eyes or hair"),
-    TensorSpec("confidence", "TYPE_FP32", (1,), True, "0-1, minimum detection score"),
-    TensorSpec("max_detections", "TYPE_INT32", (1,), True, "1-20"),
-    TensorSpec("padding", "TYPE_INT32", (1,), True, "0-256 px: grow the mask"),
-    TensorSpec("blur", "TYPE_INT32", (1,), True, "0-160 px: feather the mask"),
-    TensorSpec("invert", "TYPE_BOOL", (1,), True, "select everything but the detections"),
-)
+MASKING_INPUTS: tuple[TensorSpec, ...] = tuple(control_tensor(control) for control in MASK)
 MASKING_OUTPUTS: tuple[TensorSpec, ...] = (
     TensorSpec("mask_image", "TYPE_STRING", (1,), description="the mask as PNG: white = selected"),
     TensorSpec(

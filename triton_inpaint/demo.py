@@ -12,19 +12,6 @@ import warnings
 from importlib import resources
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-
-
-def builtin_repository() -> Path:
-    """The hand-written models (``model_repository/`` of this checkout)."""
-    path = REPO_ROOT / "model_repository"
-    if not (path / "inpaint_preprocess" / "config.pbtxt").is_file():
-        raise FileNotFoundError(
-            f"{path}: hand-written model repository not found; "
-            "install with 'pip install -e .' from a checkout"
-        )
-    return path
-
 
 def sample_bytes(name: str) -> bytes:
     return resources.files("triton_inpaint.assets").joinpath(name).read_bytes()
@@ -40,7 +27,7 @@ def run_demo(workdir: Path, seed: int, steps: int) -> Path:
     from triton_inpaint.export.repository import export_checkpoint
     from triton_inpaint.export.tiny import write_tiny_checkpoint
     from triton_inpaint.gateway.launcher import GatewayServer
-    from triton_inpaint.server import TritonServer, free_port
+    from triton_inpaint.server import TritonServer, builtin_repository, free_port
 
     checkpoint = workdir / "tiny-sd15-inpaint"
     repository = workdir / "repository"

@@ -27,3 +27,13 @@ def split_field(message: str) -> tuple[str, str] | None:
     if separator and reason and _FIELD.fullmatch(field):
         return field, reason
     return None
+
+
+class ModelCallError(RuntimeError):
+    """A model called from another (over Triton's BLS, or onnxruntime in tests) answered with an
+    error; ``message`` is its message as sent."""
+
+    def __init__(self, model: str, message: str) -> None:
+        self.model = model
+        self.message = message
+        super().__init__(f"{model}: {message}")

@@ -9,6 +9,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from triton_inpaint.errors import InvalidInputError
+from triton_inpaint.schema import INPAINT
 
 ACCEPTED_FORMATS = ("PNG", "JPEG", "WEBP")
 # A decompression bomb is refused before decoding: Pillow checks the header's size against this.
@@ -139,33 +140,19 @@ def decode_mask(data: bytes, field: str = "mask") -> np.ndarray:
     return mask_fraction(_open(data, field))
 
 
-OUTPUT_FORMATS = {"PNG": "PNG", "JPG": "JPEG", "JPEG": "JPEG", "WEBP": "WEBP"}
-QUALITY_RANGE = (1, 100)
-DEFAULT_QUALITY = 95
+# The declared output format names -> Pillow's.
+_PILLOW_FORMATS = {"PNG": "PNG", "JPG": "JPEG", "WEBP": "WEBP"}
 
 
-def output_format(name: str | None) -> str:
-    """The Pillow format for a user's format name (PNG, JPG/JPEG, WEBP; any case); PNG by default."""
-    if name is None or name == "":
-        return "PNG"
-    found = OUTPUT_FORMATS.get(name.strip().upper())
-    if found is None:
-        raise InvalidInputError("output_format", f"must be one of PNG, JPG, WEBP, got {name!r}")
-    return found
-
-
-def output_quality(value: int | None) -> int:
-    if value is None:
-        return DEFAULT_QUALITY
-    if not QUALITY_RANGE[0] <= int(value) <= QUALITY_RANGE[1]:
-        raise InvalidInputError(
-            "output_quality", f"must be an integer in [{QUALITY_RANGE[0]}, {QUALITY_RANGE[1]}], got {value}"
-        )
-    return int(value)
-
-
-def encode_image(pixels: np.ndarray, image_format: str = "PNG", quality: int = DEFAULT_QUALITY) -> bytes:
-    """Encode RGB ``uint8`` (H, W, 3) pixels; ``quality`` applies to JPEG and WEBP (PNG is lossless)."""
+def encode_image(
+    pixels: np.ndarray,
+    output_format: str | None = None,
+    output_quality: int | None = None,
+) -> bytes:
+    """Encode RGB ``uint8`` (H, W, 3) pixels as the request's output controls say (checked here
+    against their declaration; absent: PNG, quality 95). Quality applies to JPG and WEBP."""
+    image_format = _PILLOW_FORMATS[INPAINT["output_format"].check(output_format)]
+    quality = INPAINT["output_quality"].check(output_quality)
     buffer = io.BytesIO()
     image = Image.fromarray(pixels, mode="RGB")
     if image_format == "PNG":

@@ -16,8 +16,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from triton_inpaint.components import Runner
-from triton_inpaint.contract import TEXT_SEGMENTATION_MODEL
+from triton_inpaint.contract import TEXT_SEGMENTATION_MODEL, Runner
 from triton_inpaint.detection import (
     FACE_DETECTOR,
     PALM_DETECTOR,
@@ -28,17 +27,8 @@ from triton_inpaint.detection import (
     stretch,
 )
 from triton_inpaint.errors import InvalidInputError
-from triton_inpaint.masks import MASK_BLUR_RANGE, blur_mask, check_int, expand_mask
-from triton_inpaint.params import check_range
-
-MASKING_MODELS = ("face", "face_mesh", "eyes", "nose", "lips", "hands", "person")
-CONFIDENCE_RANGE = (0.0, 1.0)
-MAX_DETECTIONS_RANGE = (1, 20)
-PADDING_RANGE = (0, 256)
-DEFAULT_CONFIDENCE = 0.25
-DEFAULT_MAX_DETECTIONS = 6
-DEFAULT_PADDING = 4
-DEFAULT_BLUR = 4
+from triton_inpaint.masks import blur_mask, expand_mask
+from triton_inpaint.schema import MASK, MASKING_MODELS
 
 FACE_MESH_FILE = "face_mesh.json"  # the landmark index sets, beside the image_masking model
 FACE_MODEL, FACE_LANDMARK_MODEL = "detector_face", "detector_face_landmark"
@@ -103,10 +93,10 @@ def text_model_missing(prompt: str, field: str = "prompt") -> InvalidInputError:
 @dataclass(frozen=True)
 class MaskingParams:
     model: str
-    confidence: float = DEFAULT_CONFIDENCE
-    max_detections: int = DEFAULT_MAX_DETECTIONS
-    padding: int = DEFAULT_PADDING
-    blur: int = DEFAULT_BLUR
+    confidence: float = MASK["confidence"].default
+    max_detections: int = MASK["max_detections"].default
+    padding: int = MASK["padding"].default
+    blur: int = MASK["blur"].default
     invert: bool = False
     phrases: tuple[str, ...] = ()  # what the text-segmentation model looks for (model "text")
     prompt: str | None = None  # the prompt as sent, for messages
@@ -141,17 +131,15 @@ class MaskingParams:
                 raise InvalidInputError(
                     fields[0], f"unknown masking model {model!r}; choose one of: {', '.join(MASKING_MODELS)}"
                 )
-        if confidence is not None:
-            check_range("confidence", float(confidence), CONFIDENCE_RANGE, "a number")
-
+        values = MASK.check_each(
+            {"confidence": confidence, "max_detections": max_detections, "padding": padding, "blur": blur}
+        )
         return cls(
             model=name,
-            confidence=DEFAULT_CONFIDENCE if confidence is None else float(confidence),
-            max_detections=check_int(
-                "max_detections", max_detections, MAX_DETECTIONS_RANGE, DEFAULT_MAX_DETECTIONS
-            ),
-            padding=check_int("padding", padding, PADDING_RANGE, DEFAULT_PADDING),
-            blur=check_int("blur", blur, MASK_BLUR_RANGE, DEFAULT_BLUR),
+            confidence=values["confidence"],
+            max_detections=values["max_detections"],
+            padding=values["padding"],
+            blur=values["blur"],
             invert=invert,
             phrases=phrases,
             prompt=prompt,

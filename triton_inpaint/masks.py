@@ -12,23 +12,10 @@ import cv2
 import numpy as np
 from diffusers.image_processor import VaeImageProcessor
 
-from triton_inpaint.errors import InvalidInputError
 from triton_inpaint.imaging import mask_to_pil
-
-MASK_EXPAND_RANGE = (0, 64)
-MASK_BLUR_RANGE = (0, 160)
-MASK_MARGIN_RANGE = (32, 128)
+from triton_inpaint.schema import INPAINT
 
 Box = tuple[int, int, int, int]  # x1, y1, x2, y2 (x2, y2 exclusive)
-
-
-def check_int(field: str, value: int | None, bounds: tuple[int, int], default: int | None) -> int | None:
-    """``value`` as an int within ``bounds`` (``default`` when absent), or an error naming the field."""
-    if value is None:
-        return default
-    if not bounds[0] <= int(value) <= bounds[1]:
-        raise InvalidInputError(field, f"must be an integer in [{bounds[0]}, {bounds[1]}], got {value}")
-    return int(value)
 
 
 @dataclass(frozen=True)
@@ -44,14 +31,10 @@ class MaskParams:
         cls, invert: bool | None = None, expand: int | None = None, blur: int | None = None
     ) -> MaskParams:
         return cls(
-            invert=bool(invert),
-            expand=check_int("mask_expand", expand, MASK_EXPAND_RANGE, 0),
-            blur=check_int("mask_blur", blur, MASK_BLUR_RANGE, 0),
+            invert=INPAINT["mask_invert"].check(invert),
+            expand=INPAINT["mask_expand"].check(expand),
+            blur=INPAINT["mask_blur"].check(blur),
         )
-
-
-def check_mask_margin(value: int | None) -> int | None:
-    return check_int("mask_margin", value, MASK_MARGIN_RANGE, None)
 
 
 def expand_mask(mask: np.ndarray, radius: int) -> np.ndarray:

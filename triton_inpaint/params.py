@@ -1,46 +1,38 @@
-"""The public request parameters of one inpainting request: names, ranges, defaults, validation.
+"""The denoising controls of one request, checked against their declaration in ``schema.INPAINT``.
 
-This is the single place where ranges live. The Triton models validate with it, the CLI builds its
-help text from it, and the README documents what it says.
+The ranges, defaults and messages are the declaration's; what this adds is what depends on the served
+model (its default steps, guidance, strength and scheduler) and on other controls (a seed leaves room
+for ``num_images`` consecutive seeds).
 """
 
 from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass
+from typing import Any
 
 from triton_inpaint.errors import InvalidInputError
-from triton_inpaint.masks import check_mask_margin
+from triton_inpaint.schema import DENOISE, INPAINT, SEED_MAX
 
-STEPS_RANGE = (1, 100)
-STRENGTH_RANGE = (0.0, 1.0)
-GUIDANCE_RANGE = (0.0, 50.0)
-SEED_RANGE = (0, 2**63 - 1)
-SIZE_MULTIPLE = 8
-SIZE_RANGE = (64, 2048)
+SEED_RANGE = (0, SEED_MAX)
+SIZE_MULTIPLE = INPAINT["width"].multiple_of or 8
 
-NUM_IMAGES_RANGE = (1, 4)
-
+# A model's defaults when its registry entry sets none (the common Stable Diffusion ones).
 DEFAULT_STEPS = 20
 DEFAULT_STRENGTH = 0.8
 DEFAULT_GUIDANCE = 7.0
-
-
-def check_range(field: str, value: float, bounds: tuple[float, float], kind: str) -> None:
-    lo, hi = bounds
-    if not lo <= value <= hi:
-        raise InvalidInputError(field, f"must be {kind} in [{lo}, {hi}], got {value}")
+_DENOISE_NAMES = frozenset(control.name for control in INPAINT.at(DENOISE))
 
 
 def random_seed(count: int = 1) -> int:
     """A fresh seed for requests that did not send one (room left for ``count`` consecutive seeds);
     returned to the caller so the request can be replayed."""
-    return secrets.randbelow(SEED_RANGE[1] - count + 2)
+    return secrets.randbelow(SEED_MAX - count + 2)
 
 
 @dataclass(frozen=True)
 class DenoiseParams:
-    """Controls of the denoising loop, validated; ``None`` inputs take the model's defaults."""
+    """Controls of the denoising loop, validated; absent inputs take the model's defaults."""
 
     prompt: str
     negative_prompt: str | None  # None when absent: SDXL then guides away from zeros, not from ""
@@ -53,6 +45,7 @@ class DenoiseParams:
     height: int | None
     num_images: int = 1
     mask_margin: int | None = None
+    dry_run: bool = False
 
     @property
     def seeds(self) -> list[int]:
@@ -63,48 +56,40 @@ class DenoiseParams:
     def from_inputs(
         cls,
         prompt: str | None,
-        negative_prompt: str | None = None,
-        steps: int | None = None,
-        strength: float | None = None,
-        guidance_scale: float | None = None,
-        seed: int | None = None,
-        scheduler: str | None = None,
-        width: int | None = None,
-        height: int | None = None,
-        num_images: int | None = None,
-        mask_margin: int | None = None,
         default_steps: int = DEFAULT_STEPS,
         default_guidance: float = DEFAULT_GUIDANCE,
         default_strength: float = DEFAULT_STRENGTH,
+        default_scheduler: str | None = None,
+        **controls: Any,
     ) -> DenoiseParams:
-        if prompt is None:
-            raise InvalidInputError("prompt", "is required")
-        steps = default_steps if steps is None else int(steps)
-        check_range("steps", steps, STEPS_RANGE, "an integer")
-        strength = default_strength if strength is None else float(strength)
-        check_range("strength", strength, STRENGTH_RANGE, "a number")
-        guidance_scale = default_guidance if guidance_scale is None else float(guidance_scale)
-        check_range("guidance_scale", guidance_scale, GUIDANCE_RANGE, "a number")
-        num_images = 1 if num_images is None else int(num_images)
-        check_range("num_images", num_images, NUM_IMAGES_RANGE, "an integer")
-        seed = random_seed(num_images) if seed is None else int(seed)
-        check_range("seed", seed, (SEED_RANGE[0], SEED_RANGE[1] - num_images + 1), "an integer")
-        for field, value in (("width", width), ("height", height)):
-            if value is None:
-                continue
-            check_range(field, int(value), SIZE_RANGE, "an integer")
-            if int(value) % SIZE_MULTIPLE:
-                raise InvalidInputError(field, f"must be a multiple of {SIZE_MULTIPLE}, got {value}")
+        """The request's denoise-stage controls (``None`` or absent: the default), checked."""
+        unknown = set(controls) - _DENOISE_NAMES
+        if unknown:
+            raise TypeError(f"not denoising controls: {', '.join(sorted(unknown))}")
+        values = INPAINT.check({"prompt": prompt, **controls}, DENOISE)
+        num_images = values["num_images"]
+        seed = values["seed"]
+        if seed is None:
+            seed = random_seed(num_images)
+        elif seed > SEED_MAX - num_images + 1:  # every image's seed must be a valid seed too
+            raise InvalidInputError(
+                "seed", f"must be an integer in [0, {SEED_MAX - num_images + 1}], got {seed}"
+            )
+
+        def given(name: str, default: Any) -> Any:
+            return default if values[name] is None else values[name]
+
         return cls(
-            prompt=prompt,
-            negative_prompt=negative_prompt,
-            steps=steps,
-            strength=strength,
-            guidance_scale=guidance_scale,
+            prompt=values["prompt"],
+            negative_prompt=values["negative_prompt"],
+            steps=given("steps", default_steps),
+            strength=given("strength", default_strength),
+            guidance_scale=given("guidance_scale", default_guidance),
             seed=seed,
-            scheduler=scheduler or None,
-            width=None if width is None else int(width),
-            height=None if height is None else int(height),
+            scheduler=values["scheduler"] or default_scheduler,
+            width=values["width"],
+            height=values["height"],
             num_images=num_images,
-            mask_margin=check_mask_margin(mask_margin),
+            mask_margin=values["mask_margin"],
+            dry_run=values["dry_run"],
         )

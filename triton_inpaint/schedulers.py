@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any
-
-import diffusers
+from typing import TYPE_CHECKING, Any
 
 from triton_inpaint.errors import InvalidInputError
+
+if TYPE_CHECKING:  # diffusers is imported only where a scheduler is built: clients need the names alone
+    import diffusers
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,8 @@ def resolve_scheduler(name: str) -> SchedulerSpec:
 
 def build_scheduler(name: str | None, base_config: dict[str, Any]) -> diffusers.SchedulerMixin:
     """A fresh scheduler for one request; ``None`` keeps the checkpoint's own scheduler class."""
+    import diffusers
+
     if name is None:
         cls = getattr(diffusers, base_config["_class_name"])
         return cls.from_config(base_config)

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from triton_inpaint.memory import BUDGET_ENV, parse_size
-from triton_inpaint.server import LOOPBACK, ServerError, TritonServer, ready_models
+from triton_inpaint.server import LOOPBACK, ServerError, TritonServer, ready_models, with_builtin
 
 
 def _log(line: str) -> None:
@@ -36,7 +36,7 @@ def _serve(args: argparse.Namespace) -> int:
     restarts = 0
     while True:
         server = TritonServer(
-            repositories=args.repository,
+            repositories=with_builtin(args.repository),
             http_port=args.http_port,
             grpc_port=args.grpc_port,
             metrics_port=args.metrics_port,

@@ -30,6 +30,28 @@ from pathlib import Path
 
 from triton_inpaint.supervisor import Supervisor
 
+BUILTIN_PACKAGE = "triton_inpaint.model_repository"
+BUILTIN_MODELS = ("inpaint_preprocess", "inpaint_postprocess")
+
+
+def builtin_repository() -> Path:
+    """The built-in models' repository: package data of an installed wheel, or ``model_repository/``
+    of the checkout in an editable install. The folder has no ``__init__.py`` (Triton would take the
+    ``__pycache__`` pip compiles beside it for a model), so it is found by path, not imported."""
+    package = Path(__file__).resolve().parent
+    for path in (package / "model_repository", package.parent / "model_repository"):
+        if all((path / name / "config.pbtxt").is_file() for name in BUILTIN_MODELS):
+            return path
+    raise FileNotFoundError(f"{BUILTIN_PACKAGE}: the built-in Triton models are missing from this install")
+
+
+def with_builtin(repositories: Sequence[Path]) -> list[Path]:
+    """``repositories`` plus the built-in one, unless one of them already holds the built-in models."""
+    given = [Path(repo) for repo in repositories]
+    if any((repo / BUILTIN_MODELS[0] / "config.pbtxt").is_file() for repo in given):
+        return given
+    return [builtin_repository(), *given]
+
 
 class ServerError(RuntimeError):
     """The server could not start or became unusable; the message says why in Triton's words."""

@@ -13,9 +13,27 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from triton_inpaint.components import Runner
-from triton_inpaint.contract import TEXT_SEGMENTATION_NETWORK
+from triton_inpaint.contract import TEXT_SEGMENTATION_NETWORK, Runner
 from triton_inpaint.detection import sigmoid
+from triton_inpaint.errors import InvalidInputError
+from triton_inpaint.masking import MAX_PROMPT_PHRASES
+
+
+def check_image(image: np.ndarray) -> np.ndarray:
+    """The decoded image the model takes: uint8 (height, width, 3)."""
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise InvalidInputError("image", f"must be uint8 (height, width, 3), got {image.dtype} {image.shape}")
+    return image
+
+
+def check_phrases(prompt: np.ndarray) -> list[str]:
+    """The phrases of a ``prompt`` tensor: 1 to MAX_PROMPT_PHRASES, none empty (the same limit
+    ``image_masking`` applies to comma-separated prompts)."""
+    phrases = [bytes(p).decode("utf-8", "replace").strip() for p in prompt.reshape(-1)]
+    if not phrases or not all(phrases) or len(phrases) > MAX_PROMPT_PHRASES:
+        raise InvalidInputError("prompt", f"send 1-{MAX_PROMPT_PHRASES} non-empty phrases")
+    return phrases
+
 
 NETWORK_INPUTS = ("input_ids", "attention_mask", "pixel_values")
 NETWORK_OUTPUT = "logits"

@@ -19,9 +19,10 @@ from triton_inpaint.components import RunnerComponents, network_tensors
 from triton_inpaint.flux_fill import FluxFillInpaintPipeline
 from triton_inpaint.memory import gib, request_budget
 from triton_inpaint.params import DenoiseParams
+from triton_inpaint.schema import DENOISE, INPAINT
 from triton_inpaint.sd_inpaint import SDInpaintPipeline
 from triton_inpaint.spec import PipelineSpec
-from triton_inpaint.triton.io import bls_run, number, respond_each, tensor, text
+from triton_inpaint.triton.io import bls_run, read_controls, respond_each, tensor
 
 
 class TritonPythonModel:
@@ -48,24 +49,15 @@ class TritonPythonModel:
     def _handle(self, request: Any) -> list[Any]:
         spec = self.pipeline.spec
         params = DenoiseParams.from_inputs(
-            prompt=text(request, "prompt", required=True),
-            negative_prompt=text(request, "negative_prompt"),
-            steps=number(request, "steps"),
-            strength=number(request, "strength"),
-            guidance_scale=number(request, "guidance_scale"),
-            seed=number(request, "seed"),
-            scheduler=text(request, "scheduler") or spec.default_scheduler,
-            width=number(request, "width"),
-            height=number(request, "height"),
-            num_images=number(request, "num_images"),
-            mask_margin=number(request, "mask_margin"),
+            **read_controls(request, INPAINT.at(DENOISE)),
             default_steps=spec.default_steps,
             default_guidance=spec.default_guidance,
             default_strength=spec.default_strength,
+            default_scheduler=spec.default_scheduler,
         )
         image = tensor(request, "original_image", required=True)
         mask = tensor(request, "soft_mask", required=True)
-        if number(request, "dry_run"):  # every check passed: answer with no images
+        if params.dry_run:  # every check passed: answer with no images
             plan = self.pipeline.plan(mask, params)
             generated = np.zeros((0, plan.height, plan.width, 3), np.uint8)
             box = plan.crop or (0, 0, mask.shape[1], mask.shape[0])

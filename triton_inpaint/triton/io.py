@@ -6,13 +6,15 @@ Only importable inside the Triton Python backend stub (``triton_python_backend_u
 from __future__ import annotations
 
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from triton_inpaint.errors import InvalidInputError
+from triton_inpaint.contract import STAGE_TENSORS
+from triton_inpaint.errors import InvalidInputError, ModelCallError
+from triton_inpaint.schema import Control
 
 
 def tensor(request: Any, name: str, required: bool = False) -> np.ndarray | None:
@@ -65,6 +67,32 @@ def number(request: Any, name: str) -> Any:
     return value.item()
 
 
+def read_controls(request: Any, controls: Iterable[Control]) -> dict[str, Any]:
+    """The request's values of ``controls``, each read as its declared kind (None when absent);
+    checking them is the library's job (``Control.check``)."""
+    values = {}
+    for control in controls:
+        if control.kind is bytes:
+            values[control.name] = raw_bytes(request, control.name)
+        elif control.kind is str:
+            values[control.name] = text(request, control.name)
+        else:
+            values[control.name] = number(request, control.name)
+    return values
+
+
+def complete_config(config: Any, stage: str) -> Any:
+    """Triton's auto-complete hook for a built-in step: its inputs and outputs come from the tensor
+    contract (and so from the schema), never from a hand-written list in ``config.pbtxt``."""
+    inputs, outputs = STAGE_TENSORS[stage]
+    for spec in inputs:
+        entry = {"name": spec.name, "data_type": spec.data_type, "dims": list(spec.dims)}
+        config.add_input({**entry, "optional": spec.optional})
+    for spec in outputs:
+        config.add_output({"name": spec.name, "data_type": spec.data_type, "dims": list(spec.dims)})
+    return config
+
+
 def _error(message: str, invalid_argument: bool) -> Any:
     code = getattr(pb_utils.TritonError, "INVALID_ARG" if invalid_argument else "INTERNAL", None)
     return pb_utils.TritonError(message) if code is None else pb_utils.TritonError(message, code)
@@ -86,15 +114,6 @@ def respond_each(requests: list[Any], handle: Callable[[Any], list[Any]], logger
     return responses
 
 
-class BlsError(RuntimeError):
-    """A model called over BLS answered with an error; ``message`` is its message as sent."""
-
-    def __init__(self, model: str, message: str) -> None:
-        self.model = model
-        self.message = message
-        super().__init__(f"{model}: {message}")
-
-
 def bls_run(model: str, inputs: dict[str, np.ndarray], outputs: list[str]) -> list[np.ndarray]:
     """Run another served model from inside a Python model (Triton's BLS); the runner every library
     pipeline takes, so the same code runs here and, in tests, over onnxruntime."""
@@ -105,7 +124,7 @@ def bls_run(model: str, inputs: dict[str, np.ndarray], outputs: list[str]) -> li
     )
     response = request.exec()
     if response.has_error():
-        raise BlsError(model, response.error().message())
+        raise ModelCallError(model, response.error().message())
     return [pb_utils.get_output_tensor_by_name(response, output).as_numpy() for output in outputs]
 
 

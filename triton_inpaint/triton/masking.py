@@ -17,7 +17,8 @@ import triton_python_backend_utils as pb_utils
 
 from triton_inpaint.imaging import decode_image, encode_mask
 from triton_inpaint.masking import FACE_MESH_FILE, Masker, MaskingParams
-from triton_inpaint.triton.io import bls_run, model_ready, number, raw_bytes, respond_each, text
+from triton_inpaint.schema import MASK
+from triton_inpaint.triton.io import bls_run, model_ready, read_controls, respond_each
 
 
 class TritonPythonModel:
@@ -27,16 +28,10 @@ class TritonPythonModel:
         self.masker = Masker(bls_run, json.loads((directory / FACE_MESH_FILE).read_text()), model_ready)
 
     def _handle(self, request: Any) -> list[Any]:
-        params = MaskingParams.from_inputs(
-            text(request, "model"),
-            prompt=text(request, "prompt"),
-            confidence=number(request, "confidence"),
-            max_detections=number(request, "max_detections"),
-            padding=number(request, "padding"),
-            blur=number(request, "blur"),
-            invert=number(request, "invert"),
-        )
-        image = decode_image(raw_bytes(request, "image", required=True), "image")
+        values = read_controls(request, MASK)
+        image = values.pop("image")
+        params = MaskingParams.from_inputs(**values)  # scalar controls first: refused before decoding
+        image = decode_image(MASK["image"].check(image), "image")
         mask, regions = self.masker(image, params)
         detections = json.dumps([region.as_dict() for region in regions])
         return [

@@ -8,24 +8,27 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from triton_inpaint.compositing import composite
-from triton_inpaint.imaging import encode_image, output_format, output_quality
-from triton_inpaint.triton.io import number, respond_each, tensor, text
+from triton_inpaint.imaging import encode_image
+from triton_inpaint.schema import INPAINT, POSTPROCESS
+from triton_inpaint.triton.io import complete_config, read_controls, respond_each, tensor
 
 
 class TritonPythonModel:
+    @staticmethod
+    def auto_complete_config(config: Any) -> Any:
+        return complete_config(config, POSTPROCESS)
+
     def initialize(self, args: dict[str, Any]) -> None:
         self.logger = pb_utils.Logger
 
     def _handle(self, request: Any) -> list[Any]:
-        image_format = output_format(text(request, "output_format"))
-        quality = output_quality(number(request, "output_quality"))
+        # The output controls as declared, checked before any work (a dry run encodes nothing).
+        encoding = INPAINT.check(read_controls(request, INPAINT.at(POSTPROCESS)), POSTPROCESS)
         generated = tensor(request, "generated_image", required=True)
         box = tuple(int(v) for v in tensor(request, "crop_box", required=True).reshape(-1))
         original = tensor(request, "original_image", required=True)
         mask = tensor(request, "soft_mask", required=True)
-        encoded = [
-            encode_image(composite(original, image, mask, box), image_format, quality) for image in generated
-        ]
+        encoded = [encode_image(composite(original, image, mask, box), **encoding) for image in generated]
         return [pb_utils.Tensor("output_image", np.array(encoded, dtype=np.object_))]
 
     def execute(self, requests: list[Any]) -> list[Any]:

@@ -9,12 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from triton_inpaint.errors import InvalidInputError
-from triton_inpaint.masking import MAX_PROMPT_PHRASES
-from triton_inpaint.text_segmentation import TextSegmenter
+from triton_inpaint.text_segmentation import TextSegmenter, check_image, check_phrases
 from triton_inpaint.triton.io import bls_run, respond_each, tensor
 
 
@@ -25,16 +22,8 @@ class TritonPythonModel:
         self.segmenter = TextSegmenter.from_directory(directory, bls_run)
 
     def _handle(self, request: Any) -> list[Any]:
-        image = tensor(request, "image", required=True)
-        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-            raise InvalidInputError(
-                "image", f"must be uint8 (height, width, 3), got {image.dtype} {image.shape}"
-            )
-        phrases = [
-            bytes(p).decode("utf-8", "replace").strip() for p in tensor(request, "prompt", required=True)
-        ]
-        if not phrases or not all(phrases) or len(phrases) > MAX_PROMPT_PHRASES:
-            raise InvalidInputError("prompt", f"send 1-{MAX_PROMPT_PHRASES} non-empty phrases")
+        image = check_image(tensor(request, "image", required=True))
+        phrases = check_phrases(tensor(request, "prompt", required=True))
         return [pb_utils.Tensor("probability", self.segmenter(image, phrases))]
 
     def execute(self, requests: list[Any]) -> list[Any]:

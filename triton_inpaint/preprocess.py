@@ -1,0 +1,100 @@
+"""The preprocess step: the request's image and its mask (uploaded, or made by ``image_masking`` from a
+masking model or a mask prompt) -> the decoded image and the soft mask denoise and postprocess use.
+
+The Triton model ``inpaint_preprocess`` (``triton/preprocess.py``) only reads tensors, calls
+:func:`preprocess` and writes tensors; every decision is here, testable without a server.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from triton_inpaint.contract import MASKING_MODEL, Runner
+from triton_inpaint.errors import InvalidInputError, ModelCallError, split_field
+from triton_inpaint.imaging import decode_image, decode_mask, encode_mask
+from triton_inpaint.masking import MaskingParams
+from triton_inpaint.masks import MaskParams, prepare_mask
+from triton_inpaint.schema import MASK_SOURCES
+
+# image_masking's field names -> this request's, for errors only image_masking can find.
+_MASKING_FIELDS = {"model": "mask_model", "prompt": "mask_prompt", "image": "image"}
+
+
+@dataclass(frozen=True)
+class Preprocessed:
+    image: np.ndarray  # RGB uint8 (H, W, 3)
+    soft_mask: np.ndarray  # float32 (H, W) in [0, 1], after invert, expand and blur
+    mask_png: bytes  # the soft mask as PNG, returned to the caller
+
+
+def mask_source(values: Mapping[str, Any]) -> str:
+    """Which of ``mask``, ``mask_model`` and ``mask_prompt`` the request uses: exactly one (empty
+    counts as absent)."""
+    sources = [name for name in MASK_SOURCES if values.get(name)]
+    if len(sources) != 1:
+        raise InvalidInputError(
+            "mask",
+            "send exactly one of mask (an image), mask_model or mask_prompt"
+            + (f"; got {', '.join(sources)}" if sources else ""),
+        )
+    return sources[0]
+
+
+def generated_mask(
+    image: bytes, model: str | None, prompt: str | None, run: Runner, ready: Callable[[str], bool]
+) -> bytes:
+    """The mask ``image_masking`` makes for the model or prompt: exact (no padding, no blur), since
+    the request's own mask_expand and mask_blur shape it afterwards. Errors name this request's fields."""
+    fields = ("mask_model", "mask_prompt")
+    params = MaskingParams.from_inputs(model, prompt, padding=0, blur=0, fields=fields)  # fail early
+    if not ready(MASKING_MODEL):
+        raise InvalidInputError(
+            fields[0] if model is not None else fields[1],
+            f"{MASKING_MODEL} is not served, so masks cannot be made from a model or prompt; export it "
+            "with 'triton-inpaint export detectors --repository REPO' or send a mask image",
+        )
+    inputs = {
+        "image": np.array([image], dtype=np.object_),
+        "padding": np.array([0], dtype=np.int32),
+        "blur": np.array([0], dtype=np.int32),
+    }
+    if params.prompt is not None:
+        inputs["prompt"] = np.array([params.prompt.encode()], dtype=np.object_)
+    else:
+        inputs["model"] = np.array([params.model.encode()], dtype=np.object_)
+    try:
+        (mask,) = run(MASKING_MODEL, inputs, ["mask_image"])
+    except ModelCallError as exc:
+        parts = split_field(exc.message)
+        if parts is not None and parts[0] in _MASKING_FIELDS:
+            raise InvalidInputError(_MASKING_FIELDS[parts[0]], parts[1]) from None
+        raise
+    return bytes(mask.reshape(-1)[0])
+
+
+def preprocess(values: Mapping[str, Any], run: Runner, ready: Callable[[str], bool]) -> Preprocessed:
+    """``values``: the request's preprocess controls, checked (``INPAINT.check(..., PREPROCESS)``)."""
+    params = MaskParams(invert=values["mask_invert"], expand=values["mask_expand"], blur=values["mask_blur"])
+    source = mask_source(values)
+    image = decode_image(values["image"], "image")
+    if source == "mask":
+        mask = decode_mask(values["mask"], "mask")
+    else:
+        model, prompt = values["mask_model"], values["mask_prompt"]
+        mask = decode_mask(generated_mask(values["image"], model, prompt, run, ready), "mask")
+        if not mask.any():
+            raise InvalidInputError(
+                source, f"{model or prompt!r} found nothing in the image, so there is nothing to inpaint"
+            )
+    if mask.shape != image.shape[:2]:
+        raise InvalidInputError(
+            "mask",
+            f"size {mask.shape[1]}x{mask.shape[0]} does not match the image's "
+            f"{image.shape[1]}x{image.shape[0]}; send a mask of the same width and height",
+        )
+    soft_mask = prepare_mask(mask, params)
+    return Preprocessed(image, soft_mask, encode_mask(soft_mask))
