@@ -70,7 +70,8 @@ def test_builtin_models_complete_their_configs_from_the_contract(triton_server, 
     assert not _config(BUILTIN_REPOSITORY / model).input, "config.pbtxt must not restate the contract"
     url = f"http://{triton_server.http_url}/v2/models/{model}/config"
     config = json.loads(urllib.request.urlopen(url, timeout=10).read())
-    served = [(e["name"], e["data_type"], tuple(e["dims"]), e.get("optional", False)) for e in config["input"]]
+    served = [(e["name"], e["data_type"], tuple(e["dims"]), e.get("optional", False))
+              for e in config["input"]]
     assert served == [(s.name, s.data_type, s.dims, s.optional) for s in inputs]
     assert [(e["name"], e["data_type"], tuple(e["dims"])) for e in config["output"]] == _specs(outputs)
 
