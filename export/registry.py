@@ -22,10 +22,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from triton_inpaint.errors import InvalidInputError
 from triton_inpaint.export.repository import ExportOptions, check_name, export_checkpoint
 from triton_inpaint.export.tiny import FAMILIES, write_tiny_checkpoint
-from triton_inpaint.params import GUIDANCE_RANGE, STEPS_RANGE
 from triton_inpaint.schedulers import resolve_scheduler
+from triton_inpaint.schema import INPAINT
 
 ID_PATTERN = re.compile(r"^[a-z0-9]+:[A-Za-z0-9._\-]+@[A-Za-z0-9._\-]+$")
 KEYS = {
@@ -86,19 +87,12 @@ def _entry(raw: dict, where: str, base: Path) -> RegistryEntry:
     family = raw.get("family")
     if family is not None and family not in FAMILIES:
         raise fail("family", f"must be one of {', '.join(FAMILIES)}, got {family!r}")
-    steps = raw.get("default_steps")
-    if steps is not None and (not isinstance(steps, int) or not STEPS_RANGE[0] <= steps <= STEPS_RANGE[1]):
-        raise fail(
-            "default_steps", f"must be an integer in [{STEPS_RANGE[0]}, {STEPS_RANGE[1]}], got {steps!r}"
-        )
-    guidance = raw.get("default_guidance")
-    if guidance is not None and (
-        not isinstance(guidance, int | float) or not GUIDANCE_RANGE[0] <= guidance <= GUIDANCE_RANGE[1]
-    ):
-        raise fail(
-            "default_guidance",
-            f"must be a number in [{GUIDANCE_RANGE[0]}, {GUIDANCE_RANGE[1]}], got {guidance!r}",
-        )
+    # The defaults a request may override are held to the ranges a request's own values are.
+    for key, control in (("default_steps", "steps"), ("default_guidance", "guidance_scale")):
+        try:
+            INPAINT[control].check(raw.get(key))
+        except InvalidInputError as exc:
+            raise fail(key, exc.reason) from None
     scheduler = raw.get("default_scheduler")
     if scheduler is not None:
         try:
@@ -112,8 +106,8 @@ def _entry(raw: dict, where: str, base: Path) -> RegistryEntry:
         checkpoint=None if checkpoint is None else (base / checkpoint).resolve(),
         tiny=tiny,
         family=family,
-        default_steps=steps,
-        default_guidance=None if guidance is None else float(guidance),
+        default_steps=raw.get("default_steps"),
+        default_guidance=None if raw.get("default_guidance") is None else float(raw["default_guidance"]),
         default_scheduler=scheduler,
     )
 

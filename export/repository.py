@@ -236,9 +236,19 @@ def _ensemble_config(checkpoint_name: str, spec: PipelineSpec, model_id: str) ->
 
 
 def check_name(name: str) -> str:
+    """A checkpoint name export may use: a valid Triton model name stem whose models (``inpaint_NAME``,
+    ``NAME_denoise``, ``NAME_unet``...) take no name the built-in, masking or detector models use."""
     if not NAME_PATTERN.match(name):
         raise ValueError(
             f"--name {name!r}: use 1-63 letters, digits, '_' or '-', starting with a letter or digit"
+        )
+    roles = {role for architecture in ("sd", "sdxl", "flux") for role in network_tensors(architecture)}
+    written = {contract.ensemble_name(name), contract.denoise_name(name), *(f"{name}_{r}" for r in roles)}
+    taken = sorted(written & set(contract.RESERVED_MODEL_NAMES))
+    if taken:
+        raise ValueError(
+            f"--name {name!r} is reserved: it would write {', '.join(taken)}, a model this product "
+            "serves itself; choose another name"
         )
     return name
 

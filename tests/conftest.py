@@ -172,3 +172,28 @@ def clipseg_repository(clipseg_weights: Path, tmp_path_factory: pytest.TempPathF
         warnings.simplefilter("ignore")
         check = export_clipseg(clipseg_weights, repository, log=lambda _: None)
     return repository, check
+
+
+# -- layers ---------------------------------------------------------------------------------------
+# Every test is in exactly one layer, assigned here from what it uses, so a new test lands in the right
+# lane without anyone remembering a marker:
+#   server  - starts a real tritonserver (the session's, or its own);
+#   parity  - builds tiny checkpoints, exports models or runs reference diffusers pipelines (no server);
+#   unit    - everything else: seconds, no server, no model building (the fast lane).
+_MODEL_FIXTURES = {
+    "tiny_checkpoint", "tiny_base_checkpoint", "sdxl_checkpoints", "flux_checkpoint", "exported_repository",
+    "detector_repository", "clipseg_weights", "clipseg_repository", "reference_pipeline",
+    "reference_base_pipeline", "scheduler_config",
+}  # fmt: skip
+# Files whose tests build or run networks through helpers rather than the fixtures above.
+_MODEL_FILES = {"test_memory.py", "test_tiny_checkpoint.py", "test_masking.py", "test_detection.py"}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.get_closest_marker("server") or "triton_server" in item.fixturenames:
+            item.add_marker(pytest.mark.server)
+        elif _MODEL_FIXTURES & set(item.fixturenames) or item.path.name in _MODEL_FILES:
+            item.add_marker(pytest.mark.parity)
+        else:
+            item.add_marker(pytest.mark.unit)

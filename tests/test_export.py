@@ -70,8 +70,9 @@ def test_builtin_models_complete_their_configs_from_the_contract(triton_server, 
     assert not _config(BUILTIN_REPOSITORY / model).input, "config.pbtxt must not restate the contract"
     url = f"http://{triton_server.http_url}/v2/models/{model}/config"
     config = json.loads(urllib.request.urlopen(url, timeout=10).read())
-    served = [(e["name"], e["data_type"], tuple(e["dims"]), e.get("optional", False))
-              for e in config["input"]]
+    served = [
+        (e["name"], e["data_type"], tuple(e["dims"]), e.get("optional", False)) for e in config["input"]
+    ]
     assert served == [(s.name, s.data_type, s.dims, s.optional) for s in inputs]
     assert [(e["name"], e["data_type"], tuple(e["dims"])) for e in config["output"]] == _specs(outputs)
 
@@ -97,3 +98,16 @@ def test_bad_names_are_refused(name):
 def test_not_a_checkpoint_folder(tmp_path):
     with pytest.raises(FileNotFoundError, match="model_index.json"):
         export_checkpoint(tmp_path, "x", tmp_path / "repo", log=lambda _: None)
+
+
+@pytest.mark.parametrize(
+    ("name", "taken"), [("preprocess", "inpaint_preprocess"), ("postprocess", "inpaint_postprocess")]
+)
+def test_reserved_names_are_refused(name, taken, tmp_path, tiny_checkpoint):
+    with pytest.raises(ValueError, match=f"--name '{name}' is reserved: it would write {taken}"):
+        check_name(name)
+    repository = tmp_path / "repo"
+    with pytest.raises(ValueError, match="is reserved"):  # before anything is exported or written
+        export_checkpoint(tiny_checkpoint, name, repository, log=lambda _: None)
+    assert not repository.exists()
+    assert check_name("preprocessor") == "preprocessor"  # only the colliding names

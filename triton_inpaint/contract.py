@@ -103,6 +103,12 @@ MASKING_OUTPUTS: tuple[TensorSpec, ...] = (
 )
 
 
+# The detectors ``export detectors`` writes, which image_masking runs.
+DETECTOR_MODELS = (
+    "detector_face", "detector_face_landmark", "detector_palm", "detector_hand_landmark", "detector_person"
+)  # fmt: skip
+
+
 # text_segmentation: a CLIPSeg-architecture model for mask prompts no detector answers (``export clipseg``).
 TEXT_SEGMENTATION_MODEL = "text_segmentation"
 TEXT_SEGMENTATION_NETWORK = "text_segmentation_network"
@@ -112,4 +118,14 @@ TEXT_SEGMENTATION_INPUTS: tuple[TensorSpec, ...] = (
 )
 TEXT_SEGMENTATION_OUTPUTS: tuple[TensorSpec, ...] = (
     TensorSpec("probability", "TYPE_FP32", (-1, -1, -1), description="per phrase, per pixel, 0-1"),
+)
+
+# Models of the product's own: an exported checkpoint's models must never take one of these names.
+RESERVED_MODEL_NAMES = (
+    PREPROCESS_MODEL,
+    POSTPROCESS_MODEL,
+    MASKING_MODEL,
+    TEXT_SEGMENTATION_MODEL,
+    TEXT_SEGMENTATION_NETWORK,
+    *DETECTOR_MODELS,
 )

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from triton_inpaint.contract import TEXT_SEGMENTATION_MODEL, Runner
+from triton_inpaint.contract import DETECTOR_MODELS, TEXT_SEGMENTATION_MODEL, Runner
 from triton_inpaint.detection import (
     FACE_DETECTOR,
     PALM_DETECTOR,
@@ -31,8 +31,7 @@ from triton_inpaint.masks import blur_mask, expand_mask
 from triton_inpaint.schema import MASK, MASKING_MODELS
 
 FACE_MESH_FILE = "face_mesh.json"  # the landmark index sets, beside the image_masking model
-FACE_MODEL, FACE_LANDMARK_MODEL = "detector_face", "detector_face_landmark"
-PALM_MODEL, HAND_LANDMARK_MODEL, PERSON_MODEL = "detector_palm", "detector_hand_landmark", "detector_person"
+FACE_MODEL, FACE_LANDMARK_MODEL, PALM_MODEL, HAND_LANDMARK_MODEL, PERSON_MODEL = DETECTOR_MODELS
 # Which face-mesh index sets (read from MediaPipe's face_mesh_connections.py at export) make a region.
 MESH_REGIONS = {
     "face_mesh": (("face", "FACEMESH_FACE_OVAL"),),

@@ -104,11 +104,10 @@ class Control:
         if self.kind in (int, float):
             if isinstance(value, bool) or not isinstance(value, numbers.Real):
                 raise InvalidInputError(self.name, f"must be {_KIND_WORDS[self.kind]}, got {value!r}")
-            if self.bounds is not None and not self.bounds[0] <= value <= self.bounds[1]:
-                low, high = self.bounds
-                raise InvalidInputError(
-                    self.name, f"must be {_KIND_WORDS[self.kind]} in [{low}, {high}], got {value}"
-                )
+            out_of_range = self.bounds is not None and not self.bounds[0] <= value <= self.bounds[1]
+            if out_of_range or (self.kind is int and not float(value).is_integer()):
+                within = f" in [{self.bounds[0]}, {self.bounds[1]}]" if self.bounds else ""
+                raise InvalidInputError(self.name, f"must be {_KIND_WORDS[self.kind]}{within}, got {value}")
             if self.multiple_of and int(value) % self.multiple_of:
                 raise InvalidInputError(self.name, f"must be a multiple of {self.multiple_of}, got {value}")
             return self.kind(value)
@@ -260,8 +259,7 @@ def with_controls(
         chosen = [c for c in schema if c.name not in skip and (include is None or include(c))]
         keyword = inspect.Parameter.KEYWORD_ONLY
         keywords = [
-            inspect.Parameter(c.name, keyword, annotation=_annotation(c), default=None)
-            for c in chosen
+            inspect.Parameter(c.name, keyword, annotation=_annotation(c), default=None) for c in chosen
         ]
         function.__signature__ = signature.replace(parameters=[*fixed, *keywords])  # type: ignore
         lines = [f"    {c.name}: {c.description}" + _in_parens(c.allowed) for c in chosen]
