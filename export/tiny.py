@@ -40,13 +40,11 @@ from transformers import (
 )
 from transformers.convert_slow_tokenizer import bytes_to_unicode
 
-from triton_inpaint.spec import FAMILIES
+from triton_inpaint.spec import CLIPSEG, FAMILIES, TINY_MODELS
 
 # FAMILIES: *-inpaint: 9-channel inpainting UNet (mask and masked-image latents concatenated to its
 # input). *-base: 4-channel base UNet, inpainting by blending the noised original latents every step.
 # flux-fill: FLUX.1 Fill (transformer over packed latents, the mask packed into its input).
-CLIPSEG = "clipseg"  # not a pipeline family: the text-segmentation model behind mask prompts
-TINY_MODELS = (*FAMILIES, CLIPSEG)
 TINY_T5_SEQUENCE = 32  # the tiny FLUX checkpoint's T5 length (FLUX.1 Fill: 512)
 TINY_RESOLUTION = 128  # native resolution of the tiny SD 1.5 checkpoint: 16x16 latents
 _TOKENIZER_WORDS = [

@@ -1,6 +1,7 @@
 """What an install carries and loads: the wheel's contents, and clients and the gateway without torch."""
 
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -30,7 +31,7 @@ def test_gateway_and_client_modules_import_no_model_stack():
     )
     assert result.returncode == 0, result.stderr[-2000:]
     imported = _imported(result.stderr)
-    assert "fastapi" in imported and "tritonclient" in imported  # the check sees real imports
+    assert {"fastapi", "pydantic", "PIL"} <= imported  # the check sees real imports
     assert not imported & set(HEAVY), f"imported: {sorted(imported & set(HEAVY))}"
 
 
@@ -62,9 +63,14 @@ def test_gateway_process_maps_no_libtorch(tmp_path):
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("wheel")
+    # Built from a copy of the source: setuptools leaves build/ behind, and stale files there would
+    # end up in the next wheel.
+    source = tmp_path_factory.mktemp("source") / "triton-inpaint"
+    skip = (".venv", ".git", "build", "*.egg-info", "__pycache__", ".*_cache", ".hypothesis")
+    shutil.copytree(REPO_ROOT, source, ignore=shutil.ignore_patterns(*skip))
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", str(out), "."],
-        cwd=REPO_ROOT,
+        cwd=source,
         check=True,
         timeout=300,
         env={**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"},

@@ -14,6 +14,8 @@ from typing import Any
 
 SPEC_FILE = "pipeline.json"
 FAMILIES = ("sd15-inpaint", "sd15-base", "sdxl-inpaint", "sdxl-base", "flux-fill")
+CLIPSEG = "clipseg"  # not a pipeline family: the text-segmentation model behind mask prompts
+TINY_MODELS = (*FAMILIES, CLIPSEG)  # what ``export tiny`` builds
 
 
 @dataclass(frozen=True)
