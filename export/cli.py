@@ -7,7 +7,7 @@ import time
 import warnings
 from pathlib import Path
 
-from triton_inpaint.spec import TINY_MODELS
+from triton_inpaint.pipeline_spec import TINY_MODELS
 
 
 def _tiny(args: argparse.Namespace) -> int:

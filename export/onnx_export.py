@@ -31,7 +31,7 @@ from triton_inpaint.components import (
     network_tensors,
     onnx_runner,
 )
-from triton_inpaint.spec import PipelineSpec
+from triton_inpaint.pipeline_spec import PipelineSpec
 
 OPSET = 17
 

@@ -141,7 +141,7 @@ def export_registry(
 
     Returns (entry, family, native resolution) per model.
     """
-    from triton_inpaint.spec import PipelineSpec
+    from triton_inpaint.pipeline_spec import PipelineSpec
 
     entries = load_registry(registry)
     built = []

@@ -36,7 +36,7 @@ from triton_inpaint.export.onnx_export import (
     unet_condition_sizes,
     verify_onnx,
 )
-from triton_inpaint.spec import PipelineSpec
+from triton_inpaint.pipeline_spec import PipelineSpec
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]{0,62}$")
 NETWORK_MAX_BATCH = 8
@@ -291,15 +291,15 @@ def export_checkpoint(
         )
     if spec.flux:
         fill_channels = 2 * 4 * spec.latent_channels + 4 * spec.vae_scale_factor**2
-        if spec.unet_in_channels != fill_channels or not pipeline.transformer.config.guidance_embeds:
+        if spec.denoiser_in_channels != fill_channels or not pipeline.transformer.config.guidance_embeds:
             raise ValueError(
                 f"--checkpoint {checkpoint}: not a FLUX Fill checkpoint (its transformer takes "
-                f"{spec.unet_in_channels} channels, FLUX Fill takes {fill_channels} with embedded "
+                f"{spec.denoiser_in_channels} channels, FLUX Fill takes {fill_channels} with embedded "
                 "guidance); base FLUX checkpoints are not served yet"
             )
-    elif spec.unet_in_channels not in (4, 9):
+    elif spec.denoiser_in_channels not in (4, 9):
         raise ValueError(
-            f"--checkpoint {checkpoint}: UNet has {spec.unet_in_channels} input channels; this export "
+            f"--checkpoint {checkpoint}: UNet has {spec.denoiser_in_channels} input channels; this export "
             "serves base (4) and inpainting (9) checkpoints"
         )
     repository.mkdir(parents=True, exist_ok=True)

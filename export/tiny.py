@@ -40,7 +40,7 @@ from transformers import (
 )
 from transformers.convert_slow_tokenizer import bytes_to_unicode
 
-from triton_inpaint.spec import CLIPSEG, FAMILIES, TINY_MODELS
+from triton_inpaint.pipeline_spec import CLIPSEG, TINY_MODELS
 
 # FAMILIES: *-inpaint: 9-channel inpainting UNet (mask and masked-image latents concatenated to its
 # input). *-base: 4-channel base UNet, inpainting by blending the noised original latents every step.
@@ -173,13 +173,13 @@ def _tiny_clip_config(tokenizer: CLIPTokenizer, projection_dim: int = 32) -> CLI
     )
 
 
-def build_sdxl(seed: int = 0, unet_in_channels: int = 9) -> StableDiffusionXLInpaintPipeline:
+def build_sdxl(seed: int = 0, denoiser_in_channels: int = 9) -> StableDiffusionXLInpaintPipeline:
     """A tiny SDXL pipeline: two CLIP encoders (the second with a projection), a text-time UNet
     conditioned on pooled embeddings and 6 size/crop time ids (as SDXL 1.0), the 4-block VAE."""
     tokenizer = build_clip_tokenizer()
     unet = _tiny_unet(
         seed,
-        unet_in_channels,
+        denoiser_in_channels,
         attention_head_dim=(2, 4),
         use_linear_projection=True,
         addition_embed_type="text_time",
@@ -224,11 +224,11 @@ def build_sdxl(seed: int = 0, unet_in_channels: int = 9) -> StableDiffusionXLInp
     )
 
 
-def build_sd15(seed: int = 0, unet_in_channels: int = 9) -> StableDiffusionInpaintPipeline:
+def build_sd15(seed: int = 0, denoiser_in_channels: int = 9) -> StableDiffusionInpaintPipeline:
     """A tiny SD 1.5 pipeline: 9-channel (inpainting) or 4-channel (base) UNet, 4-block VAE (scale
     factor 8), CLIP."""
     tokenizer = build_clip_tokenizer()
-    unet = _tiny_unet(seed, unet_in_channels, cross_attention_dim=32, attention_head_dim=8)
+    unet = _tiny_unet(seed, denoiser_in_channels, cross_attention_dim=32, attention_head_dim=8)
     vae = _tiny_vae(seed, scaling_factor=0.18215)
     torch.manual_seed(seed)
     text_encoder = CLIPTextModel(_tiny_clip_config(tokenizer))
@@ -384,7 +384,7 @@ def write_tiny_checkpoint(family: str, out: Path, seed: int = 0) -> Path:
         pipeline = build_flux_fill(seed)
     else:
         builder = build_sdxl if family.startswith("sdxl") else build_sd15
-        pipeline = builder(seed, unet_in_channels=9 if family.endswith("-inpaint") else 4)
+        pipeline = builder(seed, denoiser_in_channels=9 if family.endswith("-inpaint") else 4)
     out.mkdir(parents=True, exist_ok=True)
     pipeline.save_pretrained(out, safe_serialization=True)
     return out

@@ -231,7 +231,7 @@ def _reencode(png: bytes, name: str) -> bytes:
     return encode_image(decode_image(png, "mask"), name)
 
 
-def processing_size(width: int, height: int, resolution: int, multiple: int = 16) -> tuple[int, int]:
+def resolution_size(width: int, height: int, resolution: int, multiple: int = 16) -> tuple[int, int]:
     """Eden's ``resolution``: the longer side of the processing size, the aspect ratio kept, both sides
     multiples of 16 (what every family accepts) and at least 64."""
     scale = resolution / max(width, height)
@@ -290,7 +290,7 @@ class AsyncInpainting:
     def _request(self, args: dict[str, Any], image: bytes, mask: bytes | None, dry_run: bool = False) -> Any:
         """The task's inpainting request to Triton (``dry_run``: only its checks, no images)."""
         _, width, height = probe(image)
-        width, height = processing_size(width, height, args["resolution"])
+        width, height = resolution_size(width, height, args["resolution"])
 
         def call(client: InpaintClient) -> Any:
             model = args.get("model") or self.runner.config.default_model or _first_model(client)

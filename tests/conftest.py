@@ -186,7 +186,7 @@ _MODEL_FIXTURES = {
     "reference_base_pipeline", "scheduler_config",
 }  # fmt: skip
 # Files whose tests build or run networks through helpers rather than the fixtures above.
-_MODEL_FILES = {"test_memory.py", "test_tiny_checkpoint.py", "test_masking.py", "test_detection.py"}
+_MODEL_FILES = {"test_memory.py", "test_tiny_checkpoint.py", "test_detector_masks.py", "test_detection.py"}
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -15,8 +15,8 @@ from tests.helpers import (
 from triton_inpaint.client import InpaintClient
 from triton_inpaint.components import TorchComponents
 from triton_inpaint.params import DenoiseParams
+from triton_inpaint.pipeline_spec import PipelineSpec
 from triton_inpaint.sd_inpaint import SDInpaintPipeline
-from triton_inpaint.spec import PipelineSpec
 
 PROMPT = "a stone wall"
 

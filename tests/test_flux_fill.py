@@ -20,7 +20,7 @@ from triton_inpaint.components import TorchComponents
 from triton_inpaint.errors import InvalidInputError
 from triton_inpaint.flux_fill import FluxFillInpaintPipeline
 from triton_inpaint.params import DenoiseParams
-from triton_inpaint.spec import PipelineSpec
+from triton_inpaint.pipeline_spec import PipelineSpec
 
 PROMPT = "a red umbrella"
 GUIDANCE = 30.0
@@ -66,7 +66,7 @@ def test_spec_of_a_flux_fill_checkpoint(reference):
     # FluxFillPipeline's defaults; packing makes sizes multiples of 16.
     assert (spec.default_steps, spec.default_guidance, spec.default_strength) == (50, 30.0, 1.0)
     assert spec.size_multiple == 16 and spec.max_sequence_length == 32
-    assert spec.unet_in_channels == 2 * 4 * spec.latent_channels + 4 * 8 * 8
+    assert spec.denoiser_in_channels == 2 * 4 * spec.latent_channels + 4 * 8 * 8
 
 
 @pytest.mark.parametrize("strength", [1.0, 0.6, 0.35])

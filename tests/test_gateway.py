@@ -18,7 +18,7 @@ from PIL import Image
 from tests.conftest import MODEL
 from tests.gateway_process import GatewayProcess
 from tests.helpers import irregular_mask, make_image, png_bytes
-from tests.test_masking import ASTRONAUT_FACE, iou
+from tests.test_detector_masks import ASTRONAUT_FACE, iou
 
 pytestmark = pytest.mark.server
 KEYS = ("key-one-0123456789", "key-two-9876543210")

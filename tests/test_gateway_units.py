@@ -12,7 +12,7 @@ from triton_inpaint.errors import InvalidInputError
 from triton_inpaint.gateway.fetch import FetchPolicy
 from triton_inpaint.gateway.images import output_fields, resolve_image
 from triton_inpaint.gateway.limits import KeyLimits, load_keys, matching_key, presented_key
-from triton_inpaint.gateway.service import processing_size
+from triton_inpaint.gateway.service import resolution_size
 from triton_inpaint.gateway.storage import LocalStorage
 from triton_inpaint.gateway.tasks import ImageInferenceTask, field_errors
 
@@ -150,9 +150,9 @@ def test_blank_prompt_and_output_type_lists():
 
 
 def test_eden_resolution_is_the_longer_side():
-    assert processing_size(512, 512, 1024) == (1024, 1024)
-    assert processing_size(1200, 800, 768) == (768, 512)
-    assert processing_size(100, 3000, 512) == (64, 512)
+    assert resolution_size(512, 512, 1024) == (1024, 1024)
+    assert resolution_size(1200, 800, 768) == (768, 512)
+    assert resolution_size(100, 3000, 512) == (64, 512)
 
 
 @pytest.mark.parametrize("signal_name", ["SIGINT", "SIGTERM"])

@@ -18,7 +18,7 @@ from triton_inpaint.memory import (
     parse_size,
     request_bytes,
 )
-from triton_inpaint.spec import PipelineSpec
+from triton_inpaint.pipeline_spec import PipelineSpec
 
 # One call of one exported network in a fresh interpreter; prints the growth of its peak RSS. VmHWM,
 # not ru_maxrss: the latter keeps the forking parent's (pytest's) peak across exec.

@@ -15,8 +15,8 @@ from tests.helpers import decode_rgb, png_bytes
 from tests.test_text_segmentation import PHRASES, reference_probability
 from triton_inpaint.client import InpaintClient, InpaintError
 from triton_inpaint.contract import TEXT_SEGMENTATION_MODEL
+from triton_inpaint.detector_masks import regions_from_probability
 from triton_inpaint.export.detectors import DETECTOR_GRAPHS
-from triton_inpaint.masking import regions_from_probability
 
 pytestmark = pytest.mark.server
 ASTRONAUT = skimage.data.astronaut()

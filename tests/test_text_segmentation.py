@@ -11,8 +11,8 @@ import torch
 
 from triton_inpaint.components import onnx_runner
 from triton_inpaint.contract import TEXT_SEGMENTATION_MODEL, TEXT_SEGMENTATION_NETWORK
+from triton_inpaint.detector_masks import Masker, MaskingParams, regions_from_probability
 from triton_inpaint.export.clipseg import export_clipseg
-from triton_inpaint.masking import Masker, MaskingParams, regions_from_probability
 from triton_inpaint.text_segmentation import TextSegmenter, load_processor, probability_maps
 
 PHRASES = ("a red hat", "hair")

@@ -32,12 +32,12 @@ from transformers import CLIPTokenizer, PreTrainedTokenizerBase, T5TokenizerFast
 from triton_inpaint.components import TEXT_ENCODER, TEXT_ENCODER_2, FluxComponents
 from triton_inpaint.errors import InvalidInputError
 from triton_inpaint.imaging import mask_to_pil
-from triton_inpaint.masks import Box
+from triton_inpaint.mask_shaping import Box
 from triton_inpaint.memory import check_request
 from triton_inpaint.params import DenoiseParams
+from triton_inpaint.pipeline_spec import PipelineSpec
 from triton_inpaint.schedulers import build_scheduler
 from triton_inpaint.sd_inpaint import Plan, processing_size, token_ids
-from triton_inpaint.spec import PipelineSpec
 
 
 class FluxFillInpaintPipeline:

@@ -14,10 +14,10 @@ from typing import Any
 import numpy as np
 
 from triton_inpaint.contract import MASKING_MODEL, Runner
+from triton_inpaint.detector_masks import MaskingParams
 from triton_inpaint.errors import InvalidInputError, ModelCallError, split_field
 from triton_inpaint.imaging import decode_image, decode_mask, encode_mask
-from triton_inpaint.masking import MaskingParams
-from triton_inpaint.masks import MaskParams, prepare_mask
+from triton_inpaint.mask_shaping import MaskParams, prepare_mask
 from triton_inpaint.schema import MASK_SOURCES
 
 # image_masking's field names -> this request's, for errors only image_masking can find.

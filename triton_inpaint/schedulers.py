@@ -18,36 +18,36 @@ if TYPE_CHECKING:  # diffusers is imported only where a scheduler is built: clie
 
 
 @dataclass(frozen=True)
-class SchedulerSpec:
+class SchedulerChoice:
     name: str
     class_name: str
     overrides: dict[str, Any] = field(default_factory=dict)
     aliases: tuple[str, ...] = ()
 
 
-SCHEDULERS: tuple[SchedulerSpec, ...] = (
-    SchedulerSpec("DDIM", "DDIMScheduler"),
-    SchedulerSpec("Euler", "EulerDiscreteScheduler"),
-    SchedulerSpec("Euler a", "EulerAncestralDiscreteScheduler", aliases=("Euler ancestral",)),
-    SchedulerSpec("Heun", "HeunDiscreteScheduler"),
-    SchedulerSpec("DPM++ 2M", "DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++"}),
-    SchedulerSpec(
+SCHEDULERS: tuple[SchedulerChoice, ...] = (
+    SchedulerChoice("DDIM", "DDIMScheduler"),
+    SchedulerChoice("Euler", "EulerDiscreteScheduler"),
+    SchedulerChoice("Euler a", "EulerAncestralDiscreteScheduler", aliases=("Euler ancestral",)),
+    SchedulerChoice("Heun", "HeunDiscreteScheduler"),
+    SchedulerChoice("DPM++ 2M", "DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++"}),
+    SchedulerChoice(
         "DPM++ 2M Karras",
         "DPMSolverMultistepScheduler",
         {"algorithm_type": "dpmsolver++", "use_karras_sigmas": True},
     ),
-    SchedulerSpec("DPM++ 2M SDE", "DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++"}),
-    SchedulerSpec(
+    SchedulerChoice("DPM++ 2M SDE", "DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++"}),
+    SchedulerChoice(
         "DPM++ 2M SDE Karras",
         "DPMSolverMultistepScheduler",
         {"algorithm_type": "sde-dpmsolver++", "use_karras_sigmas": True},
     ),
-    SchedulerSpec("UniPC", "UniPCMultistepScheduler"),
-    SchedulerSpec("LCM", "LCMScheduler"),
-    SchedulerSpec("PNDM", "PNDMScheduler"),
-    SchedulerSpec("LMS", "LMSDiscreteScheduler"),
+    SchedulerChoice("UniPC", "UniPCMultistepScheduler"),
+    SchedulerChoice("LCM", "LCMScheduler"),
+    SchedulerChoice("PNDM", "PNDMScheduler"),
+    SchedulerChoice("LMS", "LMSDiscreteScheduler"),
     # Flow matching (FLUX): the only kind a flow-matching checkpoint accepts, and not for SD/SDXL.
-    SchedulerSpec("FlowMatch Euler", "FlowMatchEulerDiscreteScheduler", aliases=("Flow Match Euler",)),
+    SchedulerChoice("FlowMatch Euler", "FlowMatchEulerDiscreteScheduler", aliases=("Flow Match Euler",)),
 )
 
 
@@ -59,12 +59,12 @@ def _key(name: str) -> str:
     return re.sub(r"[\s_\-]+", "", name).lower()
 
 
-_BY_KEY: dict[str, SchedulerSpec] = {}
+_BY_KEY: dict[str, SchedulerChoice] = {}
 for _spec in SCHEDULERS:
     for _name in (_spec.name, *_spec.aliases):
         _BY_KEY[_key(_name)] = _spec
     # A bare class name (as the reference API also accepts) means the class with its default config.
-    _BY_KEY.setdefault(_key(_spec.class_name), SchedulerSpec(_spec.class_name, _spec.class_name))
+    _BY_KEY.setdefault(_key(_spec.class_name), SchedulerChoice(_spec.class_name, _spec.class_name))
 
 
 def scheduler_names(flow_matching: bool | None = None) -> list[str]:
@@ -76,7 +76,7 @@ def scheduler_names(flow_matching: bool | None = None) -> list[str]:
     ]
 
 
-def resolve_scheduler(name: str) -> SchedulerSpec:
+def resolve_scheduler(name: str) -> SchedulerChoice:
     """Look a scheduler up by the name a user typed (case, spaces, dashes and underscores ignored)."""
     spec = _BY_KEY.get(_key(name))
     if spec is None:

@@ -35,11 +35,11 @@ from transformers import CLIPTokenizer, PreTrainedTokenizerBase
 from triton_inpaint.components import TEXT_ENCODER, TEXT_ENCODER_2, SDComponents
 from triton_inpaint.errors import InvalidInputError
 from triton_inpaint.imaging import mask_to_pil
-from triton_inpaint.masks import Box, crop_region, mask_bounds
+from triton_inpaint.mask_shaping import Box, crop_region, mask_bounds
 from triton_inpaint.memory import check_request
 from triton_inpaint.params import SIZE_MULTIPLE, DenoiseParams
+from triton_inpaint.pipeline_spec import PipelineSpec
 from triton_inpaint.schedulers import build_scheduler
-from triton_inpaint.spec import PipelineSpec
 
 
 def processing_size(
@@ -100,10 +100,10 @@ class SDInpaintPipeline:
         spec: PipelineSpec,
         tokenizer_2: CLIPTokenizer | None = None,
     ) -> None:
-        if spec.unet_in_channels not in (4, 9):
+        if spec.denoiser_in_channels not in (4, 9):
             raise ValueError(
                 f"this pipeline serves 4-channel (base) and 9-channel (inpainting) UNets; "
-                f"the checkpoint has {spec.unet_in_channels}"
+                f"the checkpoint has {spec.denoiser_in_channels}"
             )
         self.components = components
         self.tokenizer = tokenizer
@@ -124,7 +124,7 @@ class SDInpaintPipeline:
     @property
     def blends_latents(self) -> bool:
         """True for base (4-channel) UNets, which inpaint by latent blending."""
-        return self.spec.unet_in_channels == 4
+        return self.spec.denoiser_in_channels == 4
 
     @classmethod
     def from_directory(cls, directory: Path, components: SDComponents) -> SDInpaintPipeline:

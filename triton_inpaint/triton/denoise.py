@@ -19,9 +19,9 @@ from triton_inpaint.components import RunnerComponents, network_tensors
 from triton_inpaint.flux_fill import FluxFillInpaintPipeline
 from triton_inpaint.memory import gib, request_budget
 from triton_inpaint.params import DenoiseParams
+from triton_inpaint.pipeline_spec import PipelineSpec
 from triton_inpaint.schema import DENOISE, INPAINT
 from triton_inpaint.sd_inpaint import SDInpaintPipeline
-from triton_inpaint.spec import PipelineSpec
 from triton_inpaint.triton.io import bls_run, read_controls, respond_each, tensor
 
 

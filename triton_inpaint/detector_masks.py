@@ -27,7 +27,7 @@ from triton_inpaint.detection import (
     stretch,
 )
 from triton_inpaint.errors import InvalidInputError
-from triton_inpaint.masks import blur_mask, expand_mask
+from triton_inpaint.mask_shaping import blur_mask, expand_mask
 from triton_inpaint.schema import MASK, MASKING_MODELS
 
 FACE_MESH_FILE = "face_mesh.json"  # the landmark index sets, beside the image_masking model

@@ -11,7 +11,7 @@ from hypothesis.extra.numpy import arrays
 from triton_inpaint.compositing import composite
 from triton_inpaint.errors import InvalidInputError
 from triton_inpaint.imaging import mask_to_pil
-from triton_inpaint.masks import (
+from triton_inpaint.mask_shaping import (
     MaskParams,
     blur_mask,
     crop_region,

@@ -8,9 +8,7 @@ import pytest
 import skimage.data
 
 from triton_inpaint.components import onnx_runner
-from triton_inpaint.errors import InvalidInputError
-from triton_inpaint.export.detectors import DETECTOR_GRAPHS
-from triton_inpaint.masking import (
+from triton_inpaint.detector_masks import (
     FACE_MESH_FILE,
     MASKING_MODELS,
     TEXT_MODEL,
@@ -18,6 +16,8 @@ from triton_inpaint.masking import (
     MaskingParams,
     resolve_prompt,
 )
+from triton_inpaint.errors import InvalidInputError
+from triton_inpaint.export.detectors import DETECTOR_GRAPHS
 
 ASTRONAUT_FACE = (177, 82, 177 + 95, 82 + 95)  # where MediaPipe's own face detector puts it
 

@@ -23,7 +23,7 @@ class PipelineSpec:
     vae_scale_factor: int
     vae_scaling_factor: float
     latent_channels: int
-    unet_in_channels: int  # input channels of the denoiser (the UNet, or FLUX's transformer)
+    denoiser_in_channels: int  # input channels of the denoiser (the UNet, or FLUX's transformer)
     native_resolution: int
     default_steps: int = 20
     default_guidance: float = 7.0
@@ -58,7 +58,7 @@ class PipelineSpec:
             # regenerated); FLUX has no UNet sample size, the VAE's is its native resolution (1024).
             return cls(
                 **common,
-                unet_in_channels=int(pipeline.transformer.config.in_channels),
+                denoiser_in_channels=int(pipeline.transformer.config.in_channels),
                 native_resolution=int(vae.sample_size),
                 default_steps=50,
                 default_guidance=30.0,
@@ -71,7 +71,7 @@ class PipelineSpec:
         sdxl = getattr(pipeline, "text_encoder_2", None) is not None
         return cls(
             **common,
-            unet_in_channels=int(pipeline.unet.config.in_channels),
+            denoiser_in_channels=int(pipeline.unet.config.in_channels),
             native_resolution=int(pipeline.unet.config.sample_size) * vae_scale_factor,
             default_guidance=5.0 if sdxl else 7.0,
             sdxl=sdxl,
@@ -89,7 +89,7 @@ class PipelineSpec:
         """One of :data:`FAMILIES` (SD 2 counts as sd15)."""
         if self.flux:
             return "flux-fill"
-        return f"{'sdxl' if self.sdxl else 'sd15'}-{'inpaint' if self.unet_in_channels == 9 else 'base'}"
+        return f"{'sdxl' if self.sdxl else 'sd15'}-{'inpaint' if self.denoiser_in_channels == 9 else 'base'}"
 
     @property
     def size_multiple(self) -> int:
@@ -102,4 +102,7 @@ class PipelineSpec:
 
     @classmethod
     def load(cls, directory: Path) -> PipelineSpec:
-        return cls(**json.loads((directory / SPEC_FILE).read_text()))
+        data = json.loads((directory / SPEC_FILE).read_text())
+        if "unet_in_channels" in data:  # the name before FLUX's transformer: repositories exported then
+            data["denoiser_in_channels"] = data.pop("unet_in_channels")
+        return cls(**data)
