@@ -24,7 +24,8 @@ from pathlib import Path
 
 from triton_inpaint.errors import InvalidInputError
 from triton_inpaint.export.repository import ExportOptions, check_name, export_checkpoint
-from triton_inpaint.export.tiny import FAMILIES, write_tiny_checkpoint
+from triton_inpaint.export.tiny import write_tiny_checkpoint
+from triton_inpaint.pipeline_spec import FAMILIES
 from triton_inpaint.schedulers import resolve_scheduler
 from triton_inpaint.schema import INPAINT
 

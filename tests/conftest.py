@@ -157,7 +157,8 @@ def detector_repository(tmp_path_factory: pytest.TempPathFactory):
 @pytest.fixture(scope="session")
 def clipseg_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random-weight CLIPSeg folder in transformers' layout, as an operator would supply one."""
-    from triton_inpaint.export.tiny import CLIPSEG, write_tiny_checkpoint
+    from triton_inpaint.export.tiny import write_tiny_checkpoint
+    from triton_inpaint.pipeline_spec import CLIPSEG
 
     return write_tiny_checkpoint(CLIPSEG, tmp_path_factory.mktemp("clipseg") / "weights", seed=0)
 
