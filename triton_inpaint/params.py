@@ -15,7 +15,7 @@ from triton_inpaint.errors import InvalidInputError
 from triton_inpaint.schema import DENOISE, INPAINT, SEED_MAX
 
 SEED_RANGE = (0, SEED_MAX)
-SIZE_MULTIPLE = INPAINT["width"].multiple_of or 8
+SIZE_MULTIPLE: int = INPAINT["width"].multiple_of  # type: ignore[assignment]
 
 # A model's defaults when its registry entry sets none (the common Stable Diffusion ones).
 DEFAULT_STEPS = 20

@@ -78,7 +78,7 @@ def generated_mask(
 
 def preprocess(values: Mapping[str, Any], run: Runner, ready: Callable[[str], bool]) -> Preprocessed:
     """``values``: the request's preprocess controls, checked (``INPAINT.check(..., PREPROCESS)``)."""
-    params = MaskParams(invert=values["mask_invert"], expand=values["mask_expand"], blur=values["mask_blur"])
+    params = MaskParams.from_inputs(values["mask_invert"], values["mask_expand"], values["mask_blur"])
     source = mask_source(values)
     image = decode_image(values["image"], "image")
     if source == "mask":

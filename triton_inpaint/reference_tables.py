@@ -19,8 +19,6 @@ from triton_inpaint.contract import TensorSpec
 from triton_inpaint.schema import INPAINT, MASK, Control, RequestSchema
 
 _BLOCK = re.compile(r"(<!-- generated: ([\w-]+) -->\n)(.*?)(<!-- end generated -->)", re.S)
-_TYPES = {"TYPE_STRING": "BYTES", "TYPE_FP32": "FP32", "TYPE_INT32": "INT32", "TYPE_INT64": "INT64",
-          "TYPE_UINT8": "UINT8", "TYPE_BOOL": "BOOL"}  # fmt: skip
 
 
 def _code(text: str | None) -> str:
@@ -47,7 +45,7 @@ def controls_table(schema: RequestSchema) -> str:
     rows = [
         [
             _code(c.name),
-            _TYPES[c.data_type],
+            contract.control_tensor(c).client_dtype,
             _allowed(c),
             "required" if c.required else c.shown_default,
             c.description,
@@ -63,7 +61,7 @@ def controls_table(schema: RequestSchema) -> str:
 
 def tensors_table(specs: Iterable[TensorSpec], kind: str = "input") -> str:
     rows = [
-        [_code(s.name), _TYPES[s.data_type], f"`{list(s.dims)}`", "yes" * s.optional or "no", s.description]
+        [_code(s.name), s.client_dtype, f"`{list(s.dims)}`", "yes" * s.optional or "no", s.description]
         for s in specs
     ]
     return _table([kind, "type", "shape", "optional", "meaning"], rows)

@@ -265,7 +265,6 @@ def with_controls(
         lines = [f"    {c.name}: {c.description}" + _in_parens(c.allowed) for c in chosen]
         listing = "\n\n    Controls (None: the default):\n" + "\n".join(lines)
         function.__doc__ = (function.__doc__ or "") + listing
-        function.controls = tuple(c.name for c in chosen)  # type: ignore[attr-defined]
         return function
 
     return decorate
