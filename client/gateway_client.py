@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import base64
 import json
-import urllib.error
-import urllib.request
 import uuid
 from typing import Any
+
+import urllib3
 
 from triton_inpaint.client.inpaint_client import (
     InpaintError,
@@ -29,9 +29,13 @@ class GatewayClient:
         self.url = url.rstrip("/") if "://" in url else f"http://{url.rstrip('/')}"
         self.api_key = api_key
         self.timeout = timeout
+        # urllib3 rather than urllib: the gateway answers 401/429/413 from the headers without reading
+        # the body, and a large upload then meets a closed socket (EPIPE). urllib3 still reads the
+        # answer the gateway sent; urllib reports "Broken pipe" and loses it.
+        self._pool = urllib3.PoolManager(retries=False, timeout=urllib3.Timeout(connect=30.0, read=timeout))
 
     def close(self) -> None:
-        pass
+        self._pool.clear()
 
     def __enter__(self) -> GatewayClient:
         return self
@@ -43,25 +47,21 @@ class GatewayClient:
         headers = {"Content-Type": "application/json"}
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"
-        request = urllib.request.Request(
-            f"{self.url}/v1", data=json.dumps(tasks).encode(), headers=headers, method="POST"
-        )
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                body = json.loads(response.read())
-        except urllib.error.HTTPError as error:
-            try:
-                body = json.loads(error.read())
-            except ValueError:
-                body = {"errors": [{"message": f"HTTP {error.code}"}]}
-            messages = (
-                "; ".join(item.get("message", "") for item in body.get("errors", [])) or f"HTTP {error.code}"
-            )
-            if error.code == 503:
-                raise ServerUnreachableError(messages) from None
-            raise InpaintError(messages) from None
-        except (urllib.error.URLError, OSError) as exc:
+            body = json.dumps(tasks).encode()
+            response = self._pool.request("POST", f"{self.url}/v1", body=body, headers=headers)
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
             raise ServerUnreachableError(f"gateway at {self.url}: {exc}") from None
+        try:
+            body = json.loads(response.data)
+        except ValueError:
+            body = {"errors": [{"message": f"HTTP {response.status}"}]}
+        if response.status >= 400:
+            errors = body.get("errors", [])
+            messages = "; ".join(item.get("message", "") for item in errors) or f"HTTP {response.status}"
+            if response.status == 503:
+                raise ServerUnreachableError(messages)
+            raise InpaintError(messages)
         if body.get("errors"):
             raise InpaintError("; ".join(item["message"] for item in body["errors"]))
         return body["data"]

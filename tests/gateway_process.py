@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
-import urllib.error
-import urllib.request
 from typing import Any
 
+import urllib3
+
 from triton_inpaint.gateway.launcher import GatewayServer
+
+_POOL = urllib3.PoolManager(retries=False, timeout=urllib3.Timeout(connect=30.0, read=300.0))
 
 
 class GatewayProcess(GatewayServer):
@@ -20,12 +22,9 @@ class GatewayProcess(GatewayServer):
         headers = {"Content-Type": "application/json"}
         if key is not None:
             headers["Authorization"] = f"Bearer {key}"
-        request = urllib.request.Request(self.url + path, data=data, method=method, headers=headers)
-        try:
-            with urllib.request.urlopen(request, timeout=300) as response:
-                return response.status, dict(response.headers), response.read()
-        except urllib.error.HTTPError as error:
-            return error.code, dict(error.headers), error.read()
+        # urllib3, as the gateway client: it reads an answer the gateway sends before the body ends.
+        response = _POOL.request(method, self.url + path, body=data, headers=headers, redirect=False)
+        return response.status, dict(response.headers), response.data
 
     def post(self, path: str, body: Any, key: str | None = None) -> tuple[int, dict]:
         status, _, content = self.request("POST", path, body, key)

@@ -78,6 +78,23 @@ def test_no_key_is_refused_before_a_byte_of_the_body_is_read(gateway):
     assert status == 401
 
 
+def test_the_client_reads_an_early_refusal_of_a_large_upload(gateway):
+    """The gateway answers 401 and 413 from the headers and closes while a large body is still being
+    sent; the client must report that answer, not the broken pipe it meets (a flake seen in CI)."""
+    from triton_inpaint.client import GatewayClient
+    from triton_inpaint.client.inpaint_client import InpaintError, ServerUnreachableError
+
+    large = bytes(np.random.default_rng(0).integers(0, 256, 8_000_000, dtype=np.uint8))
+    for _ in range(3):
+        with GatewayClient(gateway.url) as client, pytest.raises(InpaintError) as refused:
+            client.mask(large, prompt="face")
+        assert "missing or invalid API key" in str(refused.value)
+        assert not isinstance(refused.value, ServerUnreachableError)
+        with GatewayClient(gateway.url, KEY) as client, pytest.raises(InpaintError) as refused:
+            client.upload(large)
+        assert "request body is larger than 2097152 bytes" in str(refused.value)
+
+
 def _send_and_read(gateway, head: bytes, chunks) -> bytes:
     """Send a request as raw bytes, going on after the server stops reading (it answers a body over the
     cap before the body ends, and may close while the client still sends), then read its answer."""

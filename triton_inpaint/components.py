@@ -70,8 +70,6 @@ def network_tensors(architecture: str) -> dict[str, tuple[tuple[str, ...], tuple
     return _TENSORS[architecture]
 
 
-
-
 class SDComponents(Protocol):
     def encode_text(self, input_ids: torch.Tensor, encoder: str = TEXT_ENCODER) -> tuple[torch.Tensor, ...]:
         """Token ids (B, 77) -> the encoder's outputs, in the order its tensor list names them."""
