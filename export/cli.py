@@ -30,7 +30,7 @@ def _onnx(args: argparse.Namespace) -> int:
             args.checkpoint,
             args.name,
             args.repository,
-            ExportOptions(denoise_instances=args.denoise_instances),
+            ExportOptions(denoise_instances=args.denoise_instances, max_inflight=args.max_inflight),
             log=lambda message: print(message, flush=True),
         )
     for check in checks:
@@ -54,6 +54,7 @@ def _registry(args: argparse.Namespace) -> int:
             args.cache,
             log=lambda m: print(m, flush=True),
             denoise_instances=args.denoise_instances,
+            max_inflight=args.max_inflight,
         )
     print(f"{'id':<28} {'Triton model':<28} {'family':<13} {'native':>6}  defaults")
     for entry, family, native in built:
@@ -130,10 +131,19 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
     onnx.add_argument(
         "--denoise-instances",
         type=int,
-        default=2,
+        default=1,
         choices=range(1, 17),
         metavar="1-16",
-        help="concurrent requests the denoise model runs (Triton instance count)",
+        help="Triton instances of each denoise model; each batches its own requests in flight",
+    )
+    onnx.add_argument(
+        "--max-inflight",
+        type=int,
+        default=4,
+        choices=range(1, 17),
+        metavar="1-16",
+        help="requests one denoise instance advances together (in-flight batching); more wait in "
+        "Triton's queue",
     )
     onnx.set_defaults(handler=_onnx)
 
@@ -155,10 +165,19 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
     registry.add_argument(
         "--denoise-instances",
         type=int,
-        default=2,
+        default=1,
         choices=range(1, 17),
         metavar="1-16",
-        help="concurrent requests each denoise model runs",
+        help="Triton instances of each denoise model; each batches its own requests in flight",
+    )
+    registry.add_argument(
+        "--max-inflight",
+        type=int,
+        default=4,
+        choices=range(1, 17),
+        metavar="1-16",
+        help="requests one denoise instance advances together (in-flight batching); more wait in "
+        "Triton's queue",
     )
     registry.set_defaults(handler=_registry)
 

@@ -44,9 +44,14 @@ NETWORK_MAX_BATCH = 8
 
 @dataclass(frozen=True)
 class ExportOptions:
-    denoise_instances: int = 2
+    # One denoise instance batches up to max_inflight requests in flight (triton_inpaint.denoising);
+    # more instances run separate loops that meet only at the denoiser's dynamic batcher.
+    denoise_instances: int = 1
+    max_inflight: int = 4
     unet_instances: int = 1
-    unet_queue_delay_us: int = 2000
+    # The denoise model already batches its requests' rows; waiting at the UNet for more only adds
+    # latency (a 2 ms wait on every call never batched anything at one request at a time).
+    unet_queue_delay_us: int = 0
     # What the registry says about the model; None keeps the family's defaults.
     model_id: str | None = None
     default_steps: int | None = None
@@ -198,6 +203,8 @@ def _denoise_config(name: str, checkpoint_name: str, options: ExportOptions) -> 
         name, contract.DENOISE_INPUTS, contract.DENOISE_OUTPUTS, options.denoise_instances
     )
     config.parameters["submodel_prefix"].string_value = checkpoint_name
+    config.parameters["max_inflight"].string_value = str(options.max_inflight)
+    config.parameters["denoiser_max_batch"].string_value = str(NETWORK_MAX_BATCH)
     return config
 
 

@@ -90,9 +90,9 @@ def test_guidance_at_most_one_skips_the_unconditional_half(
     calls = []
     unet = torch_pipeline.components.predict_noise
 
-    def counting(sample, timestep, states, added=None):
-        calls.append(sample.shape[0])
-        return unet(sample, timestep, states, added)
+    def counting(inputs):
+        calls.append(inputs["sample"].shape[0])
+        return unet(inputs)
 
     torch_pipeline.components.predict_noise = counting
     try:

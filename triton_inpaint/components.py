@@ -77,14 +77,9 @@ class SDComponents(Protocol):
     def encode_image(self, image: torch.Tensor) -> torch.Tensor:
         """Image (B, 3, H, W) in [-1, 1] -> latent distribution parameters (B, 2C, h, w)."""
 
-    def predict_noise(
-        self,
-        sample: torch.Tensor,
-        timestep: torch.Tensor,
-        encoder_hidden_states: torch.Tensor,
-        added: dict[str, torch.Tensor] | None = None,
-    ) -> torch.Tensor:
-        """UNet input (B, C_in, h, w), timesteps (B, 1), text states, SDXL's extra conditions -> noise."""
+    def predict_noise(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The UNet's inputs by their names in :data:`SD_TENSORS` / :data:`SDXL_TENSORS` (input
+        (B, C_in, h, w), timesteps (B, 1), text states, SDXL's extra conditions) -> noise."""
 
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
         """Unscaled latents (B, C, h, w) -> image (B, 3, H, W) in about [-1, 1]."""
@@ -136,16 +131,8 @@ class RunnerComponents:
     def encode_image(self, image: torch.Tensor) -> torch.Tensor:
         return self._call(VAE_ENCODER, [_np(image)])[0]
 
-    def predict_noise(
-        self,
-        sample: torch.Tensor,
-        timestep: torch.Tensor,
-        encoder_hidden_states: torch.Tensor,
-        added: dict[str, torch.Tensor] | None = None,
-    ) -> torch.Tensor:
-        arrays = [_np(sample), _np(timestep), _np(encoder_hidden_states)]
-        arrays += [_np(added[name]) for name in self._tensors[UNET][0][3:]]
-        return self._call(UNET, arrays)[0]
+    def predict_noise(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self._call(UNET, [_np(inputs[name]) for name in self._tensors[UNET][0]])[0]
 
     def predict_velocity(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         return self._call(TRANSFORMER, [_np(inputs[name]) for name in self._tensors[TRANSFORMER][0]])[0]
@@ -199,15 +186,15 @@ class TorchComponents:
         return self._pipe.vae.encode(image).latent_dist.parameters
 
     @torch.no_grad()
-    def predict_noise(
-        self,
-        sample: torch.Tensor,
-        timestep: torch.Tensor,
-        encoder_hidden_states: torch.Tensor,
-        added: dict[str, torch.Tensor] | None = None,
-    ) -> torch.Tensor:
+    def predict_noise(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        added = None
+        if self._sdxl:
+            added = {"text_embeds": inputs["text_embeds"], "time_ids": inputs["time_ids"]}
         return self._pipe.unet(
-            sample, timestep.reshape(-1), encoder_hidden_states=encoder_hidden_states, added_cond_kwargs=added
+            inputs["sample"],
+            inputs["timestep"].reshape(-1),
+            encoder_hidden_states=inputs["encoder_hidden_states"],
+            added_cond_kwargs=added,
         ).sample
 
     @torch.no_grad()

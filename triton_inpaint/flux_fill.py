@@ -30,6 +30,7 @@ from PIL import Image
 from transformers import CLIPTokenizer, PreTrainedTokenizerBase, T5TokenizerFast
 
 from triton_inpaint.components import TEXT_ENCODER, TEXT_ENCODER_2, FluxComponents
+from triton_inpaint.denoising import run_alone
 from triton_inpaint.errors import InvalidInputError
 from triton_inpaint.imaging import mask_to_pil
 from triton_inpaint.mask_shaping import Box
@@ -171,37 +172,6 @@ class FluxFillInpaintPipeline:
         mask = mask.permute(0, 2, 4, 1, 3).reshape(batch, factor * factor, height, width)
         return torch.cat([masked_latents, self._pack(mask)], dim=-1)
 
-    def denoise(
-        self,
-        scheduler: Any,
-        timesteps: torch.Tensor,
-        latents: torch.Tensor,
-        condition: torch.Tensor,
-        states: torch.Tensor,
-        pooled: torch.Tensor,
-        guidance_scale: float,
-        latent_height: int,
-        latent_width: int,
-    ) -> torch.Tensor:
-        batch = latents.shape[0]
-        image_ids = FluxFillPipeline._prepare_latent_image_ids(
-            batch, latent_height // 2, latent_width // 2, "cpu", torch.float32
-        )
-        inputs = {
-            "guidance": torch.full((batch, 1), guidance_scale, dtype=torch.float32),
-            "pooled_projections": pooled,
-            "encoder_hidden_states": states,
-            "txt_ids": torch.zeros(batch, states.shape[1], 3),
-            "img_ids": image_ids.unsqueeze(0).repeat(batch, 1, 1),
-        }
-        for t in timesteps:
-            inputs["hidden_states"] = torch.cat([latents, condition], dim=2)
-            # As diffusers computes it (float32 division), to the last bit.
-            inputs["timestep"] = (t.expand(batch).to(torch.float32) / 1000).reshape(batch, 1)
-            velocity = self.components.predict_velocity(inputs)
-            latents = scheduler.step(velocity, t, latents, return_dict=False)[0]
-        return latents
-
     def decode(self, latents: torch.Tensor, width: int, height: int) -> np.ndarray:
         latents = FluxFillPipeline._unpack_latents(latents, height, width, self.spec.vae_scale_factor)
         latents = latents / self.spec.vae_scaling_factor + self.spec.vae_shift_factor
@@ -231,12 +201,8 @@ class FluxFillInpaintPipeline:
             )
         return Plan(width, height, None, scheduler, timesteps)
 
-    def __call__(self, image: np.ndarray, mask: np.ndarray, params: DenoiseParams) -> tuple[np.ndarray, Box]:
-        """Inpaint ``image`` (H, W, 3 uint8) where ``mask`` (H, W in [0, 1]) is set.
-
-        Returns the generated images at the processing size, (n, h, w, 3) uint8 before compositing,
-        and the box of the input they belong to (always the whole image: FLUX Fill takes no margin).
-        """
+    def start(self, image: np.ndarray, mask: np.ndarray, params: DenoiseParams) -> FluxJob:
+        """Everything before the denoising loop (see ``SDInpaintPipeline.start``)."""
         plan = self.plan(mask, params)
         width, height, scheduler, timesteps = plan.width, plan.height, plan.scheduler, plan.timesteps
         image_height, image_width = mask.shape
@@ -249,15 +215,78 @@ class FluxFillInpaintPipeline:
         latents = self.prepare_latents(scheduler, init_image, timesteps[:1], generators)
         condition = self.prepare_mask_latents(init_image, mask_image, generators)
         factor = self.spec.vae_scale_factor
-        latents = self.denoise(
-            scheduler,
-            timesteps,
-            latents,
-            condition,
-            states,
-            pooled,
-            params.guidance_scale,
-            height // factor,
-            width // factor,
+        batch = latents.shape[0]
+        image_ids = FluxFillPipeline._prepare_latent_image_ids(
+            batch, height // factor // 2, width // factor // 2, "cpu", torch.float32
         )
-        return self.decode(latents, width, height), (0, 0, image_width, image_height)
+        conditions = {
+            "guidance": torch.full((batch, 1), params.guidance_scale, dtype=torch.float32),
+            "pooled_projections": pooled,
+            "encoder_hidden_states": states,
+            "txt_ids": torch.zeros(batch, states.shape[1], 3),
+            "img_ids": image_ids.unsqueeze(0).repeat(batch, 1, 1),
+        }
+        return FluxJob(
+            self, scheduler, timesteps, latents, condition, conditions, width, height,
+            (0, 0, image_width, image_height),
+        )  # fmt: skip
+
+    def __call__(self, image: np.ndarray, mask: np.ndarray, params: DenoiseParams) -> tuple[np.ndarray, Box]:
+        """Inpaint ``image`` (H, W, 3 uint8) where ``mask`` (H, W in [0, 1]) is set.
+
+        Returns the generated images at the processing size, (n, h, w, 3) uint8 before compositing,
+        and the box of the input they belong to (always the whole image: FLUX Fill takes no margin).
+        """
+        return run_alone(self.start(image, mask, params))
+
+
+class FluxJob:
+    """One FLUX Fill request's loop, a step at a time (see :mod:`triton_inpaint.denoising`)."""
+
+    def __init__(
+        self,
+        pipeline: FluxFillInpaintPipeline,
+        scheduler: Any,
+        timesteps: torch.Tensor,
+        latents: torch.Tensor,
+        condition: torch.Tensor,
+        conditions: dict[str, torch.Tensor],
+        width: int,
+        height: int,
+        box: Box,
+    ) -> None:
+        self.pipeline = pipeline
+        self.scheduler = scheduler
+        self.timesteps = timesteps
+        self.latents = latents
+        self.condition = condition
+        self.conditions = conditions
+        self.width = width
+        self.height = height
+        self.box = box
+        self.index = 0
+
+    @property
+    def done(self) -> bool:
+        return self.index >= len(self.timesteps)
+
+    def denoiser_inputs(self) -> dict[str, torch.Tensor]:
+        t = self.timesteps[self.index]
+        batch = self.latents.shape[0]
+        return {
+            "hidden_states": torch.cat([self.latents, self.condition], dim=2),
+            # As diffusers computes it (float32 division), to the last bit.
+            "timestep": (t.expand(batch).to(torch.float32) / 1000).reshape(batch, 1),
+            **self.conditions,
+        }
+
+    def predict(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.pipeline.components.predict_velocity(inputs)
+
+    def advance(self, prediction: torch.Tensor) -> None:
+        t = self.timesteps[self.index]
+        self.latents = self.scheduler.step(prediction, t, self.latents, return_dict=False)[0]
+        self.index += 1
+
+    def finish(self) -> tuple[np.ndarray, Box]:
+        return self.pipeline.decode(self.latents, self.width, self.height), self.box

@@ -33,6 +33,7 @@ from PIL import Image
 from transformers import CLIPTokenizer, PreTrainedTokenizerBase
 
 from triton_inpaint.components import TEXT_ENCODER, TEXT_ENCODER_2, SDComponents
+from triton_inpaint.denoising import run_alone
 from triton_inpaint.errors import InvalidInputError
 from triton_inpaint.imaging import mask_to_pil
 from triton_inpaint.mask_shaping import Box, crop_region, mask_bounds
@@ -270,46 +271,6 @@ class SDInpaintPipeline:
             masked_image_latents = torch.cat([masked_image_latents] * 2)
         return mask, masked_image_latents
 
-    def denoise(
-        self,
-        scheduler: Any,
-        timesteps: torch.Tensor,
-        latents: torch.Tensor,
-        mask: torch.Tensor,
-        masked_image_latents: torch.Tensor,
-        prompt_embeds: torch.Tensor,
-        guidance_scale: float,
-        generators: list[torch.Generator],
-        noise: torch.Tensor | None = None,
-        image_latents: torch.Tensor | None = None,
-        added: dict[str, torch.Tensor] | None = None,
-    ) -> torch.Tensor:
-        do_cfg = prompt_embeds.shape[0] == 2 * latents.shape[0]
-        init_mask = mask[: latents.shape[0]]
-        step_kwargs: dict[str, Any] = {}
-        step_parameters = set(inspect.signature(scheduler.step).parameters)
-        if "eta" in step_parameters:
-            step_kwargs["eta"] = 0.0
-        if "generator" in step_parameters:
-            step_kwargs["generator"] = generators
-        for i, t in enumerate(timesteps):
-            latent_model_input = torch.cat([latents] * 2) if do_cfg else latents
-            latent_model_input = scheduler.scale_model_input(latent_model_input, t)
-            if not self.blends_latents:
-                latent_model_input = torch.cat([latent_model_input, mask, masked_image_latents], dim=1)
-            timestep = torch.full((latent_model_input.shape[0], 1), float(t), dtype=torch.float32)
-            noise_pred = self.components.predict_noise(latent_model_input, timestep, prompt_embeds, added)
-            if do_cfg:
-                noise_pred_uncond, noise_pred_text = noise_pred.chunk(2)
-                noise_pred = noise_pred_uncond + guidance_scale * (noise_pred_text - noise_pred_uncond)
-            latents = scheduler.step(noise_pred, t, latents, **step_kwargs, return_dict=False)[0]
-            if self.blends_latents:
-                init_latents_proper = image_latents
-                if i < len(timesteps) - 1:
-                    init_latents_proper = scheduler.add_noise(image_latents, noise, timesteps[i + 1 : i + 2])
-                latents = (1 - init_mask) * init_latents_proper + init_mask * latents
-        return latents
-
     def decode(self, latents: torch.Tensor) -> np.ndarray:
         image = self.components.decode_latents(latents / self.spec.vae_scaling_factor)
         images = self.image_processor.postprocess(image, output_type="np")
@@ -351,11 +312,11 @@ class SDInpaintPipeline:
             )
         return Plan(width, height, crop, scheduler, timesteps)
 
-    def __call__(self, image: np.ndarray, mask: np.ndarray, params: DenoiseParams) -> tuple[np.ndarray, Box]:
-        """Inpaint ``image`` (H, W, 3 uint8) where ``mask`` (H, W in [0, 1]) is set.
+    def start(self, image: np.ndarray, mask: np.ndarray, params: DenoiseParams) -> SDJob:
+        """Everything before the denoising loop: plan, encode the prompt, prepare image, mask and
+        latents. The returned job takes the loop's steps (alone or batched with other requests).
 
-        Returns the generated images at the processing size, (n, h, w, 3) uint8 before compositing,
-        and the box of the input they belong to (the whole image unless ``mask_margin`` cropped).
+        ``image`` is (H, W, 3) uint8, ``mask`` (H, W) in [0, 1], set where the image is regenerated.
         """
         plan = self.plan(mask, params)
         width, height, crop, scheduler, timesteps = (
@@ -366,12 +327,10 @@ class SDInpaintPipeline:
         prompt_embeds, pooled = self.encode_prompt(
             params.prompt, params.negative_prompt, do_cfg, params.num_images
         )
-        added = None
+        conditions = {"encoder_hidden_states": prompt_embeds}
         if self.spec.sdxl:
-            added = {
-                "text_embeds": pooled,
-                "time_ids": self.time_ids(width, height, params.num_images, do_cfg),
-            }
+            conditions["text_embeds"] = pooled
+            conditions["time_ids"] = self.time_ids(width, height, params.num_images, do_cfg)
         init_image, mask_condition = self.prepare_image_and_mask(image, mask, width, height, crop)
         latents, noise, image_latents = self.prepare_latents(
             scheduler, init_image, timesteps[:1], params.strength == 1.0, generators
@@ -379,18 +338,94 @@ class SDInpaintPipeline:
         mask_latents, masked_image_latents = self.prepare_mask_latents(
             init_image, mask_condition, generators, do_cfg
         )
-        latents = self.denoise(
-            scheduler,
-            timesteps,
-            latents,
-            mask_latents,
-            masked_image_latents,
-            prompt_embeds,
-            params.guidance_scale,
-            generators,
-            noise,
-            image_latents,
-            added,
-        )
         box = crop if crop is not None else (0, 0, image.shape[1], image.shape[0])
-        return self.decode(latents), box
+        return SDJob(
+            self, scheduler, timesteps, latents, mask_latents, masked_image_latents, conditions,
+            params.guidance_scale, generators, noise, image_latents, box,
+        )  # fmt: skip
+
+    def __call__(self, image: np.ndarray, mask: np.ndarray, params: DenoiseParams) -> tuple[np.ndarray, Box]:
+        """Inpaint ``image`` (H, W, 3 uint8) where ``mask`` (H, W in [0, 1]) is set.
+
+        Returns the generated images at the processing size, (n, h, w, 3) uint8 before compositing,
+        and the box of the input they belong to (the whole image unless ``mask_margin`` cropped).
+        """
+        return run_alone(self.start(image, mask, params))
+
+
+class SDJob:
+    """One request's denoising loop, a step at a time: diffusers' loop body split where the UNet is
+    called, so that the call can carry other requests' rows too (see :mod:`triton_inpaint.denoising`).
+    """
+
+    def __init__(
+        self,
+        pipeline: SDInpaintPipeline,
+        scheduler: Any,
+        timesteps: torch.Tensor,
+        latents: torch.Tensor,
+        mask: torch.Tensor,
+        masked_image_latents: torch.Tensor,
+        conditions: dict[str, torch.Tensor],
+        guidance_scale: float,
+        generators: list[torch.Generator],
+        noise: torch.Tensor | None,
+        image_latents: torch.Tensor | None,
+        box: Box,
+    ) -> None:
+        self.pipeline = pipeline
+        self.scheduler = scheduler
+        self.timesteps = timesteps
+        self.latents = latents
+        self.mask = mask
+        self.masked_image_latents = masked_image_latents
+        self.conditions = conditions
+        self.guidance_scale = guidance_scale
+        self.noise = noise
+        self.image_latents = image_latents
+        self.box = box
+        self.do_cfg = conditions["encoder_hidden_states"].shape[0] == 2 * latents.shape[0]
+        self.step_kwargs: dict[str, Any] = {}
+        step_parameters = set(inspect.signature(scheduler.step).parameters)
+        if "eta" in step_parameters:
+            self.step_kwargs["eta"] = 0.0
+        if "generator" in step_parameters:
+            self.step_kwargs["generator"] = generators
+        self.index = 0
+
+    @property
+    def done(self) -> bool:
+        return self.index >= len(self.timesteps)
+
+    def denoiser_inputs(self) -> dict[str, torch.Tensor]:
+        t = self.timesteps[self.index]
+        latent_model_input = torch.cat([self.latents] * 2) if self.do_cfg else self.latents
+        latent_model_input = self.scheduler.scale_model_input(latent_model_input, t)
+        if not self.pipeline.blends_latents:
+            latent_model_input = torch.cat([latent_model_input, self.mask, self.masked_image_latents], dim=1)
+        timestep = torch.full((latent_model_input.shape[0], 1), float(t), dtype=torch.float32)
+        return {"sample": latent_model_input, "timestep": timestep, **self.conditions}
+
+    def predict(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.pipeline.components.predict_noise(inputs)
+
+    def advance(self, prediction: torch.Tensor) -> None:
+        t = self.timesteps[self.index]
+        noise_pred = prediction
+        if self.do_cfg:
+            noise_pred_uncond, noise_pred_text = noise_pred.chunk(2)
+            noise_pred = noise_pred_uncond + self.guidance_scale * (noise_pred_text - noise_pred_uncond)
+        latents = self.scheduler.step(noise_pred, t, self.latents, **self.step_kwargs, return_dict=False)[0]
+        if self.pipeline.blends_latents:
+            # Base UNets: the known region is the original, noised to the next timestep.
+            init_latents_proper = self.image_latents
+            if self.index < len(self.timesteps) - 1:
+                next_t = self.timesteps[self.index + 1 : self.index + 2]
+                init_latents_proper = self.scheduler.add_noise(self.image_latents, self.noise, next_t)
+            init_mask = self.mask[: latents.shape[0]]
+            latents = (1 - init_mask) * init_latents_proper + init_mask * latents
+        self.latents = latents
+        self.index += 1
+
+    def finish(self) -> tuple[np.ndarray, Box]:
+        return self.pipeline.decode(self.latents), self.box

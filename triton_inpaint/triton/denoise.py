@@ -4,6 +4,12 @@ The version directory holds ``pipeline.json``, ``tokenizer/`` (and ``tokenizer_2
 written by the export step; the config's ``submodel_prefix`` parameter names the network models
 (``<prefix>_unet`` or ``<prefix>_transformer``, ...). ``pipeline.json`` says which loop runs them:
 Stable Diffusion (1.5/2, SDXL) or FLUX Fill.
+
+Requests are batched in flight (:mod:`triton_inpaint.denoising`): ``execute`` starts each request's
+job (prompt, image and latents prepared) and returns; a worker thread advances every job in flight
+with one denoiser call per tick, and each request is answered through its response sender when its
+images are decoded. ``execute`` waits for a free slot (the ``max_inflight`` parameter) before it
+starts a request, so requests beyond that wait in Triton's queue, where queue-time metrics see them.
 """
 
 from __future__ import annotations
@@ -16,13 +22,21 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from triton_inpaint.components import RunnerComponents, network_tensors
+from triton_inpaint.denoising import InflightBatcher
 from triton_inpaint.flux_fill import FluxFillInpaintPipeline
 from triton_inpaint.memory import gib, request_budget
 from triton_inpaint.params import DenoiseParams
 from triton_inpaint.pipeline_spec import PipelineSpec
 from triton_inpaint.schema import DENOISE, INPAINT
 from triton_inpaint.sd_inpaint import SDInpaintPipeline
-from triton_inpaint.triton.io import bls_run, read_controls, respond_each, tensor
+from triton_inpaint.triton.io import bls_run, error_response, read_controls, send_final, tensor
+
+DEFAULT_MAX_INFLIGHT = 4
+
+
+def _parameter(config: dict[str, Any], name: str, default: int) -> int:
+    value = config.get("parameters", {}).get(name, {}).get("string_value")
+    return default if value in (None, "") else int(value)
 
 
 class TritonPythonModel:
@@ -38,15 +52,19 @@ class TritonPythonModel:
         )
         pipeline_class = FluxFillInpaintPipeline if spec.flux else SDInpaintPipeline
         self.pipeline = pipeline_class.from_directory(directory, components)
-        # Requests run in parallel on this model's instances: each gets its share of the budget.
+        max_inflight = _parameter(config, "max_inflight", DEFAULT_MAX_INFLIGHT)
+        max_rows = _parameter(config, "denoiser_max_batch", 8)
+        # Requests in flight share the budget: every instance's, each up to max_inflight at once.
         instances = sum(group.get("count", 1) for group in config.get("instance_group", [])) or 1
-        self.pipeline.memory_budget = request_budget(instances)
+        self.pipeline.memory_budget = request_budget(instances * max_inflight)
+        self.batcher = InflightBatcher(max_rows, max_inflight, log=self.logger.log_error)
         self.logger.log_info(
-            f"{args['model_name']}: {gib(self.pipeline.memory_budget)} of memory per request "
-            f"({instances} at once)"
+            f"{args['model_name']}: up to {max_inflight} requests in flight, batched up to {max_rows} "
+            f"denoiser rows a call; {gib(self.pipeline.memory_budget)} of memory per request"
         )
 
-    def _handle(self, request: Any) -> list[Any]:
+    def _start(self, request: Any) -> tuple[DenoiseParams, Any]:
+        """The request's params and either its started job or, for a dry run, its outputs."""
         spec = self.pipeline.spec
         params = DenoiseParams.from_inputs(
             **read_controls(request, INPAINT.at(DENOISE)),
@@ -61,13 +79,42 @@ class TritonPythonModel:
             plan = self.pipeline.plan(mask, params)
             generated = np.zeros((0, plan.height, plan.width, 3), np.uint8)
             box = plan.crop or (0, 0, mask.shape[1], mask.shape[0])
-        else:
-            generated, box = self.pipeline(image, mask, params)
-        return [
-            pb_utils.Tensor("generated_image", generated),
-            pb_utils.Tensor("crop_box", np.array(box, dtype=np.int32)),
-            pb_utils.Tensor("output_seed", np.array(params.seeds, dtype=np.int64)),
-        ]
+            return params, _outputs(generated, box, params)
+        return params, self.pipeline.start(image, mask, params)
 
-    def execute(self, requests: list[Any]) -> list[Any]:
-        return respond_each(requests, self._handle, self.logger)
+    def execute(self, requests: list[Any]) -> None:
+        for request in requests:
+            self.batcher.acquire()
+            try:
+                params, started = self._start(request)
+            except Exception as exc:  # noqa: BLE001 - this request's refusal; the others go on
+                self.batcher.release()
+                send_final(request, error_response(exc, request, self.logger))
+                continue
+            if isinstance(started, list):  # a dry run's answer
+                self.batcher.release()
+                send_final(request, pb_utils.InferenceResponse(output_tensors=started))
+                continue
+            self.batcher.submit(started, self._answer(request, params))
+        return None
+
+    def _answer(self, request: Any, params: DenoiseParams) -> Any:
+        def answer(result: tuple[np.ndarray, Any] | None, error: BaseException | None) -> None:
+            if error is not None:
+                send_final(request, error_response(error, request, self.logger))
+                return
+            generated, box = result
+            send_final(request, pb_utils.InferenceResponse(output_tensors=_outputs(generated, box, params)))
+
+        return answer
+
+    def finalize(self) -> None:
+        self.batcher.close()
+
+
+def _outputs(generated: np.ndarray, box: Any, params: DenoiseParams) -> list[Any]:
+    return [
+        pb_utils.Tensor("generated_image", generated),
+        pb_utils.Tensor("crop_box", np.array(box, dtype=np.int32)),
+        pb_utils.Tensor("output_seed", np.array(params.seeds, dtype=np.int64)),
+    ]

@@ -98,20 +98,30 @@ def _error(message: str, invalid_argument: bool) -> Any:
     return pb_utils.TritonError(message) if code is None else pb_utils.TritonError(message, code)
 
 
+def error_response(exc: BaseException, request: Any, logger: Any) -> Any:
+    """The response for a request that failed with ``exc``: the message of a refused input as it is
+    (INVALID_ARG), anything else logged with its traceback and answered as an internal error."""
+    if isinstance(exc, InvalidInputError):
+        return pb_utils.InferenceResponse(error=_error(str(exc), invalid_argument=True))
+    trace = "".join(traceback.format_exception(exc))
+    logger.log_error(f"request {request.request_id()!r} failed: {trace}")
+    return pb_utils.InferenceResponse(error=_error(f"internal error: {exc}", invalid_argument=False))
+
+
 def respond_each(requests: list[Any], handle: Callable[[Any], list[Any]], logger: Any) -> list[Any]:
     """Answer each request on its own: one bad request gets its error, the others their results."""
     responses = []
     for request in requests:
         try:
             responses.append(pb_utils.InferenceResponse(output_tensors=handle(request)))
-        except InvalidInputError as exc:
-            responses.append(pb_utils.InferenceResponse(error=_error(str(exc), invalid_argument=True)))
         except Exception as exc:  # noqa: BLE001 - one request's failure must not fail the batch
-            logger.log_error(f"request {request.request_id()!r} failed: {traceback.format_exc()}")
-            responses.append(
-                pb_utils.InferenceResponse(error=_error(f"internal error: {exc}", invalid_argument=False))
-            )
+            responses.append(error_response(exc, request, logger))
     return responses
+
+
+def send_final(request: Any, response: Any) -> None:
+    """Answer ``request`` later, from any thread (the model's ``execute`` returned None for it)."""
+    request.get_response_sender().send(response, flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
 
 
 def bls_run(model: str, inputs: dict[str, np.ndarray], outputs: list[str]) -> list[np.ndarray]:

@@ -1,0 +1,216 @@
+"""A request's denoising loop as a job that advances one step at a time, and in-flight batching: many
+jobs advanced together, one denoiser call per tick carrying every active request's rows.
+
+This is what continuous batching does for LLM serving, applied to diffusion. A job holds everything
+one request's loop needs (its scheduler object with its own state, timesteps, guidance, generators,
+latents and conditions); the denoiser's inputs are per row (each row has its own timestep), so rows
+of different requests at different steps, with different schedulers or guidance, go through one
+network call. Requests join and leave between ticks. A request's result does not depend on its
+batch-mates: each job only ever sees its own slice of the prediction.
+
+Jobs batch when their denoiser inputs have the same shapes apart from the batch axis (same processing
+size and text length: a *size bucket*); different buckets in one tick make one call each. A bucket
+whose rows exceed the network's largest batch is split between calls at job boundaries.
+
+No Triton import: the Triton model (``triton/denoise.py``) supplies the network calls and sends the
+responses; tests drive the same code with onnxruntime.
+"""
+
+from __future__ import annotations
+
+import threading
+import traceback
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Protocol
+
+import numpy as np
+import torch
+
+from triton_inpaint.mask_shaping import Box
+
+Result = tuple[np.ndarray, Box]
+
+
+class DenoiseJob(Protocol):
+    """One request inside its denoising loop (see ``SDInpaintPipeline.start``)."""
+
+    @property
+    def done(self) -> bool:
+        """All steps taken: ``finish`` may run."""
+
+    def denoiser_inputs(self) -> dict[str, torch.Tensor]:
+        """This step's denoiser inputs, by the network's tensor names, batch first. Called exactly
+        once per step: some schedulers record that the input was scaled."""
+
+    def predict(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The denoiser call for inputs of this job's kind (possibly several jobs' rows at once)."""
+
+    def advance(self, prediction: torch.Tensor) -> None:
+        """Take this step with the denoiser's prediction for this job's rows."""
+
+    def finish(self) -> Result:
+        """Decode: the generated images and the box of the input they belong to."""
+
+
+def run_alone(job: DenoiseJob) -> Result:
+    """A job's whole loop with nobody else in its batch (in-process use and the parity reference)."""
+    while not job.done:
+        job.advance(job.predict(job.denoiser_inputs()))
+    return job.finish()
+
+
+def _rows(inputs: dict[str, torch.Tensor]) -> int:
+    return next(iter(inputs.values())).shape[0]
+
+
+def _bucket(inputs: dict[str, torch.Tensor]) -> tuple:
+    return tuple((name, tuple(value.shape[1:]), value.dtype) for name, value in inputs.items())
+
+
+def _chunks(
+    members: list[tuple[DenoiseJob, dict[str, torch.Tensor]]], max_rows: int
+) -> Iterable[list[tuple[DenoiseJob, dict[str, torch.Tensor]]]]:
+    chunk: list[tuple[DenoiseJob, dict[str, torch.Tensor]]] = []
+    rows = 0
+    for member in members:
+        size = _rows(member[1])
+        if chunk and rows + size > max_rows:
+            yield chunk
+            chunk, rows = [], 0
+        chunk.append(member)
+        rows += size
+    if chunk:
+        yield chunk
+
+
+def advance_together(jobs: list[DenoiseJob], max_rows: int) -> list[tuple[DenoiseJob, BaseException]]:
+    """One tick: every job takes one step, through as few denoiser calls as the buckets and
+    ``max_rows`` allow. Returns the jobs that failed (a failed call fails only the jobs in it)."""
+    failures: list[tuple[DenoiseJob, BaseException]] = []
+    buckets: dict[tuple, list[tuple[DenoiseJob, dict[str, torch.Tensor]]]] = {}
+    for job in jobs:
+        try:
+            inputs = job.denoiser_inputs()
+        except Exception as exc:  # noqa: BLE001 - this job's failure is answered, the others go on
+            failures.append((job, exc))
+            continue
+        buckets.setdefault(_bucket(inputs), []).append((job, inputs))
+    for members in buckets.values():
+        for chunk in _chunks(members, max_rows):
+            try:
+                if len(chunk) == 1:
+                    batched = chunk[0][1]
+                else:
+                    batched = {name: torch.cat([inputs[name] for _, inputs in chunk]) for name in chunk[0][1]}
+                prediction = chunk[0][0].predict(batched)
+            except Exception as exc:  # noqa: BLE001
+                failures.extend((job, exc) for job, _ in chunk)
+                continue
+            start = 0
+            for job, inputs in chunk:
+                rows = _rows(inputs)
+                try:
+                    job.advance(prediction[start : start + rows])
+                except Exception as exc:  # noqa: BLE001
+                    failures.append((job, exc))
+                start += rows
+    return failures
+
+
+Callback = Callable[[Result | None, BaseException | None], None]
+
+
+class InflightBatcher:
+    """Advances submitted jobs together on one worker thread; decodes finished ones on another.
+
+    ``max_active`` jobs are in flight at most: a caller takes a slot (``acquire``) before it starts a
+    job, so requests beyond that wait in front of the model (in Triton's queue, where its queue-time
+    metrics see them) rather than inside it. ``max_rows`` is the denoiser's largest batch.
+    Each submitted job's ``callback`` is called exactly once, with its result or its error.
+    """
+
+    def __init__(self, max_rows: int, max_active: int, log: Callable[[str], None] | None = None) -> None:
+        if max_active < 1 or max_rows < 1:
+            raise ValueError(f"max_active and max_rows must be at least 1, got {max_active}, {max_rows}")
+        self.max_rows = max_rows
+        self.max_active = max_active
+        self._log = log or (lambda message: None)
+        self._slots = threading.BoundedSemaphore(max_active)
+        self._condition = threading.Condition()
+        self._incoming: list[tuple[DenoiseJob, Callback]] = []
+        self._closed = False
+        # Decoding runs beside the next ticks rather than stalling every other request's loop.
+        self._finisher = ThreadPoolExecutor(1, thread_name_prefix="denoise-finish")
+        self._worker = threading.Thread(target=self._loop, name="denoise-ticks", daemon=True)
+        self._worker.start()
+
+    def acquire(self) -> None:
+        """Wait for a free slot; each acquire is matched by one ``submit`` or one ``release``."""
+        self._slots.acquire()
+
+    def release(self) -> None:
+        """Give back a slot taken for a job that was never submitted (e.g. it failed to start)."""
+        self._slots.release()
+
+    def submit(self, job: DenoiseJob, callback: Callback) -> None:
+        """Add a started job (its slot already acquired); it joins at the next tick."""
+        with self._condition:
+            if self._closed:
+                self._slots.release()
+                callback(None, RuntimeError("the model is shutting down"))
+                return
+            self._incoming.append((job, callback))
+            self._condition.notify()
+
+    def close(self) -> None:
+        """Stop ticking; jobs still in flight are answered with an error."""
+        with self._condition:
+            self._closed = True
+            self._condition.notify()
+        self._worker.join(timeout=30)
+        self._finisher.shutdown(wait=True)
+
+    def _answer(self, callback: Callback, result: Result | None, error: BaseException | None) -> None:
+        try:
+            callback(result, error)
+        except Exception:  # noqa: BLE001 - a failed answer must not stop the loop
+            self._log(f"answering a request failed: {traceback.format_exc()}")
+        finally:
+            self._slots.release()
+
+    def _finish(self, job: DenoiseJob, callback: Callback) -> None:
+        try:
+            result = job.finish()
+        except Exception as exc:  # noqa: BLE001
+            self._answer(callback, None, exc)
+            return
+        self._answer(callback, result, None)
+
+    def _loop(self) -> None:
+        active: list[tuple[DenoiseJob, Callback]] = []
+        while True:
+            with self._condition:
+                while not self._incoming and not active and not self._closed:
+                    self._condition.wait()
+                if self._closed:
+                    for _, callback in active + self._incoming:
+                        self._answer(callback, None, RuntimeError("the model is shutting down"))
+                    self._incoming.clear()
+                    return
+                active.extend(self._incoming)
+                self._incoming.clear()
+            callbacks = {id(job): callback for job, callback in active}
+            failures = advance_together([job for job, _ in active], self.max_rows)
+            failed = {id(job) for job, _ in failures}
+            for job, error in failures:
+                self._answer(callbacks[id(job)], None, error)
+            remaining = []
+            for job, callback in active:
+                if id(job) in failed:
+                    continue
+                if job.done:
+                    self._finisher.submit(self._finish, job, callback)
+                else:
+                    remaining.append((job, callback))
+            active = remaining
