@@ -13,8 +13,8 @@ from triton_inpaint.pipeline_spec import TINY_MODELS
 def _tiny(args: argparse.Namespace) -> int:
     from triton_inpaint.export.tiny import write_tiny_checkpoint
 
-    out = write_tiny_checkpoint(args.family, args.out, seed=args.seed)
-    print(f"wrote tiny {args.family} checkpoint (seed {args.seed}, random weights) to {out}")
+    out = write_tiny_checkpoint(args.family, args.out, seed=args.seed, size=args.size)
+    print(f"wrote {args.size} {args.family} checkpoint (seed {args.seed}, random weights) to {out}")
     return 0
 
 
@@ -116,6 +116,13 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
         "--out", type=Path, required=True, help="folder to write (diffusers save_pretrained layout)"
     )
     tiny.add_argument("--seed", type=int, default=0, help="weights seed; same seed, same bytes")
+    tiny.add_argument(
+        "--size",
+        choices=("tiny", "small"),
+        default="tiny",
+        help="small: an SD-1.5-shaped UNet (34 M parameters) at 256 px, whose compute dominates as "
+        "with real weights (sd15 families; for benchmarks)",
+    )
     tiny.set_defaults(handler=_tiny)
 
     onnx = commands.add_parser(

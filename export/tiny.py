@@ -47,6 +47,8 @@ from triton_inpaint.pipeline_spec import CLIPSEG, TINY_MODELS
 # flux-fill: FLUX.1 Fill (transformer over packed latents, the mask packed into its input).
 TINY_T5_SEQUENCE = 32  # the tiny FLUX checkpoint's T5 length (FLUX.1 Fill: 512)
 TINY_RESOLUTION = 128  # native resolution of the tiny SD 1.5 checkpoint: 16x16 latents
+SMALL_RESOLUTION = 256  # native resolution of the small one (``size="small"``): 32x32 latents
+SIZES = ("tiny", "small")
 _TOKENIZER_WORDS = [
     "a",
     "photo",
@@ -224,12 +226,47 @@ def build_sdxl(seed: int = 0, denoiser_in_channels: int = 9) -> StableDiffusionX
     )
 
 
-def build_sd15(seed: int = 0, denoiser_in_channels: int = 9) -> StableDiffusionInpaintPipeline:
+def _small_unet(seed: int, in_channels: int) -> UNet2DConditionModel:
+    """SD 1.5's UNet shape at a fifth of its width (four blocks, cross-attention in three, eight
+    heads; 34 M parameters against 860 M): compute dominates a step as it does with real weights,
+    while a step stays fast enough for a benchmark on a CPU."""
+    torch.manual_seed(seed)
+    return UNet2DConditionModel(
+        block_out_channels=(64, 128, 256, 256),
+        layers_per_block=2,
+        sample_size=SMALL_RESOLUTION // 8,
+        in_channels=in_channels,
+        out_channels=4,
+        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+        cross_attention_dim=32,
+        attention_head_dim=8,
+    )
+
+
+def build_sd15(
+    seed: int = 0, denoiser_in_channels: int = 9, size: str = "tiny"
+) -> StableDiffusionInpaintPipeline:
     """A tiny SD 1.5 pipeline: 9-channel (inpainting) or 4-channel (base) UNet, 4-block VAE (scale
-    factor 8), CLIP."""
+    factor 8), CLIP. ``size="small"``: an SD-1.5-shaped UNet and a wider VAE at 256 px (benchmarks)."""
+    if size not in SIZES:
+        raise ValueError(f"unknown size {size!r}; choose one of: {', '.join(SIZES)}")
     tokenizer = build_clip_tokenizer()
-    unet = _tiny_unet(seed, denoiser_in_channels, cross_attention_dim=32, attention_head_dim=8)
-    vae = _tiny_vae(seed, scaling_factor=0.18215)
+    if size == "small":
+        unet = _small_unet(seed, denoiser_in_channels)
+        torch.manual_seed(seed)
+        vae = AutoencoderKL(
+            block_out_channels=(32, 64, 128, 128),
+            down_block_types=("DownEncoderBlock2D",) * 4,
+            up_block_types=("UpDecoderBlock2D",) * 4,
+            latent_channels=4,
+            layers_per_block=2,
+            sample_size=SMALL_RESOLUTION,
+            scaling_factor=0.18215,
+        )
+    else:
+        unet = _tiny_unet(seed, denoiser_in_channels, cross_attention_dim=32, attention_head_dim=8)
+        vae = _tiny_vae(seed, scaling_factor=0.18215)
     torch.manual_seed(seed)
     text_encoder = CLIPTextModel(_tiny_clip_config(tokenizer))
     # The scheduler config of the real SD 1.5 inpainting checkpoint, ``clip_sample: false`` included:
@@ -369,11 +406,14 @@ def build_clipseg(seed: int = 0) -> tuple[CLIPSegForImageSegmentation, CLIPSegPr
     return model, CLIPSegProcessor(image_processor=image_processor, tokenizer=tokenizer)
 
 
-def write_tiny_checkpoint(family: str, out: Path, seed: int = 0) -> Path:
+def write_tiny_checkpoint(family: str, out: Path, seed: int = 0, size: str = "tiny") -> Path:
     """Write a tiny checkpoint in diffusers' ``save_pretrained`` layout (``clipseg``: transformers'
-    layout, as an operator's CLIPSeg weights directory); same seed, same bytes."""
+    layout, as an operator's CLIPSeg weights directory); same seed, same bytes. ``size="small"``
+    (SD 1.5 families only) writes the benchmark's SD-1.5-shaped model."""
     if family not in TINY_MODELS:
         raise ValueError(f"unknown family {family!r}; choose one of: {', '.join(TINY_MODELS)}")
+    if size != "tiny" and not family.startswith("sd15"):
+        raise ValueError(f"--size {size}: only the sd15 families come in other sizes")
     if family == CLIPSEG:
         model, processor = build_clipseg(seed)
         out.mkdir(parents=True, exist_ok=True)
@@ -383,8 +423,11 @@ def write_tiny_checkpoint(family: str, out: Path, seed: int = 0) -> Path:
     if family == "flux-fill":
         pipeline = build_flux_fill(seed)
     else:
-        builder = build_sdxl if family.startswith("sdxl") else build_sd15
-        pipeline = builder(seed, denoiser_in_channels=9 if family.endswith("-inpaint") else 4)
+        channels = 9 if family.endswith("-inpaint") else 4
+        if family.startswith("sdxl"):
+            pipeline = build_sdxl(seed, denoiser_in_channels=channels)
+        else:
+            pipeline = build_sd15(seed, denoiser_in_channels=channels, size=size)
     out.mkdir(parents=True, exist_ok=True)
     pipeline.save_pretrained(out, safe_serialization=True)
     return out

@@ -1,0 +1,51 @@
+"""``triton-inpaint bench --quick`` keeps working: a real run (real Triton, gateway, perf_analyzer) that
+writes every file it promises with every figure filled in. No timing is asserted: these machines are too
+noisy for that, which is why the command measures ratios side by side."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = pytest.mark.server
+
+
+def _finite_positive(value) -> bool:
+    return isinstance(value, int | float) and math.isfinite(value) and value > 0
+
+
+def test_quick_bench_writes_every_figure(tmp_path):
+    out, work = tmp_path / "out", tmp_path / "work"
+    done = subprocess.run(
+        [sys.executable, "-m", "triton_inpaint.cli", "bench", "--quick", "--out", str(out),
+         "--work", str(work)],
+        capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    results = json.loads((out / "bench.json").read_text())
+    assert results["machine"]["versions"]["tritonclient"] == "2.51.0"
+    (model,) = results["models"]
+    assert model["model"] == "benchtiny"
+    assert set(model["median_s"]) == {"diffusers", "ours_in_process", "served_grpc", "gateway"}
+    assert all(_finite_positive(value) for value in model["median_s"].values())
+    assert all(_finite_positive(value) for value in model["ratios"].values())
+    assert _finite_positive(model["cold_start_s"])
+    assert [entry["concurrency"] for entry in model["sweep"]] == [1, 2]
+    for entry in model["sweep"]:
+        assert _finite_positive(entry["throughput_rps"]) and entry["p95_ms"] >= entry["p50_ms"] > 0
+        assert entry["unet_rows_per_call"] >= 2.0  # classifier-free guidance: two rows a request at least
+        assert {"benchtiny_unet", "benchtiny_denoise", "inpaint_preprocess"} <= set(entry["models"])
+    memory = model["memory"]
+    assert memory["served_stack_mib"] > memory["weights_mib"] > 0 and memory["gateway_mib"] > 0
+    assert {"tritonserver", "benchtiny_unet", "benchtiny_denoise"} <= set(memory["processes_mib"])
+    report = (out / "bench.md").read_text()
+    assert "| benchtiny | 2 |" in report and "served / in-process" in report
+    for plot in ("throughput.png", "latency.png", "time_breakdown.png"):
+        assert (out / plot).read_bytes().startswith(b"\x89PNG")
+    # The perf_analyzer input it wrote is the documented format: BYTES as length-prefixed base64.
+    data = json.loads((out / "perf_input_benchtiny.json").read_text())["data"][0]
+    assert set(data["image"]) == {"b64", "shape"} and data["prompt"]["content"] == ["a red brick wall"]

@@ -1,0 +1,175 @@
+"""``bench.md`` and the plots from the figures ``triton-inpaint bench`` measured (``bench.json``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+# The issue's targets (CPU), as ratios from one run; None where the target names no model.
+TARGETS = {
+    "served_over_in_process": {"benchtiny": 1.10, "benchsmall": 1.03},
+    "ours_over_diffusers": {"benchtiny": 0.65, "benchsmall": 0.65},
+    "throughput_c4_over_c1": {"benchtiny": 1.5, "benchsmall": 1.2},
+}
+
+
+def _row(cells: list[Any]) -> str:
+    return "| " + " | ".join(str(cell) for cell in cells) + " |"
+
+
+def markdown(results: dict[str, Any]) -> str:
+    lines = ["# triton-inpaint bench", ""]
+    info = results["machine"]
+    versions = ", ".join(f"{k} {v}" for k, v in info["versions"].items() if v)
+    lines += [f"{info['cores']} cores, {info['platform']}, Python {info['python']}; {versions}.", ""]
+    lines += ["## One request, side by side (medians of interleaved rounds)", ""]
+    lines += [_row(["model", "px", "steps", "diffusers", "ours in-process", "served gRPC", "gateway",
+                    "served / in-process", "ours / diffusers", "cold start"]),
+              _row(["---"] * 10)]  # fmt: skip
+    for model in results["models"]:
+        m, r = model["median_s"], model["ratios"]
+        lines.append(
+            _row(
+                [
+                    f"{model['model']} (UNet {model['unet_parameters_m']} M)",
+                    model["native_resolution"],
+                    model["steps"],
+                    f"{m['diffusers']:.3f} s",
+                    f"{m['ours_in_process']:.3f} s",
+                    f"{m['served_grpc']:.3f} s",
+                    f"{m['gateway']:.3f} s",
+                    f"{r['served_over_in_process']:.3f}",
+                    f"{r['ours_over_diffusers']:.3f}",
+                    f"{model['cold_start_s']:.1f} s",
+                ]
+            )  # fmt: skip
+        )
+    lines += ["", "## perf_analyzer against the ensemble", ""]
+    lines += [_row(["model", "concurrency", "requests/s", "vs c=1", "p50", "p95", "UNet rows a call",
+                    "requests a UNet call"]), _row(["---"] * 8)]  # fmt: skip
+    for model in results["models"]:
+        base = model["sweep"][0]["throughput_rps"]
+        for entry in model["sweep"]:
+            lines.append(
+                _row(
+                    [
+                        model["model"],
+                        entry["concurrency"],
+                        f"{entry['throughput_rps']:.3f}",
+                        f"{entry['throughput_rps'] / base:.2f}",
+                        f"{entry['p50_ms']:.0f} ms",
+                        f"{entry['p95_ms']:.0f} ms",
+                        f"{entry['unet_rows_per_call']:.2f}",
+                        f"{entry['requests_per_unet_call']:.2f}",
+                    ]
+                )  # fmt: skip
+            )
+    lines += ["", "## Where the time goes (per request, from Triton's statistics)", ""]
+    lines += [_row(["model", "concurrency", "Triton model", "queue", "compute"]), _row(["---"] * 5)]
+    for model in results["models"]:
+        for entry in model["sweep"]:
+            for name, figures in sorted(entry["models"].items()):
+                lines.append(
+                    _row(
+                        [
+                            model["model"],
+                            entry["concurrency"],
+                            name,
+                            f"{figures['queue_ms_per_request']:.1f} ms",
+                            f"{figures['compute_ms_per_request']:.1f} ms",
+                        ]
+                    )  # fmt: skip
+                )
+    lines += ["", "## Memory (PSS)", ""]
+    lines += [
+        _row(["model", "served stack", "ONNX weights", "stack minus weights", "gateway"]),
+        _row(["---"] * 5),
+    ]
+    for model in results["models"]:
+        mem = model["memory"]
+        lines.append(
+            _row(
+                [
+                    model["model"],
+                    f"{mem['served_stack_mib']:.0f} MiB",
+                    f"{mem['weights_mib']:.0f} MiB",
+                    f"{mem['served_stack_minus_weights_mib']:.0f} MiB",
+                    f"{mem['gateway_mib']:.0f} MiB",
+                ]
+            )  # fmt: skip
+        )
+    lines += ["", "Per process:", ""]
+    for model in results["models"]:
+        parts = ", ".join(f"{k} {v:.0f}" for k, v in model["memory"]["processes_mib"].items())
+        lines.append(f"- {model['model']} (MiB): {parts}")
+    lines += ["", "## Targets", ""]
+    lines += [_row(["model", "ratio", "measured", "target", "met"]), _row(["---"] * 5)]
+    for model in results["models"]:
+        for ratio, per_model in TARGETS.items():
+            target = per_model.get(model["model"])
+            measured = model["ratios"].get(ratio)
+            if target is None or measured is None:
+                continue
+            met = measured <= target if "over_c1" not in ratio else measured >= target
+            sign = "<=" if "over_c1" not in ratio else ">="
+            lines.append(
+                _row([model["model"], ratio, f"{measured:.3f}", f"{sign} {target}", "yes" if met else "no"])
+            )
+    lines += ["", "Plots: `throughput.png`, `latency.png`, `time_breakdown.png`.", ""]
+    return "\n".join(lines)
+
+
+def plots(results: dict[str, Any], out: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    figure, axis = plt.subplots(figsize=(6, 4))
+    for model in results["models"]:
+        levels = [entry["concurrency"] for entry in model["sweep"]]
+        axis.plot(
+            levels, [entry["throughput_rps"] for entry in model["sweep"]], marker="o", label=model["model"]
+        )
+    axis.set(xlabel="concurrency", ylabel="requests / s", title="Throughput (perf_analyzer)")
+    axis.legend()
+    figure.tight_layout()
+    written.append(out / "throughput.png")
+    figure.savefig(written[-1], dpi=100)
+    plt.close(figure)
+
+    figure, axis = plt.subplots(figsize=(6, 4))
+    for model in results["models"]:
+        levels = [entry["concurrency"] for entry in model["sweep"]]
+        for key, style in (("p50_ms", "-o"), ("p95_ms", "--s")):
+            axis.plot(levels, [e[key] for e in model["sweep"]], style, label=f"{model['model']} {key[:3]}")
+    axis.set(xlabel="concurrency", ylabel="latency (ms)", title="Latency (perf_analyzer)")
+    axis.legend()
+    figure.tight_layout()
+    written.append(out / "latency.png")
+    figure.savefig(written[-1], dpi=100)
+    plt.close(figure)
+
+    figure, axes = plt.subplots(
+        1, len(results["models"]), figsize=(6 * len(results["models"]), 4), squeeze=False
+    )
+    for axis, model in zip(axes[0], results["models"], strict=True):
+        entry = model["sweep"][0]
+        names = sorted(entry["models"])
+        compute = [entry["models"][n]["compute_ms_per_request"] for n in names]
+        queue = [entry["models"][n]["queue_ms_per_request"] for n in names]
+        axis.barh(names, compute, label="compute")
+        axis.barh(names, queue, left=compute, label="queue")
+        axis.set(xlabel="ms per request", title=f"{model['model']} at concurrency {entry['concurrency']}")
+        axis.legend()
+    figure.tight_layout()
+    written.append(out / "time_breakdown.png")
+    figure.savefig(written[-1], dpi=100)
+    plt.close(figure)
+    return written
+
+
+def write_report(results: dict[str, Any], out: Path) -> None:
+    (out / "bench.md").write_text(markdown(results))
+    plots(results, out)

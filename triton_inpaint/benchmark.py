@@ -1,0 +1,342 @@
+"""``triton-inpaint bench``: the same request measured side by side, interleaved, in one run.
+
+For each benchmark model (the tiny test model, and a small SD-1.5-shaped one whose UNet compute
+dominates as with real weights) it builds or reuses the checkpoint and its Triton models, starts
+Triton with only that model (the cold start is timed) and a gateway, then measures in rounds, the
+order rotating each round so no method always runs on a warmer machine: diffusers in-process, our
+pipeline in-process (the same ONNX graphs through onnxruntime), served over gRPC, and through the
+gateway. Then a perf_analyzer concurrency sweep against the ensemble, with Triton's per-model
+statistics around each level (where the time goes, the UNet's achieved batch), and the memory (PSS)
+of the server, every model process and the gateway. Ratios are taken within the run: these machines
+are too noisy for absolute figures to compare across runs.
+
+Writes ``bench.json`` (every figure, the machine, the versions), ``bench.md`` (tables) and PNG plots
+into ``--out``. ``--quick`` runs a reduced version (tiny model, fewer rounds and steps, concurrency
+1 and 2) that the test suite runs to keep the command working.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from triton_inpaint import perf
+from triton_inpaint.imaging import encode_image, encode_mask
+
+PROMPT = "a red brick wall"
+SEED = 7
+GUIDANCE = 7.0
+METHODS = ("diffusers", "ours_in_process", "served_grpc", "gateway")
+
+
+@dataclass(frozen=True)
+class BenchPlan:
+    sizes: tuple[str, ...]
+    rounds: int
+    steps: int
+    concurrency: tuple[int, ...]
+    requests_per_window: int
+
+
+QUICK = BenchPlan(sizes=("tiny",), rounds=1, steps=4, concurrency=(1, 2), requests_per_window=4)
+FULL = BenchPlan(
+    sizes=("tiny", "small"), rounds=5, steps=10, concurrency=(1, 2, 4, 8), requests_per_window=8
+)
+
+
+def _log(message: str) -> None:
+    print(f"[bench] {message}", flush=True)
+
+
+def prepare_model(size: str, work: Path) -> tuple[str, Path, Path]:
+    """(name, checkpoint, repository) for the ``size`` benchmark model, built unless already there."""
+    from triton_inpaint.export.repository import ExportOptions, export_checkpoint
+    from triton_inpaint.export.tiny import write_tiny_checkpoint
+
+    name = f"bench{size}"
+    checkpoint = work / "checkpoints" / name
+    repository = work / "repository"
+    if not (checkpoint / "model_index.json").is_file():
+        _log(f"building the {size} SD 1.5 inpainting checkpoint")
+        write_tiny_checkpoint("sd15-inpaint", checkpoint, seed=0, size=size)
+    if not (repository / f"inpaint_{name}" / "config.pbtxt").is_file():
+        _log(f"exporting {name} to {repository}")
+        with warnings.catch_warnings():  # the tracer's shape-check warnings (see ``export onnx``)
+            warnings.simplefilter("ignore")
+            export_checkpoint(checkpoint, name, repository, ExportOptions(), log=lambda m: _log(f"  {m}"))
+    return name, checkpoint, repository
+
+
+def sample_request(native: int) -> tuple[np.ndarray, np.ndarray]:
+    """An image and a mask at the model's native size: a gradient with noise, an ellipse to fill."""
+    rng = np.random.default_rng(0)
+    y, x = np.mgrid[0:native, 0:native]
+    image = np.stack([x * 255 // native, y * 255 // native, (x + y) * 127 // native], axis=-1)
+    image = np.clip(image + rng.integers(-20, 20, image.shape), 0, 255).astype(np.uint8)
+    mask = ((x - native / 2) / (native / 3)) ** 2 + ((y - native / 2) / (native / 4)) ** 2 <= 1
+    return image, (mask * 255).astype(np.uint8)
+
+
+def process_pss(pid: int) -> int:
+    """Proportional set size in bytes (shared pages divided among their users), 0 if gone."""
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        return 0
+    return 0
+
+
+def descendants(pid: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(parent, []).append(int(entry.name))
+    found, queue = [], [pid]
+    while queue:
+        for child in children.get(queue.pop(), []):
+            found.append(child)
+            queue.append(child)
+    return found
+
+
+def stub_name(pid: int) -> str:
+    try:
+        args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return "?"
+    for arg in args:
+        if arg.endswith(b"model.py"):
+            return Path(arg.decode()).parent.parent.name
+    return Path(args[0].decode()).name
+
+
+def measure_memory(server_pid: int, gateway_pid: int | None, repository: Path, name: str) -> dict[str, Any]:
+    processes = {"tritonserver": process_pss(server_pid)}
+    for pid in descendants(server_pid):
+        processes[stub_name(pid)] = processes.get(stub_name(pid), 0) + process_pss(pid)
+    weights = sum(path.stat().st_size for path in repository.glob(f"{name}_*/1/model.onnx"))
+    served = sum(processes.values())
+    return {
+        "processes_mib": {key: round(value / 2**20, 1) for key, value in sorted(processes.items())},
+        "served_stack_mib": round(served / 2**20, 1),
+        "weights_mib": round(weights / 2**20, 1),
+        "served_stack_minus_weights_mib": round((served - weights) / 2**20, 1),
+        "gateway_mib": round(process_pss(gateway_pid) / 2**20, 1) if gateway_pid else None,
+    }
+
+
+def _median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def interleaved(methods: dict[str, Callable[[], Any]], rounds: int) -> dict[str, list[float]]:
+    """Each method once to warm up, then ``rounds`` rounds, the order rotating each round."""
+    for call in methods.values():
+        call()
+    times: dict[str, list[float]] = {name: [] for name in methods}
+    names = list(methods)
+    for number in range(rounds):
+        order = names[number % len(names) :] + names[: number % len(names)]
+        for name in order:
+            started = time.perf_counter()
+            methods[name]()
+            times[name].append(time.perf_counter() - started)
+    return times
+
+
+def bench_model(size: str, plan: BenchPlan, work: Path, out: Path) -> dict[str, Any]:
+    import torch
+    from diffusers import StableDiffusionInpaintPipeline
+    from PIL import Image
+
+    from triton_inpaint.client import GatewayClient, InpaintClient
+    from triton_inpaint.components import SD_TENSORS, RunnerComponents, onnx_runner
+    from triton_inpaint.gateway.launcher import GatewayServer
+    from triton_inpaint.params import DenoiseParams
+    from triton_inpaint.schedulers import build_scheduler
+    from triton_inpaint.sd_inpaint import SDInpaintPipeline
+    from triton_inpaint.server import TritonServer, free_port, with_builtin
+
+    name, checkpoint, repository = prepare_model(size, work)
+    denoise_dir = repository / f"{name}_denoise" / "1"
+    ours = SDInpaintPipeline.from_directory(
+        denoise_dir,
+        RunnerComponents(
+            onnx_runner({r: repository / f"{name}_{r}" / "1" / "model.onnx" for r in SD_TENSORS})
+        ),
+    )
+    native = ours.spec.native_resolution
+    scheduler = ours.spec.default_scheduler or "PNDM"
+    image, mask = sample_request(native)
+    image_png, mask_png = encode_image(image), encode_mask(mask)
+    controls = {"steps": plan.steps, "guidance_scale": GUIDANCE, "seed": SEED, "strength": 1.0}
+    params = DenoiseParams.from_inputs(PROMPT, width=native, height=native, scheduler=scheduler, **controls)
+    reference = StableDiffusionInpaintPipeline.from_pretrained(checkpoint, safety_checker=None)
+    reference.scheduler = build_scheduler(scheduler, ours.scheduler_config)
+    reference.set_progress_bar_config(disable=True)
+    soft_mask = mask.astype(np.float32) / 255.0
+
+    def run_diffusers() -> None:
+        reference(
+            prompt=PROMPT, image=Image.fromarray(image), mask_image=Image.fromarray(mask), width=native,
+            height=native, num_inference_steps=plan.steps, strength=1.0, guidance_scale=GUIDANCE,
+            generator=torch.Generator().manual_seed(SEED),
+        )  # fmt: skip
+
+    _log(f"{name}: starting Triton with only this model (cold start)")
+    # The ensemble brings its steps; the networks the denoise model calls through BLS are named too.
+    models = [f"inpaint_{name}", *(f"{name}_{role}" for role in SD_TENSORS)]
+    server = TritonServer(with_builtin([repository]), free_port(), free_port(), free_port(), models=models)
+    started = time.perf_counter()
+    server.start(timeout=600)
+    cold_start = time.perf_counter() - started
+    gateway = None
+    try:
+        gateway = GatewayServer(server.grpc_url, work / "gateway", "--rate", "100000").start()
+        client = InpaintClient(server.grpc_url, "grpc")
+        gateway_client = GatewayClient(gateway.url)
+        methods = {
+            "diffusers": run_diffusers,
+            "ours_in_process": lambda: ours(image, soft_mask, params),
+            "served_grpc": lambda: client.inpaint(
+                name, image_png, mask_png, PROMPT, scheduler=scheduler, **controls
+            ),
+            "gateway": lambda: gateway_client.inpaint(
+                name, image_png, mask_png, PROMPT, scheduler=scheduler, **controls
+            ),
+        }
+        _log(f"{name}: {plan.rounds} interleaved rounds of {', '.join(methods)} ({plan.steps} steps)")
+        times = interleaved(methods, plan.rounds)
+        medians = {key: _median(values) for key, values in times.items()}
+        memory = measure_memory(server.pid, gateway.pid, repository, name)
+
+        data_file = perf.write_input_data(
+            out / f"perf_input_{name}.json",
+            {"image": image_png, "mask": mask_png, "prompt": PROMPT, "steps": plan.steps,
+             "guidance_scale": GUIDANCE, "seed": SEED, "strength": 1.0, "scheduler": scheduler},
+        )  # fmt: skip
+        sweep = []
+        for level in plan.concurrency:
+            _log(f"{name}: perf_analyzer at concurrency {level}")
+            before = perf.model_statistics(server.grpc_url)
+            figures = perf.run_perf_analyzer(
+                f"inpaint_{name}", server.grpc_url, data_file, level,
+                max(plan.requests_per_window, 2 * level), out / f"perf_{name}_c{level}.csv", timeout=1800,
+            )  # fmt: skip
+            models = perf.statistics_delta(before, perf.model_statistics(server.grpc_url))
+            unet = models.get(f"{name}_unet", {})
+            rows_per_request = 2  # classifier-free guidance: two UNet rows per image
+            figures["unet_rows_per_call"] = unet.get("batch_per_execution", float("nan"))
+            figures["requests_per_unet_call"] = figures["unet_rows_per_call"] / rows_per_request
+            sweep.append({"concurrency": level, **figures, "models": models})
+        client.close()
+    finally:
+        if gateway is not None:
+            gateway.stop()
+        server.stop()
+    c1 = sweep[0]["throughput_rps"]
+    ratios = {
+        "served_over_in_process": medians["served_grpc"] / medians["ours_in_process"],
+        "gateway_over_in_process": medians["gateway"] / medians["ours_in_process"],
+        "ours_over_diffusers": medians["ours_in_process"] / medians["diffusers"],
+        **{
+            f"throughput_c{entry['concurrency']}_over_c1": entry["throughput_rps"] / c1 for entry in sweep[1:]
+        },
+    }
+    return {
+        "model": name,
+        "native_resolution": native,
+        "steps": plan.steps,
+        "scheduler": scheduler,
+        "guidance_scale": GUIDANCE,
+        "unet_parameters_m": round(sum(p.numel() for p in reference.unet.parameters()) / 1e6, 1),
+        "cold_start_s": cold_start,
+        "seconds": times,
+        "median_s": medians,
+        "ratios": ratios,
+        "memory": memory,
+        "sweep": sweep,
+    }
+
+
+def machine() -> dict[str, Any]:
+    versions = {}
+    for package in ("triton-inpaint", "torch", "diffusers", "onnxruntime", "tritonclient", "nvidia-pytriton"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = None
+    return {
+        "cpu": platform.processor() or platform.machine(),
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "versions": versions,
+    }
+
+
+def run(plan: BenchPlan, work: Path, out: Path) -> dict[str, Any]:
+    from triton_inpaint.bench_report import write_report
+
+    out.mkdir(parents=True, exist_ok=True)
+    work.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    results = {"machine": machine(), "plan": plan.__dict__, "models": []}
+    for size in plan.sizes:
+        results["models"].append(bench_model(size, plan, work, out))
+    results["duration_s"] = time.perf_counter() - started
+    (out / "bench.json").write_text(json.dumps(results, indent=2, default=list))
+    write_report(results, out)
+    return results
+
+
+def _command(args: argparse.Namespace) -> int:
+    plan = QUICK if args.quick else FULL
+    try:
+        results = run(plan, args.work, args.out)
+    except perf.PerfAnalyzerError as exc:
+        print(f"error: {exc}", flush=True)
+        return 2
+    _log(f"wrote bench.json, bench.md and plots to {args.out} in {results['duration_s']:.0f} s")
+    print((args.out / "bench.md").read_text())
+    return 0
+
+
+def add_subcommands(subparsers: Any) -> None:
+    bench = subparsers.add_parser(
+        "bench",
+        help="measure in-process vs served vs gateway, a perf_analyzer concurrency sweep, memory and "
+        "cold start; writes bench.json, bench.md and plots",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    bench.add_argument(
+        "--out", type=Path, required=True, help="folder for bench.json, bench.md and the plots"
+    )
+    bench.add_argument(
+        "--work", type=Path, default=Path("build/bench"), help="checkpoints and models, reused between runs"
+    )
+    bench.add_argument(
+        "--quick",
+        action="store_true",
+        help="tiny model only, one round, 4 steps, concurrency 1 and 2 (keeps the command working in tests)",
+    )
+    bench.set_defaults(handler=_command)

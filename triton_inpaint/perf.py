@@ -1,0 +1,156 @@
+"""perf_analyzer against a served ensemble, and Triton's statistics around it.
+
+perf_analyzer (the real binary, shipped in the tritonclient wheel) needs its ``--input-data`` JSON with
+BYTES tensors as base64 of a 4-byte little-endian length followed by the bytes, and two libraries the
+wheel does not bring: libb64 (apt) and the CUDA runtime (the ``nvidia-cuda-runtime-cu12`` wheel, even
+for a CPU server). Everything here is plain files and processes, so it runs the same against any
+Triton.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import json
+import os
+import shutil
+import struct
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import tritonclient.grpc as grpcclient
+
+
+class PerfAnalyzerError(RuntimeError):
+    """perf_analyzer is missing, cannot start, or failed; the message says which and what to do."""
+
+
+def bytes_entry(data: bytes) -> dict[str, Any]:
+    """A BYTES element of shape [1] as perf_analyzer's ``--input-data`` JSON wants it."""
+    return {"b64": base64.b64encode(struct.pack("<I", len(data)) + data).decode("ascii"), "shape": [1]}
+
+
+def input_data(values: dict[str, Any]) -> dict[str, Any]:
+    """``--input-data`` JSON for one request: bytes as length-prefixed base64, text and numbers as
+    content."""
+    entry = {}
+    for name, value in values.items():
+        if isinstance(value, bytes):
+            entry[name] = bytes_entry(value)
+        else:
+            entry[name] = {"content": [value], "shape": [1]}
+    return {"data": [entry]}
+
+
+def binary() -> Path:
+    """The perf_analyzer of this environment (next to its Python)."""
+    found = Path(sys.executable).parent / "perf_analyzer"
+    if found.is_file():
+        return found
+    which = shutil.which("perf_analyzer")
+    if which is None:
+        raise PerfAnalyzerError("perf_analyzer not found; it comes with the tritonclient wheel")
+    return Path(which)
+
+
+def environment() -> dict[str, str]:
+    """LD_LIBRARY_PATH with the CUDA runtime library perf_analyzer links (from its wheel)."""
+    env = dict(os.environ)
+    try:
+        import nvidia.cuda_runtime as runtime  # the nvidia-cuda-runtime-cu12 wheel (the [bench] extra)
+    except ImportError as exc:
+        raise PerfAnalyzerError(
+            "perf_analyzer needs libcudart.so.12: pip install -e '.[bench]' (nvidia-cuda-runtime-cu12)"
+        ) from exc
+    lib = Path(next(iter(runtime.__path__))) / "lib"
+    env["LD_LIBRARY_PATH"] = os.pathsep.join(filter(None, [str(lib), env.get("LD_LIBRARY_PATH", "")]))
+    return env
+
+
+def run_perf_analyzer(
+    model: str,
+    grpc_url: str,
+    data_file: Path,
+    concurrency: int,
+    requests_per_window: int,
+    out_csv: Path,
+    timeout: float,
+) -> dict[str, float]:
+    """One concurrency level: throughput (requests/s) and client latencies (ms), from perf_analyzer's
+    CSV."""
+    command = [
+        str(binary()), "-m", model, "-u", grpc_url, "-i", "grpc", "--input-data", str(data_file),
+        "--concurrency-range", f"{concurrency}:{concurrency}",
+        "--measurement-mode", "count_windows", "--measurement-request-count", str(requests_per_window),
+        # CPU inpainting is slow and noisy: take the windows it gets rather than chase 10% stability.
+        "--stability-percentage", "50", "--max-trials", "3", "-f", str(out_csv), "--verbose-csv",
+    ]  # fmt: skip
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=environment())
+    except subprocess.TimeoutExpired as exc:
+        raise PerfAnalyzerError(
+            f"perf_analyzer at concurrency {concurrency} took over {timeout:g} s"
+        ) from exc
+    if done.returncode != 0:
+        detail = (done.stderr or done.stdout).strip().splitlines()[-5:]
+        hint = " (install libb64: apt-get install -y libb64-0d)" if "libb64" in done.stderr else ""
+        raise PerfAnalyzerError(f"perf_analyzer failed{hint}: " + " | ".join(detail))
+    with out_csv.open() as handle:
+        row = next(csv.DictReader(handle))
+    return {
+        "throughput_rps": float(row["Inferences/Second"]),
+        "p50_ms": float(row["p50 latency"]) / 1000,
+        "p90_ms": float(row["p90 latency"]) / 1000,
+        "p95_ms": float(row["p95 latency"]) / 1000,
+        "p99_ms": float(row["p99 latency"]) / 1000,
+        "avg_ms": float(row["Avg latency"]) / 1000,
+    }
+
+
+def model_statistics(grpc_url: str) -> dict[str, dict[str, int]]:
+    """Per model: requests, executions, inferences (batch rows) and the queue and compute times (ns)
+    Triton has counted since it started."""
+    client = grpcclient.InferenceServerClient(grpc_url)
+    stats = client.get_inference_statistics(as_json=True).get("model_stats", [])
+    result = {}
+    for model in stats:
+        inference = model.get("inference_stats", {})
+
+        def ns(part: str, inference: dict = inference) -> int:
+            return int(inference.get(part, {}).get("ns", 0))
+
+        result[model["name"]] = {
+            "requests": int(inference.get("success", {}).get("count", 0)),
+            "executions": int(model.get("execution_count", 0)),
+            "inferences": int(model.get("inference_count", 0)),
+            "queue_ns": ns("queue"),
+            "compute_ns": ns("compute_input") + ns("compute_infer") + ns("compute_output"),
+        }
+    return result
+
+
+def statistics_delta(
+    before: dict[str, dict[str, int]], after: dict[str, dict[str, int]]
+) -> dict[str, dict[str, float]]:
+    """What each model did between two snapshots: per request, queue and compute in ms, and the batch
+    its executions achieved (inferences per execution)."""
+    delta = {}
+    for name, now in after.items():
+        was = before.get(name, {})
+        diff = {key: now[key] - was.get(key, 0) for key in now}
+        if diff["requests"] <= 0:
+            continue
+        delta[name] = {
+            "requests": diff["requests"],
+            "queue_ms_per_request": diff["queue_ns"] / diff["requests"] / 1e6,
+            "compute_ms_per_request": diff["compute_ns"] / diff["requests"] / 1e6,
+            "batch_per_execution": diff["inferences"] / max(diff["executions"], 1),
+        }
+    return delta
+
+
+def write_input_data(path: Path, values: dict[str, Any]) -> Path:
+    path.write_text(json.dumps(input_data(values)))
+    return path
