@@ -51,9 +51,7 @@ class BenchPlan:
 
 
 QUICK = BenchPlan(sizes=("tiny",), rounds=1, steps=4, concurrency=(1, 2), requests_per_window=4)
-FULL = BenchPlan(
-    sizes=("tiny", "small"), rounds=5, steps=10, concurrency=(1, 2, 4, 8), requests_per_window=8
-)
+FULL = BenchPlan(sizes=("tiny", "small"), rounds=5, steps=10, concurrency=(1, 2, 4, 8), requests_per_window=8)
 
 
 def _log(message: str) -> None:
