@@ -127,12 +127,13 @@ def plots(results: dict[str, Any], out: Path) -> list[Path]:
 
     written = []
     figure, axis = plt.subplots(figsize=(6, 4))
-    for model in results["models"]:
+    for model in results["models"]:  # relative to c=1, so models of any speed share one axis
         levels = [entry["concurrency"] for entry in model["sweep"]]
-        axis.plot(
-            levels, [entry["throughput_rps"] for entry in model["sweep"]], marker="o", label=model["model"]
-        )
-    axis.set(xlabel="concurrency", ylabel="requests / s", title="Throughput (perf_analyzer)")
+        base = model["sweep"][0]["throughput_rps"]
+        label = f"{model['model']} (c=1: {base:.2f} req/s)"
+        axis.plot(levels, [e["throughput_rps"] / base for e in model["sweep"]], marker="o", label=label)
+    axis.axhline(1.0, color="grey", linewidth=0.5)
+    axis.set(xlabel="concurrency", ylabel="throughput / at c=1", title="Throughput (perf_analyzer)")
     axis.legend()
     figure.tight_layout()
     written.append(out / "throughput.png")
