@@ -93,6 +93,27 @@ def _clipseg(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_batching_options(parser: argparse.ArgumentParser) -> None:
+    """How the denoise models run their requests (one place for ``onnx`` and ``registry``)."""
+    parser.add_argument(
+        "--denoise-instances",
+        type=int,
+        default=1,
+        choices=range(1, 17),
+        metavar="1-16",
+        help="Triton instances of each denoise model; each batches its own requests in flight",
+    )
+    parser.add_argument(
+        "--max-inflight",
+        type=int,
+        default=4,
+        choices=range(1, 17),
+        metavar="1-16",
+        help="requests one denoise instance advances together (in-flight batching); more wait in "
+        "Triton's queue",
+    )
+
+
 def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
     export = subparsers.add_parser(
         "export", help="build tiny checkpoints; export checkpoints to Triton models"
@@ -135,23 +156,7 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
         "--name", required=True, help="model name: models are '<name>_*', the ensemble 'inpaint_<name>'"
     )
     onnx.add_argument("--repository", type=Path, required=True, help="Triton model repository to write into")
-    onnx.add_argument(
-        "--denoise-instances",
-        type=int,
-        default=1,
-        choices=range(1, 17),
-        metavar="1-16",
-        help="Triton instances of each denoise model; each batches its own requests in flight",
-    )
-    onnx.add_argument(
-        "--max-inflight",
-        type=int,
-        default=4,
-        choices=range(1, 17),
-        metavar="1-16",
-        help="requests one denoise instance advances together (in-flight batching); more wait in "
-        "Triton's queue",
-    )
+    _add_batching_options(onnx)
     onnx.set_defaults(handler=_onnx)
 
     registry = commands.add_parser(
@@ -169,23 +174,7 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
         default=Path("build/checkpoints"),
         help="where tiny checkpoints named by 'tiny = FAMILY' entries are built",
     )
-    registry.add_argument(
-        "--denoise-instances",
-        type=int,
-        default=1,
-        choices=range(1, 17),
-        metavar="1-16",
-        help="Triton instances of each denoise model; each batches its own requests in flight",
-    )
-    registry.add_argument(
-        "--max-inflight",
-        type=int,
-        default=4,
-        choices=range(1, 17),
-        metavar="1-16",
-        help="requests one denoise instance advances together (in-flight batching); more wait in "
-        "Triton's queue",
-    )
+    _add_batching_options(registry)
     registry.set_defaults(handler=_registry)
 
     detectors = commands.add_parser(

@@ -53,6 +53,17 @@ class DenoiseJob(Protocol):
         """Decode: the generated images and the box of the input they belong to."""
 
 
+class SteppedJob:
+    """What every family's job shares: its timesteps and how many it has taken."""
+
+    timesteps: torch.Tensor
+    index: int = 0
+
+    @property
+    def done(self) -> bool:
+        return self.index >= len(self.timesteps)
+
+
 def run_alone(job: DenoiseJob) -> Result:
     """A job's whole loop with nobody else in its batch (in-process use and the parity reference)."""
     while not job.done:

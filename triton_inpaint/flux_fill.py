@@ -30,7 +30,7 @@ from PIL import Image
 from transformers import CLIPTokenizer, PreTrainedTokenizerBase, T5TokenizerFast
 
 from triton_inpaint.components import TEXT_ENCODER, TEXT_ENCODER_2, FluxComponents
-from triton_inpaint.denoising import run_alone
+from triton_inpaint.denoising import SteppedJob, run_alone
 from triton_inpaint.errors import InvalidInputError
 from triton_inpaint.imaging import mask_to_pil
 from triton_inpaint.mask_shaping import Box
@@ -240,7 +240,7 @@ class FluxFillInpaintPipeline:
         return run_alone(self.start(image, mask, params))
 
 
-class FluxJob:
+class FluxJob(SteppedJob):
     """One FLUX Fill request's loop, a step at a time (see :mod:`triton_inpaint.denoising`)."""
 
     def __init__(
@@ -265,10 +265,6 @@ class FluxJob:
         self.height = height
         self.box = box
         self.index = 0
-
-    @property
-    def done(self) -> bool:
-        return self.index >= len(self.timesteps)
 
     def denoiser_inputs(self) -> dict[str, torch.Tensor]:
         t = self.timesteps[self.index]

@@ -33,7 +33,7 @@ from PIL import Image
 from transformers import CLIPTokenizer, PreTrainedTokenizerBase
 
 from triton_inpaint.components import TEXT_ENCODER, TEXT_ENCODER_2, SDComponents
-from triton_inpaint.denoising import run_alone
+from triton_inpaint.denoising import SteppedJob, run_alone
 from triton_inpaint.errors import InvalidInputError
 from triton_inpaint.imaging import mask_to_pil
 from triton_inpaint.mask_shaping import Box, crop_region, mask_bounds
@@ -353,7 +353,7 @@ class SDInpaintPipeline:
         return run_alone(self.start(image, mask, params))
 
 
-class SDJob:
+class SDJob(SteppedJob):
     """One request's denoising loop, a step at a time: diffusers' loop body split where the UNet is
     called, so that the call can carry other requests' rows too (see :mod:`triton_inpaint.denoising`).
     """
@@ -392,10 +392,6 @@ class SDJob:
         if "generator" in step_parameters:
             self.step_kwargs["generator"] = generators
         self.index = 0
-
-    @property
-    def done(self) -> bool:
-        return self.index >= len(self.timesteps)
 
     def denoiser_inputs(self) -> dict[str, torch.Tensor]:
         t = self.timesteps[self.index]
