@@ -48,8 +48,8 @@ class GatewayClient:
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"
         try:
-            body = json.dumps(tasks).encode()
-            response = self._pool.request("POST", f"{self.url}/v1", body=body, headers=headers)
+            payload = json.dumps(tasks).encode()
+            response = self._pool.request("POST", f"{self.url}/v1", body=payload, headers=headers)
         except (urllib3.exceptions.HTTPError, OSError) as exc:
             raise ServerUnreachableError(f"gateway at {self.url}: {exc}") from None
         try:

@@ -7,6 +7,7 @@ import time
 import warnings
 from pathlib import Path
 
+from triton_inpaint.contract import DEFAULT_MAX_INFLIGHT
 from triton_inpaint.pipeline_spec import TINY_MODELS
 
 
@@ -106,7 +107,7 @@ def _add_batching_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--max-inflight",
         type=int,
-        default=4,
+        default=DEFAULT_MAX_INFLIGHT,
         choices=range(1, 17),
         metavar="1-16",
         help="requests one denoise instance advances together (in-flight batching); more wait in "

@@ -39,7 +39,6 @@ from triton_inpaint.export.onnx_export import (
 from triton_inpaint.pipeline_spec import PipelineSpec
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]{0,62}$")
-NETWORK_MAX_BATCH = 8
 
 
 @dataclass(frozen=True)
@@ -47,7 +46,7 @@ class ExportOptions:
     # One denoise instance batches up to max_inflight requests in flight (triton_inpaint.denoising);
     # more instances run separate loops that meet only at the denoiser's dynamic batcher.
     denoise_instances: int = 1
-    max_inflight: int = 4
+    max_inflight: int = contract.DEFAULT_MAX_INFLIGHT
     unet_instances: int = 1
     # The denoise model already batches its requests' rows; waiting at the UNet for more only adds
     # latency (a 2 ms wait on every call never batched anything at one request at a time).
@@ -186,7 +185,7 @@ def _with_names(
 def _network_config(
     name: str, role: str, inputs: list[TensorSpec], outputs: list[TensorSpec], options: ExportOptions
 ) -> mc.ModelConfig:
-    config = mc.ModelConfig(name=name, backend="python", max_batch_size=NETWORK_MAX_BATCH)
+    config = mc.ModelConfig(name=name, backend="python", max_batch_size=contract.NETWORK_MAX_BATCH)
     add_tensors(config.input, inputs)
     add_tensors(config.output, outputs)
     group = config.instance_group.add()
@@ -204,7 +203,7 @@ def _denoise_config(name: str, checkpoint_name: str, options: ExportOptions) -> 
     )
     config.parameters["submodel_prefix"].string_value = checkpoint_name
     config.parameters["max_inflight"].string_value = str(options.max_inflight)
-    config.parameters["denoiser_max_batch"].string_value = str(NETWORK_MAX_BATCH)
+    config.parameters["denoiser_max_batch"].string_value = str(contract.NETWORK_MAX_BATCH)
     return config
 
 

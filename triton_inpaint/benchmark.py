@@ -21,6 +21,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import statistics
 import time
 import warnings
@@ -34,6 +35,7 @@ import numpy as np
 
 from triton_inpaint import perf
 from triton_inpaint.imaging import encode_image, encode_mask
+from triton_inpaint.supervisor import stubs_of
 
 PROMPT = "a red brick wall"
 SEED = 7
@@ -68,7 +70,12 @@ def prepare_model(size: str, work: Path) -> tuple[str, Path, Path]:
     repository = work / "repository"
     if not (checkpoint / "model_index.json").is_file():
         _log(f"building the {size} SD 1.5 inpainting checkpoint")
-        write_tiny_checkpoint("sd15-inpaint", checkpoint, seed=0, size=size)
+        # Written aside and moved into place, so an interrupted build is never reused half-written.
+        scratch = checkpoint.with_name(f".{name}-partial")
+        shutil.rmtree(scratch, ignore_errors=True)
+        write_tiny_checkpoint("sd15-inpaint", scratch, seed=0, size=size)
+        shutil.rmtree(checkpoint, ignore_errors=True)
+        scratch.rename(checkpoint)
     if not (repository / f"inpaint_{name}" / "config.pbtxt").is_file():
         _log(f"exporting {name} to {repository}")
         with warnings.catch_warnings():  # the tracer's shape-check warnings (see ``export onnx``)
@@ -98,39 +105,10 @@ def process_pss(pid: int) -> int:
     return 0
 
 
-def descendants(pid: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        children.setdefault(parent, []).append(int(entry.name))
-    found, queue = [], [pid]
-    while queue:
-        for child in children.get(queue.pop(), []):
-            found.append(child)
-            queue.append(child)
-    return found
-
-
-def stub_name(pid: int) -> str:
-    try:
-        args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except OSError:
-        return "?"
-    for arg in args:
-        if arg.endswith(b"model.py"):
-            return Path(arg.decode()).parent.parent.name
-    return Path(args[0].decode()).name
-
-
 def measure_memory(server_pid: int, gateway_pid: int | None, repository: Path, name: str) -> dict[str, Any]:
     processes = {"tritonserver": process_pss(server_pid)}
-    for pid in descendants(server_pid):
-        processes[stub_name(pid)] = processes.get(stub_name(pid), 0) + process_pss(pid)
+    for stub in stubs_of(server_pid).values():
+        processes[stub.model] = processes.get(stub.model, 0) + process_pss(stub.pid)
     weights = sum(path.stat().st_size for path in repository.glob(f"{name}_*/1/model.onnx"))
     served = sum(processes.values())
     return {
@@ -242,7 +220,7 @@ def bench_model(size: str, plan: BenchPlan, work: Path, out: Path) -> dict[str, 
             )  # fmt: skip
             models = perf.statistics_delta(before, perf.model_statistics(server.grpc_url))
             unet = models.get(f"{name}_unet", {})
-            rows_per_request = 2  # classifier-free guidance: two UNet rows per image
+            rows_per_request = 2 if GUIDANCE > 1 else 1  # classifier-free guidance: two rows an image
             figures["unet_rows_per_call"] = unet.get("batch_per_execution", float("nan"))
             figures["requests_per_unet_call"] = figures["unet_rows_per_call"] / rows_per_request
             sweep.append({"concurrency": level, **figures, "models": models})

@@ -18,6 +18,11 @@ from triton_inpaint.schema import DENOISE, INPAINT, MASK, POSTPROCESS, PREPROCES
 # In Triton it is BLS (``triton/io.py``); in tests, onnxruntime (``components.onnx_runner``).
 Runner = Callable[[str, dict[str, Any], list[str]], list[Any]]
 
+# The networks' largest batch (their configs' max_batch_size), which the denoise model's in-flight
+# batcher fills, and the requests one denoise instance advances together by default.
+NETWORK_MAX_BATCH = 8
+DEFAULT_MAX_INFLIGHT = 4
+
 
 @dataclass(frozen=True)
 class TensorSpec:

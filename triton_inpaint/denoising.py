@@ -145,7 +145,6 @@ class InflightBatcher:
         if max_active < 1 or max_rows < 1:
             raise ValueError(f"max_active and max_rows must be at least 1, got {max_active}, {max_rows}")
         self.max_rows = max_rows
-        self.max_active = max_active
         self._log = log or (lambda message: None)
         self._slots = threading.BoundedSemaphore(max_active)
         self._condition = threading.Condition()

@@ -264,7 +264,6 @@ class FluxJob(SteppedJob):
         self.width = width
         self.height = height
         self.box = box
-        self.index = 0
 
     def denoiser_inputs(self) -> dict[str, torch.Tensor]:
         t = self.timesteps[self.index]

@@ -391,7 +391,6 @@ class SDJob(SteppedJob):
             self.step_kwargs["eta"] = 0.0
         if "generator" in step_parameters:
             self.step_kwargs["generator"] = generators
-        self.index = 0
 
     def denoiser_inputs(self) -> dict[str, torch.Tensor]:
         t = self.timesteps[self.index]

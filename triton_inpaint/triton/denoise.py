@@ -22,6 +22,7 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from triton_inpaint.components import RunnerComponents, network_tensors
+from triton_inpaint.contract import DEFAULT_MAX_INFLIGHT, NETWORK_MAX_BATCH
 from triton_inpaint.denoising import InflightBatcher
 from triton_inpaint.flux_fill import FluxFillInpaintPipeline
 from triton_inpaint.memory import gib, request_budget
@@ -30,8 +31,6 @@ from triton_inpaint.pipeline_spec import PipelineSpec
 from triton_inpaint.schema import DENOISE, INPAINT
 from triton_inpaint.sd_inpaint import SDInpaintPipeline
 from triton_inpaint.triton.io import bls_run, error_response, read_controls, send_final, tensor
-
-DEFAULT_MAX_INFLIGHT = 4
 
 
 def _parameter(config: dict[str, Any], name: str, default: int) -> int:
@@ -53,7 +52,7 @@ class TritonPythonModel:
         pipeline_class = FluxFillInpaintPipeline if spec.flux else SDInpaintPipeline
         self.pipeline = pipeline_class.from_directory(directory, components)
         max_inflight = _parameter(config, "max_inflight", DEFAULT_MAX_INFLIGHT)
-        max_rows = _parameter(config, "denoiser_max_batch", 8)
+        max_rows = _parameter(config, "denoiser_max_batch", NETWORK_MAX_BATCH)
         # Requests in flight share the budget: every instance's, each up to max_inflight at once.
         instances = sum(group.get("count", 1) for group in config.get("instance_group", [])) or 1
         self.pipeline.memory_budget = request_budget(instances * max_inflight)
