@@ -31,7 +31,7 @@ def _onnx(args: argparse.Namespace) -> int:
             args.checkpoint,
             args.name,
             args.repository,
-            ExportOptions(denoise_instances=args.denoise_instances, max_inflight=args.max_inflight),
+            ExportOptions(**_batching_options(args)),
             log=lambda message: print(message, flush=True),
         )
     for check in checks:
@@ -54,8 +54,7 @@ def _registry(args: argparse.Namespace) -> int:
             args.repository,
             args.cache,
             log=lambda m: print(m, flush=True),
-            denoise_instances=args.denoise_instances,
-            max_inflight=args.max_inflight,
+            **_batching_options(args),
         )
     print(f"{'id':<28} {'Triton model':<28} {'family':<13} {'native':>6}  defaults")
     for entry, family, native in built:
@@ -113,6 +112,27 @@ def _add_batching_options(parser: argparse.ArgumentParser) -> None:
         help="requests one denoise instance advances together (in-flight batching); more wait in "
         "Triton's queue",
     )
+    parser.add_argument(
+        "--ort-threads",
+        type=int,
+        default=0,
+        choices=range(0, 257),
+        metavar="0-256",
+        help="onnxruntime threads of each network's session; 0: the cores the server process may use "
+        "(its CPU affinity and cgroup quota), read when the model loads",
+    )
+    parser.add_argument(
+        "--no-cpu-graphs",
+        dest="cpu_graphs",
+        action="store_false",
+        help="do not write model.cpu.onnx (the graph onnxruntime optimised for the CPU, which spares "
+        "that work at every server start, at twice the disk)",
+    )
+
+
+def _batching_options(args: argparse.Namespace) -> dict[str, object]:
+    names = ("denoise_instances", "max_inflight", "ort_threads", "cpu_graphs")
+    return {name: getattr(args, name) for name in names}
 
 
 def add_subcommands(subparsers: argparse._SubParsersAction) -> None:

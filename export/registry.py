@@ -136,7 +136,7 @@ def load_registry(path: Path) -> list[RegistryEntry]:
 
 
 def export_registry(
-    registry: Path, repository: Path, cache: Path, log: Callable[[str], None] = print, **options: int
+    registry: Path, repository: Path, cache: Path, log: Callable[[str], None] = print, **options: object
 ) -> list[tuple[RegistryEntry, str, int]]:
     """Build every entry into ``repository``; tiny checkpoints are written under ``cache``.
 

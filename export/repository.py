@@ -36,6 +36,7 @@ from triton_inpaint.export.onnx_export import (
     unet_condition_sizes,
     verify_onnx,
 )
+from triton_inpaint.ort_sessions import optimize_for_cpu
 from triton_inpaint.pipeline_spec import PipelineSpec
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]{0,62}$")
@@ -51,6 +52,12 @@ class ExportOptions:
     # The denoise model already batches its requests' rows; waiting at the UNet for more only adds
     # latency (a 2 ms wait on every call never batched anything at one request at a time).
     unet_queue_delay_us: int = 0
+    # Intra-op threads of each network's onnxruntime session; 0 = the cores the serving process may use,
+    # found at load time (triton_inpaint.ort_sessions.cpu_budget), so one export fits any machine.
+    ort_threads: int = 0
+    # Also write each graph as onnxruntime optimises it for the CPU (model.cpu.onnx), so that a server
+    # start does not optimise it again; it doubles the networks' disk size.
+    cpu_graphs: bool = True
     # What the registry says about the model; None keeps the family's defaults.
     model_id: str | None = None
     default_steps: int | None = None
@@ -194,6 +201,7 @@ def _network_config(
     group.count = options.unet_instances if denoiser else 1
     if denoiser:
         config.dynamic_batching.max_queue_delay_microseconds = options.unet_queue_delay_us
+    config.parameters["ort_threads"].string_value = str(options.ort_threads)
     return config
 
 
@@ -315,7 +323,11 @@ def export_checkpoint(
         model_dirs = {role: scratch / f"{name}_{role}" for role in roles}
         log(f"exporting {', '.join(roles)} to ONNX ...")
         paths = export_onnx(pipeline, {role: d / "1" / "model.onnx" for role, d in model_dirs.items()})
-        checks = verify_onnx(pipeline, paths)
+        if options.cpu_graphs:
+            log("optimising the graphs for onnxruntime's CPU provider ...")
+            for path in paths.values():
+                optimize_for_cpu(path)
+        checks = verify_onnx(pipeline, paths)  # through the optimised graphs, as served
         for role, (inputs, outputs) in _network_tensors(pipeline).items():
             write_config(model_dirs[role], _network_config(f"{name}_{role}", role, inputs, outputs, options))
             write_model_py(model_dirs[role] / "1", "triton_inpaint.triton.onnx_model")

@@ -40,6 +40,9 @@ def test_generated_models(exported_repository):
     unet = _config(repository / f"{MODEL}_unet")
     assert unet.max_batch_size > 0 and unet.HasField("dynamic_batching")
     assert [n for n, _, _ in _tensors(unet.input)] == ["sample", "timestep", "encoder_hidden_states"]
+    for role in SD_TENSORS:  # each network: onnxruntime's CPU graph beside the export, threads automatic
+        assert (repository / f"{MODEL}_{role}" / "1" / "model.cpu.onnx").is_file()
+        assert _config(repository / f"{MODEL}_{role}").parameters["ort_threads"].string_value == "0"
     denoise = _config(repository / contract.denoise_name(MODEL))
     assert _tensors(denoise.input) == _specs(contract.DENOISE_INPUTS)
     assert denoise.parameters["submodel_prefix"].string_value == MODEL

@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from PIL import Image
 
-from triton_inpaint.compositing import composite
+from triton_inpaint.compositing import composite, resize_and_crop
 from triton_inpaint.errors import InvalidInputError
 from triton_inpaint.imaging import decode_image, decode_mask, encode_image
 
@@ -80,6 +80,24 @@ def test_composite_resizes_generated_to_original_size():
     out = composite(original, generated, np.ones((20, 30), np.float32))
     assert out.shape == (20, 30, 3)
     assert np.abs(out.astype(int) - 200).max() <= 1
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    source=st.tuples(st.integers(1, 48), st.integers(1, 48)),
+    target=st.tuples(st.integers(1, 48), st.integers(1, 48)),
+    seed=st.integers(0, 2**16),
+)
+def test_resize_and_crop_is_diffusers_crop_resize(source, target, seed):
+    """The compositor's own resize (free of torch) is diffusers' ``resize_mode="crop"``, pixel for pixel."""
+    from diffusers.image_processor import VaeImageProcessor
+
+    pixels = np.random.default_rng(seed).integers(0, 256, (source[1], source[0], 3), dtype=np.uint8)
+    image = Image.fromarray(pixels, mode="RGB")
+    ours = resize_and_crop(image, target[0], target[1])
+    theirs = VaeImageProcessor().resize(image, height=target[1], width=target[0], resize_mode="crop")
+    assert ours.size == theirs.size == target
+    assert np.array_equal(np.asarray(ours), np.asarray(theirs))
 
 
 def test_transparent_mask_pixels_mean_keep():

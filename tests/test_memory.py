@@ -141,3 +141,22 @@ def test_every_family_has_its_shapes(tiny_spec):
         assert request_bytes(spec.networks, 1024, 1024, 2, not spec.flux) > request_bytes(
             spec.networks, 512, 512, 2, not spec.flux
         )
+
+
+def test_model_processes_that_run_no_network_load_no_torch(triton_server):
+    """torch costs ~250 MiB a process: only the models that run diffusers' pipeline code may map it.
+    The denoise model's process, which does, shows that the check reads real mappings."""
+    from pathlib import Path
+
+    from triton_inpaint import contract
+    from triton_inpaint.benchmark import process_pss
+    from triton_inpaint.supervisor import stubs_of
+
+    light = {contract.PREPROCESS_MODEL, contract.POSTPROCESS_MODEL, contract.MASKING_MODEL}
+    with_torch = {}
+    for pid, stub in stubs_of(triton_server.pid).items():
+        with_torch[stub.model] = "libtorch" in Path(f"/proc/{pid}/maps").read_text()
+        print(f"{stub.model}: torch {with_torch[stub.model]}, PSS {process_pss(pid) / 2**20:.0f} MiB")
+    assert light <= set(with_torch), f"model processes: {sorted(with_torch)}"
+    assert not [model for model in light if with_torch[model]], with_torch
+    assert with_torch[contract.denoise_name("tiny")]

@@ -144,15 +144,11 @@ class RunnerComponents:
 
 
 def onnx_runner(onnx_files: dict[str, Path], threads: int = 0) -> Runner:
-    """A runner over onnxruntime CPU sessions, one per exported network."""
-    import onnxruntime as ort
+    """A runner over onnxruntime CPU sessions, one per exported network, opened as the server opens them
+    (the graphs optimised at export, the same thread budget; 0 = automatic)."""
+    from triton_inpaint.ort_sessions import open_session
 
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    sessions = {
-        name: ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        for name, path in onnx_files.items()
-    }
+    sessions = {name: open_session(path, threads) for name, path in onnx_files.items()}
 
     def run(model: str, inputs: dict[str, np.ndarray], outputs: list[str]) -> list[np.ndarray]:
         return sessions[model].run(outputs, inputs)

@@ -3,10 +3,25 @@
 from __future__ import annotations
 
 import numpy as np
-from diffusers.image_processor import VaeImageProcessor
 from PIL import Image
 
-_RESIZER = VaeImageProcessor()  # Lanczos, as the pipelines' own image processor
+
+def resize_and_crop(image: Image.Image, width: int, height: int) -> Image.Image:
+    """diffusers' ``VaeImageProcessor.resize(image, height, width, resize_mode="crop")`` for a PIL image:
+    scale to cover (Lanczos, the processor's default resample), centre the result, crop the excess.
+
+    Written out here (eight lines of diffusers' ``_resize_and_crop``) because importing
+    ``diffusers.image_processor`` imports torch, ~250 MiB in every model process that composites;
+    ``tests/test_imaging.py`` holds it equal to diffusers' own, pixel for pixel.
+    """
+    ratio = width / height
+    source_ratio = image.width / image.height
+    scaled_width = width if ratio > source_ratio else image.width * height // image.height
+    scaled_height = height if ratio <= source_ratio else image.height * width // image.width
+    resized = image.resize((scaled_width, scaled_height), resample=Image.Resampling.LANCZOS)
+    result = Image.new("RGB", (width, height))
+    result.paste(resized, box=(width // 2 - scaled_width // 2, height // 2 - scaled_height // 2))
+    return result
 
 
 def paste(original: np.ndarray, generated: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
@@ -16,10 +31,7 @@ def paste(original: np.ndarray, generated: np.ndarray, box: tuple[int, int, int,
     if generated.shape[:2] == (y2 - y1, x2 - x1):
         region = generated
     else:
-        resized = _RESIZER.resize(
-            Image.fromarray(generated, mode="RGB"), height=y2 - y1, width=x2 - x1, resize_mode="crop"
-        )
-        region = np.asarray(resized)
+        region = np.asarray(resize_and_crop(Image.fromarray(generated, mode="RGB"), x2 - x1, y2 - y1))
     if box == (0, 0, original.shape[1], original.shape[0]):
         return region
     pasted = original.copy()

@@ -2,6 +2,8 @@
 
 OpenCV does the morphology and the blur; diffusers' ``VaeImageProcessor.get_crop_region`` does the crop
 geometry, so a ``mask_margin`` request crops exactly where ``padding_mask_crop`` crops in diffusers.
+diffusers (and with it torch) is imported only there: the crop is chosen in the denoise model, which
+has both already, and the pre/postprocess models that shape masks stay free of them.
 """
 
 from __future__ import annotations
@@ -10,7 +12,6 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
-from diffusers.image_processor import VaeImageProcessor
 
 from triton_inpaint.imaging import mask_to_pil
 from triton_inpaint.schema import INPAINT
@@ -94,6 +95,8 @@ def crop_region(mask: np.ndarray, width: int, height: int, pad: int) -> Box:
 
     An empty mask (nothing to regenerate) crops the whole image; diffusers divides by zero there.
     """
+    from diffusers.image_processor import VaeImageProcessor
+
     if mask_bounds(mask, pad) is None:
         return 0, 0, mask.shape[1], mask.shape[0]
     x1, y1, x2, y2 = VaeImageProcessor.get_crop_region(mask_to_pil(mask), width, height, pad=pad)

@@ -30,12 +30,14 @@ from triton_inpaint.params import DenoiseParams
 from triton_inpaint.pipeline_spec import PipelineSpec
 from triton_inpaint.schema import DENOISE, INPAINT
 from triton_inpaint.sd_inpaint import SDInpaintPipeline
-from triton_inpaint.triton.io import bls_run, error_response, read_controls, send_final, tensor
-
-
-def _parameter(config: dict[str, Any], name: str, default: int) -> int:
-    value = config.get("parameters", {}).get(name, {}).get("string_value")
-    return default if value in (None, "") else int(value)
+from triton_inpaint.triton.io import (
+    bls_run,
+    config_parameter,
+    error_response,
+    read_controls,
+    send_final,
+    tensor,
+)
 
 
 class TritonPythonModel:
@@ -51,8 +53,8 @@ class TritonPythonModel:
         )
         pipeline_class = FluxFillInpaintPipeline if spec.flux else SDInpaintPipeline
         self.pipeline = pipeline_class.from_directory(directory, components)
-        max_inflight = _parameter(config, "max_inflight", DEFAULT_MAX_INFLIGHT)
-        max_rows = _parameter(config, "denoiser_max_batch", NETWORK_MAX_BATCH)
+        max_inflight = config_parameter(config, "max_inflight", DEFAULT_MAX_INFLIGHT)
+        max_rows = config_parameter(config, "denoiser_max_batch", NETWORK_MAX_BATCH)
         # Requests in flight share the budget: every instance's, each up to max_inflight at once.
         instances = sum(group.get("count", 1) for group in config.get("instance_group", [])) or 1
         self.pipeline.memory_budget = request_budget(instances * max_inflight)

@@ -81,6 +81,12 @@ def read_controls(request: Any, controls: Iterable[Control]) -> dict[str, Any]:
     return values
 
 
+def config_parameter(config: dict[str, Any], name: str, default: int) -> int:
+    """An integer from the ``parameters`` of a model's config (JSON, as ``initialize`` gets it)."""
+    value = config.get("parameters", {}).get(name, {}).get("string_value")
+    return default if value in (None, "") else int(value)
+
+
 def complete_config(config: Any, stage: str) -> Any:
     """Triton's auto-complete hook for a built-in step: its inputs and outputs come from the tensor
     contract (and so from the schema), never from a hand-written list in ``config.pbtxt``."""

@@ -1,4 +1,6 @@
-"""A Python-backend model holding one onnxruntime session (``model.onnx`` in its version directory).
+"""A Python-backend model holding one onnxruntime session (``model.onnx`` in its version directory, or
+the graph export optimised beside it; threads from the ``ort_threads`` parameter, see
+``triton_inpaint.ort_sessions``).
 
 This is how ONNX networks run on the CPU bundle of tritonserver, which has no onnxruntime backend.
 Requests that the dynamic batcher groups are concatenated along the batch axis and run as one call
@@ -8,13 +10,14 @@ when their other dimensions agree, which is the point of batching the UNet.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnxruntime as ort
 import triton_python_backend_utils as pb_utils
+
+from triton_inpaint.ort_sessions import open_session
+from triton_inpaint.triton.io import config_parameter
 
 
 class TritonPythonModel:
@@ -24,10 +27,8 @@ class TritonPythonModel:
         # Graphs with a fixed batch of 1 (max_batch_size 0, e.g. the detectors) run one request a time.
         self.batches = config.get("max_batch_size", 0) > 0
         self.output_names = [entry["name"] for entry in config["output"]]
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = int(os.environ.get("TRITON_INPAINT_ORT_THREADS", "0"))
         path = Path(args["model_repository"]) / args["model_version"] / "model.onnx"
-        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.session = open_session(path, config_parameter(config, "ort_threads", 0))
 
     def _inputs(self, request: Any) -> dict[str, np.ndarray]:
         return {
