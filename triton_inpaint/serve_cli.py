@@ -15,7 +15,14 @@ import time
 from pathlib import Path
 
 from triton_inpaint.memory import BUDGET_ENV, parse_size
-from triton_inpaint.server import LOOPBACK, ServerError, TritonServer, ready_models, with_builtin
+from triton_inpaint.server import (
+    LOOPBACK,
+    ServerError,
+    TritonServer,
+    ready_models,
+    repository_location,
+    with_builtin,
+)
 
 
 def _log(line: str) -> None:
@@ -43,6 +50,9 @@ def _serve(args: argparse.Namespace) -> int:
             grpc_address=args.grpc_address,
             http_address=args.http_address,
             metrics_address=args.metrics_address,
+            binary=args.tritonserver,
+            backend_directory=args.backend_directory,
+            extra_args=args.triton_arg,
             log=_log,
         )
         try:
@@ -82,10 +92,11 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--repository",
-        type=Path,
+        type=repository_location,
         action="append",
         required=True,
-        help="model repository; repeat for several (hand-written and exported)",
+        help="model repository: a folder, or s3://, gs://, as:// as Triton reads them (credentials from "
+        "the environment); repeat for several (hand-written and exported)",
     )
     parser.add_argument("--http-port", type=int, default=8000)
     parser.add_argument("--grpc-port", type=int, default=8001)
@@ -116,5 +127,29 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--ready-timeout", type=float, default=300.0, help="seconds to wait for all models")
     parser.add_argument(
         "--restarts", type=int, default=5, help="times to start tritonserver again after it dies"
+    )
+    parser.add_argument(
+        "--tritonserver",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="a tritonserver binary of the same release (2.51) to run instead of the bundled CPU one, "
+        "e.g. /opt/tritonserver/bin/tritonserver in NVIDIA's container",
+    )
+    parser.add_argument(
+        "--backend-directory",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="the backends of --tritonserver (its Python backend's stub built for this Python); default: "
+        "the bundled Python backend",
+    )
+    parser.add_argument(
+        "--triton-arg",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="one more tritonserver argument, e.g. --triton-arg=--backend-config=python,"
+        "shm-default-byte-size=16777216; repeatable",
     )
     parser.set_defaults(handler=_serve)

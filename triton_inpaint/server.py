@@ -45,10 +45,21 @@ def builtin_repository() -> Path:
     raise FileNotFoundError(f"{BUILTIN_PACKAGE}: the built-in Triton models are missing from this install")
 
 
-def with_builtin(repositories: Sequence[Path]) -> list[Path]:
+# Repositories Triton reads itself, from object storage (credentials from its environment).
+REMOTE_REPOSITORY = re.compile(r"^(s3|gs|as)://.+")
+
+
+def repository_location(value: str | Path) -> str | Path:
+    """A ``--repository`` value: an object-store URL as given, else a local folder."""
+    text = str(value)
+    return text if REMOTE_REPOSITORY.match(text) else Path(text)
+
+
+def with_builtin(repositories: Sequence[str | Path]) -> list[str | Path]:
     """``repositories`` plus the built-in one, unless one of them already holds the built-in models."""
-    given = [Path(repo) for repo in repositories]
-    if any((repo / BUILTIN_MODELS[0] / "config.pbtxt").is_file() for repo in given):
+    given = [repository_location(repo) for repo in repositories]
+    local = [repo for repo in given if isinstance(repo, Path)]
+    if any((repo / BUILTIN_MODELS[0] / "config.pbtxt").is_file() for repo in local):
         return given
     return [builtin_repository(), *given]
 
@@ -90,14 +101,16 @@ def prepare_backend_dir(target: Path | None = None) -> Path:
     return target
 
 
-def server_environment() -> dict[str, str]:
+def server_environment(bundled: bool = True) -> dict[str, str]:
+    """The environment of tritonserver and its stubs. ``bundled``: the binary from nvidia-pytriton, whose
+    vendored libraries must be named; another install (NVIDIA's container) brings its own."""
     env = dict(os.environ)
     bin_dir = str(Path(sys.executable).parent)
     env["PATH"] = os.pathsep.join([bin_dir, env.get("PATH", "")])
     libdir = sysconfig.get_config_var("LIBDIR") or ""
     # The backend and stub find the wheel's vendored libraries through an RPATH relative to where the
     # wheel put them; our copies live elsewhere, so name that folder explicitly.
-    vendored = str(_pytriton_root().parent.parent / "nvidia_pytriton.libs")
+    vendored = str(_pytriton_root().parent.parent / "nvidia_pytriton.libs") if bundled else ""
     env["LD_LIBRARY_PATH"] = os.pathsep.join(
         p for p in [libdir, vendored, env.get("LD_LIBRARY_PATH", "")] if p
     )
@@ -165,7 +178,7 @@ class TritonServer:
     takes its stubs and shared memory with it (see :mod:`triton_inpaint.supervisor`).
     """
 
-    repositories: Sequence[Path]
+    repositories: Sequence[str | Path]
     http_port: int = 8000
     grpc_port: int = 8001
     metrics_port: int = 8002
@@ -176,6 +189,10 @@ class TritonServer:
     metrics_address: str = LOOPBACK
     supervise: bool = True
     models: Sequence[str] | None = None  # the models to load (with what they depend on); None: all
+    # Another tritonserver of the same release (e.g. NVIDIA's container's, with GPU backends) and its
+    # backend folder; None: the binary bundled in nvidia-pytriton, with our Python backend folder.
+    binary: Path | None = None
+    backend_directory: Path | None = None
     process: subprocess.Popen | None = field(default=None, init=False)
     supervisor: Supervisor | None = field(default=None, init=False)
     _lines: list[str] = field(default_factory=list, init=False)
@@ -194,14 +211,22 @@ class TritonServer:
         return f"{_connect_host(self.metrics_address)}:{self.metrics_port}"
 
     @property
+    def bundled(self) -> bool:
+        """Whether the binary is nvidia-pytriton's (the default), which needs the wheel's libraries."""
+        return self.binary is None or Path(self.binary).resolve() == tritonserver_binary().resolve()
+
+    @property
     def pid(self) -> int | None:
         return None if self.process is None else self.process.pid
 
     def command(self) -> list[str]:
-        args = [str(tritonserver_binary())]
-        args += [f"--model-repository={Path(repo).resolve()}" for repo in self.repositories]
+        args = [str(self.binary or tritonserver_binary())]
         args += [
-            f"--backend-directory={prepare_backend_dir()}",
+            f"--model-repository={repo if isinstance(repo, str) else Path(repo).resolve()}"
+            for repo in map(repository_location, self.repositories)
+        ]
+        args += [
+            f"--backend-directory={self.backend_directory or prepare_backend_dir()}",
             f"--http-address={self.http_address}",
             f"--http-port={self.http_port}",
             f"--grpc-address={self.grpc_address}",
@@ -222,9 +247,12 @@ class TritonServer:
         return args
 
     def _check_inputs(self) -> None:
-        for repo in self.repositories:
-            if not Path(repo).is_dir():
+        for repo in map(repository_location, self.repositories):
+            if isinstance(repo, Path) and not repo.is_dir():
                 raise ServerError(f"--repository {repo}: no such folder")
+        for flag, path in (("--tritonserver", self.binary), ("--backend-directory", self.backend_directory)):
+            if path is not None and not Path(path).exists():
+                raise ServerError(f"{flag} {path}: no such file or folder")
         ports = {
             "--http-port": (self.http_port, self.http_address),
             "--grpc-port": (self.grpc_port, self.grpc_address),
@@ -252,7 +280,7 @@ class TritonServer:
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
-            env=server_environment(),
+            env=server_environment(bundled=self.bundled),
             start_new_session=True,  # our signal handler, not the terminal, decides when it stops
             preexec_fn=_die_with_parent,
         )

@@ -1,0 +1,252 @@
+"""The Helm chart, verified offline: rendered by Helm's own Go library (helm-python-sdk) for a matrix of
+values, every manifest validated strictly against a current Kubernetes, the custom resources against
+their vendored CRD schemas (tests/crds), and the wiring between objects checked."""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import helm_python
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+
+CHART = Path(__file__).resolve().parents[1] / "deploy" / "helm" / "triton-inpaint"
+CRDS = Path(__file__).resolve().parent / "crds"
+KUBERNETES = "1.35"
+RELEASE, NAMESPACE = "inpaint", "ml"
+
+MATRIX: dict[str, dict[str, Any]] = {
+    "defaults (gpu, pvc, hpa)": {},
+    "cpu, no autoscaling": {"triton": {"gpu": {"enabled": False}}, "autoscaling": {"mode": "none"}},
+    "keda, s3, service monitor": {
+        "autoscaling": {"mode": "keda"},
+        "triton": {
+            "modelRepository": {"type": "s3", "url": "s3://models/inpaint", "credentialsSecret": "s3-keys"},
+            "serviceMonitor": {"enabled": True, "labels": {"release": "prometheus"}},
+        },
+    },
+    "gcs, ingress with tls, gateway autoscaled on a pvc": {
+        "triton": {
+            "modelRepository": {"type": "gcs", "url": "gs://models/inpaint", "credentialsSecret": "gcs"}
+        },
+        "gateway": {
+            "ingress": {"enabled": True, "className": "nginx", "tlsSecret": "inpaint-tls"},
+            "autoscaling": {"enabled": True},
+            "storage": {"type": "pvc"},
+            "apiKeys": {"existingSecret": "inpaint-keys"},
+            "publicUrl": "https://inpaint.example.com",
+        },
+    },
+    "export job into an existing claim": {
+        "triton": {
+            "export": {"enabled": True, "registry": '[[models]]\nid = "local:tiny@1"\nname = "tiny"\n'},
+            "modelRepository": {"pvc": {"existingClaim": "models"}},
+            "memoryBudget": "6GiB",
+        },
+    },
+    "no gateway, no network policy, no disruption budgets": {
+        "gateway": {"enabled": False},
+        "networkPolicy": {"enabled": False},
+        "triton": {"podDisruptionBudget": {"enabled": False}},
+    },
+}
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    merged = copy.deepcopy(base)
+    for key, value in extra.items():
+        merged[key] = _merge(merged.get(key, {}), value) if isinstance(value, dict) else value
+    return merged
+
+
+def render(values: dict[str, Any]) -> list[dict[str, Any]]:
+    chart = helm_python.Chart.load(CHART)
+    try:
+        rendered = chart.render(values, name=RELEASE, namespace=NAMESPACE, is_install=True)
+    finally:
+        chart.close()
+    return [doc for text in rendered.values() for doc in yaml.safe_load_all(text) if doc]
+
+
+def _one(docs: list[dict], kind: str, component: str | None = None) -> dict:
+    found = [
+        d for d in docs
+        if d["kind"] == kind
+        and (component is None or d["metadata"]["name"].endswith(f"-{component}"))
+    ]  # fmt: skip
+    assert len(found) == 1, f"{kind} {component}: {[d['metadata']['name'] for d in found]}"
+    return found[0]
+
+
+def _crd_schema(name: str, version: str) -> dict:
+    crd = yaml.safe_load((CRDS / name).read_text())
+    (entry,) = [v for v in crd["spec"]["versions"] if v["name"] == version]
+    return entry["schema"]["openAPIV3Schema"]
+
+
+CUSTOM = {
+    ("keda.sh/v1alpha1", "ScaledObject"): lambda: _crd_schema("keda.sh_scaledobjects.yaml", "v1alpha1"),
+    ("monitoring.coreos.com/v1", "ServiceMonitor"): lambda: _crd_schema(
+        "monitoring.coreos.com_servicemonitors.yaml", "v1"
+    ),
+}
+
+
+def validate(doc: dict) -> None:
+    """Strict validation: a built-in kind against Kubernetes' schema (no schema = a removed or unknown
+    API = failure), a custom resource against its CRD."""
+    key = (doc["apiVersion"], doc["kind"])
+    if key in CUSTOM:
+        jsonschema.validate(doc, CUSTOM[key]())
+        return
+    kubernetes_validate.validate(doc, KUBERNETES, strict=True)
+
+
+@pytest.mark.parametrize("case", list(MATRIX))
+def test_every_manifest_validates(case):
+    docs = render(MATRIX[case])
+    kinds = sorted({d["kind"] for d in docs})
+    print(f"{case}: {len(docs)} objects: {', '.join(kinds)}")
+    assert "Deployment" in kinds and "Service" in kinds
+    for doc in docs:
+        validate(doc)
+    for doc in docs:  # the adapter's rules: its config file format, which it reads strictly
+        if doc["kind"] == "ConfigMap" and doc["metadata"]["name"].endswith("-adapter-rules"):
+            schema = json.loads((CRDS / "prometheus-adapter-config.schema.json").read_text())
+            jsonschema.validate(yaml.safe_load(doc["data"]["config.yaml"]), schema)
+
+
+def test_the_validators_refuse_what_they_should():
+    """The checks above can fail: a removed API, a misspelt field, a wrong custom resource."""
+    hpa = _one(render({}), "HorizontalPodAutoscaler")
+    with pytest.raises(kubernetes_validate.SchemaNotFoundError):
+        validate({**hpa, "apiVersion": "autoscaling/v2beta2"})
+    with pytest.raises(kubernetes_validate.ValidationError):
+        validate(_merge(hpa, {"spec": {"minReplica": 1}}))
+    scaled = _one(render({"autoscaling": {"mode": "keda"}}), "ScaledObject")
+    with pytest.raises(jsonschema.ValidationError):
+        validate(_merge(scaled, {"spec": {"minReplicaCount": "one"}}))
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"autoscaling": {"mode": "v2beta2"}}, "/autoscaling/mode"),
+        ({"triton": {"gpu": {"count": 0}}}, "/triton/gpu/count"),
+        (
+            {"triton": {"modelRepository": {"type": "s3", "url": "https://bucket"}}},
+            "/triton/modelRepository/url",
+        ),
+        (
+            {
+                "triton": {
+                    "export": {"enabled": True, "registry": "x"},
+                    "modelRepository": {"type": "s3", "url": "s3://b/m"},
+                }
+            },
+            "/triton/modelRepository/type",
+        ),
+        ({"gateway": {"replica": 3}}, "replica"),
+        ({"triton": {"shm": {"size": "lots"}}}, "/triton/shm/size"),
+    ],
+)
+def test_the_values_schema_refuses_bad_values(values, message):
+    with pytest.raises(helm_python.HelmValuesError) as info:
+        render(values)
+    assert message in str(info.value)
+
+
+def test_lint_is_clean():
+    report = helm_python.lint(CHART, strict=True, kube_version=f"v{KUBERNETES}.0")
+    # Severity 1 is information ("icon is recommended"); warnings (2) and errors (3) fail.
+    assert not report["errors"] and not [m for m in report["messages"] if m["severity"] >= 2], report
+
+
+def test_the_hpa_scales_on_the_metric_the_adapter_rule_produces():
+    docs = render({})
+    hpa = _one(docs, "HorizontalPodAutoscaler")
+    (metric,) = hpa["spec"]["metrics"]
+    rules = yaml.safe_load(_one(docs, "ConfigMap")["data"]["config.yaml"])["rules"]
+    (rule,) = rules
+    assert metric["type"] == "Pods" and metric["pods"]["metric"]["name"] == rule["name"]["as"]
+    series = re.match(r"^(\w+)\{", rule["seriesQuery"]).group(1)
+    assert re.fullmatch(rule["name"]["matches"], series)
+    assert hpa["spec"]["scaleTargetRef"]["name"] == _one(docs, "Deployment", "triton")["metadata"]["name"]
+    for name in ("nv_inference_queue_duration_us", "nv_inference_request_success"):
+        assert name in rule["metricsQuery"]
+
+
+def test_keda_queries_the_same_ratio_for_the_triton_service():
+    docs = render({"autoscaling": {"mode": "keda"}})
+    trigger = _one(docs, "ScaledObject")["spec"]["triggers"][0]
+    service = _one(docs, "Service", "triton")["metadata"]["name"]
+    query = trigger["metadata"]["query"]
+    assert f'service="{service}"' in query and f'namespace="{NAMESPACE}"' in query
+    assert query.index("nv_inference_queue_duration_us") < query.index("nv_inference_request_success")
+    assert trigger["metricType"] == "Value"
+    assert not [d for d in docs if d["kind"] == "HorizontalPodAutoscaler"]
+
+
+@pytest.mark.parametrize("case", list(MATRIX))
+def test_services_select_their_pods_and_probes_use_declared_ports(case):
+    docs = render(MATRIX[case])
+    deployments = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Deployment"}
+    for service in (d for d in docs if d["kind"] == "Service"):
+        selector = service["spec"]["selector"]
+        targets = [
+            d for d in deployments.values()
+            if selector.items() <= d["spec"]["template"]["metadata"]["labels"].items()
+        ]  # fmt: skip
+        assert len(targets) == 1, f"{service['metadata']['name']} selects {len(targets)} deployments"
+        ports = {p["name"] for c in targets[0]["spec"]["template"]["spec"]["containers"] for p in c["ports"]}
+        assert {p["targetPort"] for p in service["spec"]["ports"]} <= ports
+    for deployment in deployments.values():
+        spec = deployment["spec"]
+        assert spec["selector"]["matchLabels"].items() <= spec["template"]["metadata"]["labels"].items()
+        for container in spec["template"]["spec"]["containers"]:
+            names = {p["name"] for p in container["ports"]}
+            for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+                if probe in container:
+                    assert container[probe]["httpGet"]["port"] in names
+            mounts = {m["name"] for m in container.get("volumeMounts", [])}
+            assert mounts <= {v["name"] for v in spec["template"]["spec"].get("volumes", [])}
+
+
+def test_the_network_policy_admits_the_gateway_to_grpc_only():
+    docs = render({})
+    policy = _one(docs, "NetworkPolicy")
+    triton = _one(docs, "Deployment", "triton")["spec"]["template"]
+    gateway = _one(docs, "Deployment", "gateway")["spec"]["template"]
+    assert policy["spec"]["podSelector"]["matchLabels"].items() <= triton["metadata"]["labels"].items()
+    grpc_rule, metrics_rule = policy["spec"]["ingress"]
+    (peer,) = grpc_rule["from"]
+    assert peer["podSelector"]["matchLabels"].items() <= gateway["metadata"]["labels"].items()
+    assert not peer["podSelector"]["matchLabels"].items() <= triton["metadata"]["labels"].items()
+    assert [p["port"] for p in grpc_rule["ports"]] == ["grpc"]
+    assert [p["port"] for p in metrics_rule["ports"]] == ["metrics"]
+    container_ports = {p["name"] for p in triton["spec"]["containers"][0]["ports"]}
+    assert {"grpc", "metrics"} <= container_ports
+    gateway_args = gateway["spec"]["containers"][0]["args"]
+    service = _one(docs, "Service", "triton")
+    grpc_port = [p["port"] for p in service["spec"]["ports"] if p["name"] == "grpc"][0]
+    assert f"--triton={service['metadata']['name']}:{grpc_port}" in gateway_args
+
+
+def test_shm_and_gpu_wiring():
+    docs = render({"triton": {"shm": {"size": "8Gi", "pythonDefaultBytes": 33554432}}})
+    pod = _one(docs, "Deployment", "triton")["spec"]["template"]["spec"]
+    (shm,) = [v for v in pod["volumes"] if v["name"] == "dshm"]
+    assert shm["emptyDir"] == {"medium": "Memory", "sizeLimit": "8Gi"}
+    container = pod["containers"][0]
+    assert {"name": "dshm", "mountPath": "/dev/shm"} in container["volumeMounts"]
+    assert "--triton-arg=--backend-config=python,shm-default-byte-size=33554432" in container["args"]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
+    cpu = render({"triton": {"gpu": {"enabled": False}}})
+    container = _one(cpu, "Deployment", "triton")["spec"]["template"]["spec"]["containers"][0]
+    assert "nvidia.com/gpu" not in container["resources"].get("limits", {})
