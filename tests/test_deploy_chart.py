@@ -168,28 +168,30 @@ def test_lint_is_clean():
     assert not report["errors"] and not [m for m in report["messages"] if m["severity"] >= 2], report
 
 
-def test_the_hpa_scales_on_the_metric_the_adapter_rule_produces():
+def test_the_hpa_scales_on_the_metrics_the_adapter_rules_produce():
     docs = render({})
     hpa = _one(docs, "HorizontalPodAutoscaler")
-    (metric,) = hpa["spec"]["metrics"]
     rules = yaml.safe_load(_one(docs, "ConfigMap")["data"]["config.yaml"])["rules"]
-    (rule,) = rules
-    assert metric["type"] == "Pods" and metric["pods"]["metric"]["name"] == rule["name"]["as"]
-    series = re.match(r"^(\w+)\{", rule["seriesQuery"]).group(1)
-    assert re.fullmatch(rule["name"]["matches"], series)
+    assert [m["type"] for m in hpa["spec"]["metrics"]] == ["Pods", "Pods"]
+    assert [m["pods"]["metric"]["name"] for m in hpa["spec"]["metrics"]] == [r["name"]["as"] for r in rules]
+    for rule in rules:
+        series = re.match(r"^(\w+)\{", rule["seriesQuery"]).group(1)
+        assert re.fullmatch(rule["name"]["matches"], series) and series in rule["metricsQuery"]
+    assert "nv_inference_request_success" in rules[0]["metricsQuery"]
+    assert hpa["spec"]["metrics"][1]["pods"]["target"]["averageValue"] == "500m"
     assert hpa["spec"]["scaleTargetRef"]["name"] == _one(docs, "Deployment", "triton")["metadata"]["name"]
-    for name in ("nv_inference_queue_duration_us", "nv_inference_request_success"):
-        assert name in rule["metricsQuery"]
 
 
 def test_keda_queries_the_same_ratio_for_the_triton_service():
     docs = render({"autoscaling": {"mode": "keda"}})
-    trigger = _one(docs, "ScaledObject")["spec"]["triggers"][0]
+    trigger, inflight = _one(docs, "ScaledObject")["spec"]["triggers"]
     service = _one(docs, "Service", "triton")["metadata"]["name"]
     query = trigger["metadata"]["query"]
     assert f'service="{service}"' in query and f'namespace="{NAMESPACE}"' in query
     assert query.index("nv_inference_queue_duration_us") < query.index("nv_inference_request_success")
     assert trigger["metricType"] == "Value"
+    assert inflight["metricType"] == "AverageValue" and inflight["metadata"]["threshold"] == "0.5"
+    assert "nv_inference_request_duration_us" in inflight["metadata"]["query"]
     assert not [d for d in docs if d["kind"] == "HorizontalPodAutoscaler"]
 
 
