@@ -132,3 +132,18 @@ def test_serve_starts_a_dead_server_again(tmp_path):
     finally:
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=60)
+
+
+def test_object_store_repositories_pass_through_to_triton():
+    """``serve --repository s3://...``: Triton reads the bucket itself; the built-in models are added."""
+    from pathlib import Path
+
+    from triton_inpaint.server import TritonServer, builtin_repository, repository_location, with_builtin
+
+    assert repository_location("s3://bucket/models") == "s3://bucket/models"
+    assert repository_location("build/repo") == Path("build/repo")
+    repositories = with_builtin(["gs://bucket/models"])
+    assert repositories == [builtin_repository(), "gs://bucket/models"]
+    command = TritonServer(repositories).command()
+    assert "--model-repository=gs://bucket/models" in command
+    assert f"--model-repository={builtin_repository().resolve()}" in command
