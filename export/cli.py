@@ -114,9 +114,8 @@ def _add_batching_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--ort-threads",
-        type=int,
+        type=_threads,
         default=0,
-        choices=range(0, 257),
         metavar="0-256",
         help="onnxruntime threads of each network's session; 0: the cores the server process may use "
         "(its CPU affinity and cgroup quota), read when the model loads",
@@ -128,6 +127,17 @@ def _add_batching_options(parser: argparse.ArgumentParser) -> None:
         help="do not write model.cpu.onnx (the graph onnxruntime optimised for the CPU, which spares "
         "that work at every server start, at twice the disk)",
     )
+
+
+def _threads(text: str) -> int:
+    """``--ort-threads``: argparse's ``choices`` would list all 257 allowed values in its error."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= 256:
+        raise argparse.ArgumentTypeError(f"{text!r}: use 0 (the cores the server may use) to 256")
+    return value
 
 
 def _batching_options(args: argparse.Namespace) -> dict[str, object]:

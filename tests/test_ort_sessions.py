@@ -85,8 +85,23 @@ def test_threads_come_from_the_override_then_the_config_then_the_cpu_budget(monk
     monkeypatch.setenv(THREADS_ENV, "1")
     assert session_threads(3) == 1
     monkeypatch.setenv(THREADS_ENV, "-2")
-    with pytest.raises(ValueError, match="ort_threads -2"):
+    with pytest.raises(ValueError, match=f"{THREADS_ENV} '-2': use 0"):
         session_threads(3)
+    monkeypatch.setenv(THREADS_ENV, "many")
+    with pytest.raises(ValueError, match=f"{THREADS_ENV} 'many'"):
+        session_threads(3)
+    monkeypatch.delenv(THREADS_ENV)
+    with pytest.raises(ValueError, match="ort_threads -1"):
+        session_threads(-1)
+
+
+def test_export_refuses_a_thread_count_out_of_range_by_name(capsys):
+    from triton_inpaint.cli import build_parser
+
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["export", "onnx", "--checkpoint", "c", "--name", "n", "--repository", "r",
+                                   "--ort-threads", "300"])  # fmt: skip
+    assert "--ort-threads: '300': use 0 (the cores the server may use) to 256" in capsys.readouterr().err
 
 
 def test_the_cpu_budget_is_within_the_affinity():

@@ -37,9 +37,15 @@ def session_threads(configured: int | None = None) -> int:
     """The intra-op threads of one session: ``THREADS_ENV`` if set, else ``configured`` (the model's
     ``ort_threads`` parameter), else 0, and 0 means the whole CPU budget."""
     override = os.environ.get(THREADS_ENV, "").strip()
-    threads = int(override) if override else (configured or 0)
+    source = f"${THREADS_ENV}" if override else "ort_threads"
+    try:
+        threads = int(override) if override else (configured or 0)
+    except ValueError:
+        threads = -1
     if threads < 0:
-        raise ValueError(f"ort_threads {threads}: use 0 (all cores this process may use) or more")
+        raise ValueError(
+            f"{source} {override or configured!r}: use 0 (all cores this process may use) or a thread count"
+        )
     return threads or cpu_budget()
 
 

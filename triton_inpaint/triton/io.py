@@ -84,7 +84,14 @@ def read_controls(request: Any, controls: Iterable[Control]) -> dict[str, Any]:
 def config_parameter(config: dict[str, Any], name: str, default: int) -> int:
     """An integer from the ``parameters`` of a model's config (JSON, as ``initialize`` gets it)."""
     value = config.get("parameters", {}).get(name, {}).get("string_value")
-    return default if value in (None, "") else int(value)
+    if value in (None, ""):
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(
+            f"{config.get('name', 'model')}: parameter {name} is {value!r} in config.pbtxt; use an integer"
+        ) from None
 
 
 def complete_config(config: Any, stage: str) -> Any:
