@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 import warnings
 from pathlib import Path
 
 from triton_inpaint.contract import DEFAULT_MAX_INFLIGHT
+from triton_inpaint.export.runtimes import PRECISIONS, RUNTIMES
 from triton_inpaint.pipeline_spec import TINY_MODELS
 
 
@@ -64,6 +66,27 @@ def _registry(args: argparse.Namespace) -> int:
         )
         print(f"{entry.id:<28} inpaint_{entry.name:<20} {family:<13} {native:>6}  {defaults}")
     print(f"built {len(built)} models into {args.repository} in {time.monotonic() - started:.1f} s")
+    return 0
+
+
+def _tensorrt(args: argparse.Namespace) -> int:
+    from triton_inpaint.export.tensorrt_build import TensorRTUnavailable, build_plans
+
+    started = time.monotonic()
+    try:
+        built = build_plans(
+            args.repository,
+            timing_cache=args.timing_cache,
+            workspace_gib=args.workspace_gib,
+            log=lambda m: print(m, flush=True),
+        )
+    except TensorRTUnavailable as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(
+        f"built {len(built)} TensorRT plans for compute capability {built[0].compute_capability} in "
+        f"{args.repository} in {time.monotonic() - started:.1f} s"
+    )
     return 0
 
 
@@ -129,6 +152,58 @@ def _add_batching_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_runtime_options(parser: argparse.ArgumentParser) -> None:
+    """Which runtime serves the networks (one place for ``onnx`` and ``registry``; docs/runtimes.md)."""
+    group = parser.add_argument_group("runtime (docs/runtimes.md)")
+    group.add_argument(
+        "--runtime",
+        choices=RUNTIMES,
+        default="cpu",
+        help="cpu: onnxruntime in Python models (any tritonserver); gpu-onnxruntime: Triton's onnxruntime "
+        "backend on the GPU (NVIDIA's container); gpu-tensorrt: TensorRT plans, built afterwards on the "
+        "target GPU with 'export tensorrt'; gpu-torch: the torch modules on CUDA in Python models",
+    )
+    group.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default=None,
+        help="network precision; default fp16 for gpu-torch, gpu-tensorrt and --trt-accelerator, else fp32",
+    )
+    group.add_argument(
+        "--instance-kind",
+        choices=("gpu", "cpu"),
+        default="gpu",
+        help="where a GPU runtime's instances run: gpu (KIND_GPU), or cpu to run the same repository "
+        "without a GPU (tests, CPU-only nodes)",
+    )
+    group.add_argument(
+        "--trt-accelerator",
+        action="store_true",
+        help="gpu-onnxruntime: let onnxruntime hand the graphs to TensorRT (shape profiles for every "
+        "size the controls allow, engine and timing caches)",
+    )
+    group.add_argument(
+        "--trt-cache",
+        default="",
+        metavar="DIR",
+        help="gpu-onnxruntime with --trt-accelerator: a folder on the server for engine and timing caches "
+        "(one subfolder per model), e.g. a volume that outlives pods; default: onnxruntime's",
+    )
+    group.add_argument(
+        "--cuda-graphs",
+        action="store_true",
+        help="gpu-torch: compile each network with torch.compile(mode='reduce-overhead') (CUDA graphs)",
+    )
+    group.add_argument(
+        "--max-size",
+        type=int,
+        default=None,
+        metavar="PX",
+        help="TensorRT runtimes: the largest width/height the engines cover (default: the largest the "
+        "controls allow, 2048); larger requests are refused with a clear error",
+    )
+
+
 def _threads(text: str) -> int:
     """``--ort-threads``: argparse's ``choices`` would list all 257 allowed values in its error."""
     try:
@@ -141,8 +216,16 @@ def _threads(text: str) -> int:
 
 
 def _batching_options(args: argparse.Namespace) -> dict[str, object]:
-    names = ("denoise_instances", "max_inflight", "ort_threads", "cpu_graphs")
-    return {name: getattr(args, name) for name in names}
+    names = ("denoise_instances", "max_inflight", "ort_threads", "cpu_graphs", "runtime", "precision")
+    options = {name: getattr(args, name) for name in names}
+    options |= {
+        "gpu_instances": args.instance_kind == "gpu",
+        "trt_accelerator": args.trt_accelerator,
+        "trt_cache": args.trt_cache,
+        "cuda_graphs": args.cuda_graphs,
+        "max_side": args.max_size,
+    }
+    return options
 
 
 def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
@@ -150,7 +233,7 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
         "export", help="build tiny checkpoints; export checkpoints to Triton models"
     )
     commands = export.add_subparsers(
-        dest="export_command", required=True, metavar="{tiny,onnx,registry,detectors,clipseg}"
+        dest="export_command", required=True, metavar="{tiny,onnx,registry,tensorrt,detectors,clipseg}"
     )
 
     tiny = commands.add_parser(
@@ -188,6 +271,7 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
     )
     onnx.add_argument("--repository", type=Path, required=True, help="Triton model repository to write into")
     _add_batching_options(onnx)
+    _add_runtime_options(onnx)
     onnx.set_defaults(handler=_onnx)
 
     registry = commands.add_parser(
@@ -206,7 +290,27 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
         help="where tiny checkpoints named by 'tiny = FAMILY' entries are built",
     )
     _add_batching_options(registry)
+    _add_runtime_options(registry)
     registry.set_defaults(handler=_registry)
+
+    tensorrt = commands.add_parser(
+        "tensorrt",
+        help="build the TensorRT plans of a --runtime gpu-tensorrt repository, on the GPU that serves it",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    tensorrt.add_argument(
+        "--repository", type=Path, required=True, help="the repository 'export --runtime gpu-tensorrt' wrote"
+    )
+    tensorrt.add_argument(
+        "--timing-cache",
+        type=Path,
+        default=None,
+        help="TensorRT timing cache shared by every build (default: trt_timing.cache in the repository)",
+    )
+    tensorrt.add_argument(
+        "--workspace-gib", type=float, default=None, help="TensorRT's workspace limit (default: TensorRT's)"
+    )
+    tensorrt.set_defaults(handler=_tensorrt)
 
     detectors = commands.add_parser(
         "detectors",

@@ -31,111 +31,11 @@ from triton_inpaint.components import (
     network_tensors,
     onnx_runner,
 )
+from triton_inpaint.contract import Runner
+from triton_inpaint.networks import load_network, pipeline_architecture, role_modules, torch_runner
 from triton_inpaint.pipeline_spec import PipelineSpec
 
 OPSET = 17
-
-
-class _TextEncoder(torch.nn.Module):
-    """SD: the last hidden state. SDXL: the penultimate hidden state (and the pooled projection)."""
-
-    def __init__(self, text_encoder: torch.nn.Module, sdxl: bool, pooled: bool) -> None:
-        super().__init__()
-        self.text_encoder = text_encoder
-        self.sdxl = sdxl
-        self.pooled = pooled
-
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        if not self.sdxl:
-            return self.text_encoder(input_ids, return_dict=False)[0]
-        output = self.text_encoder(input_ids, output_hidden_states=True)
-        if self.pooled:
-            return output.hidden_states[-2], output.text_embeds
-        return output.hidden_states[-2]
-
-
-class _FluxTextEncoder(torch.nn.Module):
-    """FLUX: CLIP's pooled output, or T5's last hidden state."""
-
-    def __init__(self, text_encoder: torch.nn.Module, pooled: bool) -> None:
-        super().__init__()
-        self.text_encoder = text_encoder
-        self.pooled = pooled
-
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        output = self.text_encoder(input_ids, output_hidden_states=False)
-        return output.pooler_output if self.pooled else output[0]
-
-
-class _VaeEncoder(torch.nn.Module):
-    def __init__(self, vae: torch.nn.Module) -> None:
-        super().__init__()
-        self.vae = vae
-
-    def forward(self, sample: torch.Tensor) -> torch.Tensor:
-        return self.vae.encode(sample).latent_dist.parameters
-
-
-class _VaeDecoder(torch.nn.Module):
-    def __init__(self, vae: torch.nn.Module) -> None:
-        super().__init__()
-        self.vae = vae
-
-    def forward(self, latent_sample: torch.Tensor) -> torch.Tensor:
-        return self.vae.decode(latent_sample).sample
-
-
-class _Unet(torch.nn.Module):
-    def __init__(self, unet: torch.nn.Module) -> None:
-        super().__init__()
-        self.unet = unet
-
-    def forward(
-        self,
-        sample: torch.Tensor,
-        timestep: torch.Tensor,
-        encoder_hidden_states: torch.Tensor,
-        text_embeds: torch.Tensor | None = None,
-        time_ids: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        # Timesteps arrive as (B, 1) so that Triton's batched dims ([1]) need no reshape.
-        added = None if text_embeds is None else {"text_embeds": text_embeds, "time_ids": time_ids}
-        return self.unet(
-            sample,
-            timestep.reshape(-1),
-            encoder_hidden_states=encoder_hidden_states,
-            added_cond_kwargs=added,
-            return_dict=False,
-        )[0]
-
-
-class _FluxTransformer(torch.nn.Module):
-    def __init__(self, transformer: torch.nn.Module) -> None:
-        super().__init__()
-        self.transformer = transformer
-
-    def forward(
-        self,
-        hidden_states: torch.Tensor,
-        timestep: torch.Tensor,
-        guidance: torch.Tensor,
-        pooled_projections: torch.Tensor,
-        encoder_hidden_states: torch.Tensor,
-        txt_ids: torch.Tensor,
-        img_ids: torch.Tensor,
-    ) -> torch.Tensor:
-        # Scalars arrive as (B, 1) and position ids with a batch axis, for Triton's batching; every
-        # item of a batch has the same ids, so the first one's are diffusers' 2-D ids.
-        return self.transformer(
-            hidden_states=hidden_states,
-            timestep=timestep.reshape(-1),
-            guidance=guidance.reshape(-1),
-            pooled_projections=pooled_projections,
-            encoder_hidden_states=encoder_hidden_states,
-            txt_ids=txt_ids[0],
-            img_ids=img_ids[0],
-            return_dict=False,
-        )[0]
 
 
 def _rotary_embedding_for_export(
@@ -196,11 +96,7 @@ class ExportCheck:
     path: Path
 
 
-def architecture(pipeline: object) -> str:
-    """``sd``, ``sdxl`` or ``flux``: which networks a diffusers pipeline has."""
-    if getattr(pipeline, "transformer", None) is not None:
-        return "flux"
-    return "sdxl" if getattr(pipeline, "text_encoder_2", None) is not None else "sd"
+architecture = pipeline_architecture
 
 
 def is_sdxl(pipeline: object) -> bool:
@@ -208,29 +104,7 @@ def is_sdxl(pipeline: object) -> bool:
 
 
 def _modules(pipeline: object) -> dict[str, torch.nn.Module]:
-    if architecture(pipeline) == "flux":
-        modules = {
-            TEXT_ENCODER: _FluxTextEncoder(pipeline.text_encoder, pooled=True),
-            TEXT_ENCODER_2: _FluxTextEncoder(pipeline.text_encoder_2, pooled=False),
-            VAE_ENCODER: _VaeEncoder(pipeline.vae),
-            VAE_DECODER: _VaeDecoder(pipeline.vae),
-            TRANSFORMER: _FluxTransformer(pipeline.transformer),
-        }
-        for module in modules.values():
-            module.eval()
-        return modules
-    sdxl = is_sdxl(pipeline)
-    modules = {TEXT_ENCODER: _TextEncoder(pipeline.text_encoder, sdxl, pooled=False)}
-    if sdxl:
-        modules[TEXT_ENCODER_2] = _TextEncoder(pipeline.text_encoder_2, sdxl, pooled=True)
-    modules |= {
-        VAE_ENCODER: _VaeEncoder(pipeline.vae),
-        VAE_DECODER: _VaeDecoder(pipeline.vae),
-        UNET: _Unet(pipeline.unet),
-    }
-    for module in modules.values():
-        module.eval()
-    return modules
+    return role_modules(pipeline, architecture(pipeline))
 
 
 def _odd_latent_size(pipeline: object) -> int:
@@ -369,7 +243,25 @@ def export_onnx(pipeline: object, paths: dict[str, Path]) -> dict[str, Path]:
 
 def verify_onnx(pipeline: object, paths: dict[str, Path]) -> list[ExportCheck]:
     """Run each graph and its torch module on a batch size and spatial size other than the traced ones."""
-    run = onnx_runner(paths)
+    return _verify(pipeline, onnx_runner(paths), paths)
+
+
+def verify_saved_networks(pipeline: object, directories: dict[str, Path]) -> list[ExportCheck]:
+    """Load each network the ``gpu-torch`` runtime will serve back from disk (in float32 on the CPU:
+    weights saved in fp16 show their rounding here) and run it against the pipeline's own module."""
+    loaded = {
+        role: load_network(directory, "cpu", precision="fp32")[1] for role, directory in directories.items()
+    }
+    run = torch_runner(loaded)
+
+    def run_numpy(model: str, inputs: dict[str, np.ndarray], outputs: list[str]) -> list[np.ndarray]:
+        feeds = {name: torch.from_numpy(value) for name, value in inputs.items()}
+        return [value.numpy() for value in run(model, feeds, outputs)]
+
+    return _verify(pipeline, run_numpy, directories)
+
+
+def _verify(pipeline: object, run: Runner, paths: dict[str, Path]) -> list[ExportCheck]:
     examples = _example_inputs(pipeline, 1, *_verify_latent_size(pipeline))
     tensors = network_tensors(architecture(pipeline))
     checks = []
@@ -385,10 +277,10 @@ def verify_onnx(pipeline: object, paths: dict[str, Path]) -> list[ExportCheck]:
         for output_name, want, have in zip(output_names, expected, got, strict=True):
             if have.shape != tuple(want.shape):
                 raise RuntimeError(
-                    f"{name}.{output_name}: ONNX shape {have.shape} != torch {tuple(want.shape)}"
+                    f"{name}.{output_name}: exported shape {have.shape} != torch {tuple(want.shape)}"
                 )
             diff = max(diff, float(np.max(np.abs(have - want.numpy()))) if want.numel() else 0.0)
         if not math.isfinite(diff):
-            raise RuntimeError(f"{name}: ONNX output is not finite")
+            raise RuntimeError(f"{name}: exported network's output is not finite")
         checks.append(ExportCheck(name, diff, paths[name]))
     return checks

@@ -8,6 +8,7 @@ repository only when the export and its checks succeeded: a failed export leaves
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import tempfile
@@ -29,13 +30,23 @@ from triton_inpaint.components import (
     network_tensors,
 )
 from triton_inpaint.contract import TensorSpec
+from triton_inpaint.export.onnx_cleanup import clean_onnx
 from triton_inpaint.export.onnx_export import (
     ExportCheck,
     architecture,
     export_onnx,
     unet_condition_sizes,
     verify_onnx,
+    verify_saved_networks,
 )
+from triton_inpaint.export.runtimes import (
+    PROFILE_FILE,
+    RuntimeOptions,
+    denoise_runtime_parameters,
+    network_config,
+    shape_profile,
+)
+from triton_inpaint.networks import save_network
 from triton_inpaint.ort_sessions import optimize_for_cpu
 from triton_inpaint.pipeline_spec import PipelineSpec
 
@@ -58,12 +69,42 @@ class ExportOptions:
     # Also write each graph as onnxruntime optimises it for the CPU (model.cpu.onnx), so that a server
     # start does not optimise it again; it doubles the networks' disk size.
     cpu_graphs: bool = True
+    # Which runtime serves the networks (export/runtimes.py) and its settings. precision None: fp16 on
+    # GPU runtimes that can take it (gpu-torch, gpu-tensorrt, gpu-onnxruntime with the TensorRT
+    # accelerator), fp32 otherwise.
+    runtime: str = "cpu"
+    precision: str | None = None
+    gpu_instances: bool = True  # GPU runtimes: KIND_GPU; False places the same models on the CPU
+    trt_accelerator: bool = False
+    trt_cache: str = ""
+    cuda_graphs: bool = False
+    max_side: int | None = None
     # What the registry says about the model; None keeps the family's defaults.
     model_id: str | None = None
     default_steps: int | None = None
     default_guidance: float | None = None
     default_scheduler: str | None = None
     family: str | None = None  # when given, the checkpoint must be of this family
+
+
+def runtime_options(options: ExportOptions) -> RuntimeOptions:
+    """The runtime part of ``options``, checked (a bad combination names the flags)."""
+    precision = options.precision
+    if precision is None:
+        fp16 = options.runtime in ("gpu-torch", "gpu-tensorrt") or options.trt_accelerator
+        precision = "fp16" if fp16 else "fp32"
+    return RuntimeOptions(
+        runtime=options.runtime,
+        precision=precision,
+        gpu=options.gpu_instances,
+        denoiser_instances=options.unet_instances,
+        denoiser_queue_delay_us=options.unet_queue_delay_us,
+        ort_threads=options.ort_threads,
+        trt_accelerator=options.trt_accelerator,
+        trt_cache=options.trt_cache,
+        cuda_graphs=options.cuda_graphs,
+        max_side=options.max_side,
+    )
 
 
 def add_tensors(target: object, specs: Iterable[TensorSpec]) -> None:
@@ -189,26 +230,13 @@ def _with_names(
     return result
 
 
-def _network_config(
-    name: str, role: str, inputs: list[TensorSpec], outputs: list[TensorSpec], options: ExportOptions
+def _denoise_config(
+    name: str, checkpoint_name: str, options: ExportOptions, runtime: RuntimeOptions, spec: PipelineSpec
 ) -> mc.ModelConfig:
-    config = mc.ModelConfig(name=name, backend="python", max_batch_size=contract.NETWORK_MAX_BATCH)
-    add_tensors(config.input, inputs)
-    add_tensors(config.output, outputs)
-    group = config.instance_group.add()
-    group.kind = mc.ModelInstanceGroup.KIND_CPU
-    denoiser = role in (UNET, TRANSFORMER)
-    group.count = options.unet_instances if denoiser else 1
-    if denoiser:
-        config.dynamic_batching.max_queue_delay_microseconds = options.unet_queue_delay_us
-    config.parameters["ort_threads"].string_value = str(options.ort_threads)
-    return config
-
-
-def _denoise_config(name: str, checkpoint_name: str, options: ExportOptions) -> mc.ModelConfig:
     config = python_model_config(
         name, contract.DENOISE_INPUTS, contract.DENOISE_OUTPUTS, options.denoise_instances
     )
+    denoise_runtime_parameters(config, runtime, spec)
     config.parameters["submodel_prefix"].string_value = checkpoint_name
     config.parameters["max_inflight"].string_value = str(options.max_inflight)
     config.parameters["denoiser_max_batch"].string_value = str(contract.NETWORK_MAX_BATCH)
@@ -282,6 +310,7 @@ def export_checkpoint(
     diffusers_logging.disable_progress_bar()
     options = options or ExportOptions()
     check_name(name)
+    runtime = runtime_options(options)  # a bad flag combination fails before the checkpoint loads
     if not (checkpoint / "model_index.json").is_file():
         raise FileNotFoundError(
             f"--checkpoint {checkpoint}: no model_index.json; expected a diffusers folder"
@@ -319,18 +348,8 @@ def export_checkpoint(
     repository.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=f".export-{name}-", dir=repository.parent))
     try:
-        roles = list(network_tensors(spec.architecture))
-        model_dirs = {role: scratch / f"{name}_{role}" for role in roles}
-        log(f"exporting {', '.join(roles)} to ONNX ...")
-        paths = export_onnx(pipeline, {role: d / "1" / "model.onnx" for role, d in model_dirs.items()})
-        if options.cpu_graphs:
-            log("optimising the graphs for onnxruntime's CPU provider ...")
-            for path in paths.values():
-                optimize_for_cpu(path)
-        checks = verify_onnx(pipeline, paths)  # through the optimised graphs, as served
-        for role, (inputs, outputs) in _network_tensors(pipeline).items():
-            write_config(model_dirs[role], _network_config(f"{name}_{role}", role, inputs, outputs, options))
-            write_model_py(model_dirs[role] / "1", "triton_inpaint.triton.onnx_model")
+        model_dirs = {role: scratch / f"{name}_{role}" for role in network_tensors(spec.architecture)}
+        checks = _write_networks(pipeline, spec, model_dirs, options, runtime, log)
 
         denoise_dir = scratch / contract.denoise_name(name)
         version = denoise_dir / "1"
@@ -340,7 +359,7 @@ def export_checkpoint(
             pipeline.tokenizer_2.save_pretrained(version / "tokenizer_2")
         pipeline.scheduler.save_pretrained(version / "scheduler")
         spec.save(version)
-        write_config(denoise_dir, _denoise_config(denoise_dir.name, name, options))
+        write_config(denoise_dir, _denoise_config(denoise_dir.name, name, options, runtime, spec))
 
         ensemble_dir = scratch / contract.ensemble_name(name)
         (ensemble_dir / "1").mkdir(parents=True)
@@ -350,3 +369,46 @@ def export_checkpoint(
         return [replace(check, path=repository / check.path.relative_to(scratch)) for check in checks]
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _write_networks(
+    pipeline: object,
+    spec: PipelineSpec,
+    model_dirs: dict[str, Path],
+    options: ExportOptions,
+    runtime: RuntimeOptions,
+    log: object,
+) -> list[ExportCheck]:
+    """Each network model's files and config for ``runtime``, checked against torch."""
+    roles = list(model_dirs)
+    tensors = _network_tensors(pipeline)
+    if runtime.runtime == "gpu-torch":
+        log(f"saving {', '.join(roles)} for torch ({runtime.precision}) ...")
+        for role, model_dir in model_dirs.items():
+            save_network(pipeline, spec.architecture, role, model_dir / "1", runtime.precision)
+        checks = verify_saved_networks(pipeline, {role: d / "1" for role, d in model_dirs.items()})
+        model_py = "triton_inpaint.triton.torch_model"
+    else:
+        log(f"exporting {', '.join(roles)} to ONNX ...")
+        paths = export_onnx(pipeline, {role: d / "1" / "model.onnx" for role, d in model_dirs.items()})
+        if runtime.runtime == "cpu" and options.cpu_graphs:
+            log("optimising the graphs for onnxruntime's CPU provider ...")
+            for path in paths.values():
+                optimize_for_cpu(path)
+        if runtime.runtime != "cpu":
+            log("cleaning the graphs for the GPU (constant folding, shape inference) ...")
+            for path in paths.values():
+                clean_onnx(path)
+        checks = verify_onnx(pipeline, paths)  # the graphs as served, on onnxruntime's CPU provider
+        model_py = "triton_inpaint.triton.onnx_model" if runtime.runtime == "cpu" else None
+    for role, (inputs, outputs) in tensors.items():
+        model_dir = model_dirs[role]
+        profile = shape_profile(role, inputs, spec, runtime.max_side) if runtime.uses_profiles else None
+        config = network_config(model_dir.name, role, inputs, outputs, runtime, profile)
+        write_config(model_dir, config)
+        if profile is not None and runtime.runtime == "gpu-tensorrt":
+            described = {"precision": runtime.precision, **profile.to_json()}
+            (model_dir / PROFILE_FILE).write_text(json.dumps(described, indent=2) + "\n")
+        if model_py is not None:
+            write_model_py(model_dir / "1", model_py)
+    return checks

@@ -10,64 +10,24 @@ ONNX graphs' names, which are also the Triton models' names, so nothing maps nam
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 
 from triton_inpaint.contract import Runner
-
-TEXT_ENCODER = "text_encoder"
-TEXT_ENCODER_2 = "text_encoder_2"
-VAE_ENCODER = "vae_encoder"
-VAE_DECODER = "vae_decoder"
-UNET = "unet"
-TRANSFORMER = "transformer"
-
-# Input and output tensor names of each exported network, per family. SDXL's text encoders return the
-# penultimate hidden states (and the second one its pooled projection); its UNet takes the pooled text
-# embeddings and the size/crop time ids as extra conditions.
-SD_TENSORS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    TEXT_ENCODER: (("input_ids",), ("last_hidden_state",)),
-    VAE_ENCODER: (("sample",), ("latent_parameters",)),
-    VAE_DECODER: (("latent_sample",), ("sample",)),
-    UNET: (("sample", "timestep", "encoder_hidden_states"), ("noise_pred",)),
-}
-SDXL_TENSORS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    TEXT_ENCODER: (("input_ids",), ("hidden_states",)),
-    TEXT_ENCODER_2: (("input_ids",), ("hidden_states", "text_embeds")),
-    VAE_ENCODER: SD_TENSORS[VAE_ENCODER],
-    VAE_DECODER: SD_TENSORS[VAE_DECODER],
-    UNET: (("sample", "timestep", "encoder_hidden_states", "text_embeds", "time_ids"), ("noise_pred",)),
-}
-# FLUX: CLIP gives only its pooled output, T5 the sequence; the transformer takes packed latents with
-# the packed mask and masked-image latents, the guidance value, and the text and image position ids
-# (with a batch axis, which diffusers' transformer does not have, so that Triton can batch them).
-FLUX_TENSORS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    TEXT_ENCODER: (("input_ids",), ("pooler_output",)),
-    TEXT_ENCODER_2: (("input_ids",), ("last_hidden_state",)),
-    VAE_ENCODER: SD_TENSORS[VAE_ENCODER],
-    VAE_DECODER: SD_TENSORS[VAE_DECODER],
-    TRANSFORMER: (
-        (
-            "hidden_states",
-            "timestep",
-            "guidance",
-            "pooled_projections",
-            "encoder_hidden_states",
-            "txt_ids",
-            "img_ids",
-        ),
-        ("noise_pred",),
-    ),
-}
-_TENSORS = {"sd": SD_TENSORS, "sdxl": SDXL_TENSORS, "flux": FLUX_TENSORS}
-
-
-def network_tensors(architecture: str) -> dict[str, tuple[tuple[str, ...], tuple[str, ...]]]:
-    """Per network role, its (input names, output names); ``architecture`` is ``sd``, ``sdxl`` or
-    ``flux`` (:attr:`PipelineSpec.architecture`)."""
-    return _TENSORS[architecture]
+from triton_inpaint.roles import (  # noqa: F401 - the names every runner user imports from here
+    FLUX_TENSORS,
+    SD_TENSORS,
+    SDXL_TENSORS,
+    TEXT_ENCODER,
+    TEXT_ENCODER_2,
+    TRANSFORMER,
+    UNET,
+    VAE_DECODER,
+    VAE_ENCODER,
+    network_tensors,
+)
 
 
 class SDComponents(Protocol):
@@ -99,7 +59,8 @@ class FluxComponents(Protocol):
         """Unscaled, unpacked latents (B, C, h, w) -> image (B, 3, H, W) in about [-1, 1]."""
 
 
-def _np(tensor: torch.Tensor, dtype: type = np.float32) -> np.ndarray:
+def _np(tensor: torch.Tensor) -> np.ndarray:
+    dtype = np.float32 if tensor.is_floating_point() else np.int64
     return np.ascontiguousarray(tensor.detach().cpu().numpy().astype(dtype, copy=False))
 
 
@@ -108,39 +69,55 @@ class RunnerComponents:
     networks by name.
 
     ``model_names`` maps the roles to the names the runner knows them by (the Triton model names,
-    e.g. ``tiny_unet``); by default the role is the name.
+    e.g. ``tiny_unet``); by default the role is the name. Without ``device`` the runner takes and
+    returns numpy arrays (onnxruntime, BLS on the CPU runtime). With one it is a *tensor runner*: torch
+    tensors in and out, so that on a GPU the latents and embeddings stay on ``device`` between calls
+    (BLS over DLPack, or the torch modules themselves); the pipelines then work on that device.
     """
 
     def __init__(
-        self, run: Runner, model_names: dict[str, str] | None = None, architecture: str = "sd"
+        self,
+        run: Runner,
+        model_names: dict[str, str] | None = None,
+        architecture: str = "sd",
+        device: str | torch.device | None = None,
     ) -> None:
         self._run = run
         self._tensors = network_tensors(architecture)
         self._names = model_names or {role: role for role in self._tensors}
+        self._tensor_runner = device is not None
+        self.device = torch.device("cpu" if device is None else device)
 
-    def _call(self, role: str, arrays: list[np.ndarray]) -> tuple[torch.Tensor, ...]:
+    def _feed(self, tensor: torch.Tensor) -> Any:
+        if not self._tensor_runner:
+            return _np(tensor)
+        dtype = torch.float32 if tensor.is_floating_point() else torch.int64
+        return tensor.to(device=self.device, dtype=dtype).contiguous()
+
+    def _call(self, role: str, tensors: list[torch.Tensor]) -> tuple[torch.Tensor, ...]:
         input_names, output_names = self._tensors[role]
-        results = self._run(
-            self._names[role], dict(zip(input_names, arrays, strict=True)), list(output_names)
-        )
+        feeds = [self._feed(tensor) for tensor in tensors]
+        results = self._run(self._names[role], dict(zip(input_names, feeds, strict=True)), list(output_names))
+        if self._tensor_runner:
+            return tuple(result.to(self.device) for result in results)
         return tuple(torch.from_numpy(np.asarray(result)) for result in results)
 
     def encode_text(self, input_ids: torch.Tensor, encoder: str = TEXT_ENCODER) -> tuple[torch.Tensor, ...]:
-        return self._call(encoder, [_np(input_ids, np.int64)])
+        return self._call(encoder, [input_ids])
 
     def encode_image(self, image: torch.Tensor) -> torch.Tensor:
-        return self._call(VAE_ENCODER, [_np(image)])[0]
+        return self._call(VAE_ENCODER, [image])[0]
 
     def predict_noise(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-        return self._call(UNET, [_np(inputs[name]) for name in self._tensors[UNET][0]])[0]
+        return self._call(UNET, [inputs[name] for name in self._tensors[UNET][0]])[0]
 
     def predict_velocity(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-        return self._call(TRANSFORMER, [_np(inputs[name]) for name in self._tensors[TRANSFORMER][0]])[0]
+        return self._call(TRANSFORMER, [inputs[name] for name in self._tensors[TRANSFORMER][0]])[0]
 
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
         """One image at a time: the VAE's memory grows with its batch (quadratically with the size,
         through its attention), its results do not depend on it."""
-        return torch.cat([self._call(VAE_DECODER, [_np(latents[i : i + 1])])[0] for i in range(len(latents))])
+        return torch.cat([self._call(VAE_DECODER, [latents[i : i + 1]])[0] for i in range(len(latents))])
 
 
 def onnx_runner(onnx_files: dict[str, Path], threads: int = 0) -> Runner:
@@ -156,56 +133,13 @@ def onnx_runner(onnx_files: dict[str, Path], threads: int = 0) -> Runner:
     return run
 
 
-class TorchComponents:
-    """The diffusers torch modules themselves: the reference the exported graphs are checked against."""
+class TorchComponents(RunnerComponents):
+    """The diffusers torch modules themselves, called as the exported graphs are
+    (:mod:`triton_inpaint.networks`): the reference the exports and the runtimes are checked against."""
 
-    def __init__(self, pipeline: object) -> None:
-        self._pipe = pipeline
-        self._flux = getattr(pipeline, "transformer", None) is not None
-        self._sdxl = not self._flux and getattr(pipeline, "text_encoder_2", None) is not None
+    def __init__(self, pipeline: object, device: str | torch.device = "cpu") -> None:
+        from triton_inpaint.networks import pipeline_architecture, role_modules, torch_runner
 
-    @torch.no_grad()
-    def encode_text(self, input_ids: torch.Tensor, encoder: str = TEXT_ENCODER) -> tuple[torch.Tensor, ...]:
-        module = getattr(self._pipe, encoder)
-        if self._flux:
-            output = module(input_ids, output_hidden_states=False)
-            return (output.pooler_output if encoder == TEXT_ENCODER else output[0],)
-        if not self._sdxl:
-            return (module(input_ids)[0],)
-        output = module(input_ids, output_hidden_states=True)
-        if encoder == TEXT_ENCODER_2:
-            return output.hidden_states[-2], output.text_embeds
-        return (output.hidden_states[-2],)
-
-    @torch.no_grad()
-    def encode_image(self, image: torch.Tensor) -> torch.Tensor:
-        return self._pipe.vae.encode(image).latent_dist.parameters
-
-    @torch.no_grad()
-    def predict_noise(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-        added = None
-        if self._sdxl:
-            added = {"text_embeds": inputs["text_embeds"], "time_ids": inputs["time_ids"]}
-        return self._pipe.unet(
-            inputs["sample"],
-            inputs["timestep"].reshape(-1),
-            encoder_hidden_states=inputs["encoder_hidden_states"],
-            added_cond_kwargs=added,
-        ).sample
-
-    @torch.no_grad()
-    def predict_velocity(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-        return self._pipe.transformer(
-            hidden_states=inputs["hidden_states"],
-            timestep=inputs["timestep"].reshape(-1),
-            guidance=inputs["guidance"].reshape(-1),
-            pooled_projections=inputs["pooled_projections"],
-            encoder_hidden_states=inputs["encoder_hidden_states"],
-            txt_ids=inputs["txt_ids"][0],
-            img_ids=inputs["img_ids"][0],
-            return_dict=False,
-        )[0]
-
-    @torch.no_grad()
-    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
-        return self._pipe.vae.decode(latents).sample
+        architecture = pipeline_architecture(pipeline)
+        run = torch_runner(role_modules(pipeline, architecture), device)
+        super().__init__(run, architecture=architecture, device=device)

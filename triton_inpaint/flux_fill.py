@@ -38,7 +38,7 @@ from triton_inpaint.memory import check_request
 from triton_inpaint.params import DenoiseParams
 from triton_inpaint.pipeline_spec import PipelineSpec
 from triton_inpaint.schedulers import build_scheduler
-from triton_inpaint.sd_inpaint import Plan, processing_size, token_ids
+from triton_inpaint.sd_inpaint import Plan, check_engine_sides, processing_size, token_ids
 
 
 class FluxFillInpaintPipeline:
@@ -55,11 +55,13 @@ class FluxFillInpaintPipeline:
         if not spec.flux:
             raise ValueError(f"this pipeline serves FLUX Fill checkpoints; the checkpoint is {spec.family}")
         self.components = components
+        self.device = torch.device(getattr(components, "device", "cpu"))  # see SDInpaintPipeline
         self.tokenizer = tokenizer
         self.tokenizer_2 = tokenizer_2
         self.scheduler_config = dict(scheduler_config)
         self.spec = spec
         self.memory_budget: int | None = None  # bytes one request may use; None: unchecked
+        self.max_side: int | None = None  # the largest side TensorRT engines cover; None: no limit
         # As FluxFillPipeline builds them: sizes snap to the packed-latent multiple, masks binarize.
         self.image_processor = VaeImageProcessor(
             vae_scale_factor=spec.size_multiple, vae_latent_channels=spec.latent_channels
@@ -127,7 +129,7 @@ class FluxFillInpaintPipeline:
             scheduler.config.get("base_shift", 0.5),
             scheduler.config.get("max_shift", 1.15),
         )
-        retrieve_timesteps(scheduler, steps, "cpu", sigmas=sigmas, mu=mu)
+        retrieve_timesteps(scheduler, steps, self.device, sigmas=sigmas, mu=mu)
         init_timestep = min(steps * strength, steps)
         t_start = int(max(steps - init_timestep, 0))
         timesteps = scheduler.timesteps[t_start * scheduler.order :]
@@ -154,7 +156,9 @@ class FluxFillInpaintPipeline:
     ) -> torch.Tensor:
         """Packed initial latents: the image latents moved along the flow to the first timestep."""
         image_latents = self._encode_vae_image(init_image, generators)
-        noise = randn_tensor(image_latents.shape, generator=generators, dtype=torch.float32)
+        noise = randn_tensor(
+            image_latents.shape, generator=generators, device=self.device, dtype=torch.float32
+        )
         latents = scheduler.scale_noise(image_latents, timestep.repeat(len(generators)), noise)
         return self._pack(latents)
 
@@ -187,6 +191,7 @@ class FluxFillInpaintPipeline:
         width, height = processing_size(
             image_width, image_height, self.spec.native_resolution, params, self.spec.size_multiple
         )
+        check_engine_sides(width, height, self.max_side)
         check_request(
             self.spec.networks, width, height, params.num_images, False, self.memory_budget,
             self.spec.size_multiple,
@@ -210,20 +215,23 @@ class FluxFillInpaintPipeline:
         states, pooled = self.encode_prompt(params.prompt, params.num_images)
         init_image = self.image_processor.preprocess(
             Image.fromarray(image, mode="RGB"), height=height, width=width
-        ).to(torch.float32)
+        ).to(device=self.device, dtype=torch.float32)
         mask_image = self.mask_processor.preprocess(mask_to_pil(mask), height=height, width=width)
+        mask_image = mask_image.to(self.device)
         latents = self.prepare_latents(scheduler, init_image, timesteps[:1], generators)
         condition = self.prepare_mask_latents(init_image, mask_image, generators)
         factor = self.spec.vae_scale_factor
         batch = latents.shape[0]
         image_ids = FluxFillPipeline._prepare_latent_image_ids(
-            batch, height // factor // 2, width // factor // 2, "cpu", torch.float32
+            batch, height // factor // 2, width // factor // 2, self.device, torch.float32
         )
         conditions = {
-            "guidance": torch.full((batch, 1), params.guidance_scale, dtype=torch.float32),
+            "guidance": torch.full(
+                (batch, 1), params.guidance_scale, dtype=torch.float32, device=self.device
+            ),
             "pooled_projections": pooled,
             "encoder_hidden_states": states,
-            "txt_ids": torch.zeros(batch, states.shape[1], 3),
+            "txt_ids": torch.zeros(batch, states.shape[1], 3, device=self.device),
             "img_ids": image_ids.unsqueeze(0).repeat(batch, 1, 1),
         }
         return FluxJob(

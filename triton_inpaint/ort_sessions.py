@@ -55,6 +55,7 @@ def session_options(threads: int) -> Any:
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
+    options.log_severity_level = 3  # errors only: the optimiser's notes on nodes it leaves are noise
     # Idle pool threads sleep instead of spinning. Several sessions share the cores at once (the
     # denoiser's tick, the VAE of a request starting or finishing), and a spinning pool burns the cores
     # the working one needs: measured in docs/benchmarks.md.

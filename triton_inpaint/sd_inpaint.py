@@ -67,6 +67,20 @@ def processing_size(
     return snap(native * math.sqrt(aspect)), snap(native / math.sqrt(aspect))
 
 
+def check_engine_sides(width: int, height: int, max_side: int | None) -> None:
+    """Refuse a processing size beyond what the deployment's TensorRT engines were built for (their
+    shape profiles), naming the field, before any network runs; None: no engine limit."""
+    if max_side is None:
+        return
+    for field, value in (("width", width), ("height", height)):
+        if value > max_side:
+            raise InvalidInputError(
+                field,
+                f"the processing size is {width}x{height}; this deployment's TensorRT engines cover sides "
+                f"up to {max_side} px (export --max-size); ask for a smaller width/height",
+            )
+
+
 @dataclass(frozen=True)
 class Plan:
     """What a request decides before any network runs (see ``plan``); shared by every family."""
@@ -107,6 +121,9 @@ class SDInpaintPipeline:
                 f"the checkpoint has {spec.denoiser_in_channels}"
             )
         self.components = components
+        # Where latents and embeddings live: the components' device (a GPU runtime's), else the CPU.
+        # Random draws stay on CPU generators and are moved, as diffusers' randn_tensor does.
+        self.device = torch.device(getattr(components, "device", "cpu"))
         self.tokenizer = tokenizer
         self.tokenizer_2 = tokenizer_2
         if spec.sdxl and tokenizer_2 is None:
@@ -114,6 +131,7 @@ class SDInpaintPipeline:
         self.scheduler_config = dict(scheduler_config)
         self.spec = spec
         self.memory_budget: int | None = None  # bytes one request may use; None: unchecked
+        self.max_side: int | None = None  # the largest side TensorRT engines cover; None: no limit
         self.image_processor = VaeImageProcessor(vae_scale_factor=spec.vae_scale_factor)
         self.mask_processor = VaeImageProcessor(
             vae_scale_factor=spec.vae_scale_factor,
@@ -183,14 +201,17 @@ class SDInpaintPipeline:
             positive, negative = [height, width, 0, 0, 6.0], [height, width, 0, 0, 2.5]
         else:
             positive = negative = [height, width, 0, 0, height, width]
-        ids = torch.tensor([positive], dtype=torch.float32).repeat(batch, 1)
+        ids = torch.tensor([positive], dtype=torch.float32, device=self.device).repeat(batch, 1)
         if not do_cfg:
             return ids
-        return torch.cat([torch.tensor([negative], dtype=torch.float32).repeat(batch, 1), ids])
+        negative_ids = torch.tensor([negative], dtype=torch.float32, device=self.device)
+        return torch.cat([negative_ids.repeat(batch, 1), ids])
 
     @staticmethod
-    def prepare_timesteps(scheduler: Any, steps: int, strength: float) -> torch.Tensor:
-        scheduler.set_timesteps(steps, device="cpu")
+    def prepare_timesteps(
+        scheduler: Any, steps: int, strength: float, device: torch.device | str = "cpu"
+    ) -> torch.Tensor:
+        scheduler.set_timesteps(steps, device=device)
         init_timestep = min(int(steps * strength), steps)
         t_start = max(steps - init_timestep, 0)
         timesteps = scheduler.timesteps[t_start * scheduler.order :]
@@ -210,7 +231,7 @@ class SDInpaintPipeline:
         mask_condition = self.mask_processor.preprocess(
             mask_to_pil(mask), height=height, width=width, crops_coords=crop, resize_mode=resize_mode
         )
-        return init_image, mask_condition
+        return init_image.to(self.device), mask_condition.to(self.device)
 
     def _encode_vae_image(self, image: torch.Tensor, generators: list[torch.Generator]) -> torch.Tensor:
         """Encode once, then sample one latent per generator: each image's random stream is exactly
@@ -239,7 +260,7 @@ class SDInpaintPipeline:
         image_latents = None
         if self.blends_latents or not is_strength_max:
             image_latents = self._encode_vae_image(init_image, generators)
-        noise = randn_tensor(shape, generator=generators, dtype=torch.float32)
+        noise = randn_tensor(shape, generator=generators, device=self.device, dtype=torch.float32)
         if is_strength_max:
             return noise * scheduler.init_noise_sigma, noise, image_latents
         latents = scheduler.add_noise(image_latents, noise, latent_timestep.repeat(len(generators)))
@@ -262,7 +283,9 @@ class SDInpaintPipeline:
             # latent-sized sample from each generator. Draw the same numbers without the VAE call so
             # the per-step noise that follows stays identical.
             latent_shape = (len(generators), self.spec.latent_channels, *mask.shape[2:])
-            masked_image_latents = randn_tensor(latent_shape, generator=generators, dtype=torch.float32)
+            masked_image_latents = randn_tensor(
+                latent_shape, generator=generators, device=self.device, dtype=torch.float32
+            )
         else:
             masked_image_latents = self._encode_vae_image(masked_image, generators)
         mask = mask.repeat(len(generators), 1, 1, 1)
@@ -298,12 +321,13 @@ class SDInpaintPipeline:
         """Everything decided before a network runs: size, crop, memory, scheduler, timesteps. Every
         refusal that needs no network happens here, so a dry run (``dry_run``) stops after it."""
         width, height, crop = self.geometry(mask, params)
+        check_engine_sides(width, height, self.max_side)
         check_request(
             self.spec.networks, width, height, params.num_images, params.guidance_scale > 1.0,
             self.memory_budget, self.spec.size_multiple,
         )  # fmt: skip
         scheduler = build_scheduler(params.scheduler, self.scheduler_config)
-        timesteps = self.prepare_timesteps(scheduler, params.steps, params.strength)
+        timesteps = self.prepare_timesteps(scheduler, params.steps, params.strength, self.device)
         if len(timesteps) == 0:
             raise InvalidInputError(
                 "strength",
@@ -398,7 +422,8 @@ class SDJob(SteppedJob):
         latent_model_input = self.scheduler.scale_model_input(latent_model_input, t)
         if not self.pipeline.blends_latents:
             latent_model_input = torch.cat([latent_model_input, self.mask, self.masked_image_latents], dim=1)
-        timestep = torch.full((latent_model_input.shape[0], 1), float(t), dtype=torch.float32)
+        rows = latent_model_input.shape[0]
+        timestep = torch.full((rows, 1), float(t), dtype=torch.float32, device=latent_model_input.device)
         return {"sample": latent_model_input, "timestep": timestep, **self.conditions}
 
     def predict(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:

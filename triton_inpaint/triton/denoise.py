@@ -47,10 +47,15 @@ class TritonPythonModel:
         prefix = config["parameters"]["submodel_prefix"]["string_value"]
         directory = Path(args["model_repository"]) / args["model_version"]
         spec = PipelineSpec.load(directory)
-        roles = network_tensors(spec.architecture)
-        components = RunnerComponents(
-            bls_run, {role: f"{prefix}_{role}" for role in roles}, architecture=spec.architecture
-        )
+        names = {role: f"{prefix}_{role}" for role in network_tensors(spec.architecture)}
+        if config_parameter(config, "device_tensors", 0):
+            # GPU runtimes: latents and embeddings stay on this instance's device between BLS calls.
+            from triton_inpaint.triton.dlpack import instance_device, tensor_bls_runner
+
+            device = instance_device(args)
+            components = RunnerComponents(tensor_bls_runner(device), names, spec.architecture, device)
+        else:
+            components = RunnerComponents(bls_run, names, architecture=spec.architecture)
         pipeline_class = FluxFillInpaintPipeline if spec.flux else SDInpaintPipeline
         self.pipeline = pipeline_class.from_directory(directory, components)
         max_inflight = config_parameter(config, "max_inflight", DEFAULT_MAX_INFLIGHT)
@@ -58,9 +63,11 @@ class TritonPythonModel:
         # Requests in flight share the budget: every instance's, each up to max_inflight at once.
         instances = sum(group.get("count", 1) for group in config.get("instance_group", [])) or 1
         self.pipeline.memory_budget = request_budget(instances * max_inflight)
+        self.pipeline.max_side = config_parameter(config, "max_side", 0) or None
         self.batcher = InflightBatcher(max_rows, max_inflight, log=self.logger.log_error)
         self.logger.log_info(
-            f"{args['model_name']}: up to {max_inflight} requests in flight, batched up to {max_rows} "
+            f"{args['model_name']}: up to {max_inflight} requests in flight on {components.device}, "
+            f"batched up to {max_rows} "
             f"denoiser rows a call; {gib(self.pipeline.memory_budget)} of memory per request"
         )
 

@@ -137,6 +137,48 @@ def send_final(request: Any, response: Any) -> None:
     request.get_response_sender().send(response, flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
 
 
+def execute_batched(
+    requests: list[Any],
+    input_names: list[str],
+    output_names: list[str],
+    batches: bool,
+    read: Callable[[Any, str], Any],
+    run: Callable[[dict[str, Any]], list[Any]],
+    concat: Callable[[list[Any]], Any],
+    output: Callable[[str, Any], Any],
+) -> list[Any]:
+    """Answer a network model's requests: those whose inputs agree apart from the batch axis (the
+    dynamic batcher's groups) are concatenated and run as one call, then split back per request.
+
+    ``read`` takes a request's input, ``run`` runs a batch by input names, ``concat`` joins arrays along
+    the batch axis and ``output`` makes a response tensor: numpy for onnxruntime, torch over DLPack for
+    the torch runtime. Graphs with a fixed batch of 1 (``batches`` False) run one request at a time.
+    """
+    feeds = [{name: read(request, name) for name in input_names} for request in requests]
+    groups: dict[tuple, list[int]] = {}
+    for index, feed in enumerate(feeds):
+        key = tuple(tuple(feed[name].shape[1:]) for name in input_names) if batches else (index,)
+        groups.setdefault(key, []).append(index)
+    responses: list[Any] = [None] * len(requests)
+    for indices in groups.values():
+        try:
+            batch = {name: concat([feeds[i][name] for i in indices]) for name in input_names}
+            outputs = run(batch)
+            start = 0
+            for i in indices:
+                size = feeds[i][input_names[0]].shape[0]
+                tensors = [
+                    output(name, out[start : start + size])
+                    for name, out in zip(output_names, outputs, strict=True)
+                ]
+                responses[i] = pb_utils.InferenceResponse(output_tensors=tensors)
+                start += size
+        except Exception as exc:  # noqa: BLE001 - answer the group, keep serving
+            for i in indices:
+                responses[i] = pb_utils.InferenceResponse(error=pb_utils.TritonError(str(exc)))
+    return responses
+
+
 def bls_run(model: str, inputs: dict[str, np.ndarray], outputs: list[str]) -> list[np.ndarray]:
     """Run another served model from inside a Python model (Triton's BLS); the runner every library
     pipeline takes, so the same code runs here and, in tests, over onnxruntime."""

@@ -1,0 +1,150 @@
+"""``triton-inpaint export tensorrt``: build the TensorRT plans of a ``gpu-tensorrt`` repository on the
+GPU that will serve them.
+
+A plan only runs on the compute capability (and TensorRT version) it was built with, so this is its own
+step, run on the target GPU (inside NVIDIA's tritonserver container, which carries TensorRT): for every
+``tensorrt_plan`` model it reads the cleaned ``1/model.onnx`` export wrote and the network's shape
+profile and precision (``trt_profile.json``, from export's ``--max-size`` and ``--precision``), builds
+``1/model.sm<CC>.plan`` with polygraphy (one timing cache shared by every build), and adds it to the
+config's ``cc_model_filenames``, so one repository can carry plans for several GPU kinds. Each plan is
+written to a temporary name and renamed when complete; the config is rewritten only after.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2 as mc
+
+from triton_inpaint.export.runtimes import PROFILE_FILE, ShapeProfile
+
+TENSORRT_MISSING = (
+    "export tensorrt needs TensorRT (the 'tensorrt' Python package and libnvinfer) and an NVIDIA GPU: "
+    "a plan is built for the GPU that runs it. Run this command on the serving GPU, e.g. inside "
+    "nvcr.io/nvidia/tritonserver:24.10-py3 (which carries TensorRT 10) with this package installed. "
+    "TensorRT cannot be installed from PyPI alone (its wheels download from NVIDIA's index)."
+)
+
+
+class TensorRTUnavailable(RuntimeError):
+    """TensorRT or a GPU is missing where ``export tensorrt`` runs."""
+
+
+@dataclass(frozen=True)
+class BuiltPlan:
+    model: str
+    compute_capability: str
+    path: Path
+    seconds: float
+
+
+def tensorrt_plan_models(repository: Path) -> list[Path]:
+    """The model folders of ``repository`` whose config is a TensorRT plan model."""
+    found = []
+    for config_path in sorted(repository.glob("*/config.pbtxt")):
+        config = text_format.Parse(config_path.read_text(), mc.ModelConfig())
+        if config.platform == "tensorrt_plan" or config.backend == "tensorrt":
+            found.append(config_path.parent)
+    return found
+
+
+def require_tensorrt() -> object:
+    try:
+        import tensorrt
+    except (ImportError, OSError) as exc:  # OSError: the bindings without libnvinfer
+        raise TensorRTUnavailable(f"{TENSORRT_MISSING} ({type(exc).__name__}: {exc})") from None
+    return tensorrt
+
+
+def compute_capability() -> str:
+    """The serving GPU's compute capability, as Triton's ``cc_model_filenames`` keys name it (``8.9``)."""
+    try:
+        result = subprocess.run(
+            ["nvidia-smi", "--query-gpu=compute_cap", "--format=csv,noheader", "--id=0"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        )
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise TensorRTUnavailable(f"no NVIDIA GPU found (nvidia-smi: {exc}); {TENSORRT_MISSING}") from None
+    return result.stdout.strip().splitlines()[0].strip()
+
+
+def plan_filename(capability: str) -> str:
+    return f"model.sm{capability.replace('.', '')}.plan"
+
+
+def build_plans(
+    repository: Path,
+    timing_cache: Path | None = None,
+    workspace_gib: float | None = None,
+    log: Callable[[str], None] = print,
+) -> list[BuiltPlan]:
+    """Build a plan for this GPU for every TensorRT model of ``repository``."""
+    models = tensorrt_plan_models(repository)
+    if not models:
+        raise ValueError(
+            f"--repository {repository}: no tensorrt_plan models; export with --runtime gpu-tensorrt first"
+        )
+    for model_dir in models:
+        for needed in (model_dir / "1" / "model.onnx", model_dir / PROFILE_FILE):
+            if not needed.is_file():
+                raise FileNotFoundError(f"{model_dir.name}: {needed.name} is missing; export it again")
+    require_tensorrt()
+    from polygraphy.backend.trt import (
+        CreateConfig,
+        Profile,
+        engine_bytes_from_network,
+        network_from_onnx_path,
+    )
+
+    capability = compute_capability()
+    timing_cache = timing_cache or repository / "trt_timing.cache"
+    built = []
+    for number, model_dir in enumerate(models, 1):
+        started = time.monotonic()
+        log(f"[{number}/{len(models)}] {model_dir.name}: building for compute capability {capability} ...")
+        described = json.loads((model_dir / PROFILE_FILE).read_text())
+        shapes = ShapeProfile.from_json(described)
+        profile = Profile()
+        for name in shapes.min:
+            profile.add(name, min=shapes.min[name], opt=shapes.opt[name], max=shapes.max[name])
+        # fp16 lets TensorRT pick fp16 kernels where they are faster; it keeps fp32 where it must.
+        settings: dict[str, object] = {"fp16": described["precision"] == "fp16", "profiles": [profile]}
+        if timing_cache.is_file():
+            settings["load_timing_cache"] = str(timing_cache)
+        if workspace_gib:
+            import tensorrt
+
+            settings["memory_pool_limits"] = {tensorrt.MemoryPoolType.WORKSPACE: int(workspace_gib * 2**30)}
+        network = network_from_onnx_path(str(model_dir / "1" / "model.onnx"))
+        engine = engine_bytes_from_network(
+            network, config=CreateConfig(**settings), save_timing_cache=str(timing_cache)
+        )
+        target = model_dir / "1" / plan_filename(capability)
+        partial = target.with_suffix(".partial")
+        partial.write_bytes(bytes(engine))
+        partial.replace(target)
+        _register_plan(model_dir, capability, target.name)
+        built.append(BuiltPlan(model_dir.name, capability, target, time.monotonic() - started))
+        log(f"      {target.name}: {target.stat().st_size / 2**20:.0f} MiB in {built[-1].seconds:.0f} s")
+    return built
+
+
+def _register_plan(model_dir: Path, capability: str, filename: str) -> None:
+    """Add the plan to the config's ``cc_model_filenames``; the first plan built is also the default."""
+    config_path = model_dir / "config.pbtxt"
+    config = text_format.Parse(config_path.read_text(), mc.ModelConfig())
+    config.cc_model_filenames[capability] = filename
+    if not config.default_model_filename:
+        config.default_model_filename = filename
+    partial = config_path.with_suffix(".partial")
+    partial.write_text(text_format.MessageToString(config))
+    partial.replace(config_path)

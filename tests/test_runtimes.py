@@ -1,0 +1,368 @@
+"""The four runtimes export writes (``--runtime cpu|gpu-onnxruntime|gpu-tensorrt|gpu-torch``).
+
+What runs here, without a GPU: every runtime's configs read back through Triton's own protobuf
+definitions with the fields that runtime needs; the shape profiles cover every size and image count the
+controls allow; the cleaned ONNX graphs still match torch; ``export tensorrt`` refuses with a clear
+message where TensorRT is missing; and the ``gpu-torch`` repository, placed on the CPU
+(``--instance-kind cpu``), is served by a real Triton through the DLPack tensor path and gives
+diffusers' images. What needs a GPU is measured by ``triton-inpaint bench-gpu`` (docs/runtimes.md).
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from itertools import product
+from pathlib import Path
+
+import numpy as np
+import pytest
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2 as mc
+
+from tests.helpers import (
+    assert_served_parity,
+    decode_rgb,
+    diffusers_inpaint,
+    irregular_mask,
+    make_image,
+    png_bytes,
+)
+from triton_inpaint import contract
+from triton_inpaint.cli import main as cli_main
+from triton_inpaint.components import (
+    TEXT_ENCODER,
+    TRANSFORMER,
+    UNET,
+    VAE_DECODER,
+    VAE_ENCODER,
+    RunnerComponents,
+)
+from triton_inpaint.contract import TensorSpec
+from triton_inpaint.errors import InvalidInputError
+from triton_inpaint.export.repository import ExportOptions, export_checkpoint
+from triton_inpaint.export.runtimes import (
+    PROFILE_FILE,
+    RuntimeOptions,
+    ShapeProfile,
+    max_batch,
+    shape_profile,
+)
+from triton_inpaint.export.tensorrt_build import TensorRTUnavailable, build_plans
+from triton_inpaint.networks import load_network, torch_runner
+from triton_inpaint.params import DenoiseParams
+from triton_inpaint.pipeline_spec import PipelineSpec
+from triton_inpaint.schema import INPAINT
+from triton_inpaint.sd_inpaint import SDInpaintPipeline
+
+PROMPT = "a red apple on a wooden table"
+NAME = "rt"
+
+
+def _export(checkpoint: Path, repository: Path, **options: object) -> list:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return export_checkpoint(checkpoint, NAME, repository, ExportOptions(**options), log=lambda _: None)
+
+
+def _config(repository: Path, model: str) -> mc.ModelConfig:
+    """A written config read back as Triton reads it: a text-format ModelConfig message."""
+    return text_format.Parse((repository / model / "config.pbtxt").read_text(), mc.ModelConfig())
+
+
+@pytest.fixture(scope="module")
+def runtime_repositories(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    root = tmp_path_factory.mktemp("runtimes")
+    settings = {
+        "gpu-onnxruntime": {"trt_accelerator": True, "trt_cache": "/cache/trt"},
+        "gpu-tensorrt": {"max_side": 1024},
+        "gpu-torch": {},
+    }
+    exported = {}
+    for runtime, options in settings.items():
+        checks = _export(tiny_checkpoint, root / runtime, runtime=runtime, **options)
+        exported[runtime] = (root / runtime, checks)
+    return exported
+
+
+# -- configs -------------------------------------------------------------------------------------
+
+
+def test_gpu_onnxruntime_configs_are_native_onnxruntime_models_with_tensorrt(runtime_repositories):
+    repository, _ = runtime_repositories["gpu-onnxruntime"]
+    unet = _config(repository, f"{NAME}_unet")
+    assert unet.platform == "onnxruntime_onnx" and unet.backend == "onnxruntime"
+    assert [g.kind for g in unet.instance_group] == [mc.ModelInstanceGroup.KIND_GPU]
+    assert unet.max_batch_size == contract.NETWORK_MAX_BATCH
+    assert unet.HasField("dynamic_batching")
+    (accelerator,) = unet.optimization.execution_accelerators.gpu_execution_accelerator
+    assert accelerator.name == "tensorrt"
+    parameters = dict(accelerator.parameters)
+    assert parameters["precision_mode"] == "FP16"  # the default precision with the accelerator
+    assert parameters["trt_engine_cache_enable"] == "1"
+    assert parameters["trt_engine_cache_path"] == f"/cache/trt/{NAME}_unet"
+    # The profile in onnxruntime's syntax, batch axis first: SD's latents at 1/8 of 8..2048 px.
+    assert parameters["trt_profile_min_shapes"].startswith("sample:1x9x1x1,timestep:1x1,")
+    assert parameters["trt_profile_max_shapes"].startswith("sample:8x9x256x256,timestep:8x1,")
+    # Native model files for the backend, no Python adapters; no CPU-optimised graph.
+    assert (repository / f"{NAME}_unet" / "1" / "model.onnx").is_file()
+    assert not (repository / f"{NAME}_unet" / "1" / "model.py").exists()
+    assert not (repository / f"{NAME}_unet" / "1" / "model.cpu.onnx").exists()
+    vae = _config(repository, f"{NAME}_vae_decoder")
+    assert vae.max_batch_size == 1 and not vae.HasField("dynamic_batching")
+    denoise = _config(repository, f"{NAME}_denoise")
+    assert denoise.backend == "python"
+    assert [g.kind for g in denoise.instance_group] == [mc.ModelInstanceGroup.KIND_GPU]
+    assert denoise.parameters["device_tensors"].string_value == "1"
+    assert denoise.parameters["max_side"].string_value == "2048"
+
+
+def test_gpu_tensorrt_configs_wait_for_plans_built_on_the_target_gpu(runtime_repositories):
+    repository, _ = runtime_repositories["gpu-tensorrt"]
+    for role in (TEXT_ENCODER, VAE_ENCODER, VAE_DECODER, UNET):
+        model = f"{NAME}_{role}"
+        config = _config(repository, model)
+        assert config.platform == "tensorrt_plan" and config.backend == "tensorrt"
+        assert [g.kind for g in config.instance_group] == [mc.ModelInstanceGroup.KIND_GPU]
+        assert config.max_batch_size == max_batch(role)
+        assert not config.cc_model_filenames  # filled in by export tensorrt, per compute capability
+        assert (repository / model / "1" / "model.onnx").is_file()  # the cleaned graph to build from
+        described = json.loads((repository / model / PROFILE_FILE).read_text())
+        assert described["precision"] == "fp16"
+        profile = ShapeProfile.from_json(described)
+        assert list(profile.min) == [tensor.name for tensor in config.input]
+        for name in profile.min:  # max batch of the engine == max_batch_size of the config
+            assert profile.max[name][0] == config.max_batch_size
+    unet = json.loads((repository / f"{NAME}_unet" / PROFILE_FILE).read_text())
+    assert unet["max"]["sample"] == [8, 9, 128, 128]  # --max-size 1024
+    assert _config(repository, f"{NAME}_denoise").parameters["max_side"].string_value == "1024"
+
+
+def test_gpu_torch_configs_are_python_models_on_the_gpu(runtime_repositories):
+    repository, checks = runtime_repositories["gpu-torch"]
+    unet = _config(repository, f"{NAME}_unet")
+    assert unet.backend == "python" and not unet.platform
+    assert [g.kind for g in unet.instance_group] == [mc.ModelInstanceGroup.KIND_GPU]
+    assert unet.parameters["precision"].string_value == "fp16"
+    assert unet.parameters["FORCE_CPU_ONLY_INPUT_TENSORS"].string_value == "no"
+    version = repository / f"{NAME}_unet" / "1"
+    assert "triton_inpaint.triton.torch_model" in (version / "model.py").read_text()
+    saved = json.loads((version / "network.json").read_text())
+    assert saved == {
+        "role": UNET,
+        "architecture": "sd",
+        "precision": "fp16",
+        "modules": {"unet": "diffusers.UNet2DConditionModel"},
+    }
+    # The weights are stored as served: fp16 halves them (a VAE that must stay fp32 stays fp32).
+    from safetensors import safe_open
+
+    with safe_open(str(next((version / "unet").glob("*.safetensors"))), "pt") as weights:
+        assert {str(weights.get_tensor(key).dtype) for key in weights.keys()} == {"torch.float16"}  # noqa: SIM118
+    # Export loaded every saved network back and ran it against the pipeline's module: fp16 weights
+    # round at about 1e-3 on these tiny random networks, nothing more.
+    assert {check.submodel for check in checks} == {TEXT_ENCODER, VAE_ENCODER, VAE_DECODER, UNET}
+    assert all(check.max_abs_diff < 1e-2 for check in checks), checks
+
+
+def test_cpu_runtime_configs_are_unchanged_python_onnxruntime_models(exported_repository):
+    repository, _ = exported_repository
+    unet = _config(repository, "tiny_unet")
+    assert unet.backend == "python" and [g.kind for g in unet.instance_group] == [
+        mc.ModelInstanceGroup.KIND_CPU
+    ]
+    assert unet.parameters["ort_threads"].string_value == "0"
+    assert "triton_inpaint.triton.onnx_model" in (repository / "tiny_unet" / "1" / "model.py").read_text()
+    assert (repository / "tiny_unet" / "1" / "model.cpu.onnx").is_file()
+    denoise = _config(repository, "tiny_denoise")
+    assert "device_tensors" not in denoise.parameters and "max_side" not in denoise.parameters
+    assert [g.kind for g in denoise.instance_group] == [mc.ModelInstanceGroup.KIND_CPU]
+
+
+def test_cleaned_gpu_graphs_still_match_torch(runtime_repositories):
+    for runtime in ("gpu-onnxruntime", "gpu-tensorrt"):
+        _, checks = runtime_repositories[runtime]
+        assert {check.submodel for check in checks} == {TEXT_ENCODER, VAE_ENCODER, VAE_DECODER, UNET}
+        for check in checks:
+            print(f"{runtime} {check.submodel}: max |onnx - torch| = {check.max_abs_diff:.2e}")
+            assert check.max_abs_diff < 1e-4
+
+
+def test_cleanup_folds_the_exporters_shape_arithmetic(runtime_repositories, exported_repository):
+    import onnx
+
+    cleaned = onnx.load(str(runtime_repositories["gpu-tensorrt"][0] / f"{NAME}_unet" / "1" / "model.onnx"))
+    raw = onnx.load(str(exported_repository[0] / "tiny_unet" / "1" / "model.onnx"))  # the cpu export
+    assert len(cleaned.graph.node) < 0.8 * len(raw.graph.node)
+    assert len(cleaned.graph.value_info) > 0  # shapes inferred for the intermediate tensors
+
+
+# -- shape profiles ------------------------------------------------------------------------------
+
+
+def _sd_spec() -> PipelineSpec:
+    return PipelineSpec(vae_scale_factor=8, vae_scaling_factor=0.18215, latent_channels=4,
+                        denoiser_in_channels=9, native_resolution=512)  # fmt: skip
+
+
+def _flux_spec() -> PipelineSpec:
+    return PipelineSpec(vae_scale_factor=8, vae_scaling_factor=0.3611, latent_channels=16,
+                        denoiser_in_channels=384, native_resolution=1024, flux=True)  # fmt: skip
+
+
+def _within(profile: ShapeProfile, shapes: dict[str, tuple[int, ...]]) -> bool:
+    return all(
+        all(low <= dim <= high for low, dim, high in zip(profile.min[n], shape, profile.max[n], strict=True))
+        for n, shape in shapes.items()
+    )
+
+
+def test_profiles_cover_every_size_and_image_count_the_controls_allow():
+    low, high = INPAINT["width"].bounds
+    unet_inputs = [TensorSpec("sample", "TYPE_FP32", (9, -1, -1)), TensorSpec("timestep", "TYPE_FP32", (1,)),
+                   TensorSpec("encoder_hidden_states", "TYPE_FP32", (77, 768))]  # fmt: skip
+    vae_inputs = [TensorSpec("sample", "TYPE_FP32", (3, -1, -1))]
+    flux_inputs = [
+        TensorSpec("hidden_states", "TYPE_FP32", (-1, 384)),
+        TensorSpec("img_ids", "TYPE_FP32", (-1, 3)),
+    ]
+    sd, flux = _sd_spec(), _flux_spec()
+    profiles = {
+        UNET: shape_profile(UNET, unet_inputs, sd),
+        VAE_ENCODER: shape_profile(VAE_ENCODER, vae_inputs, sd),
+        TRANSFORMER: shape_profile(TRANSFORMER, flux_inputs, flux),
+    }
+    # Every processing size a request can reach (explicit ones, and default sizes snapped to the
+    # size multiple for very wide images), every image count with and without guidance.
+    sides = sorted({*range(low, high + 1, 8), 8, 16, 24})
+    for (width, height), num_images, cfg in product(
+        product(sides[::7] + [high], repeat=2), (1, 2, 3, 4), (1, 2)
+    ):
+        rows = num_images * cfg
+        assert _within(profiles[UNET], {"sample": (rows, 9, height // 8, width // 8), "timestep": (rows, 1),
+                                        "encoder_hidden_states": (rows, 77, 768)})  # fmt: skip
+        assert _within(profiles[VAE_ENCODER], {"sample": (1, 3, height, width)})
+        if width % 16 == 0 and height % 16 == 0:
+            tokens = (height // 16) * (width // 16)
+            assert _within(profiles[TRANSFORMER], {"hidden_states": (num_images, tokens, 384),
+                                                   "img_ids": (num_images, tokens, 3)})  # fmt: skip
+    assert profiles[UNET].opt["sample"] == (2, 9, 64, 64)  # native 512 px, one image under guidance
+    assert profiles[TRANSFORMER].opt["hidden_states"] == (1, 4096, 384)  # FLUX at its native 1024 px
+
+
+def test_runtime_options_refuse_combinations_that_cannot_work():
+    with pytest.raises(ValueError, match="--precision fp16 needs a GPU runtime"):
+        RuntimeOptions(runtime="cpu", precision="fp16")
+    with pytest.raises(ValueError, match="needs --trt-accelerator"):
+        RuntimeOptions(runtime="gpu-onnxruntime", precision="fp16")
+    with pytest.raises(ValueError, match="--cuda-graphs is an option of --runtime gpu-torch"):
+        RuntimeOptions(runtime="gpu-tensorrt", cuda_graphs=True)
+    with pytest.raises(ValueError, match="--max-size 4096: use 64 to 2048"):
+        RuntimeOptions(runtime="gpu-tensorrt", max_side=4096)
+    with pytest.raises(ValueError, match="--runtime 'tpu'"):
+        RuntimeOptions(runtime="tpu")
+
+
+def test_cli_names_the_bad_runtime_flag(capsys, tmp_path):
+    code = cli_main(["export", "onnx", "--checkpoint", str(tmp_path), "--name", "x", "--repository",
+                     str(tmp_path / "r"), "--runtime", "cpu", "--precision", "fp16"])  # fmt: skip
+    assert code == 2
+    assert "--precision fp16 needs a GPU runtime" in capsys.readouterr().err
+
+
+# -- TensorRT build ------------------------------------------------------------------------------
+
+
+def test_export_tensorrt_refuses_clearly_without_tensorrt(runtime_repositories, capsys):
+    repository, _ = runtime_repositories["gpu-tensorrt"]
+    with pytest.raises(TensorRTUnavailable, match="needs TensorRT"):
+        build_plans(repository)
+    assert cli_main(["export", "tensorrt", "--repository", str(repository)]) == 2
+    err = capsys.readouterr().err
+    assert "TensorRT" in err and "nvcr.io/nvidia/tritonserver" in err
+    for model in repository.glob(f"{NAME}_*/1"):  # nothing half-written
+        assert not list(model.glob("*.plan")) and not list(model.glob("*.partial"))
+
+
+def test_export_tensorrt_names_a_repository_without_plan_models(exported_repository, capsys):
+    assert cli_main(["export", "tensorrt", "--repository", str(exported_repository[0])]) == 2
+    assert "no tensorrt_plan models" in capsys.readouterr().err
+
+
+# -- gpu-torch, run on the CPU -------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def torch_cpu_repository(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The gpu-torch repository with its instances on the CPU, in fp32: the same models and data path
+    (DLPack between the denoise model and torch models) as on a GPU."""
+    repository = tmp_path_factory.mktemp("torch-cpu")
+    _export(tiny_checkpoint, repository, runtime="gpu-torch", precision="fp32", gpu_instances=False)
+    return repository
+
+
+def _params(**controls: object) -> DenoiseParams:
+    return DenoiseParams.from_inputs(PROMPT, **controls)
+
+
+def test_gpu_torch_networks_in_process_match_diffusers(
+    torch_cpu_repository, reference_pipeline, scheduler_config
+):
+    """The saved networks loaded as the torch model loads them, behind the tensor runner."""
+    roles = (TEXT_ENCODER, VAE_ENCODER, VAE_DECODER, UNET)
+    modules = {role: load_network(torch_cpu_repository / f"{NAME}_{role}" / "1")[1] for role in roles}
+    names = {role: f"{NAME}_{role}" for role in roles}
+    components = RunnerComponents(
+        torch_runner({names[r]: m for r, m in modules.items()}), names, device="cpu"
+    )
+    ours = SDInpaintPipeline.from_directory(torch_cpu_repository / f"{NAME}_denoise" / "1", components)
+    image, mask = make_image(96, 64), irregular_mask(96, 64)
+    params = _params(
+        steps=6, strength=0.7, guidance_scale=7.5, seed=7, scheduler="Euler a", width=96, height=64
+    )
+    generated, _ = ours(image, mask.astype(np.float32) / 255.0, params)
+    want = diffusers_inpaint(reference_pipeline, scheduler_config, image, mask, PROMPT, "Euler a",
+                             steps=6, strength=0.7, guidance=7.5, seed=7)  # fmt: skip
+    diff = np.abs(generated[0].astype(int) - want.astype(int))
+    print(f"gpu-torch in-process vs diffusers: max {diff.max()}/255")
+    assert diff.max() <= 1
+
+
+def test_engine_side_limit_refuses_before_any_network(torch_cpu_repository):
+    ours = SDInpaintPipeline.from_directory(
+        torch_cpu_repository / f"{NAME}_denoise" / "1", RunnerComponents(None)
+    )
+    ours.max_side = 128
+    with pytest.raises(InvalidInputError, match="width: .*256x64.*up to 128 px"):
+        ours.plan(np.ones((64, 256), np.float32), _params(seed=1, width=256, height=64))
+    ours.plan(np.ones((64, 128), np.float32), _params(seed=1, width=128, height=64))  # within: planned
+
+
+@pytest.fixture(scope="module")
+def torch_cpu_server(torch_cpu_repository):
+    from tests.conftest import BUILTIN_REPOSITORY
+    from triton_inpaint.server import TritonServer, free_port
+
+    server = TritonServer([BUILTIN_REPOSITORY, torch_cpu_repository], free_port(), free_port(), free_port())
+    with server:
+        yield server
+
+
+@pytest.mark.server
+@pytest.mark.parametrize("scheduler", ["DDIM", "Euler a"])
+def test_served_gpu_torch_repository_matches_diffusers(
+    torch_cpu_server, reference_pipeline, scheduler_config, scheduler
+):
+    """Denoise model and torch models exchange torch tensors over DLPack (here in CPU memory)."""
+    from triton_inpaint.client import InpaintClient
+
+    image, mask = make_image(160, 96), irregular_mask(160, 96)
+    controls = {"steps": 8, "strength": 0.75, "guidance_scale": 7.5, "seed": 99, "scheduler": scheduler}
+    with InpaintClient(torch_cpu_server.grpc_url, "grpc") as client:
+        result = client.inpaint(
+            NAME, png_bytes(image), png_bytes(mask), PROMPT, width=160, height=96, **controls
+        )
+    want = diffusers_inpaint(reference_pipeline, scheduler_config, image, mask, PROMPT, scheduler,
+                             steps=8, strength=0.75, guidance=7.5, seed=99)  # fmt: skip
+    served = decode_rgb(result.image)
+    assert_served_parity(f"gpu-torch on CPU, {scheduler}", served, want, mask, image, tolerance=1)

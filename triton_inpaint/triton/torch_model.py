@@ -1,0 +1,53 @@
+"""A Python-backend model running one network with torch (the ``gpu-torch`` runtime): the modules
+saved in its version directory (:func:`triton_inpaint.networks.save_network`), on the GPU Triton
+placed the instance on, in the precision export chose. Inputs and outputs travel over DLPack, so a
+BLS caller on the same GPU passes device memory in and gets device memory back.
+
+Parameters: ``cuda_graphs`` ("true") compiles the module with ``torch.compile(mode="reduce-overhead")``,
+which records CUDA graphs per input shape (on GPU instances only).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+import triton_python_backend_utils as pb_utils
+
+from triton_inpaint.networks import call_network, load_network
+from triton_inpaint.triton.dlpack import finish_on, from_torch, input_tensor, instance_device
+from triton_inpaint.triton.io import execute_batched
+
+
+class TritonPythonModel:
+    def initialize(self, args: dict[str, Any]) -> None:
+        config = json.loads(args["model_config"])
+        self.input_names = [entry["name"] for entry in config["input"]]
+        self.output_names = [entry["name"] for entry in config["output"]]
+        self.batches = config.get("max_batch_size", 0) > 0
+        self.device = instance_device(args)
+        directory = Path(args["model_repository"]) / args["model_version"]
+        role, self.module = load_network(directory, self.device)
+        parameters = config.get("parameters", {})
+        if parameters.get("cuda_graphs", {}).get("string_value") == "true" and self.device.type == "cuda":
+            self.module = torch.compile(self.module, mode="reduce-overhead")
+        pb_utils.Logger.log_info(f"{args['model_name']}: {role} with torch on {self.device}")
+
+    def _run(self, batch: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+        outputs = call_network(self.module, batch, self.output_names, self.device)
+        finish_on(self.device)
+        return outputs
+
+    def execute(self, requests: list[Any]) -> list[Any]:
+        return execute_batched(
+            requests,
+            self.input_names,
+            self.output_names,
+            self.batches,
+            read=input_tensor,
+            run=self._run,
+            concat=torch.cat,
+            output=from_torch,
+        )
