@@ -10,7 +10,7 @@ from pathlib import Path
 
 from triton_inpaint.contract import DEFAULT_MAX_INFLIGHT
 from triton_inpaint.export.runtimes import PRECISIONS, RUNTIMES
-from triton_inpaint.pipeline_spec import TINY_MODELS
+from triton_inpaint.pipeline_spec import TINY_MODELS, TINY_SIZES
 
 
 def _tiny(args: argparse.Namespace) -> int:
@@ -253,10 +253,11 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
     tiny.add_argument("--seed", type=int, default=0, help="weights seed; same seed, same bytes")
     tiny.add_argument(
         "--size",
-        choices=("tiny", "small"),
+        choices=TINY_SIZES,
         default="tiny",
         help="small: an SD-1.5-shaped UNet (34 M parameters) at 256 px, whose compute dominates as "
-        "with real weights (sd15 families; for benchmarks)",
+        "with real weights (sd15 families; CPU benchmarks); full: the real SD 1.5 (512 px) or SDXL "
+        "(1024 px) architecture with random weights (GPU benchmarks; 4.3 / 10 GB)",
     )
     tiny.set_defaults(handler=_tiny)
 

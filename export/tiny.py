@@ -40,7 +40,7 @@ from transformers import (
 )
 from transformers.convert_slow_tokenizer import bytes_to_unicode
 
-from triton_inpaint.pipeline_spec import CLIPSEG, TINY_MODELS
+from triton_inpaint.pipeline_spec import CLIPSEG, TINY_MODELS, TINY_SIZES
 
 # FAMILIES: *-inpaint: 9-channel inpainting UNet (mask and masked-image latents concatenated to its
 # input). *-base: 4-channel base UNet, inpainting by blending the noised original latents every step.
@@ -48,7 +48,10 @@ from triton_inpaint.pipeline_spec import CLIPSEG, TINY_MODELS
 TINY_T5_SEQUENCE = 32  # the tiny FLUX checkpoint's T5 length (FLUX.1 Fill: 512)
 TINY_RESOLUTION = 128  # native resolution of the tiny SD 1.5 checkpoint: 16x16 latents
 SMALL_RESOLUTION = 256  # native resolution of the small one (``size="small"``): 32x32 latents
-SIZES = ("tiny", "small")
+FULL_SD15_RESOLUTION = 512
+FULL_SDXL_RESOLUTION = 1024
+SIZES = TINY_SIZES
+CLIP_VOCAB = 49408  # the real CLIP vocabulary size (our in-code tokenizer uses the first few hundred ids)
 _TOKENIZER_WORDS = [
     "a",
     "photo",
@@ -175,10 +178,77 @@ def _tiny_clip_config(tokenizer: CLIPTokenizer, projection_dim: int = 32) -> CLI
     )
 
 
-def build_sdxl(seed: int = 0, denoiser_in_channels: int = 9) -> StableDiffusionXLInpaintPipeline:
+def _full_clip_config(
+    tokenizer: CLIPTokenizer, hidden: int, layers: int, heads: int, activation: str
+) -> CLIPTextConfig:
+    """A real CLIP text tower's shape: ViT-L/14 (768 wide, 12 layers) or OpenCLIP bigG (1280, 32)."""
+    return CLIPTextConfig(
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        hidden_size=hidden,
+        intermediate_size=4 * hidden,
+        num_attention_heads=heads,
+        num_hidden_layers=layers,
+        hidden_act=activation,
+        vocab_size=CLIP_VOCAB,
+        max_position_embeddings=77,
+        projection_dim=hidden,
+    )
+
+
+def _full_vae(seed: int, scaling_factor: float, resolution: int) -> AutoencoderKL:
+    """The VAE of SD 1.5 and SDXL (84 M parameters)."""
+    torch.manual_seed(seed)
+    return AutoencoderKL(
+        block_out_channels=(128, 256, 512, 512),
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        latent_channels=4,
+        layers_per_block=2,
+        sample_size=resolution,
+        scaling_factor=scaling_factor,
+    )
+
+
+def _full_sdxl_unet(seed: int, in_channels: int) -> UNet2DConditionModel:
+    """SDXL 1.0's UNet (2.6 B parameters): three blocks, 1/2/10 transformer layers, text-time conditions."""
+    torch.manual_seed(seed)
+    return UNet2DConditionModel(
+        sample_size=FULL_SDXL_RESOLUTION // 8,
+        in_channels=in_channels,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        block_out_channels=(320, 640, 1280),
+        layers_per_block=2,
+        transformer_layers_per_block=(1, 2, 10),
+        attention_head_dim=(5, 10, 20),
+        cross_attention_dim=2048,
+        use_linear_projection=True,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=256,
+        projection_class_embeddings_input_dim=2816,  # 6 time ids x 256 + pooled bigG text (1280)
+    )
+
+
+def build_sdxl(
+    seed: int = 0, denoiser_in_channels: int = 9, size: str = "tiny"
+) -> StableDiffusionXLInpaintPipeline:
     """A tiny SDXL pipeline: two CLIP encoders (the second with a projection), a text-time UNet
-    conditioned on pooled embeddings and 6 size/crop time ids (as SDXL 1.0), the 4-block VAE."""
+    conditioned on pooled embeddings and 6 size/crop time ids (as SDXL 1.0), the 4-block VAE.
+    ``size="full"``: SDXL 1.0's architecture (ViT-L + bigG text encoders) with random weights."""
+    if size not in ("tiny", "full"):
+        raise ValueError(f"--size {size}: SDXL comes in tiny and full")
     tokenizer = build_clip_tokenizer()
+    if size == "full":
+        unet = _full_sdxl_unet(seed, denoiser_in_channels)
+        vae = _full_vae(seed, 0.13025, FULL_SDXL_RESOLUTION)
+        torch.manual_seed(seed)
+        text_encoder = CLIPTextModel(_full_clip_config(tokenizer, 768, 12, 12, "quick_gelu"))
+        torch.manual_seed(seed + 1)
+        text_encoder_2 = CLIPTextModelWithProjection(_full_clip_config(tokenizer, 1280, 32, 20, "gelu"))
+        return _sdxl_pipeline(unet, vae, text_encoder, text_encoder_2, tokenizer)
     unet = _tiny_unet(
         seed,
         denoiser_in_channels,
@@ -195,6 +265,16 @@ def build_sdxl(seed: int = 0, denoiser_in_channels: int = 9) -> StableDiffusionX
     text_encoder = CLIPTextModel(_tiny_clip_config(tokenizer))
     torch.manual_seed(seed + 1)
     text_encoder_2 = CLIPTextModelWithProjection(_tiny_clip_config(tokenizer))
+    return _sdxl_pipeline(unet, vae, text_encoder, text_encoder_2, tokenizer)
+
+
+def _sdxl_pipeline(
+    unet: UNet2DConditionModel,
+    vae: AutoencoderKL,
+    text_encoder: CLIPTextModel,
+    text_encoder_2: CLIPTextModelWithProjection,
+    tokenizer: CLIPTokenizer,
+) -> StableDiffusionXLInpaintPipeline:
     # The scheduler config of the real SDXL checkpoints.
     scheduler = EulerDiscreteScheduler.from_config(
         {
@@ -252,7 +332,21 @@ def build_sd15(
     if size not in SIZES:
         raise ValueError(f"unknown size {size!r}; choose one of: {', '.join(SIZES)}")
     tokenizer = build_clip_tokenizer()
-    if size == "small":
+    if size == "full":  # SD 1.5's own architecture: UNet 860 M, ViT-L/14 text encoder, 84 M VAE
+        torch.manual_seed(seed)
+        unet = UNet2DConditionModel(
+            sample_size=FULL_SD15_RESOLUTION // 8,
+            in_channels=denoiser_in_channels,
+            out_channels=4,
+            down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+            up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+            block_out_channels=(320, 640, 1280, 1280),
+            layers_per_block=2,
+            cross_attention_dim=768,
+            attention_head_dim=8,
+        )
+        vae = _full_vae(seed, 0.18215, FULL_SD15_RESOLUTION)
+    elif size == "small":
         unet = _small_unet(seed, denoiser_in_channels)
         torch.manual_seed(seed)
         vae = AutoencoderKL(
@@ -268,7 +362,10 @@ def build_sd15(
         unet = _tiny_unet(seed, denoiser_in_channels, cross_attention_dim=32, attention_head_dim=8)
         vae = _tiny_vae(seed, scaling_factor=0.18215)
     torch.manual_seed(seed)
-    text_encoder = CLIPTextModel(_tiny_clip_config(tokenizer))
+    if size == "full":
+        text_encoder = CLIPTextModel(_full_clip_config(tokenizer, 768, 12, 12, "quick_gelu"))
+    else:
+        text_encoder = CLIPTextModel(_tiny_clip_config(tokenizer))
     # The scheduler config of the real SD 1.5 inpainting checkpoint, ``clip_sample: false`` included:
     # every scheduler swapped in by name inherits it. It matters for tests too: DDIM's default
     # clip_sample=True makes a random-weight model chaotic (a 1e-7 change in one UNet output moves the
@@ -412,8 +509,12 @@ def write_tiny_checkpoint(family: str, out: Path, seed: int = 0, size: str = "ti
     (SD 1.5 families only) writes the benchmark's SD-1.5-shaped model."""
     if family not in TINY_MODELS:
         raise ValueError(f"unknown family {family!r}; choose one of: {', '.join(TINY_MODELS)}")
-    if size != "tiny" and not family.startswith("sd15"):
-        raise ValueError(f"--size {size}: only the sd15 families come in other sizes")
+    if size not in SIZES:
+        raise ValueError(f"unknown size {size!r}; choose one of: {', '.join(SIZES)}")
+    if size == "small" and not family.startswith("sd15"):
+        raise ValueError("--size small: only the sd15 families come in that size")
+    if size == "full" and not family.startswith(("sd15", "sdxl")):
+        raise ValueError("--size full: the sd15 and sdxl families come in that size")
     if family == CLIPSEG:
         model, processor = build_clipseg(seed)
         out.mkdir(parents=True, exist_ok=True)
@@ -425,7 +526,7 @@ def write_tiny_checkpoint(family: str, out: Path, seed: int = 0, size: str = "ti
     else:
         channels = 9 if family.endswith("-inpaint") else 4
         if family.startswith("sdxl"):
-            pipeline = build_sdxl(seed, denoiser_in_channels=channels)
+            pipeline = build_sdxl(seed, denoiser_in_channels=channels, size=size)
         else:
             pipeline = build_sd15(seed, denoiser_in_channels=channels, size=size)
     out.mkdir(parents=True, exist_ok=True)

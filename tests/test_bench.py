@@ -49,3 +49,26 @@ def test_quick_bench_writes_every_figure(tmp_path):
     # The perf_analyzer input it wrote is the documented format: BYTES as length-prefixed base64.
     data = json.loads((out / "perf_input_benchtiny.json").read_text())["data"][0]
     assert set(data["image"]) == {"b64", "shape"} and data["prompt"]["content"] == ["a red brick wall"]
+
+
+def test_bench_gpu_runs_its_code_on_the_cpu(tmp_path):
+    """``bench-gpu --device cpu --size tiny``: the GPU benchmark's whole path (full-size checkpoints
+    aside) with a real Triton serving the gpu-torch repository; its figures say nothing about GPUs."""
+    out = tmp_path / "out"
+    done = subprocess.run(
+        [sys.executable, "-m", "triton_inpaint.cli", "bench-gpu", "--device", "cpu", "--size", "tiny",
+         "--steps", "2", "--rounds", "1", "--out", str(out), "--work", str(tmp_path / "work")],
+        capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    results = json.loads((out / "bench-gpu.json").read_text())
+    assert results["device"] == "cpu" and results["machine"]["gpu"] is None
+    assert set(results["median_s"]) == {"diffusers_fp16", "ours_in_process", "served_grpc"}
+    assert all(_finite_positive(value) for value in results["median_s"].values())
+    assert all(_finite_positive(value) for value in results["ratios"].values())
+    assert all(_finite_positive(value) for value in results["unet_step_ms"].values())
+    # fp32 on the CPU: the served gpu-torch models give diffusers' image; the input comes back outside.
+    parity = results["parity_fp32_served_vs_diffusers"]
+    assert parity["inside_max_255"] <= 1 and parity["outside_exact"]
+    report = (out / "bench-gpu.md").read_text()
+    assert "served / in-process" in report and "outside exact: True" in report

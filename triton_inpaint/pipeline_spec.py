@@ -16,6 +16,9 @@ SPEC_FILE = "pipeline.json"
 FAMILIES = ("sd15-inpaint", "sd15-base", "sdxl-inpaint", "sdxl-base", "flux-fill")
 CLIPSEG = "clipseg"  # not a pipeline family: the text-segmentation model behind mask prompts
 TINY_MODELS = (*FAMILIES, CLIPSEG)  # what ``export tiny`` builds
+# tiny: the test models; small: an SD-1.5-shaped UNet at 256 px (CPU benchmarks); full: the real SD 1.5
+# or SDXL architecture with random weights, so GPU timings are honest without downloading weights.
+TINY_SIZES = ("tiny", "small", "full")
 
 
 @dataclass(frozen=True)
