@@ -78,6 +78,7 @@ def _tensorrt(args: argparse.Namespace) -> int:
             args.repository,
             timing_cache=args.timing_cache,
             workspace_gib=args.workspace_gib,
+            rebuild=args.rebuild,
             log=lambda m: print(m, flush=True),
         )
     except TensorRTUnavailable as exc:
@@ -310,6 +311,11 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
     )
     tensorrt.add_argument(
         "--workspace-gib", type=float, default=None, help="TensorRT's workspace limit (default: TensorRT's)"
+    )
+    tensorrt.add_argument(
+        "--rebuild",
+        action="store_true",
+        help="build every plan again (default: only models with no plan for this GPU's compute capability)",
     )
     tensorrt.set_defaults(handler=_tensorrt)
 

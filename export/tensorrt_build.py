@@ -85,9 +85,11 @@ def build_plans(
     repository: Path,
     timing_cache: Path | None = None,
     workspace_gib: float | None = None,
+    rebuild: bool = False,
     log: Callable[[str], None] = print,
 ) -> list[BuiltPlan]:
-    """Build a plan for this GPU for every TensorRT model of ``repository``."""
+    """Build a plan for this GPU for every TensorRT model of ``repository`` that has none for its
+    compute capability yet (all of them with ``rebuild``): a pod's init step can run it at every start."""
     models = tensorrt_plan_models(repository)
     if not models:
         raise ValueError(
@@ -110,6 +112,11 @@ def build_plans(
     built = []
     for number, model_dir in enumerate(models, 1):
         started = time.monotonic()
+        existing = _registered_plan(model_dir, capability)
+        if existing is not None and not rebuild:
+            log(f"[{number}/{len(models)}] {model_dir.name}: {existing.name} is already built")
+            built.append(BuiltPlan(model_dir.name, capability, existing, 0.0))
+            continue
         log(f"[{number}/{len(models)}] {model_dir.name}: building for compute capability {capability} ...")
         described = json.loads((model_dir / PROFILE_FILE).read_text())
         shapes = ShapeProfile.from_json(described)
@@ -136,6 +143,13 @@ def build_plans(
         built.append(BuiltPlan(model_dir.name, capability, target, time.monotonic() - started))
         log(f"      {target.name}: {target.stat().st_size / 2**20:.0f} MiB in {built[-1].seconds:.0f} s")
     return built
+
+
+def _registered_plan(model_dir: Path, capability: str) -> Path | None:
+    config = text_format.Parse((model_dir / "config.pbtxt").read_text(), mc.ModelConfig())
+    filename = config.cc_model_filenames.get(capability)
+    path = model_dir / "1" / filename if filename else None
+    return path if path is not None and path.is_file() else None
 
 
 def _register_plan(model_dir: Path, capability: str, filename: str) -> None:

@@ -50,6 +50,16 @@ MATRIX: dict[str, dict[str, Any]] = {
             "memoryBudget": "6GiB",
         },
     },
+    "gpu-tensorrt: the export job's runtime, engines built by each pod": {
+        "triton": {
+            "runtime": "gpu-tensorrt",
+            "export": {
+                "enabled": True,
+                "registry": '[[models]]\nid = "local:tiny@1"\n',
+                "args": ["--max-size=1024"],
+            },
+        },
+    },
     "no gateway, no network policy, no disruption budgets": {
         "gateway": {"enabled": False},
         "networkPolicy": {"enabled": False},
@@ -252,3 +262,39 @@ def test_shm_and_gpu_wiring():
     cpu = render({"triton": {"gpu": {"enabled": False}}})
     container = _one(cpu, "Deployment", "triton")["spec"]["template"]["spec"]["containers"][0]
     assert "nvidia.com/gpu" not in container["resources"].get("limits", {})
+
+
+def _export_args(docs: list[dict]) -> list[str]:
+    (job,) = [d for d in docs if d["kind"] == "Job"]
+    return job["spec"]["template"]["spec"]["containers"][0]["args"]
+
+
+def test_the_export_job_exports_for_the_runtime_the_pods_serve():
+    registry = {"enabled": True, "registry": '[[models]]\nid = "local:tiny@1"\n'}
+    gpu = render({"triton": {"export": registry}})
+    assert "--runtime=gpu-torch" in _export_args(gpu)  # the default on GPU pods
+    assert "--instance-kind=cpu" not in _export_args(gpu)
+    assert "initContainers" not in _one(gpu, "Deployment", "triton")["spec"]["template"]["spec"]
+    cpu = render({"triton": {"export": registry, "gpu": {"enabled": False}}})
+    assert "--runtime=cpu" in _export_args(cpu) and "--instance-kind=cpu" in _export_args(cpu)
+    chosen = render(
+        {"triton": {"runtime": "gpu-onnxruntime", "export": {**registry, "args": ["--trt-accelerator"]}}}
+    )
+    assert _export_args(chosen)[-2:] == ["--runtime=gpu-onnxruntime", "--trt-accelerator"]
+
+
+def test_gpu_tensorrt_pods_build_their_engines_before_serving():
+    docs = render(MATRIX["gpu-tensorrt: the export job's runtime, engines built by each pod"])
+    assert _export_args(docs)[-2:] == ["--runtime=gpu-tensorrt", "--max-size=1024"]
+    spec = _one(docs, "Deployment", "triton")["spec"]["template"]["spec"]
+    (init,) = spec["initContainers"]
+    assert init["command"] == ["triton-inpaint"] and init["args"][:2] == ["export", "tensorrt"]
+    assert init["resources"]["limits"]["nvidia.com/gpu"] == 1  # built on the GPU that will run them
+    assert {"name": "models", "mountPath": "/models"} in init["volumeMounts"]  # writable there
+    (triton,) = spec["containers"]
+    assert {"name": "models", "mountPath": "/models", "readOnly": True} in triton["volumeMounts"]
+    (models,) = [v for v in spec["volumes"] if v["name"] == "models"]
+    assert "readOnly" not in models["persistentVolumeClaim"]
+    # From an object store Triton reads the plans as they are: no init container writes there.
+    s3 = render(_merge(MATRIX["keda, s3, service monitor"], {"triton": {"runtime": "gpu-tensorrt"}}))
+    assert "initContainers" not in _one(s3, "Deployment", "triton")["spec"]["template"]["spec"]

@@ -366,3 +366,25 @@ def test_served_gpu_torch_repository_matches_diffusers(
                              steps=8, strength=0.75, guidance=7.5, seed=99)  # fmt: skip
     served = decode_rgb(result.image)
     assert_served_parity(f"gpu-torch on CPU, {scheduler}", served, want, mask, image, tolerance=1)
+
+
+def test_built_plans_are_registered_per_compute_capability(tmp_path):
+    """The config side of ``export tensorrt`` (the engine build itself needs TensorRT and a GPU): each
+    plan is added under its compute capability, the first one is also the default, and a model whose
+    plan for this GPU exists is found built (so a pod's init step rebuilds nothing)."""
+    from triton_inpaint.export.tensorrt_build import _register_plan, _registered_plan, plan_filename
+
+    model = tmp_path / "rt_unet"
+    (model / "1").mkdir(parents=True)
+    config = mc.ModelConfig(name="rt_unet", platform="tensorrt_plan", max_batch_size=8)
+    (model / "config.pbtxt").write_text(text_format.MessageToString(config))
+    assert _registered_plan(model, "9.0") is None
+    for capability in ("9.0", "8.9"):
+        (model / "1" / plan_filename(capability)).write_bytes(b"plan")
+        _register_plan(model, capability, plan_filename(capability))
+    written = _config(tmp_path, "rt_unet")
+    assert dict(written.cc_model_filenames) == {"9.0": "model.sm90.plan", "8.9": "model.sm89.plan"}
+    assert written.default_model_filename == "model.sm90.plan"
+    assert _registered_plan(model, "8.9") == model / "1" / "model.sm89.plan"
+    (model / "1" / "model.sm89.plan").unlink()
+    assert _registered_plan(model, "8.9") is None  # registered but missing: built again

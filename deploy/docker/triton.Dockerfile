@@ -24,8 +24,19 @@ COPY export /src/export
 COPY client /src/client
 COPY gateway /src/gateway
 COPY model_repository /src/model_repository
-# torch only runs the schedulers' tensor maths here: its CPU build keeps the image gigabytes smaller.
-RUN pip install --no-cache-dir --extra-index-url https://download.pytorch.org/whl/cpu "/src[server]" \
+# Which torch build: the CPU one (default) when torch only runs the schedulers' tensor maths (the cpu
+# runtime), which keeps the image gigabytes smaller. The GPU runtimes need a CUDA 12 build (the
+# container's CUDA): the denoise model keeps its tensors on the GPU, and gpu-torch runs the networks, e.g.
+#   --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cu126
+ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+# `export tensorrt` builds engines inside this image on the serving GPU: it needs TensorRT's Python
+# bindings of the container's TensorRT (10.5 in 24.10), from NVIDIA's package index, e.g.
+#   --build-arg TENSORRT_VERSION=10.5.0
+ARG TENSORRT_VERSION=""
+RUN pip install --no-cache-dir --extra-index-url "$TORCH_INDEX_URL" "/src[server]" \
+    && if [ -n "$TENSORRT_VERSION" ]; then \
+        pip install --no-cache-dir --extra-index-url https://pypi.nvidia.com "tensorrt-cu12==$TENSORRT_VERSION"; \
+    fi \
     && rm -rf /src
 
 # NVIDIA's Python backend runs its stub with the interpreter the stub was built for (3.10). The

@@ -58,3 +58,17 @@ app.kubernetes.io/component: {{ .component }}
 {{- define "triton-inpaint.requestModels" -}}
 model=~"inpaint_.+",model!~"inpaint_(pre|post)process"
 {{- end -}}
+
+{{/* The runtime the exported networks run on (docs/runtimes.md): triton.runtime, else gpu-torch on GPU
+pods and cpu on CPU pods. */}}
+{{- define "triton-inpaint.runtime" -}}
+{{- $t := .Values.triton -}}
+{{- $t.runtime | default (ternary "gpu-torch" "cpu" $t.gpu.enabled) -}}
+{{- end -}}
+
+{{/* Whether Triton pods build TensorRT plans for their GPU before serving (an init container). */}}
+{{- define "triton-inpaint.buildsEngines" -}}
+{{- if and (eq (include "triton-inpaint.runtime" .) "gpu-tensorrt") (eq .Values.triton.modelRepository.type "pvc") .Values.triton.gpu.enabled -}}
+true
+{{- end -}}
+{{- end -}}
