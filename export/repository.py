@@ -42,6 +42,7 @@ from triton_inpaint.export.onnx_export import (
 from triton_inpaint.export.runtimes import (
     PROFILE_FILE,
     RuntimeOptions,
+    add_tensors,
     denoise_runtime_parameters,
     network_config,
     shape_profile,
@@ -105,16 +106,6 @@ def runtime_options(options: ExportOptions) -> RuntimeOptions:
         cuda_graphs=options.cuda_graphs,
         max_side=options.max_side,
     )
-
-
-def add_tensors(target: object, specs: Iterable[TensorSpec]) -> None:
-    for spec in specs:
-        entry = target.add()
-        entry.name = spec.name
-        entry.data_type = mc.DataType.Value(spec.data_type)
-        entry.dims.extend(spec.dims)
-        if spec.optional and hasattr(entry, "optional"):
-            entry.optional = True
 
 
 def write_config(model_dir: Path, config: mc.ModelConfig) -> None:

@@ -15,6 +15,7 @@ knows which one runs its networks); only the network models' backend, placement 
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from tritonclient.grpc import model_config_pb2 as mc
@@ -157,12 +158,14 @@ class RuntimeOptions:
         return self.runtime in GPU_RUNTIMES
 
 
-def _add_tensors(target: object, specs: list[TensorSpec]) -> None:
+def add_tensors(target: object, specs: Iterable[TensorSpec]) -> None:
     for spec in specs:
         entry = target.add()
         entry.name = spec.name
         entry.data_type = mc.DataType.Value(spec.data_type)
         entry.dims.extend(spec.dims)
+        if spec.optional and hasattr(entry, "optional"):
+            entry.optional = True
 
 
 def network_config(
@@ -184,8 +187,8 @@ def network_config(
         config.backend = "tensorrt"
     else:
         config.backend = "python"
-    _add_tensors(config.input, inputs)
-    _add_tensors(config.output, outputs)
+    add_tensors(config.input, inputs)
+    add_tensors(config.output, outputs)
     group = config.instance_group.add()
     group.kind = options.kind
     denoiser = role in DENOISERS

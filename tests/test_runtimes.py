@@ -388,3 +388,36 @@ def test_built_plans_are_registered_per_compute_capability(tmp_path):
     assert _registered_plan(model, "8.9") == model / "1" / "model.sm89.plan"
     (model / "1" / "model.sm89.plan").unlink()
     assert _registered_plan(model, "8.9") is None  # registered but missing: built again
+
+
+@pytest.mark.parametrize("family", ["sdxl-inpaint", "flux-fill"])
+def test_gpu_torch_saves_every_family_and_reloads_the_same_networks(
+    family, sdxl_checkpoints, flux_checkpoint, tmp_path
+):
+    """SDXL (two CLIPs, one with a projection) and FLUX Fill (CLIP pooled, T5, the transformer): the
+    networks the torch model loads give exactly the images of the modules they were saved from."""
+    from diffusers import FluxFillPipeline, StableDiffusionXLInpaintPipeline
+
+    from triton_inpaint.components import TorchComponents, network_tensors
+    from triton_inpaint.flux_fill import FluxFillInpaintPipeline
+
+    checkpoint = flux_checkpoint if family == "flux-fill" else sdxl_checkpoints[family]
+    checks = _export(checkpoint, tmp_path, runtime="gpu-torch", precision="fp32", gpu_instances=False)
+    assert all(check.max_abs_diff == 0.0 for check in checks), checks  # fp32 weights: bit for bit
+    directory = tmp_path / f"{NAME}_denoise" / "1"
+    spec = PipelineSpec.load(directory)
+    names = {role: f"{NAME}_{role}" for role in network_tensors(spec.architecture)}
+    modules = {name: load_network(tmp_path / name / "1")[1] for name in names.values()}
+    loaded = RunnerComponents(torch_runner(modules), names, spec.architecture, "cpu")
+    if family == "flux-fill":
+        pipeline_class, reference = FluxFillInpaintPipeline, FluxFillPipeline.from_pretrained(checkpoint)
+    else:
+        pipeline_class = SDInpaintPipeline
+        reference = StableDiffusionXLInpaintPipeline.from_pretrained(checkpoint, add_watermarker=False)
+    ours = pipeline_class.from_directory(directory, loaded)
+    original = pipeline_class.from_directory(directory, TorchComponents(reference))
+    image, mask = make_image(96, 64), irregular_mask(96, 64).astype(np.float32) / 255.0
+    params = _params(steps=3, seed=5, width=96, height=64)
+    got, _ = ours(image, mask, params)
+    want, _ = original(image, mask, params)
+    assert np.array_equal(got, want)

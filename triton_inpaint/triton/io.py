@@ -137,6 +137,14 @@ def send_final(request: Any, response: Any) -> None:
     request.get_response_sender().send(response, flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
 
 
+def network_signature(config: dict[str, Any]) -> tuple[list[str], list[str], bool]:
+    """A network model's (input names, output names, whether it batches) from its config; graphs with
+    a fixed batch of 1 (``max_batch_size`` 0, e.g. the detectors) run one request at a time."""
+    inputs = [entry["name"] for entry in config["input"]]
+    outputs = [entry["name"] for entry in config["output"]]
+    return inputs, outputs, config.get("max_batch_size", 0) > 0
+
+
 def execute_batched(
     requests: list[Any],
     input_names: list[str],

@@ -17,16 +17,13 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from triton_inpaint.ort_sessions import open_session
-from triton_inpaint.triton.io import config_parameter, execute_batched
+from triton_inpaint.triton.io import config_parameter, execute_batched, network_signature
 
 
 class TritonPythonModel:
     def initialize(self, args: dict[str, Any]) -> None:
         config = json.loads(args["model_config"])
-        self.input_names = [entry["name"] for entry in config["input"]]
-        # Graphs with a fixed batch of 1 (max_batch_size 0, e.g. the detectors) run one request a time.
-        self.batches = config.get("max_batch_size", 0) > 0
-        self.output_names = [entry["name"] for entry in config["output"]]
+        self.input_names, self.output_names, self.batches = network_signature(config)
         path = Path(args["model_repository"]) / args["model_version"] / "model.onnx"
         self.session = open_session(path, config_parameter(config, "ort_threads", 0))
 

@@ -18,15 +18,13 @@ import triton_python_backend_utils as pb_utils
 
 from triton_inpaint.networks import call_network, load_network
 from triton_inpaint.triton.dlpack import finish_on, from_torch, input_tensor, instance_device
-from triton_inpaint.triton.io import execute_batched
+from triton_inpaint.triton.io import execute_batched, network_signature
 
 
 class TritonPythonModel:
     def initialize(self, args: dict[str, Any]) -> None:
         config = json.loads(args["model_config"])
-        self.input_names = [entry["name"] for entry in config["input"]]
-        self.output_names = [entry["name"] for entry in config["output"]]
-        self.batches = config.get("max_batch_size", 0) > 0
+        self.input_names, self.output_names, self.batches = network_signature(config)
         self.device = instance_device(args)
         directory = Path(args["model_repository"]) / args["model_version"]
         role, self.module = load_network(directory, self.device)
