@@ -298,3 +298,13 @@ def test_gpu_tensorrt_pods_build_their_engines_before_serving():
     # From an object store Triton reads the plans as they are: no init container writes there.
     s3 = render(_merge(MATRIX["keda, s3, service monitor"], {"triton": {"runtime": "gpu-tensorrt"}}))
     assert "initContainers" not in _one(s3, "Deployment", "triton")["spec"]["template"]["spec"]
+
+
+def test_gpu_pods_size_tritons_cuda_memory_pool_for_every_gpu():
+    """GPU tensors between the denoise model and the networks pass through Triton's CUDA pool."""
+    args = _one(render({"triton": {"gpu": {"count": 2}}}), "Deployment", "triton")["spec"]["template"]["spec"]
+    args = args["containers"][0]["args"]
+    pools = [a for a in args if "cuda-memory-pool-byte-size" in a]
+    assert pools == [f"--triton-arg=--cuda-memory-pool-byte-size={gpu}:536870912" for gpu in (0, 1)]
+    cpu = _one(render({"triton": {"gpu": {"enabled": False}}}), "Deployment", "triton")
+    assert not [a for a in cpu["spec"]["template"]["spec"]["containers"][0]["args"] if "cuda-memory" in a]
