@@ -1,7 +1,13 @@
 import pytest
 
 from triton_inpaint.errors import InvalidInputError
-from triton_inpaint.params import DEFAULT_STEPS, DEFAULT_STRENGTH, SEED_RANGE, DenoiseParams
+from triton_inpaint.params import (
+    DEFAULT_STEPS,
+    DEFAULT_STRENGTH,
+    RANDOM_SEED_LIMIT,
+    SEED_RANGE,
+    DenoiseParams,
+)
 
 
 def test_defaults_and_random_seed():
@@ -12,6 +18,15 @@ def test_defaults_and_random_seed():
     assert SEED_RANGE[0] <= params.seed <= SEED_RANGE[1]
     seeds = {DenoiseParams.from_inputs("a cat").seed for _ in range(3)} | {params.seed}
     assert len(seeds) > 1, "absent seeds must be drawn at random"
+
+
+def test_drawn_seeds_survive_javascripts_json_numbers():
+    """A drawn seed (and each image's seed after it) is below 2^53, so JSON.parse in a JS client keeps
+    it exactly and a replay gives the same image; an explicit seed may use the whole range."""
+    for _ in range(200):
+        params = DenoiseParams.from_inputs("a cat", num_images=4)
+        assert all(seed < RANDOM_SEED_LIMIT and float(seed) == seed for seed in params.seeds)
+    assert DenoiseParams.from_inputs("a cat", seed=SEED_RANGE[1]).seed == 2**63 - 1
 
 
 @pytest.mark.parametrize(

@@ -24,10 +24,16 @@ DEFAULT_GUIDANCE = 7.0
 _DENOISE_NAMES = frozenset(control.name for control in INPAINT.at(DENOISE))
 
 
+# Drawn seeds stay below 2^53, the largest integer a JSON number keeps exactly in JavaScript (and so in
+# every JSON client): a JS caller who replays a returned seed must get the same image. A seed the
+# caller sends may use the whole range.
+RANDOM_SEED_LIMIT = 2**53
+
+
 def random_seed(count: int = 1) -> int:
-    """A fresh seed for requests that did not send one (room left for ``count`` consecutive seeds);
-    returned to the caller so the request can be replayed."""
-    return secrets.randbelow(SEED_MAX - count + 2)
+    """A fresh seed for requests that did not send one (room left for ``count`` consecutive seeds, all
+    below :data:`RANDOM_SEED_LIMIT`); returned to the caller so the request can be replayed."""
+    return secrets.randbelow(RANDOM_SEED_LIMIT - count + 1)
 
 
 @dataclass(frozen=True)
