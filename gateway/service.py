@@ -138,8 +138,11 @@ class TaskRunner:
 
     def image_upload(self, task: ImageUploadTask, base_url: str) -> list[dict[str, Any]]:
         data = self.image(task.image, "image")  # decoded once there: a corrupt file is refused now
-        (image_uuid,) = self.store([(data, image_extension(data))])
-        return [{"taskType": task.taskType, "taskUUID": task.taskUUID, "imageUUID": image_uuid}]
+        ext = image_extension(data)
+        (image_uuid,) = self.store([(data, ext)])
+        # imageUUID to use in later tasks, and imageURL as the hosted API answers (its SDKs read it).
+        item = {"taskType": task.taskType, "taskUUID": task.taskUUID}
+        return [item | output_fields("image", image_uuid, data, ext, "URL", base_url)]
 
     def image_inference(self, task: ImageInferenceTask, base_url: str) -> list[dict[str, Any]]:
         _one_of(task, tuple(INFERENCE_FIELDS[name] for name in MASK_SOURCES))

@@ -96,6 +96,16 @@ def upload(gateway, data):
     return body["data"][0]["imageUUID"]
 
 
+def test_image_upload_answers_the_url_the_hosted_apis_sdks_read(gateway):
+    data = png_bytes(IMAGE)
+    status, body = run(gateway, task("imageUpload", image=b64(data)))
+    assert status == 200, body
+    (item,) = body["data"]
+    assert item["imageURL"] == f"{gateway.url}/images/{item['imageUUID']}.png"
+    status, _, stored = gateway.request("GET", item["imageURL"].removeprefix(gateway.url))
+    assert status == 200 and stored == data
+
+
 def stored_count(gateway):
     return len(list((gateway.data / "images").glob("*")))
 
