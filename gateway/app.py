@@ -10,12 +10,13 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from fastapi import Body, FastAPI, Request
+from fastapi import Body, FastAPI, Request, WebSocket
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from pydantic import ValidationError
+from starlette.requests import HTTPConnection
 
 from triton_inpaint.client import InpaintClient
 
@@ -28,6 +29,7 @@ from .limits import KeyLimits
 from .service import AsyncInpainting, GatewayConfig, TaskFailed, TaskRunner, Unavailable, logger
 from .storage import IMAGE_EXTENSIONS, LocalStorage, Storage, TaskRecord
 from .tasks import TASK_TYPES, EdenTaskRequest, field_errors, quoted
+from .websocket import TaskSocket
 
 MAX_TASKS = 16  # tasks in one POST /v1
 
@@ -78,16 +80,38 @@ def create_app(config: GatewayConfig, storage: Storage | None = None) -> FastAPI
         # FastAPI's 422 would describe (and echo) the body; the reference answers 400 naming it.
         return _errors(400, _error("body: is not valid JSON; send a JSON array of tasks", "body"))
 
-    def base_url(request: Request) -> str:
+    def base_url(request: HTTPConnection) -> str:
         """Where result URLs point: ``--public-url``, else the request's own host when it is one the
         gateway trusts (``--trusted-host``), else the address it listens on: never a Host header an
-        arbitrary caller chose."""
+        arbitrary caller chose. A WebSocket's results are fetched over HTTP(S)."""
         if config.public_url:
             return config.public_url.rstrip("/")
         host = request.headers.get("host", "").lower()
         if host in trusted_hosts:
-            return f"{request.url.scheme}://{host}"
+            scheme = {"ws": "http", "wss": "https"}.get(request.url.scheme, request.url.scheme)
+            return f"{scheme}://{host}"
         return config.listen_url.rstrip("/")
+
+    def parse_task(raw: Any) -> tuple[Any, list[dict]]:
+        """One task object of a ``/v1`` body or WebSocket message: (the validated task, no errors), or
+        (None, its errors, each naming the field)."""
+        if not isinstance(raw, dict):
+            return None, [_error("each task must be a JSON object", "body")]
+        # Echoed in errors only when it is a UUID: anything else is the caller's raw input.
+        task_uuid = raw.get("taskUUID")
+        task_uuid = task_uuid if isinstance(task_uuid, str) and UUID_PATTERN.match(task_uuid) else None
+        task_type = raw.get("taskType")
+        schema = TASK_TYPES.get(task_type) if isinstance(task_type, str) else None
+        if schema is None:
+            message = f"taskType: must be one of {', '.join(TASK_TYPES)}, got {quoted(task_type)}"
+            return None, [_error(message, "taskType", task_uuid)]
+        try:
+            return schema.model_validate(raw), []
+        except ValidationError as exc:
+            return None, [
+                _error(f"{name}: {message}", name, task_uuid, task_type=task_type)
+                for name, message in field_errors(schema, exc)
+            ]
 
     async def run_one(task: Any, url: str) -> tuple[list[dict], dict | None, int]:
         """(items, error, status): status 200, 400 (refused), 500 (failed on the server) or 503."""
@@ -99,15 +123,16 @@ def create_app(config: GatewayConfig, storage: Storage | None = None) -> FastAPI
         except TaskFailed as exc:
             failed = exc.code == "inferenceFailed"
             tasks_total.labels(task.taskType, "failed" if failed else "refused").inc()
-            return [], _error(exc.message, exc.parameter, task.taskUUID, exc.code), 500 if failed else 400
+            error = _error(exc.message, exc.parameter, task.taskUUID, exc.code, task.taskType)
+            return [], error, 500 if failed else 400
         except Unavailable as exc:
             tasks_total.labels(task.taskType, "unavailable").inc()
-            return [], _error(str(exc), None, task.taskUUID, "serviceUnavailable"), 503
+            return [], _error(str(exc), None, task.taskUUID, "serviceUnavailable", task.taskType), 503
         except Exception as exc:  # noqa: BLE001 - one task's bug must not take the others' answers down
             logger.exception("task %s failed", task.taskUUID)
             tasks_total.labels(task.taskType, "failed").inc()
             message = f"internal error: {type(exc).__name__}"
-            return [], _error(message, None, task.taskUUID, "internalError"), 500
+            return [], _error(message, None, task.taskUUID, "internalError", task.taskType), 500
         finally:
             task_seconds.labels(task.taskType).observe(time.monotonic() - started)
 
@@ -139,30 +164,10 @@ def create_app(config: GatewayConfig, storage: Storage | None = None) -> FastAPI
             return _errors(400, _error(f"send 1-{MAX_TASKS} tasks in a JSON array", "body"))
         valid, errors = [], []
         for raw in items:
-            if not isinstance(raw, dict):
-                errors.append(_error("each task must be a JSON object", "body"))
-                continue
-            # Echoed in errors only when it is a UUID: anything else is the caller's raw input.
-            task_uuid = raw.get("taskUUID")
-            task_uuid = task_uuid if isinstance(task_uuid, str) and UUID_PATTERN.match(task_uuid) else None
-            task_type = raw.get("taskType")
-            schema = TASK_TYPES.get(task_type) if isinstance(task_type, str) else None
-            if schema is None:
-                errors.append(
-                    _error(
-                        f"taskType: must be one of {', '.join(TASK_TYPES)}, got {quoted(task_type)}",
-                        "taskType",
-                        task_uuid,
-                    )
-                )
-                continue
-            try:
-                valid.append(schema.model_validate(raw))
-            except ValidationError as exc:
-                errors.extend(
-                    _error(f"{name}: {message}", name, task_uuid)
-                    for name, message in field_errors(schema, exc)
-                )
+            task, problems = parse_task(raw)
+            errors.extend(problems)
+            if task is not None:
+                valid.append(task)
         outcomes = await asyncio.gather(*(run_one(task, base_url(request)) for task in valid))
         data = [item for items, _, _ in outcomes for item in items]
         errors.extend(error for _, error, _ in outcomes if error is not None)
@@ -175,6 +180,12 @@ def create_app(config: GatewayConfig, storage: Storage | None = None) -> FastAPI
         if 503 in statuses:
             return JSONResponse(content, status_code=503, headers={"Retry-After": "5"})
         return JSONResponse(content, status_code=500 if 500 in statuses else 400)
+
+    @app.websocket("/v1")
+    async def task_socket(websocket: WebSocket) -> None:
+        """The same tasks over the hosted API's WebSocket protocol (gateway/websocket.py)."""
+        socket = TaskSocket(websocket, config.keys, limits, parse_task, run_one, base_url(websocket))
+        await socket.serve()
 
     @app.post("/v2/tasks/create", summary="Create an async inpainting task (Eden-style); returns its id")
     async def create_task(request: Request, body: Annotated[Any, Body()]) -> Response:

@@ -45,7 +45,14 @@ def _serve(args: argparse.Namespace) -> int:
     )
     server = uvicorn.Server(
         uvicorn.Config(
-            create_app(config), host=args.host, port=args.port, log_level="warning", access_log=False
+            create_app(config),
+            host=args.host,
+            port=args.port,
+            log_level="warning",
+            access_log=False,
+            # A WebSocket message is held to the same cap as a request body (uvicorn closes the
+            # connection with 1009 on a larger frame, before it is buffered whole).
+            ws_max_size=config.max_body_bytes,
         )
     )
 

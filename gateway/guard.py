@@ -40,14 +40,21 @@ class AsciiJSONResponse(JSONResponse):
 
 
 def error_item(
-    message: str, parameter: str | None = None, task_uuid: str | None = None, code: str = "invalidParameter"
+    message: str,
+    parameter: str | None = None,
+    task_uuid: str | None = None,
+    code: str = "invalidParameter",
+    task_type: str | None = None,
 ) -> dict[str, Any]:
-    """One entry of an ``errors`` list, in the reference's shape."""
+    """One entry of an ``errors`` list, in the reference's shape (its SDKs route an error to the call
+    that made the task by ``taskUUID`` and ``taskType``)."""
     item: dict[str, Any] = {"code": code, "message": message}
     if parameter is not None:
         item["parameter"] = parameter
     if task_uuid is not None:
         item["taskUUID"] = task_uuid
+    if task_type is not None:
+        item["taskType"] = task_type
     return item
 
 

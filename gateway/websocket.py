@@ -1,0 +1,166 @@
+"""The hosted API's WebSocket protocol at ``/v1``, as its official SDKs speak it.
+
+The client sends JSON arrays of tasks and the server answers JSON objects (``{"data": [...]}`` or
+``{"errors": [...]}``): each task's results in their own frame as soon as that task finishes,
+correlated by ``taskUUID``, so a slow inpainting never holds back a quick upload or a ping.
+
+- The upgrade carries no key. The first task is ``authentication`` with ``apiKey`` (and
+  ``connectionSessionUUID`` when the SDK resumes). The answer is a ``data`` item with
+  ``taskType: "authentication"`` and the session's UUID. A wrong key gets an ``errors`` item with
+  ``taskType: "authentication"`` and code ``invalidApiKey``, and the connection stays open, as the
+  SDKs expect.
+- ``ping`` tasks get ``pong`` at once, also while tasks run.
+- Every other task goes through the same parsing, limits, runner and error shapes as ``POST /v1``.
+  One bad task gets its own ``errors`` frame and never closes the connection or fails the others.
+- A message is capped at the gateway's body limit (uvicorn refuses larger frames), and results
+  default to URLs, as over REST.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
+
+from .guard import error_item
+from .images import UUID_PATTERN
+from .limits import KeyLimits, matching_key
+
+# run(task, base_url) -> (items, error item or None, HTTP-like status): the REST route's runner.
+RunTask = Callable[[Any, str], Awaitable[tuple[list[dict], dict | None, int]]]
+# parse(raw) -> (task or None, error items): the REST route's validation of one task object.
+ParseTask = Callable[[Any], tuple[Any, list[dict]]]
+
+
+class TaskSocket:
+    """One WebSocket connection: its authentication, its frames, the tasks it has in flight."""
+
+    def __init__(
+        self,
+        websocket: WebSocket,
+        keys: frozenset[str],
+        limits: KeyLimits,
+        parse: ParseTask,
+        run: RunTask,
+        base_url: str,
+    ) -> None:
+        self.websocket = websocket
+        self.keys = keys
+        self.limits = limits
+        self.parse = parse
+        self.run = run
+        self.base_url = base_url
+        self.caller: str | None = None  # the identity limits count against, once authenticated
+        self.session = str(uuid.uuid4())
+        self._send_lock = asyncio.Lock()
+        self._running: set[asyncio.Task] = set()
+
+    async def serve(self) -> None:
+        await self.websocket.accept()
+        try:
+            while True:
+                message = await self.websocket.receive()
+                if message["type"] == "websocket.disconnect":
+                    return
+                text = message.get("text")
+                if text is None:
+                    text = (message.get("bytes") or b"").decode("utf-8", errors="replace")
+                await self._message(text)
+        except WebSocketDisconnect:
+            return
+        finally:
+            for running in self._running:
+                running.cancel()
+
+    async def _message(self, text: str) -> None:
+        try:
+            body = json.loads(text)
+        except ValueError:
+            await self.send(
+                {"errors": [error_item("message: is not valid JSON; send a JSON array of tasks", "body")]}
+            )
+            return
+        for raw in body if isinstance(body, list) else [body]:
+            await self._task(raw)
+
+    async def _task(self, raw: Any) -> None:
+        task_type = raw.get("taskType") if isinstance(raw, dict) else None
+        if task_type == "authentication":
+            await self._authenticate(raw)
+            return
+        if task_type == "ping":
+            await self.send({"data": [{"taskType": "ping", "pong": True}]})
+            return
+        if self.caller is None:
+            task_uuid = _task_uuid(raw)
+            message = "authenticate first: send an authentication task with your apiKey"
+            await self.send(
+                {"errors": [error_item(message, "apiKey", task_uuid, "invalidApiKey", task_type)]}
+            )
+            return
+        task, errors = self.parse(raw)
+        if errors:
+            await self.send({"errors": errors})
+            return
+        running = asyncio.create_task(self._run(task))
+        self._running.add(running)
+        running.add_done_callback(self._running.discard)
+
+    async def _authenticate(self, raw: dict) -> None:
+        presented = raw.get("apiKey")
+        if self.keys:
+            key = matching_key(self.keys, presented if isinstance(presented, str) else None)
+            caller = None if key is None else f"key:{key}"
+        else:  # no keys configured: the gateway is open, as over REST
+            client = self.websocket.client
+            caller = f"address:{client.host if client else 'unknown'}"
+        if caller is None:
+            message = (
+                "invalid API key: the apiKey of the authentication task is not one of this gateway's keys"
+            )
+            await self.send(
+                {"errors": [error_item(message, "apiKey", None, "invalidApiKey", "authentication")]}
+            )
+            return
+        self.caller = caller
+        resumed = raw.get("connectionSessionUUID")
+        if isinstance(resumed, str) and UUID_PATTERN.match(resumed):
+            self.session = resumed.lower()
+        await self.send({"data": [{"taskType": "authentication", "connectionSessionUUID": self.session}]})
+
+    async def _run(self, task: Any) -> None:
+        wait = self.limits.acquire(self.caller)
+        if wait is not None:
+            message = (
+                f"too many requests for this key (at most {self.limits.concurrency} at once and "
+                f"{self.limits.per_minute} a minute); retry after {wait:g} s"
+            )
+            await self.send(
+                {"errors": [error_item(message, None, task.taskUUID, "rateLimited", task.taskType)]}
+            )
+            return
+        try:
+            items, error, _ = await self.run(task, self.base_url)
+        finally:
+            self.limits.release(self.caller)
+        await self.send({"data": items} if error is None else {"errors": [error]})
+
+    async def send(self, frame: dict[str, Any]) -> None:
+        """One JSON frame; sends from concurrent tasks are serialised (a frame is never interleaved)."""
+        text = json.dumps(frame, ensure_ascii=True, allow_nan=False, separators=(",", ":"))
+        async with self._send_lock:
+            if self.websocket.application_state != WebSocketState.CONNECTED:
+                return
+            try:
+                await self.websocket.send_text(text)
+            except (WebSocketDisconnect, RuntimeError):
+                return  # the client left; its tasks' results have nowhere to go
+
+
+def _task_uuid(raw: Any) -> str | None:
+    value = raw.get("taskUUID") if isinstance(raw, dict) else None
+    return value if isinstance(value, str) and UUID_PATTERN.match(value) else None

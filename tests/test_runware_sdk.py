@@ -1,0 +1,191 @@
+"""The hosted API's official Python SDK (PyPI ``runware``, WebSocket only) pointed at the gateway with
+only its URL and key changed: a real gateway process and Triton, the SDK's own connection, heartbeat,
+request builders and response parsers."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+
+import pytest
+from runware import IImageInference, Runware
+from runware.utils import RunwareAPIError
+
+from tests.conftest import MODEL
+from tests.gateway_process import GatewayProcess
+from tests.helpers import decode_rgb, irregular_mask, make_image, png_bytes
+
+pytestmark = pytest.mark.server
+KEY = "sdk-key-0123456789"
+PROMPT = "a red apple on a wooden table"
+
+
+@pytest.fixture(scope="module")
+def gateway(triton_server, tmp_path_factory):
+    data = tmp_path_factory.mktemp("sdk-gateway")
+    keys = data / "keys.txt"
+    keys.write_text(f"{KEY}\n")
+    process = GatewayProcess(
+        triton_server.grpc_url, data / "store", "--keys", str(keys), "--rate", "100000", "--max-body-mb", "8"
+    )
+    process.start()
+    try:
+        yield process
+    finally:
+        process.stop()
+
+
+def ws_url(gateway: GatewayProcess) -> str:
+    return gateway.url.replace("http://", "ws://") + "/v1"
+
+
+async def _connected(gateway: GatewayProcess, key: str = KEY) -> Runware:
+    sdk = Runware(api_key=key, url=ws_url(gateway))
+    await asyncio.wait_for(sdk.connect(), timeout=30)
+    return sdk
+
+
+def _run(coroutine, timeout: float = 240):
+    return asyncio.run(asyncio.wait_for(coroutine, timeout=timeout))
+
+
+def test_upload_then_inpaint_with_the_uploaded_image_and_a_mask_file(gateway, tmp_path):
+    image, mask = make_image(160, 96), irregular_mask(160, 96)
+    (tmp_path / "photo.png").write_bytes(png_bytes(image))
+    mask_path = tmp_path / "mask.png"
+    mask_path.write_bytes(png_bytes(mask))
+
+    async def scenario():
+        sdk = await _connected(gateway)
+        try:
+            uploaded = await sdk.uploadImage(str(tmp_path / "photo.png"))
+            request = IImageInference(
+                model=MODEL, positivePrompt=PROMPT, seedImage=uploaded.imageUUID, maskImage=str(mask_path),
+                width=160, height=96, steps=4, strength=0.8, seed=11, numberResults=2, outputFormat="PNG",
+            )  # fmt: skip
+            return uploaded, await sdk.imageInference(requestImage=request)
+        finally:
+            await sdk.disconnect()
+
+    uploaded, images = _run(scenario())
+    assert uploaded.imageURL.endswith(f"/images/{uploaded.imageUUID}.png")
+    assert [image.seed for image in images] == [11, 12]
+    for result in images:
+        status, _, data = gateway.request("GET", result.imageURL.removeprefix(gateway.url))
+        served = decode_rgb(data)
+        assert status == 200 and served.shape == image.shape
+        # Outside the mask the input comes back exactly: the SDK's request reached the real pipeline.
+        assert (served[mask == 0] == image[mask == 0]).all()
+
+
+def test_a_result_feeds_the_next_edit_and_inline_masks_work(gateway):
+    image, mask = make_image(128, 128), irregular_mask(128, 128)
+    data_uri = "data:image/png;base64," + base64.b64encode(png_bytes(mask)).decode()
+
+    async def scenario():
+        sdk = await _connected(gateway)
+        try:
+            first = await sdk.imageInference(requestImage=IImageInference(
+                model=MODEL, positivePrompt=PROMPT, seedImage=base64.b64encode(png_bytes(image)).decode(),
+                maskImage=data_uri, steps=3, seed=5, width=128, height=128,
+            ))  # fmt: skip
+            second = await sdk.imageInference(requestImage=IImageInference(
+                model=MODEL, positivePrompt="a green pear", seedImage=first[0].imageUUID,
+                maskImage=data_uri, steps=3, seed=6, width=128, height=128,
+            ))  # fmt: skip
+            return first, second
+        finally:
+            await sdk.disconnect()
+
+    first, second = _run(scenario())
+    assert first[0].imageUUID != second[0].imageUUID and second[0].seed == 6
+
+
+def test_an_out_of_range_value_is_the_sdks_error_naming_the_parameter(gateway):
+    async def scenario():
+        sdk = await _connected(gateway)
+        try:
+            image = base64.b64encode(png_bytes(make_image())).decode()
+            mask = base64.b64encode(png_bytes(irregular_mask())).decode()
+            request = IImageInference(
+                model=MODEL, positivePrompt=PROMPT, seedImage=image, maskImage=mask, steps=500
+            )
+            with pytest.raises(RunwareAPIError) as raised:
+                await sdk.imageInference(requestImage=request)
+            # The connection survives the refusal: the next task on it works.
+            uploaded = await sdk.uploadImage(base64.b64encode(png_bytes(make_image(64, 64))).decode())
+            return raised.value, uploaded
+        finally:
+            await sdk.disconnect()
+
+    error, uploaded = _run(scenario())
+    assert error.code == "invalidParameter" and error.error_data["parameter"] == "steps"
+    assert "steps" in error.error_data["message"] and error.error_data["taskType"] == "imageInference"
+    assert uploaded.imageUUID
+
+
+def test_a_wrong_key_is_the_sdks_authentication_error(gateway):
+    async def scenario():
+        sdk = Runware(api_key="not-a-key", url=ws_url(gateway))
+        try:
+            await asyncio.wait_for(sdk.connect(), timeout=30)
+            return sdk._invalidAPIkey
+        finally:
+            await sdk.disconnect()
+
+    message = _run(scenario())
+    assert message and "invalid API key" in message
+
+
+def test_raw_protocol_ping_auth_order_and_one_frame_per_task(gateway):
+    """What the SDKs rely on, frame by frame: the upgrade needs no key (query strings are fine), tasks
+    before authentication are refused without closing, pings are answered at once, and each task's
+    result comes in its own frame correlated by taskUUID."""
+    import uuid
+
+    import websockets
+
+    async def scenario():
+        async with websockets.connect(ws_url(gateway) + "?sdk=js&version=1.0") as ws:
+            upload = {"taskType": "imageUpload", "taskUUID": str(uuid.uuid4()),
+                      "image": base64.b64encode(png_bytes(make_image(64, 64))).decode()}  # fmt: skip
+            await ws.send(json.dumps([upload]))
+            refused = json.loads(await ws.recv())
+            await ws.send(json.dumps([{"taskType": "authentication", "apiKey": KEY}]))
+            auth = json.loads(await ws.recv())
+            await ws.send(
+                json.dumps([upload, {"taskType": "ping", "ping": True}, {"taskType": "imageUpload"}])
+            )
+            frames = [json.loads(await ws.recv()) for _ in range(3)]
+            return refused, auth, frames, upload["taskUUID"]
+
+    refused, auth, frames, task_uuid = _run(scenario())
+    (error,) = refused["errors"]
+    assert error["code"] == "invalidApiKey" and error["taskUUID"] == task_uuid
+    (session,) = auth["data"]
+    assert session["taskType"] == "authentication" and "taskUUID" not in session
+    assert len(session["connectionSessionUUID"]) == 36
+    assert {"data": [{"taskType": "ping", "pong": True}]} in frames
+    (invalid,) = [frame for frame in frames if "errors" in frame]
+    assert "taskUUID" in {error["parameter"] for error in invalid["errors"]}
+    (uploaded,) = [item for frame in frames for item in frame.get("data", []) if "imageUUID" in item]
+    assert uploaded["taskUUID"] == task_uuid and uploaded["imageURL"].startswith("http://")
+
+
+def test_a_message_over_the_body_cap_closes_only_that_connection(gateway):
+    """The gateway's body limit holds for WebSocket messages too; other connections are unaffected."""
+    import websockets
+
+    async def scenario():
+        async with websockets.connect(ws_url(gateway), max_size=None) as ws:
+            await ws.send(json.dumps([{"taskType": "authentication", "apiKey": KEY}]))
+            await ws.recv()
+            await ws.send("[" + " " * (9 * 1024 * 1024) + "]")  # over this gateway's 8 MiB cap
+            with pytest.raises(websockets.ConnectionClosed) as closed:
+                await ws.recv()
+        sdk = await _connected(gateway)
+        await sdk.disconnect()
+        return closed.value.rcvd.code
+
+    assert _run(scenario(), timeout=60) == 1009  # "message too big"
