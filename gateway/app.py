@@ -28,7 +28,7 @@ from .images import UUID_PATTERN
 from .limits import KeyLimits
 from .service import AsyncInpainting, GatewayConfig, TaskFailed, TaskRunner, Unavailable, logger
 from .storage import IMAGE_EXTENSIONS, LocalStorage, Storage, TaskRecord
-from .tasks import TASK_TYPES, EdenTaskRequest, field_errors, quoted
+from .tasks import ASYNC_IMAGE_FIELDS, TASK_TYPES, EdenTaskRequest, field_errors, quoted
 from .websocket import TaskSocket
 
 MAX_TASKS = 16  # tasks in one POST /v1
@@ -113,17 +113,29 @@ def create_app(config: GatewayConfig, storage: Storage | None = None) -> FastAPI
                 for name, message in field_errors(schema, exc)
             ]
 
-    async def run_one(task: Any, url: str) -> tuple[list[dict], dict | None, int]:
+    def dispatch(task: Any, url: str, caller: str) -> list[dict]:
+        """Run a task now, accept it for later (deliveryMethod "async": acknowledged "processing"), or
+        read an async task's results (getResponse)."""
+        if task.taskType == "getResponse":
+            return worker.response(caller, task.taskUUID)
+        if task.deliveryMethod == "async" and task.taskType in ASYNC_IMAGE_FIELDS:
+            worker.create_runware(task, caller, url)
+            return [{"taskType": task.taskType, "taskUUID": task.taskUUID, "status": "processing"}]
+        return runner.run(task, url)
+
+    async def run_one(task: Any, url: str, caller: str) -> tuple[list[dict], dict | None, int]:
         """(items, error, status): status 200, 400 (refused), 500 (failed on the server) or 503."""
         started = time.monotonic()
         try:
-            items = await run_in_threadpool(runner.run, task, url)
+            items = await run_in_threadpool(dispatch, task, url, caller)
             tasks_total.labels(task.taskType, "ok").inc()
             return items, None, 200
         except TaskFailed as exc:
             failed = exc.code == "inferenceFailed"
             tasks_total.labels(task.taskType, "failed" if failed else "refused").inc()
-            error = _error(exc.message, exc.parameter, task.taskUUID, exc.code, task.taskType)
+            error = _error(
+                exc.message, exc.parameter, task.taskUUID, exc.code, exc.task_type or task.taskType
+            )
             return [], error, 500 if failed else 400
         except Unavailable as exc:
             tasks_total.labels(task.taskType, "unavailable").inc()
@@ -138,7 +150,7 @@ def create_app(config: GatewayConfig, storage: Storage | None = None) -> FastAPI
 
     @app.post(
         "/v1",
-        summary="Run tasks: imageInference (inpainting), imageMasking, imageUpload",
+        summary="Run tasks: imageInference (inpainting), imageMasking, imageUpload, getResponse",
         responses={400: {"description": "every task was refused"}, 401: {}, 413: {}, 429: {}, 503: {}},
     )
     async def run_tasks(
@@ -168,7 +180,8 @@ def create_app(config: GatewayConfig, storage: Storage | None = None) -> FastAPI
             errors.extend(problems)
             if task is not None:
                 valid.append(task)
-        outcomes = await asyncio.gather(*(run_one(task, base_url(request)) for task in valid))
+        caller = request.state.caller
+        outcomes = await asyncio.gather(*(run_one(task, base_url(request), caller) for task in valid))
         data = [item for items, _, _ in outcomes for item in items]
         errors.extend(error for _, error, _ in outcomes if error is not None)
         statuses = {status for _, _, status in outcomes}
@@ -184,8 +197,13 @@ def create_app(config: GatewayConfig, storage: Storage | None = None) -> FastAPI
     @app.websocket("/v1")
     async def task_socket(websocket: WebSocket) -> None:
         """The same tasks over the hosted API's WebSocket protocol (gateway/websocket.py)."""
-        socket = TaskSocket(websocket, config.keys, limits, parse_task, run_one, base_url(websocket))
+        socket = TaskSocket(websocket, config.keys, limits, parse_task, run_one, base_url(websocket), follow)
         await socket.serve()
+
+    async def follow(task: Any, caller: str) -> None:
+        """Wait until an accepted async task is done (its results then go out in their own frame)."""
+        while not await run_in_threadpool(worker.finished, caller, task.taskUUID):
+            await asyncio.sleep(0.5)
 
     @app.post("/v2/tasks/create", summary="Create an async inpainting task (Eden-style); returns its id")
     async def create_task(request: Request, body: Annotated[Any, Body()]) -> Response:

@@ -97,6 +97,8 @@ class RequestGuard:
                     headers={"WWW-Authenticate": "Bearer"},
                 )(scope, receive, send)
                 return
+            # The route reads who is calling (request.state.caller): async tasks belong to their caller.
+            scope.setdefault("state", {})["caller"] = who
             wait = self.limits.acquire(who)
             if wait is not None:
                 message = (

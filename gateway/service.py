@@ -7,6 +7,7 @@ reusable by the async-task worker.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import threading
 import time
@@ -21,22 +22,49 @@ from triton_inpaint.imaging import MAX_PIXELS, decode_image, encode_image, probe
 from triton_inpaint.schema import INPAINT, MASK, MASK_SOURCES, RequestSchema
 
 from .fetch import FetchPolicy
+from .guard import error_item
 from .images import image_extension, output_fields, resolve_image
-from .storage import Storage
-from .tasks import EDEN_TOOL, ImageInferenceTask, ImageMaskingTask, ImageUploadTask
+from .storage import Storage, TaskExists, TaskRecord
+from .tasks import (
+    ASYNC_IMAGE_FIELDS,
+    EDEN_TOOL,
+    TASK_TYPES,
+    ImageInferenceTask,
+    ImageMaskingTask,
+    ImageUploadTask,
+)
 
 # Triton's input names -> the reference's field names, so a refusal names what the caller sent.
 INFERENCE_FIELDS = {control.name: control.runware for control in INPAINT if control.runware}
 MASKING_FIELDS = {control.name: control.runware for control in MASK if control.runware}
 EXTENSIONS = {"PNG": "png", "JPG": "jpg", "WEBP": "webp"}
+# Runware-style tasks sent with deliveryMethod "async", kept in the task store like Eden-style ones.
+RUNWARE_TOOL = "runware"
+MAX_PENDING_PER_CALLER = 64  # async tasks one key may have waiting or running at once
+
+
+def runware_task_id(caller: str, task_uuid: str) -> str:
+    """The stored id of a caller's async task: its taskUUID, scoped to the caller (a digest, so no key
+    is stored), so that one key can neither read nor block another key's tasks."""
+    owner = hashlib.sha256(caller.encode()).hexdigest()[:16]
+    return f"rw-{owner}-{task_uuid.lower()}"
+
+
 logger = logging.getLogger("triton_inpaint.gateway")
 
 
 class TaskFailed(Exception):
     """A task was refused: ``parameter`` is the reference's field name (or None for the whole task)."""
 
-    def __init__(self, message: str, parameter: str | None = None, code: str = "invalidParameter") -> None:
+    def __init__(
+        self,
+        message: str,
+        parameter: str | None = None,
+        code: str = "invalidParameter",
+        task_type: str | None = None,
+    ) -> None:
         super().__init__(message)
+        self.task_type = task_type  # the failed task's type when another task reports it (getResponse)
         self.message = message
         self.parameter = parameter
         self.code = code
@@ -290,6 +318,76 @@ class AsyncInpainting:
         self._wake.set()
         return record
 
+    def create_runware(self, task: Any, caller: str, base_url: str) -> TaskRecord:
+        """Store a Runware-style task sent with deliveryMethod "async": its image inputs first (as
+        uploads: checked now, no URL fetched later), then the task; the worker runs it."""
+        task_id = runware_task_id(caller, task.taskUUID)
+        prefix = task_id[: -len(task.taskUUID)]
+        if self.storage.get_task(task_id) is not None:
+            raise TaskFailed(
+                f"taskUUID: {task.taskUUID} was already used by an async task of this key; send a new UUID",
+                "taskUUID",
+            )
+        pending = sum(1 for record in self.storage.unfinished_tasks() if record.id.startswith(prefix))
+        if pending >= MAX_PENDING_PER_CALLER:
+            raise TaskFailed(
+                f"this key has {pending} async tasks waiting or running (at most {MAX_PENDING_PER_CALLER}); "
+                "fetch their results with getResponse before sending more",
+                "deliveryMethod",
+                "rateLimited",
+            )
+        inputs = {
+            name: self.runner.image(getattr(task, name), name)
+            for name in ASYNC_IMAGE_FIELDS[task.taskType]
+            if getattr(task, name) is not None
+        }
+        stored = task.model_dump(mode="json", exclude_none=True, exclude={"deliveryMethod"})
+        uuids = self.runner.store([(data, image_extension(data)) for data in inputs.values()])
+        stored.update(zip(inputs, uuids, strict=True))
+        try:
+            record = self.storage.create_task(RUNWARE_TOOL, {"task": stored, "base_url": base_url}, task_id)
+        except TaskExists:  # the same UUID sent twice at once: the other one won
+            for image_uuid in uuids:
+                self.storage.delete_image(image_uuid)
+            raise TaskFailed(
+                f"taskUUID: {task.taskUUID} was already used; send a new UUID", "taskUUID"
+            ) from None
+        self._wake.set()
+        return record
+
+    def response(self, caller: str, task_uuid: str) -> list[dict[str, Any]]:
+        """``getResponse``: an async task's items so far (``status`` processing or success); a task that
+        failed raises its error, as the task itself would have."""
+        record = self.storage.get_task(runware_task_id(caller, task_uuid))
+        if record is None or record.tool != RUNWARE_TOOL:
+            raise TaskFailed(
+                f"taskUUID: no async task {task_uuid} of this key (send a task with deliveryMethod "
+                "'async' first)",
+                "taskUUID",
+                "notFound",
+            )
+        task_type = record.args["task"]["taskType"]
+        if record.status in ("pending", "running"):
+            return [{"taskType": task_type, "taskUUID": task_uuid, "status": "processing"}]
+        if record.status == "failed":
+            stored = (record.result or {}).get("errors") or [
+                {"message": record.error, "code": "inferenceFailed"}
+            ]
+            error = stored[0]
+            code = error.get("code", "inferenceFailed")
+            raise TaskFailed(error["message"], error.get("parameter"), code, task_type)
+        return [{**item, "status": "success"} for item in record.result["data"]]
+
+    def finished(self, caller: str, task_uuid: str) -> bool:
+        record = self.storage.get_task(runware_task_id(caller, task_uuid))
+        return record is None or record.status in ("completed", "failed")
+
+    def runware(self, args: dict[str, Any]) -> dict[str, Any]:
+        stored = args["task"]
+        # Validated when it was accepted; rebuilt as it was (validators ran then, e.g. __BLANK__ -> "").
+        task = TASK_TYPES[stored["taskType"]].model_construct(**stored)
+        return {"data": self.runner.run(task, args["base_url"])}
+
     def _request(self, args: dict[str, Any], image: bytes, mask: bytes | None, dry_run: bool = False) -> Any:
         """The task's inpainting request to Triton (``dry_run``: only its checks, no images)."""
         _, width, height = probe(image)
@@ -344,9 +442,14 @@ class AsyncInpainting:
         while not self._stop.is_set():
             self.storage.update_task(task.id, status="running", progress=0.1)
             try:
-                result = self.inpaint(task.args)
+                result = self.runware(task.args) if task.tool == RUNWARE_TOOL else self.inpaint(task.args)
             except TaskFailed as exc:
-                self.storage.update_task(task.id, status="failed", progress=1.0, error=exc.message)
+                failure = None
+                if task.tool == RUNWARE_TOOL:  # the reference's error item, as the sync task answers it
+                    failure = {"errors": [error_item(exc.message, exc.parameter, None, exc.code)]}
+                self.storage.update_task(
+                    task.id, status="failed", progress=1.0, error=exc.message, result=failure
+                )
                 return
             except Unavailable as exc:
                 if time.time() > deadline:

@@ -48,6 +48,10 @@ class TaskRecord:
     updated: float
 
 
+class TaskExists(Exception):
+    """A task with this id was created before."""
+
+
 class Storage(Protocol):
     def put_image(self, data: bytes, ext: str) -> str: ...
 
@@ -55,7 +59,9 @@ class Storage(Protocol):
 
     def get_image(self, image_uuid: str) -> StoredImage | None: ...
 
-    def create_task(self, tool: str, args: dict[str, Any]) -> TaskRecord: ...
+    def create_task(self, tool: str, args: dict[str, Any], task_id: str | None = None) -> TaskRecord:
+        """A new pending task; ``task_id`` None draws one. :class:`TaskExists` when the id is taken."""
+        ...
 
     def get_task(self, task_id: str) -> TaskRecord | None: ...
 
@@ -144,14 +150,17 @@ class LocalStorage:
 
     # -- async tasks ------------------------------------------------------------------------------
 
-    def create_task(self, tool: str, args: dict[str, Any]) -> TaskRecord:
+    def create_task(self, tool: str, args: dict[str, Any], task_id: str | None = None) -> TaskRecord:
         now = time.time()
-        record = TaskRecord(str(uuid.uuid4()), tool, args, "pending", 0.0, None, None, now, now)
-        with self._lock, self._connect() as db:
-            db.execute(
-                "INSERT INTO tasks VALUES (?, ?, ?, ?, ?, NULL, NULL, ?, ?)",
-                (record.id, tool, json.dumps(args), record.status, 0.0, now, now),
-            )
+        record = TaskRecord(task_id or str(uuid.uuid4()), tool, args, "pending", 0.0, None, None, now, now)
+        try:
+            with self._lock, self._connect() as db:
+                db.execute(
+                    "INSERT INTO tasks VALUES (?, ?, ?, ?, ?, NULL, NULL, ?, ?)",
+                    (record.id, tool, json.dumps(args), record.status, 0.0, now, now),
+                )
+        except sqlite3.IntegrityError:
+            raise TaskExists(record.id) from None
         return record
 
     def get_task(self, task_id: str) -> TaskRecord | None:

@@ -27,7 +27,10 @@ BLANK_PROMPT = "__BLANK__"
 PROMPT_LENGTH = (2, 3000)
 MASK_PROMPT_LENGTH = 200
 NAME_LENGTH = 200  # model and scheduler names
-IGNORED_FIELDS = ("includeCost", "deliveryMethod")  # accepted for compatibility; they change nothing here
+IGNORED_FIELDS = ("includeCost",)  # accepted for compatibility; it changes nothing here
+# Tasks whose results can be delivered later (deliveryMethod "async"), and their image inputs, which are
+# stored when the task is accepted so that it runs after a gateway restart and fetches no URL later.
+ASYNC_IMAGE_FIELDS = {"imageInference": ("seedImage", "maskImage"), "imageMasking": ("inputImage",)}
 
 
 # JSON lets "\ud800" through as a lone surrogate, which no UTF-8 encoder (Triton's, ours) accepts.
@@ -72,7 +75,9 @@ class _Task(BaseModel):
         pattern=r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
     )
     includeCost: bool | None = None
-    deliveryMethod: Literal["sync"] | None = None
+    # sync: the answer carries the results. async: the answer acknowledges the task ("processing") and
+    # the results come later: in their own WebSocket frame, or from a getResponse task.
+    deliveryMethod: Literal["sync", "async"] | None = None
 
 
 class _Output(BaseModel):
@@ -175,10 +180,17 @@ class ImageUploadTask(_Task):
     image: Text
 
 
+class GetResponseTask(_Task):
+    """The results of an async task so far, by that task's ``taskUUID``."""
+
+    taskType: Literal["getResponse"]
+
+
 TASK_TYPES: dict[str, type[_Task]] = {
     "imageInference": ImageInferenceTask,
     "imageMasking": ImageMaskingTask,
     "imageUpload": ImageUploadTask,
+    "getResponse": GetResponseTask,
 }
 
 

@@ -29,11 +29,14 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 from .guard import error_item
 from .images import UUID_PATTERN
 from .limits import KeyLimits, matching_key
+from .tasks import GetResponseTask
 
-# run(task, base_url) -> (items, error item or None, HTTP-like status): the REST route's runner.
-RunTask = Callable[[Any, str], Awaitable[tuple[list[dict], dict | None, int]]]
+# run(task, base_url, caller) -> (items, error item or None, HTTP-like status): the REST route's runner.
+RunTask = Callable[[Any, str, str], Awaitable[tuple[list[dict], dict | None, int]]]
 # parse(raw) -> (task or None, error items): the REST route's validation of one task object.
 ParseTask = Callable[[Any], tuple[Any, list[dict]]]
+# follow(task, caller): returns once an accepted async task is done.
+FollowTask = Callable[[Any, str], Awaitable[None]]
 
 
 class TaskSocket:
@@ -47,6 +50,7 @@ class TaskSocket:
         parse: ParseTask,
         run: RunTask,
         base_url: str,
+        follow: FollowTask,
     ) -> None:
         self.websocket = websocket
         self.keys = keys
@@ -54,6 +58,7 @@ class TaskSocket:
         self.parse = parse
         self.run = run
         self.base_url = base_url
+        self.follow = follow
         self.caller: str | None = None  # the identity limits count against, once authenticated
         self.session = str(uuid.uuid4())
         self._send_lock = asyncio.Lock()
@@ -144,10 +149,17 @@ class TaskSocket:
             )
             return
         try:
-            items, error, _ = await self.run(task, self.base_url)
+            items, error, _ = await self.run(task, self.base_url, self.caller)
         finally:
             self.limits.release(self.caller)
         await self.send({"data": items} if error is None else {"errors": [error]})
+        if error is None and items and items[0].get("status") == "processing":
+            # Accepted for later: its results (or its error) come in their own frame when it is done,
+            # read as a getResponse task reads them.
+            await self.follow(task, self.caller)
+            fetch = GetResponseTask.model_construct(taskType="getResponse", taskUUID=task.taskUUID)
+            items, error, _ = await self.run(fetch, self.base_url, self.caller)
+            await self.send({"data": items} if error is None else {"errors": [error]})
 
     async def send(self, frame: dict[str, Any]) -> None:
         """One JSON frame; sends from concurrent tasks are serialised (a frame is never interleaved)."""

@@ -18,6 +18,7 @@ from tests.helpers import decode_rgb, irregular_mask, make_image, png_bytes
 
 pytestmark = pytest.mark.server
 KEY = "sdk-key-0123456789"
+OTHER_KEY = "other-key-0123456789"
 PROMPT = "a red apple on a wooden table"
 
 
@@ -25,7 +26,7 @@ PROMPT = "a red apple on a wooden table"
 def gateway(triton_server, tmp_path_factory):
     data = tmp_path_factory.mktemp("sdk-gateway")
     keys = data / "keys.txt"
-    keys.write_text(f"{KEY}\n")
+    keys.write_text(f"{KEY}\n{OTHER_KEY}\n")
     process = GatewayProcess(
         triton_server.grpc_url, data / "store", "--keys", str(keys), "--rate", "100000", "--max-body-mb", "8"
     )
@@ -189,3 +190,105 @@ def test_a_message_over_the_body_cap_closes_only_that_connection(gateway):
         return closed.value.rcvd.code
 
     assert _run(scenario(), timeout=60) == 1009  # "message too big"
+
+
+def _inference_task(**fields) -> dict:
+    import uuid
+
+    task = {
+        "taskType": "imageInference", "taskUUID": str(uuid.uuid4()), "model": MODEL, "positivePrompt": PROMPT,
+        "seedImage": base64.b64encode(png_bytes(make_image(96, 64))).decode(),
+        "maskImage": base64.b64encode(png_bytes(irregular_mask(96, 64))).decode(),
+        "width": 96, "height": 64, "steps": 3, "seed": 21,
+    }  # fmt: skip
+    return task | fields
+
+
+def test_async_delivery_with_the_sdk_acknowledges_then_get_response_returns_the_images(gateway):
+    async def scenario():
+        sdk = await _connected(gateway)
+        try:
+            request = IImageInference(
+                model=MODEL, positivePrompt=PROMPT, deliveryMethod="async", numberResults=2, steps=3, seed=3,
+                seedImage=base64.b64encode(png_bytes(make_image(96, 64))).decode(), width=96, height=64,
+                maskImage=base64.b64encode(png_bytes(irregular_mask(96, 64))).decode(),
+            )  # fmt: skip
+            accepted = await sdk.imageInference(requestImage=request)
+            images = await sdk.getResponse(taskUUID=accepted.taskUUID, numberResults=2)
+            return accepted, images
+        finally:
+            await sdk.disconnect()
+
+    accepted, images = _run(scenario())
+    assert accepted.taskType == "imageInference"
+    assert [image.seed for image in images] == [3, 4] and all(image.status == "success" for image in images)
+    assert {image.taskUUID for image in images} == {accepted.taskUUID}
+
+
+def test_async_results_are_pushed_in_their_own_frame_over_the_websocket(gateway):
+    import websockets
+
+    task = _inference_task(deliveryMethod="async")
+
+    async def scenario():
+        async with websockets.connect(ws_url(gateway)) as ws:
+            await ws.send(json.dumps([{"taskType": "authentication", "apiKey": KEY}]))
+            await ws.recv()
+            await ws.send(json.dumps([task]))
+            return json.loads(await ws.recv()), json.loads(await ws.recv())
+
+    ack, pushed = _run(scenario())
+    assert ack == {
+        "data": [{"taskType": "imageInference", "taskUUID": task["taskUUID"], "status": "processing"}]
+    }
+    (item,) = pushed["data"]
+    assert item["status"] == "success" and item["taskUUID"] == task["taskUUID"] and item["seed"] == 21
+
+
+def _poll(gateway, task_uuid, key=KEY, timeout=120.0):
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        status, body = gateway.post("/v1", [{"taskType": "getResponse", "taskUUID": task_uuid}], key=key)
+        processing = status == 200 and body["data"] and body["data"][0].get("status") == "processing"
+        if not processing or time.monotonic() > deadline:
+            return status, body
+        time.sleep(0.3)
+
+
+def test_async_over_rest_is_polled_with_get_response_and_belongs_to_its_key(gateway):
+    task = _inference_task(deliveryMethod="async", numberResults=2)
+    status, body = gateway.post("/v1", [task], key=KEY)
+    assert status == 200 and body["data"][0]["status"] == "processing", body
+    status, body = _poll(gateway, task["taskUUID"])
+    assert status == 200 and [item["status"] for item in body["data"]] == ["success", "success"]
+    assert [item["seed"] for item in body["data"]] == [21, 22]
+    # The same UUID again is refused; a failed async task answers its error at getResponse.
+    status, body = gateway.post("/v1", [task], key=KEY)
+    assert status == 400 and body["errors"][0]["parameter"] == "taskUUID"
+    bad = _inference_task(deliveryMethod="async", model="no-such-model")
+    assert gateway.post("/v1", [bad], key=KEY)[0] == 200
+    status, body = _poll(gateway, bad["taskUUID"])
+    (error,) = body["errors"]
+    assert error["taskUUID"] == bad["taskUUID"] and error["taskType"] == "imageInference"
+    assert error["parameter"] == "model" and "no-such-model" in error["message"]
+    # Another key sees nothing of this key's tasks.
+    status, body = _poll(gateway, task["taskUUID"], key=OTHER_KEY)
+    assert status == 400 and body["errors"][0]["code"] == "notFound"
+
+
+def test_an_async_task_survives_a_gateway_restart(triton_server, tmp_path):
+    keys = tmp_path / "keys.txt"
+    keys.write_text(f"{KEY}\n")
+    task = _inference_task(deliveryMethod="async", steps=8)
+    store = tmp_path / "store"
+    first = GatewayProcess(triton_server.grpc_url, store, "--keys", str(keys), "--rate", "100000").start()
+    try:
+        status, body = first.post("/v1", [task], key=KEY)
+        assert status == 200 and body["data"][0]["status"] == "processing"
+    finally:
+        first.stop()  # probably mid-task: the worker thread is stopped with the process
+    with GatewayProcess(triton_server.grpc_url, store, "--keys", str(keys), "--rate", "100000") as second:
+        status, body = _poll(second, task["taskUUID"])
+    assert status == 200 and body["data"][0]["status"] == "success" and body["data"][0]["seed"] == 21
