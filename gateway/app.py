@@ -304,10 +304,11 @@ def request_schemas() -> tuple[dict[str, Any], dict[str, Any]]:
     """JSON schemas of the ``/v1`` and ``/v2/tasks/create`` bodies, and the definitions they refer to."""
     from pydantic import Field, TypeAdapter
 
-    from .tasks import ImageInferenceTask, ImageMaskingTask, ImageUploadTask
+    from .tasks import GetResponseTask, ImageInferenceTask, ImageMaskingTask, ImageUploadTask
 
     one_task = Annotated[
-        ImageInferenceTask | ImageMaskingTask | ImageUploadTask, Field(discriminator="taskType")
+        ImageInferenceTask | ImageMaskingTask | ImageUploadTask | GetResponseTask,
+        Field(discriminator="taskType"),
     ]
     template = "#/components/schemas/{model}"
     tasks = TypeAdapter(Annotated[list[one_task], Field(min_length=1, max_length=MAX_TASKS)]).json_schema(
