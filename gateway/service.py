@@ -16,9 +16,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from triton_inpaint.client import InpaintClient, InpaintError, ModelUnavailableError, ServerUnreachableError
 from triton_inpaint.errors import InvalidInputError
-from triton_inpaint.imaging import MAX_PIXELS, decode_image, encode_image, probe
+from triton_inpaint.imaging import (
+    MAX_PIXELS,
+    cut_out,
+    decode_image,
+    decode_mask,
+    encode_image,
+    mask_pixels,
+    probe,
+)
 from triton_inpaint.schema import INPAINT, MASK, MASK_SOURCES, RequestSchema
 
 from .fetch import FetchPolicy
@@ -213,11 +223,38 @@ class TaskRunner:
         item["detections"] = result.detections
         return [item]
 
+    def image_background_removal(self, task: Any, base_url: str) -> list[dict[str, Any]]:
+        settings = task.settings or task
+        if settings.alphaMatting:
+            raise TaskFailed(
+                "alphaMatting: not supported here (no matting model is served); the cut-out's edges are "
+                "the person segmentation's soft mask, or a hard one with postProcessMask",
+                "alphaMatting",
+            )
+        data = self.image(task.inputImage, "inputImage")
+        controls = {"model": "person", "padding": 0, "blur": 0}
+        result = self.call(MASKING_FIELDS, lambda client: client.mask(data, **controls))
+        alpha = decode_mask(result.mask)
+        if settings.postProcessMask:
+            alpha = (alpha >= 0.5).astype(np.float64)
+        if settings.returnOnlyMask:
+            output = encode_image(np.repeat(mask_pixels(alpha)[..., None], 3, axis=-1), task.outputFormat)
+        else:
+            background = tuple(settings.rgba) if settings.rgba else (0, 0, 0, 0)
+            output = cut_out(decode_image(data), alpha, background, task.outputFormat, task.outputQuality)
+        ext = EXTENSIONS[task.outputFormat]
+        (image_uuid,) = self.store([(output, ext)])
+        item: dict[str, Any] = {"taskType": task.taskType, "taskUUID": task.taskUUID}
+        item.update(output_fields("image", image_uuid, output, ext, task.outputType, base_url))
+        return [item]
+
     def run(self, task: Any, base_url: str) -> list[dict[str, Any]]:
         handler = {
             "imageUpload": self.image_upload,
             "imageInference": self.image_inference,
             "imageMasking": self.image_masking,
+            "imageBackgroundRemoval": self.image_background_removal,
+            "removeBackground": self.image_background_removal,
         }[task.taskType]
         return handler(task, base_url)
 

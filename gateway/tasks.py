@@ -30,7 +30,12 @@ NAME_LENGTH = 200  # model and scheduler names
 IGNORED_FIELDS = ("includeCost",)  # accepted for compatibility; it changes nothing here
 # Tasks whose results can be delivered later (deliveryMethod "async"), and their image inputs, which are
 # stored when the task is accepted so that it runs after a gateway restart and fetches no URL later.
-ASYNC_IMAGE_FIELDS = {"imageInference": ("seedImage", "maskImage"), "imageMasking": ("inputImage",)}
+ASYNC_IMAGE_FIELDS = {
+    "imageInference": ("seedImage", "maskImage"),
+    "imageMasking": ("inputImage",),
+    "imageBackgroundRemoval": ("inputImage",),
+    "removeBackground": ("inputImage",),
+}
 
 
 # JSON lets "\ud800" through as a lone surrogate, which no UTF-8 encoder (Triton's, ours) accepts.
@@ -180,6 +185,35 @@ class ImageUploadTask(_Task):
     image: Text
 
 
+_BYTE = Annotated[int, annotated_types.Ge(0), annotated_types.Le(255)]
+
+
+class BackgroundSettings(BaseModel):
+    """The hosted API's background-removal settings (its SDKs send them flat or under ``settings``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    returnOnlyMask: bool = False  # the subject's mask instead of the cut-out
+    postProcessMask: bool = False  # a hard mask: the soft segmentation thresholded at one half
+    alphaMatting: bool = False  # refused when true: no matting model is served
+    alphaMattingErodeSize: _BYTE | None = None
+    alphaMattingForegroundThreshold: _BYTE | None = None
+    alphaMattingBackgroundThreshold: _BYTE | None = None
+    rgba: Annotated[list[_BYTE], Field(min_length=4, max_length=4)] | None = None  # background; default clear
+
+
+class ImageBackgroundRemovalTask(_Task, _Output, BackgroundSettings):
+    """Cut the subject (people: the served person segmentation) out of an image."""
+
+    taskType: Literal["imageBackgroundRemoval", "removeBackground"]
+    inputImage: Text
+    model: Name | None = None  # the hosted API's model id; the served person segmentation runs for any
+    outputQuality: Annotated[int, *_between(INPAINT["output_quality"].bounds)] = INPAINT[
+        "output_quality"
+    ].default
+    settings: BackgroundSettings | None = None
+
+
 class GetResponseTask(_Task):
     """The results of an async task so far, by that task's ``taskUUID``."""
 
@@ -190,6 +224,8 @@ TASK_TYPES: dict[str, type[_Task]] = {
     "imageInference": ImageInferenceTask,
     "imageMasking": ImageMaskingTask,
     "imageUpload": ImageUploadTask,
+    "imageBackgroundRemoval": ImageBackgroundRemovalTask,
+    "removeBackground": ImageBackgroundRemovalTask,  # the name the JS SDK sends
     "getResponse": GetResponseTask,
 }
 

@@ -9,7 +9,7 @@ from PIL import Image
 
 from triton_inpaint.compositing import composite, resize_and_crop
 from triton_inpaint.errors import InvalidInputError
-from triton_inpaint.imaging import decode_image, decode_mask, encode_image
+from triton_inpaint.imaging import cut_out, decode_image, decode_mask, encode_image
 
 
 def _encode(image: Image.Image, fmt: str) -> bytes:
@@ -170,3 +170,33 @@ def test_a_header_promising_more_than_the_body_holds_is_refused():
     truncated = _encode(Image.fromarray(np.full((64, 64, 3), 90, np.uint8)), "PNG")[:-40]
     with pytest.raises(InvalidInputError, match="^mask: cannot be decoded"):
         decode_mask(truncated, "mask")
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    pixels=arrays(np.uint8, (6, 5, 3)),
+    alpha=arrays(np.float64, (6, 5), elements=st.floats(0.0, 1.0)),
+    background=st.tuples(*[st.integers(0, 255)] * 4),
+)
+def test_cut_out_lays_the_subject_over_the_background(pixels, alpha, background):
+    """Background removal's output: "over" compositing of the subject (alpha = the soft mask) on the
+    background colour; transparent where neither covers."""
+    out = np.asarray(Image.open(io.BytesIO(cut_out(pixels, alpha, background))), dtype=np.float64)
+    bg_alpha = background[3] / 255.0
+    want_alpha = alpha + bg_alpha * (1 - alpha)
+    assert np.abs(out[..., 3] - want_alpha * 255).max() <= 0.5 + 1e-9
+    covered = want_alpha > 0.02  # colour is only defined (and only kept to 8 bits) where something covers
+    premultiplied = pixels * alpha[..., None] + np.array(background[:3]) * bg_alpha * (1 - alpha[..., None])
+    want_rgb = premultiplied / np.maximum(want_alpha, 1e-12)[..., None]
+    assert np.abs(out[..., :3] - want_rgb)[covered].max(initial=0.0) <= 0.5 + 1e-6
+
+
+def test_cut_out_keeps_the_subject_and_clears_the_rest_by_default():
+    pixels = np.full((4, 4, 3), 200, np.uint8)
+    alpha = np.zeros((4, 4))
+    alpha[1:3, 1:3] = 1.0
+    out = np.asarray(Image.open(io.BytesIO(cut_out(pixels, alpha))))
+    assert out.shape == (4, 4, 4)
+    assert (out[1:3, 1:3] == [200, 200, 200, 255]).all() and (out[..., 3][alpha == 0] == 0).all()
+    jpg = np.asarray(Image.open(io.BytesIO(cut_out(pixels, alpha, (255, 255, 255, 255), "JPG"))))
+    assert jpg.shape == (4, 4, 3)  # JPG has no alpha: flattened onto the background colour

@@ -292,3 +292,80 @@ def test_an_async_task_survives_a_gateway_restart(triton_server, tmp_path):
     with GatewayProcess(triton_server.grpc_url, store, "--keys", str(keys), "--rate", "100000") as second:
         status, body = _poll(second, task["taskUUID"])
     assert status == 200 and body["data"][0]["status"] == "success" and body["data"][0]["seed"] == 21
+
+
+def test_background_removal_with_the_sdk_cuts_out_the_person_mask(gateway, tmp_path):
+    """imageBackgroundRemoval (an SDK method, which uploads the local file first): an RGBA PNG whose
+    alpha is the served person segmentation's mask and whose colour is the input's."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+    from runware import IImageBackgroundRemoval
+
+    image = make_image(128, 96)
+    path = tmp_path / "portrait.png"
+    path.write_bytes(png_bytes(image))
+
+    async def scenario():
+        sdk = await _connected(gateway)
+        try:
+            request = IImageBackgroundRemoval(inputImage=str(path), outputFormat="PNG")
+            return await sdk.imageBackgroundRemoval(removeImageBackgroundPayload=request)
+        finally:
+            await sdk.disconnect()
+
+    (result,) = _run(scenario())
+    status, _, data = gateway.request("GET", result.imageURL.removeprefix(gateway.url))
+    cut = np.asarray(Image.open(io.BytesIO(data)))
+    assert status == 200 and cut.shape == (96, 128, 4)
+    masking = {"taskType": "imageMasking", "taskUUID": _inference_task()["taskUUID"], "model": "person",
+               "maskPadding": 0, "maskBlur": 0, "outputType": "base64Data",
+               "inputImage": base64.b64encode(png_bytes(image)).decode()}  # fmt: skip
+    status, body = gateway.post("/v1", [masking], key=KEY)
+    mask = np.asarray(
+        Image.open(io.BytesIO(base64.b64decode(body["data"][0]["maskImageBase64Data"]))).convert("L")
+    )
+    assert np.abs(cut[..., 3].astype(int) - mask.astype(int)).max() <= 1
+    opaque = cut[..., 3] == 255
+    assert (cut[..., :3][opaque] == image[opaque]).all()
+
+
+@pytest.mark.parametrize(
+    ("settings", "check"),
+    [
+        ({"rgba": [0, 0, 255, 255]}, lambda out: out.shape[-1] == 4 and (out[..., 3] == 255).all()),
+        ({"settings": {"returnOnlyMask": True}}, lambda out: out.ndim == 3 and out.shape[-1] == 3),
+    ],
+)
+def test_background_removal_settings(gateway, settings, check):
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    image = base64.b64encode(png_bytes(make_image(64, 64))).decode()
+    task_uuid = _inference_task()["taskUUID"]
+    task = {
+        "taskType": "removeBackground",
+        "taskUUID": task_uuid,
+        "outputType": "base64Data",
+        "inputImage": image,
+    }
+    task |= settings
+    status, body = gateway.post("/v1", [task], key=KEY)
+    assert status == 200, body
+    assert check(np.asarray(Image.open(io.BytesIO(base64.b64decode(body["data"][0]["imageBase64Data"])))))
+
+
+def test_background_removal_refuses_alpha_matting_by_name(gateway):
+    image = base64.b64encode(png_bytes(make_image(64, 64))).decode()
+    task_uuid = _inference_task()["taskUUID"]
+    task = {
+        "taskType": "imageBackgroundRemoval",
+        "taskUUID": task_uuid,
+        "alphaMatting": True,
+        "inputImage": image,
+    }
+    status, body = gateway.post("/v1", [task], key=KEY)
+    assert status == 400 and body["errors"][0]["parameter"] == "alphaMatting"
