@@ -1,0 +1,140 @@
+"""The hosted API's other official SDKs against the gateway, with only their URLs and key changed:
+PyPI ``runware-sdk`` (REST and WebSocket) in its own virtual environment, and npm ``@runware/sdk-js``
+under node. Both are installed by this test from the pins in tests/sdk/ (package registries only), and
+each runs its workflow script there against a real gateway and Triton."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import MODEL, REPO_ROOT
+from tests.gateway_process import GatewayProcess
+from tests.helpers import irregular_mask, make_image, png_bytes
+
+pytestmark = pytest.mark.server
+SDK = Path(__file__).resolve().parent / "sdk"
+KEY = "sdk-clients-key-0123456789"
+IDLE_SECONDS = 60  # the JS SDK's connection idles this long on heartbeats alone, then works
+
+
+@pytest.fixture(scope="module")
+def gateway(triton_server, tmp_path_factory):
+    data = tmp_path_factory.mktemp("sdk-clients")
+    (data / "keys.txt").write_text(f"{KEY}\n")
+    process = GatewayProcess(
+        triton_server.grpc_url, data / "store", "--keys", str(data / "keys.txt"), "--rate", "100000"
+    )
+    with process:
+        yield process
+
+
+def _inputs(gateway: GatewayProcess, path: Path) -> Path:
+    image, mask = png_bytes(make_image(128, 96)), png_bytes(irregular_mask(128, 96))
+    mask_b64 = base64.b64encode(mask).decode()
+    ws = gateway.url.replace("http://", "ws://") + "/v1"
+    values = {
+        "url": ws, "ws_url": ws, "http_url": gateway.url + "/v1", "key": KEY, "model": MODEL,
+        "prompt": "a red apple on a wooden table", "width": 128, "height": 96,
+        "image_b64": base64.b64encode(image).decode(), "mask_b64": mask_b64,
+        "mask_data_uri": f"data:image/png;base64,{mask_b64}", "idle_seconds": IDLE_SECONDS,
+    }  # fmt: skip
+    path.write_text(json.dumps(values))
+    return path
+
+
+@pytest.fixture(scope="module")
+def runware_sdk_python() -> Path:
+    """An environment of its own for runware-sdk: it installs a ``runware`` module, as the WebSocket
+    SDK in the test environment does."""
+    env = REPO_ROOT / "build" / "sdk-envs" / "runware-sdk"
+    python = env / "bin" / "python"
+    requirements = SDK / "runware-sdk-requirements.txt"
+    stamp = env / "installed.txt"
+    if not (python.is_file() and stamp.is_file() and stamp.read_text() == requirements.read_text()):
+        shutil.rmtree(env, ignore_errors=True)
+        subprocess.run([sys.executable, "-m", "venv", str(env)], check=True)
+        subprocess.run(
+            [str(python), "-m", "pip", "install", "-q", "-r", str(requirements)], check=True, timeout=600
+        )
+        stamp.write_text(requirements.read_text())
+    return python
+
+
+@pytest.fixture(scope="module")
+def js_sdk() -> Path:
+    """@runware/sdk-js installed from tests/sdk/js's lock file (npm ci; no install scripts run)."""
+    folder = SDK / "js"
+    lock = folder / "package-lock.json"
+    stamp = folder / "node_modules" / ".installed-lock"
+    if not (stamp.is_file() and stamp.read_text() == lock.read_text()):
+        npm = shutil.which("npm")
+        assert npm, "npm is needed to install @runware/sdk-js (Node 20 and npm come with these machines)"
+        subprocess.run(
+            [npm, "ci", "--no-audit", "--no-fund", "--ignore-scripts"], cwd=folder, check=True, timeout=600
+        )
+        stamp.write_text(lock.read_text())
+    return folder
+
+
+def _report(command: list[str], cwd: Path, timeout: float) -> dict:
+    done = subprocess.run(
+        command, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=dict(os.environ)
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout)
+
+
+def _images(result: list | dict) -> list[dict]:
+    return result if isinstance(result, list) else [result]
+
+
+def test_runware_sdk_over_rest_and_websocket(gateway, runware_sdk_python, tmp_path):
+    script = SDK / "runware_sdk_workflow.py"
+    report = _report(
+        [str(runware_sdk_python), str(script), str(_inputs(gateway, tmp_path / "in.json"))], tmp_path, 600
+    )
+    for transport in ("rest", "websocket"):
+        step = {
+            name.removeprefix(f"{transport}_"): value
+            for name, value in report.items()
+            if name.startswith(transport)
+        }
+        assert step["upload"]["ok"][0]["imageURL"].startswith(gateway.url), (transport, step["upload"])
+        two = step["inpaint_two"]["ok"]  # the SDK's default: deliveryMethod async, then getResponse
+        assert [item["seed"] for item in two] == [7, 8] and all(item["imageURL"] for item in two)
+        assert step["next_edit"]["ok"][0]["seed"] == 9  # the previous result's UUID as the next seedImage
+        assert step["data_uri"]["ok"][0]["imageUUID"]
+        assert step["masking"]["ok"][0]["maskImageURL"]
+        assert step["background"]["ok"][0]["imageURL"].endswith(".png")
+        assert step["out_of_range"]["error"]["parameter"] == "steps", step["out_of_range"]
+        assert step["out_of_range"]["error"]["code"] == "validation"  # the SDK's category for a refused value
+        assert step["wrong_key"]["error"]["code"] == "auth", step["wrong_key"]
+
+
+def test_js_sdk_over_websocket_including_a_minute_idle_on_heartbeats(gateway, js_sdk, tmp_path):
+    command = ["node", "workflow.mjs", str(_inputs(gateway, tmp_path / "in.json"))]
+    report = _report(command, js_sdk, 600)
+    assert report["upload"]["ok"]["imageURL"].startswith(gateway.url), report["upload"]
+    assert [item["seed"] for item in report["inpaint_uploaded_two"]["ok"]] == [7, 8]
+    assert report["inpaint_data_uri"]["ok"][0]["seed"] == 8
+    assert report["next_edit"]["ok"][0]["seed"] == 9
+    assert _images(report["masking"]["ok"])[0]["maskImageURL"]
+    assert _images(report["background"]["ok"])[0]["imageURL"].endswith(".png")
+    error = report["out_of_range"]["error"]
+    assert (
+        error["parameter"] == "steps"
+        and error["code"] == "invalidParameter"
+        and error["taskType"] == "imageInference"
+    )
+    assert report["wrong_key"]["error"]["code"] == "invalidApiKey"
+    # A minute of heartbeats (one ping every 10 s, each answered), then a task on the same session.
+    assert report["idle"]["same_session"] and report["idle"]["pongs"] >= IDLE_SECONDS // 10 - 1
+    assert report["after_idle"]["ok"]["imageUUID"]
