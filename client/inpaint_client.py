@@ -60,6 +60,7 @@ class ModelInfo:
     default_guidance: float
     default_scheduler: str | None
     default_strength: float = 0.8
+    aliases: tuple[str, ...] = ()  # other ids the registry gave it (e.g. a hosted API's model id)
 
 
 @dataclass(frozen=True)
@@ -149,6 +150,7 @@ class InpaintClient:
                     default_guidance=float(params.get("default_guidance", 0)),
                     default_scheduler=params.get("default_scheduler") or None,
                     default_strength=float(params.get("default_strength", 0.8)),
+                    aliases=tuple(alias for alias in params.get("model_aliases", "").split(",") if alias),
                 )
             )
         return models
@@ -161,7 +163,9 @@ class InpaintClient:
             return ensemble_name(model)
         # Ids are looked up once and remembered: listing costs a round trip per served model.
         if model not in self._names_by_id:
-            self._names_by_id = {info.id: info.name for info in self.list_models()}
+            self._names_by_id = {
+                model_id: info.name for info in self.list_models() for model_id in (info.id, *info.aliases)
+            }
         return ensemble_name(self._names_by_id.get(model, model))  # unknown: refused with the served list
 
     def server_ready(self) -> bool:

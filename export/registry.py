@@ -9,6 +9,7 @@
     default_guidance = 7.5
     default_scheduler = "DPM++ 2M"
     # name = "sd15"                        # optional Triton name; derived from the id otherwise
+    # aliases = ["runware:100@1"]          # optional: other ids requests may use for this model
 
 ``triton-inpaint export registry`` builds every entry into one model repository; the id, family,
 native resolution and defaults are written into each ensemble's config, where clients read them.
@@ -39,6 +40,7 @@ KEYS = {
     "default_steps",
     "default_guidance",
     "default_scheduler",
+    "aliases",
 }
 
 
@@ -56,6 +58,7 @@ class RegistryEntry:
     default_steps: int | None
     default_guidance: float | None
     default_scheduler: str | None
+    aliases: tuple[str, ...] = ()
 
 
 def name_for(model_id: str) -> str:
@@ -100,6 +103,9 @@ def _entry(raw: dict, where: str, base: Path) -> RegistryEntry:
             scheduler = resolve_scheduler(str(scheduler)).name
         except ValueError as exc:
             raise fail("default_scheduler", str(exc).removeprefix("scheduler: ")) from None
+    aliases = raw.get("aliases", [])
+    if not isinstance(aliases, list) or not all(isinstance(a, str) and ID_PATTERN.match(a) for a in aliases):
+        raise fail("aliases", f"must be a list of ids like 'runware:100@1', got {aliases!r}")
     checkpoint = raw.get("checkpoint")
     return RegistryEntry(
         id=model_id,
@@ -110,6 +116,7 @@ def _entry(raw: dict, where: str, base: Path) -> RegistryEntry:
         default_steps=raw.get("default_steps"),
         default_guidance=None if raw.get("default_guidance") is None else float(raw["default_guidance"]),
         default_scheduler=scheduler,
+        aliases=tuple(aliases),
     )
 
 
@@ -132,6 +139,13 @@ def load_registry(path: Path) -> list[RegistryEntry]:
             if value in seen:
                 raise RegistryError(f"{path}: {field} {value!r} appears twice")
             seen.add(value)
+    # A request's model id must name one model: aliases are unique and never another entry's id.
+    claimed = {entry.id: entry.id for entry in entries}
+    for entry in entries:
+        for alias in entry.aliases:
+            if alias in claimed:
+                raise RegistryError(f"{path}: {entry.id}: alias {alias!r} already names {claimed[alias]}")
+            claimed[alias] = entry.id
     return entries
 
 
@@ -157,6 +171,7 @@ def export_registry(
             default_guidance=entry.default_guidance,
             default_scheduler=entry.default_scheduler,
             family=entry.family,
+            model_aliases=entry.aliases,
             **options,
         )
         export_checkpoint(checkpoint, entry.name, repository, export_options, log=lambda m: log(f"      {m}"))

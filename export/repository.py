@@ -82,6 +82,7 @@ class ExportOptions:
     max_side: int | None = None
     # What the registry says about the model; None keeps the family's defaults.
     model_id: str | None = None
+    model_aliases: tuple[str, ...] = ()  # other ids requests may name this model by
     default_steps: int | None = None
     default_guidance: float | None = None
     default_scheduler: str | None = None
@@ -234,7 +235,9 @@ def _denoise_config(
     return config
 
 
-def _ensemble_config(checkpoint_name: str, spec: PipelineSpec, model_id: str) -> mc.ModelConfig:
+def _ensemble_config(
+    checkpoint_name: str, spec: PipelineSpec, model_id: str, aliases: tuple[str, ...] = ()
+) -> mc.ModelConfig:
     config = mc.ModelConfig(
         name=contract.ensemble_name(checkpoint_name), platform="ensemble", max_batch_size=0
     )
@@ -247,6 +250,7 @@ def _ensemble_config(checkpoint_name: str, spec: PipelineSpec, model_id: str) ->
         "default_guidance": str(spec.default_guidance),
         "default_scheduler": spec.default_scheduler or "",
         "default_strength": str(spec.default_strength),
+        "model_aliases": ",".join(aliases),
     }
     for key, value in described.items():
         config.parameters[key].string_value = value
@@ -354,7 +358,8 @@ def export_checkpoint(
 
         ensemble_dir = scratch / contract.ensemble_name(name)
         (ensemble_dir / "1").mkdir(parents=True)
-        write_config(ensemble_dir, _ensemble_config(name, spec, options.model_id or f"local:{name}@1"))
+        model_id = options.model_id or f"local:{name}@1"
+        write_config(ensemble_dir, _ensemble_config(name, spec, model_id, options.model_aliases))
 
         move_into(scratch, repository)
         return [replace(check, path=repository / check.path.relative_to(scratch)) for check in checks]

@@ -29,6 +29,7 @@ MODEL_IDS = {
     "tinyxlbase": "local:sdxl-base@1",
     FLUX_MODEL: "local:flux-fill@1",
 }
+BASE_ALIASES = ("runware:100@1",)  # a hosted API's model id, mapped to tinybase by the registry
 BASE_DEFAULTS = {"default_steps": 6, "default_guidance": 6.5, "default_scheduler": "Euler a"}
 
 
@@ -105,6 +106,7 @@ def exported_repository(
         f"default_steps = {BASE_DEFAULTS['default_steps']}\n"
         f"default_guidance = {BASE_DEFAULTS['default_guidance']}\n"
         f'default_scheduler = "{BASE_DEFAULTS["default_scheduler"]}"\n'
+        f"aliases = {json.dumps(list(BASE_ALIASES))}\n"
     ]
     for family, name in SDXL_MODELS.items():
         entries.append(

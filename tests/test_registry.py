@@ -6,9 +6,9 @@ import sys
 
 import pytest
 
-from tests.conftest import BASE_DEFAULTS, BASE_MODEL, MODEL, MODEL_IDS
+from tests.conftest import BASE_ALIASES, BASE_DEFAULTS, BASE_MODEL, MODEL, MODEL_IDS
 from tests.helpers import irregular_mask, make_image, png_bytes
-from triton_inpaint.client import InpaintClient
+from triton_inpaint.client import InpaintClient, InpaintError
 from triton_inpaint.export.registry import RegistryError, export_registry, load_registry, name_for
 
 
@@ -56,6 +56,12 @@ def test_a_valid_registry(tmp_path):
         (
             '[[models]]\nid = "a:b@1"\ntiny = "sd15-base"\n[[models]]\nid = "a:b@1"\ntiny = "sd15-base"\n',
             "id 'a:b@1' appears twice",
+        ),
+        ('[[models]]\nid = "a:b@1"\ntiny = "sd15-base"\naliases = "x"\n', "aliases: must be a list of ids"),
+        (
+            '[[models]]\nid = "a:b@1"\ntiny = "sd15-base"\n[[models]]\nid = "a:c@1"\ntiny = "sd15-base"\n'
+            'aliases = ["a:b@1"]\n',
+            "a:c@1: alias 'a:b@1' already names a:b@1",
         ),
         ("models = 3\n", "needs at least one [[models]] entry"),
         ("[[models]\n", "not valid TOML"),
@@ -114,8 +120,13 @@ def test_registry_id_and_defaults_apply(triton_server):
             scheduler=BASE_DEFAULTS["default_scheduler"],
         )
         other = client.inpaint(BASE_MODEL, image, mask, "a cat", seed=4, steps=5)
-    assert by_id.image == explicit.image
+        by_alias = client.inpaint(BASE_ALIASES[0], image, mask, "a cat", seed=4)
+        with pytest.raises(InpaintError) as unknown:
+            client.inpaint("runware:999@9", image, mask, "a cat", seed=4)
+    assert by_id.image == explicit.image == by_alias.image
     assert other.image != by_id.image
+    # An id nobody serves is refused with the ids that are served.
+    assert "runware:999@9" in str(unknown.value) and MODEL_IDS[BASE_MODEL] in str(unknown.value)
 
 
 @pytest.mark.server
