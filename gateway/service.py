@@ -183,6 +183,7 @@ class TaskRunner:
         return [item | output_fields("image", image_uuid, data, ext, "URL", base_url)]
 
     def image_inference(self, task: ImageInferenceTask, base_url: str) -> list[dict[str, Any]]:
+        _inputs_once(task)
         _one_of(task, tuple(INFERENCE_FIELDS[name] for name in MASK_SOURCES))
         image = self.image(task.seedImage, "seedImage")
         mask = None if task.maskImage is None else self.image(task.maskImage, "maskImage")
@@ -284,6 +285,25 @@ def runware_controls(schema: RequestSchema, task: Any) -> dict[str, Any]:
     }
 
 
+def _inputs_once(task: Any) -> None:
+    """An image given both at the top (seedImage, maskImage) and in ``inputs`` is refused: which one
+    was meant cannot be told. (The schema copies ``inputs`` up where the top is empty.)"""
+    inputs = task.inputs
+    if inputs is None:
+        return
+    pairs = (("image", "seedImage"), ("seedImage", "seedImage"), ("mask", "maskImage"))
+    for source, target in pairs:
+        value = getattr(inputs, source)
+        if value is not None and getattr(task, target) != value:
+            raise TaskFailed(
+                f"inputs.{source}: {target} is given too; send the image once", f"inputs.{source}"
+            )
+    if inputs.image is not None and inputs.seedImage is not None:
+        raise TaskFailed(
+            "inputs.seedImage: inputs.image is given too; send the image once", "inputs.seedImage"
+        )
+
+
 def _one_of(task: Any, names: tuple[str, ...]) -> None:
     given = [name for name in names if getattr(task, name) is not None]
     if len(given) != 1:
@@ -378,7 +398,10 @@ class AsyncInpainting:
             for name in ASYNC_IMAGE_FIELDS[task.taskType]
             if getattr(task, name) is not None
         }
-        stored = task.model_dump(mode="json", exclude_none=True, exclude={"deliveryMethod"})
+        if task.taskType == "imageInference":
+            _inputs_once(task)
+        # ``inputs`` was copied to seedImage/maskImage by the schema; those are stored as uploads.
+        stored = task.model_dump(mode="json", exclude_none=True, exclude={"deliveryMethod", "inputs"})
         uuids = self.runner.store([(data, image_extension(data)) for data in inputs.values()])
         stored.update(zip(inputs, uuids, strict=True))
         try:

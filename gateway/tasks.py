@@ -19,6 +19,7 @@ from pydantic import (
     ValidationError,
     create_model,
     field_validator,
+    model_validator,
 )
 
 from triton_inpaint.schema import INPAINT, MASK, Control, RequestSchema
@@ -147,9 +148,33 @@ def control_fields(
     return fields
 
 
+class InferenceInputs(BaseModel):
+    """The hosted API's newer ``inputs`` form of an inference task's images."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    image: Text | None = None  # the image to inpaint, as seedImage
+    seedImage: Text | None = None  # the same, under its other name
+    mask: Text | None = None  # as maskImage
+
+
 class _InferenceTask(_Task, _Output):
     taskType: Literal["imageInference"]
     model: Name
+    inputs: InferenceInputs | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_inputs(cls, data: Any) -> Any:
+        """``inputs: {image, mask}`` stands for seedImage and maskImage where those are not given (both
+        given: the service refuses the task, naming the field)."""
+        if not isinstance(data, dict) or not isinstance(data.get("inputs"), dict):
+            return data
+        inputs, data = data["inputs"], dict(data)
+        for source, target in (("image", "seedImage"), ("seedImage", "seedImage"), ("mask", "maskImage")):
+            if inputs.get(source) is not None and data.get(target) is None:
+                data[target] = inputs[source]
+        return data
 
     @field_validator("positivePrompt", check_fields=False)
     @classmethod

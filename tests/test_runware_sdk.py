@@ -369,3 +369,43 @@ def test_background_removal_refuses_alpha_matting_by_name(gateway):
     }
     status, body = gateway.post("/v1", [task], key=KEY)
     assert status == 400 and body["errors"][0]["parameter"] == "alphaMatting"
+
+
+def test_the_inputs_form_of_an_inference_task(gateway):
+    """The SDK's ``inputs: {image, mask}`` form stands for seedImage and maskImage, over the
+    WebSocket and for async tasks; giving an image twice, or an input this API has not, is refused by
+    name."""
+    image = base64.b64encode(png_bytes(make_image(96, 64))).decode()
+    mask = base64.b64encode(png_bytes(irregular_mask(96, 64))).decode()
+
+    async def scenario():
+        sdk = await _connected(gateway)
+        try:
+            inputs = {"image": image, "mask": mask}
+            request = IImageInference(
+                model=MODEL, positivePrompt=PROMPT, inputs=inputs, steps=3, seed=31, width=96, height=64
+            )
+            return await sdk.imageInference(requestImage=request)
+        finally:
+            await sdk.disconnect()
+
+    (result,) = _run(scenario())
+    assert result.seed == 31
+    plain = _inference_task(seed=31, steps=3, deliveryMethod="sync")
+    status, body = gateway.post("/v1", [plain | {"seedImage": image, "maskImage": mask}], key=KEY)
+    assert status == 200 and body["data"][0]["seed"] == 31
+    moved = {key: value for key, value in plain.items() if key not in ("seedImage", "maskImage")}
+    task = moved | {"inputs": {"image": image, "mask": mask}, "deliveryMethod": "async"}
+    assert gateway.post("/v1", [task], key=KEY)[0] == 200
+    status, body = _poll(gateway, task["taskUUID"])
+    assert status == 200 and body["data"][0]["status"] == "success" and body["data"][0]["seed"] == 31
+    other = base64.b64encode(png_bytes(make_image(96, 64, seed=1))).decode()
+    twice = _inference_task() | {"inputs": {"image": other}}  # and seedImage: which one was meant?
+    status, body = gateway.post("/v1", [twice], key=KEY)
+    assert status == 400 and body["errors"][0]["parameter"] == "inputs.image"
+    unknown = moved | {
+        "taskUUID": _inference_task()["taskUUID"],
+        "inputs": {"image": image, "references": [image]},
+    }
+    status, body = gateway.post("/v1", [unknown], key=KEY)
+    assert status == 400 and body["errors"][0]["parameter"] == "inputs.references"
