@@ -150,7 +150,8 @@ def create_app(config: GatewayConfig, storage: Storage | None = None) -> FastAPI
 
     @app.post(
         "/v1",
-        summary="Run tasks: imageInference (inpainting), imageMasking, imageUpload, getResponse",
+        summary="Run tasks: imageInference (inpainting), imageMasking, imageUpload, imageBackgroundRemoval, "
+        "getResponse",
         responses={400: {"description": "every task was refused"}, 401: {}, 413: {}, 429: {}, 503: {}},
     )
     async def run_tasks(
@@ -304,10 +305,20 @@ def request_schemas() -> tuple[dict[str, Any], dict[str, Any]]:
     """JSON schemas of the ``/v1`` and ``/v2/tasks/create`` bodies, and the definitions they refer to."""
     from pydantic import Field, TypeAdapter
 
-    from .tasks import GetResponseTask, ImageInferenceTask, ImageMaskingTask, ImageUploadTask
+    from .tasks import (
+        GetResponseTask,
+        ImageBackgroundRemovalTask,
+        ImageInferenceTask,
+        ImageMaskingTask,
+        ImageUploadTask,
+    )
 
     one_task = Annotated[
-        ImageInferenceTask | ImageMaskingTask | ImageUploadTask | GetResponseTask,
+        ImageInferenceTask
+        | ImageMaskingTask
+        | ImageUploadTask
+        | ImageBackgroundRemovalTask
+        | GetResponseTask,
         Field(discriminator="taskType"),
     ]
     template = "#/components/schemas/{model}"
