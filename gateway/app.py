@@ -198,7 +198,9 @@ def create_app(config: GatewayConfig, storage: Storage | None = None) -> FastAPI
     @app.websocket("/v1")
     async def task_socket(websocket: WebSocket) -> None:
         """The same tasks over the hosted API's WebSocket protocol (gateway/websocket.py)."""
-        socket = TaskSocket(websocket, config.keys, limits, parse_task, run_one, base_url(websocket), follow)
+        socket = TaskSocket(
+            websocket, config.keys, limits, parse_task, run_one, base_url(websocket), follow, MAX_TASKS
+        )
         await socket.serve()
 
     async def follow(task: Any, caller: str) -> None:

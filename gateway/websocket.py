@@ -51,6 +51,7 @@ class TaskSocket:
         run: RunTask,
         base_url: str,
         follow: FollowTask,
+        max_tasks: int = 16,
     ) -> None:
         self.websocket = websocket
         self.keys = keys
@@ -59,6 +60,7 @@ class TaskSocket:
         self.run = run
         self.base_url = base_url
         self.follow = follow
+        self.max_tasks = max_tasks  # per message, as per POST /v1 body
         self.caller: str | None = None  # the identity limits count against, once authenticated
         self.session = str(uuid.uuid4())
         self._send_lock = asyncio.Lock()
@@ -89,7 +91,12 @@ class TaskSocket:
                 {"errors": [error_item("message: is not valid JSON; send a JSON array of tasks", "body")]}
             )
             return
-        for raw in body if isinstance(body, list) else [body]:
+        tasks = body if isinstance(body, list) else [body]
+        if len(tasks) > self.max_tasks:
+            message = f"message: send 1-{self.max_tasks} tasks in a JSON array, got {len(tasks)}"
+            await self.send({"errors": [error_item(message, "body")]})
+            return
+        for raw in tasks:
             await self._task(raw)
 
     async def _task(self, raw: Any) -> None:

@@ -159,9 +159,12 @@ def test_raw_protocol_ping_auth_order_and_one_frame_per_task(gateway):
                 json.dumps([upload, {"taskType": "ping", "ping": True}, {"taskType": "imageUpload"}])
             )
             frames = [json.loads(await ws.recv()) for _ in range(3)]
-            return refused, auth, frames, upload["taskUUID"]
+            await ws.send(json.dumps([{"taskType": "ping", "ping": True}] * 17))  # more than POST /v1 takes
+            too_many = json.loads(await ws.recv())
+            return refused, auth, frames, upload["taskUUID"], too_many
 
-    refused, auth, frames, task_uuid = _run(scenario())
+    refused, auth, frames, task_uuid, too_many = _run(scenario())
+    assert too_many["errors"][0]["message"].startswith("message: send 1-16 tasks")
     (error,) = refused["errors"]
     assert error["code"] == "invalidApiKey" and error["taskUUID"] == task_uuid
     (session,) = auth["data"]
