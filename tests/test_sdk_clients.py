@@ -138,3 +138,44 @@ def test_js_sdk_over_websocket_including_a_minute_idle_on_heartbeats(gateway, js
     # A minute of heartbeats (one ping every 10 s, each answered), then a task on the same session.
     assert report["idle"]["same_session"] and report["idle"]["pongs"] >= IDLE_SECONDS // 10 - 1
     assert report["after_idle"]["ok"]["imageUUID"]
+
+
+def test_runware_sdk_waits_out_a_gateway_restart_during_an_async_task(
+    triton_server, runware_sdk_python, tmp_path
+):
+    """The gateway stops while the SDK's async task runs and comes back on the same port and store:
+    the task is picked up again and the SDK, polling getResponse, gets its image."""
+    import sqlite3
+    import time
+
+    (tmp_path / "keys.txt").write_text(f"{KEY}\n")
+    store = tmp_path / "store"
+    options = ("--keys", str(tmp_path / "keys.txt"), "--rate", "100000")
+    first = GatewayProcess(triton_server.grpc_url, store, *options).start()
+    script = [
+        str(runware_sdk_python),
+        str(SDK / "runware_sdk_workflow.py"),
+        str(_inputs(first, tmp_path / "in.json")),
+    ]
+    sdk = subprocess.Popen([*script, "restart"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        statuses: list[str] = []
+        while not statuses and time.monotonic() < deadline and sdk.poll() is None:
+            time.sleep(0.1)
+            if (store / "gateway.sqlite3").is_file():
+                with sqlite3.connect(store / "gateway.sqlite3") as db:
+                    statuses = [row[0] for row in db.execute("SELECT status FROM tasks")]
+        first.stop()
+        assert statuses in (["pending"], ["running"]), f"the restart must land mid-task, found {statuses}"
+        second = GatewayProcess(triton_server.grpc_url, store, *options, port=first.port).start()
+        try:
+            out, err = sdk.communicate(timeout=300)
+        finally:
+            second.stop()
+    finally:
+        if sdk.poll() is None:
+            sdk.kill()
+    assert sdk.returncode == 0, err[-3000:]
+    (item,) = json.loads(out)["restart"]["ok"]
+    assert item["seed"] == 5 and item["imageURL"].startswith(first.url)

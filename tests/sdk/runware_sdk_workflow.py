@@ -67,7 +67,19 @@ async def workflow(transport: str) -> None:
     await attempt(prefix + "wrong_key", wrong_key())
 
 
+async def restart() -> None:
+    """One async inference over REST while the test restarts the gateway: the SDK polls getResponse
+    through the restart (its retries cover the seconds the gateway is down)."""
+    urls = {"http_base_url": INPUT["http_url"], "ws_base_url": INPUT["ws_url"]}
+    async with Runware(api_key=INPUT["key"], transport="rest", **urls) as client:
+        # 100 steps at 256 px: seconds on the tiny model, so the restart lands while it runs.
+        await attempt("restart", client.run(inference(steps=100, seed=5, width=256, height=256)))
+
+
 async def main() -> None:
+    if sys.argv[2:] == ["restart"]:
+        await restart()
+        return
     for transport in ("rest", "websocket"):
         await workflow(transport)
 
