@@ -239,7 +239,8 @@ class TaskRunner:
         if settings.postProcessMask:
             alpha = (alpha >= 0.5).astype(np.float64)
         if settings.returnOnlyMask:
-            output = encode_image(np.repeat(mask_pixels(alpha)[..., None], 3, axis=-1), task.outputFormat)
+            mask_rgb = np.repeat(mask_pixels(alpha)[..., None], 3, axis=-1)
+            output = encode_image(mask_rgb, task.outputFormat, task.outputQuality)
         else:
             background = tuple(settings.rgba) if settings.rgba else (0, 0, 0, 0)
             output = cut_out(decode_image(data), alpha, background, task.outputFormat, task.outputQuality)
@@ -393,13 +394,13 @@ class AsyncInpainting:
                 "deliveryMethod",
                 "rateLimited",
             )
+        if task.taskType == "imageInference":
+            _inputs_once(task)  # before any image is fetched or decoded
         inputs = {
             name: self.runner.image(getattr(task, name), name)
             for name in ASYNC_IMAGE_FIELDS[task.taskType]
             if getattr(task, name) is not None
         }
-        if task.taskType == "imageInference":
-            _inputs_once(task)
         # ``inputs`` was copied to seedImage/maskImage by the schema; those are stored as uploads.
         stored = task.model_dump(mode="json", exclude_none=True, exclude={"deliveryMethod", "inputs"})
         uuids = self.runner.store([(data, image_extension(data)) for data in inputs.values()])

@@ -160,9 +160,11 @@ class TaskSocket:
         finally:
             self.limits.release(self.caller)
         await self.send({"data": items} if error is None else {"errors": [error]})
-        if error is None and items and items[0].get("status") == "processing":
+        accepted = task.taskType != "getResponse" and task.deliveryMethod == "async"
+        if accepted and error is None and items and items[0].get("status") == "processing":
             # Accepted for later: its results (or its error) come in their own frame when it is done,
-            # read as a getResponse task reads them.
+            # read as a getResponse task reads them. (A getResponse polled while the task runs is only
+            # answered: the task's own follower pushes the results once.)
             await self.follow(task, self.caller)
             fetch = GetResponseTask.model_construct(taskType="getResponse", taskUUID=task.taskUUID)
             items, error, _ = await self.run(fetch, self.base_url, self.caller)

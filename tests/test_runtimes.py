@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
@@ -153,7 +154,13 @@ def test_gpu_torch_configs_are_python_models_on_the_gpu(runtime_repositories):
         "architecture": "sd",
         "precision": "fp16",
         "modules": {"unet": "diffusers.UNet2DConditionModel"},
+        "dtypes": {"unet": "float16"},
     }
+    # Loaded as stored: fp16 for the UNet, fp32 for a VAE whose config says force_upcast (diffusers').
+    assert next(load_network(version)[1].parameters()).dtype == torch.float16
+    vae = json.loads((repository / f"{NAME}_vae_decoder" / "1" / "network.json").read_text())
+    assert vae["dtypes"] == {"vae": "float32"}
+    assert next(load_network(repository / f"{NAME}_vae_decoder" / "1")[1].parameters()).dtype == torch.float32
     # The weights are stored as served: fp16 halves them (a VAE that must stay fp32 stays fp32).
     from safetensors import safe_open
 

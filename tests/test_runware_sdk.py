@@ -231,19 +231,29 @@ def test_async_delivery_with_the_sdk_acknowledges_then_get_response_returns_the_
 def test_async_results_are_pushed_in_their_own_frame_over_the_websocket(gateway):
     import websockets
 
-    task = _inference_task(deliveryMethod="async")
+    # 100 steps at 256 px: seconds on the tiny model, so the getResponse below finds it running.
+    task = _inference_task(deliveryMethod="async", steps=100, width=256, height=256)
 
     async def scenario():
         async with websockets.connect(ws_url(gateway)) as ws:
             await ws.send(json.dumps([{"taskType": "authentication", "apiKey": KEY}]))
             await ws.recv()
             await ws.send(json.dumps([task]))
-            return json.loads(await ws.recv()), json.loads(await ws.recv())
+            ack = json.loads(await ws.recv())
+            await ws.send(json.dumps([{"taskType": "getResponse", "taskUUID": task["taskUUID"]}]))
+            polled = json.loads(await ws.recv())
+            pushed = json.loads(await ws.recv())
+            await asyncio.sleep(1.5)  # a second push, if any, would come within the follower's 0.5 s
+            await ws.send(json.dumps([{"taskType": "ping", "ping": True}]))
+            return ack, pushed, polled, json.loads(await ws.recv())
 
-    ack, pushed = _run(scenario())
+    ack, pushed, polled, after = _run(scenario())
     assert ack == {
         "data": [{"taskType": "imageInference", "taskUUID": task["taskUUID"], "status": "processing"}]
     }
+    assert polled["data"][0]["status"] == "processing"
+    # The poll was only answered: the results were pushed once, and the next frame is the pong.
+    assert after == {"data": [{"taskType": "ping", "pong": True}]}
     (item,) = pushed["data"]
     assert item["status"] == "success" and item["taskUUID"] == task["taskUUID"] and item["seed"] == 21
 

@@ -233,7 +233,7 @@ def serving_dtype(module: torch.nn.Module, precision: str) -> torch.dtype:
 def save_network(pipeline: Any, architecture: str, role: str, directory: Path, precision: str) -> None:
     """Write what ``role`` needs to run under the ``gpu-torch`` runtime into ``directory``."""
     directory.mkdir(parents=True, exist_ok=True)
-    classes = {}
+    classes, dtypes = {}, {}
     for attribute in ROLE_SOURCES[role]:
         module = getattr(pipeline, attribute)
         # Saved as loaded, in shards of at most 2 GB, then converted shard by shard: the pipeline's own
@@ -244,7 +244,14 @@ def save_network(pipeline: Any, architecture: str, role: str, directory: Path, p
             for shard in sorted((directory / attribute).glob("*.safetensors")):
                 _convert_shard(shard, dtype)
         classes[attribute] = _class_path(module)
-    description = {"role": role, "architecture": architecture, "precision": precision, "modules": classes}
+        dtypes[attribute] = str(dtype).removeprefix("torch.")
+    description = {
+        "role": role,
+        "architecture": architecture,
+        "precision": precision,
+        "modules": classes,
+        "dtypes": dtypes,  # as stored: loading asks for them, not for float32 first and a cast after
+    }
     (directory / NETWORK_FILE).write_text(json.dumps(description, indent=2) + "\n")
 
 
@@ -264,11 +271,17 @@ def load_network(
     """(role, module) of a network saved by :func:`save_network`, on ``device``, in the precision it was
     saved for unless ``precision`` says otherwise."""
     description = json.loads((directory / NETWORK_FILE).read_text())
-    precision = precision or description["precision"]
     modules = {}
     for attribute, class_path in description["modules"].items():
         cls = _load_class(class_path)
-        module = cls.from_pretrained(directory / attribute)
-        modules[attribute] = module.to(device=device, dtype=serving_dtype(module, precision))
+        if precision is None:
+            dtype = getattr(torch, description["dtypes"][attribute])
+        else:
+            dtype = PRECISIONS[precision]
+        # Loaded straight into that dtype: left to themselves, both libraries would build the module
+        # in float32 (twice the memory of fp16 weights) and the cast would come after.
+        keyword = "torch_dtype" if class_path.startswith("diffusers.") else "dtype"
+        module = cls.from_pretrained(directory / attribute, **{keyword: dtype})
+        modules[attribute] = module.to(device=device)
     role = description["role"]
     return role, role_module(SimpleNamespace(**modules), description["architecture"], role)
