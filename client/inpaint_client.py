@@ -173,6 +173,15 @@ class InpaintClient:
         process died (the server runs with strict readiness)."""
         return bool(self._client.is_server_ready())
 
+    def model_ready(self, name: str) -> bool:
+        """Whether Triton serves the model ``name`` (any model, e.g. ``image_masking``) and it is ready."""
+        from tritonclient.utils import InferenceServerException
+
+        try:
+            return bool(self._client.is_model_ready(name))
+        except InferenceServerException:
+            return False
+
     def served_models(self) -> list[str]:
         """Names of the ready inpainting models (the ``NAME`` of each ``inpaint_NAME`` ensemble)."""
         if self.protocol == "grpc":

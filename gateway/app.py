@@ -20,12 +20,14 @@ from starlette.requests import HTTPConnection
 
 from triton_inpaint.client import InpaintClient
 
+from .catalog import catalog
 from .guard import AsciiJSONResponse as JSONResponse  # every answer ASCII-safe
 from .guard import RequestGuard
 from .guard import error_item as _error
 from .guard import error_response as _errors
 from .images import UUID_PATTERN
 from .limits import KeyLimits
+from .page import add_page_routes
 from .service import AsyncInpainting, GatewayConfig, TaskFailed, TaskRunner, Unavailable, logger
 from .storage import IMAGE_EXTENSIONS, LocalStorage, Storage, TaskRecord
 from .tasks import ASYNC_IMAGE_FIELDS, TASK_TYPES, EdenTaskRequest, field_errors, quoted
@@ -208,6 +210,23 @@ def create_app(config: GatewayConfig, storage: Storage | None = None) -> FastAPI
         while not await run_in_threadpool(worker.finished, caller, task.taskUUID):
             await asyncio.sleep(0.5)
 
+    @app.get(
+        "/v1/models",
+        summary="The served models with their defaults, every imageInference control with its range and "
+        "hint, and the automatic masks on offer",
+        responses={401: {}, 429: {}, 503: {}},
+    )
+    async def models() -> Response:
+        def read() -> dict[str, Any]:
+            with InpaintClient(config.triton_url, "grpc", timeout=10.0) as client:
+                return catalog(client)
+
+        try:
+            return JSONResponse(await asyncio.wait_for(run_in_threadpool(read), timeout=15.0))
+        except Exception as exc:  # noqa: BLE001 - whatever failed, Triton could not be asked
+            message = f"Triton at {config.triton_url} is not reachable: {exc or type(exc).__name__}"
+            return _errors(503, _error(message, code="serviceUnavailable"), headers={"Retry-After": "5"})
+
     @app.post("/v2/tasks/create", summary="Create an async inpainting task (Eden-style); returns its id")
     async def create_task(request: Request, body: Annotated[Any, Body()]) -> Response:
         try:
@@ -300,6 +319,7 @@ def create_app(config: GatewayConfig, storage: Storage | None = None) -> FastAPI
     async def metrics() -> Response:
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
+    add_page_routes(app)
     return app
 
 

@@ -281,7 +281,7 @@ class EdenTaskRequest(BaseModel):
     args: InpaintingArgs
 
 
-def _bounds(model: type[BaseModel], name: str) -> tuple[Any, Any] | None:
+def field_bounds(model: type[BaseModel], name: str) -> tuple[Any, Any] | None:
     info = model.model_fields.get(name)
     if info is None:
         return None
@@ -307,6 +307,16 @@ def _owner(model: type[BaseModel], path: list[str]) -> type[BaseModel]:
     return model
 
 
+# pydantic's error types for a value that is not the field's kind of number, and what it must be.
+_NOT_A_NUMBER = {
+    "int_from_float": "an integer",
+    "int_parsing": "an integer",
+    "int_type": "an integer",
+    "float_parsing": "a number",
+    "float_type": "a number",
+}
+
+
 def field_errors(model: type[BaseModel], error: ValidationError) -> list[tuple[str, str]]:
     """(field, message) for each problem, the message naming the allowed values."""
     problems = []
@@ -322,9 +332,13 @@ def field_errors(model: type[BaseModel], error: ValidationError) -> list[tuple[s
             message = f"is not a field of this task; its fields are: {allowed}"
         elif kind == "missing":
             message = "is required"
-        elif kind in ("greater_than_equal", "less_than_equal") and _bounds(owner, leaf):
-            low, high = _bounds(owner, leaf)
+        elif kind in ("greater_than_equal", "less_than_equal") and field_bounds(owner, leaf):
+            low, high = field_bounds(owner, leaf)
             message = f"must be in [{low}, {high}], got {quoted(got)}"
+        elif kind in _NOT_A_NUMBER:
+            bounds = field_bounds(owner, leaf)
+            within = f" in [{bounds[0]}, {bounds[1]}]" if bounds else ""
+            message = f"must be {_NOT_A_NUMBER[kind]}{within}, got {quoted(got)}"
         elif kind == "literal_error":
             message = f"must be one of {item['ctx']['expected']}, got {quoted(got)}"
         elif kind == "value_error":

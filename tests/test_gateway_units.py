@@ -212,3 +212,49 @@ def test_field_messages_split_into_field_and_reason(message, parts):
     assert split_field(message) == parts
     error = InpaintError(message)
     assert (error.field, error.reason) == (parts or (None, None))
+
+
+def _refusals(**fields):
+    task = {"taskType": "imageInference", "taskUUID": "3738f7ee-392d-4fae-927d-604abf2de01b",
+            "model": "m", "seedImage": "x", "positivePrompt": "a door", **fields}  # fmt: skip
+    with pytest.raises(ValidationError) as caught:
+        ImageInferenceTask.model_validate(task)
+    return dict(field_errors(ImageInferenceTask, caught.value))
+
+
+@pytest.mark.parametrize(
+    ("fields", "expected"),
+    [
+        ({"steps": 2.5}, "must be an integer in [1, 100], got 2.5"),
+        ({"steps": "many"}, "must be an integer in [1, 100], got 'many'"),
+        ({"strength": "lots"}, "must be a number in [0.0, 1.0], got 'lots'"),
+        ({"steps": 500}, "must be in [1, 100], got 500"),
+    ],
+)
+def test_a_number_of_the_wrong_kind_is_refused_with_its_range(fields, expected):
+    (name,) = fields
+    assert _refusals(**fields) == {name: expected}
+
+
+def test_the_catalog_declares_each_control_as_the_task_schema_checks_it():
+    from triton_inpaint.gateway.catalog import inference_controls
+
+    controls = {control["name"]: control for control in inference_controls()}
+    assert not {"seedImage", "maskImage", "maskModel", "maskPrompt"} & set(controls)
+    assert list(controls)[:3] == ["maskInvert", "maskExpand", "maskBlur"]  # the schema's order
+    assert controls["steps"] | {"description": ""} == {
+        "name": "steps", "type": "integer", "description": "", "required": False, "default": None,
+        "defaultText": "the model's (20)", "min": 1, "max": 100, "range": "[1, 100]",
+    }  # fmt: skip
+    assert controls["width"]["multipleOf"] == 8
+    assert controls["scheduler"]["openChoices"] and "DPM++ 2M" in controls["scheduler"]["choices"]
+    prompt = controls["positivePrompt"]
+    assert (prompt["required"], prompt["minLength"], prompt["maxLength"], prompt["blank"]) == (
+        True, 2, 3000, "__BLANK__",
+    )  # fmt: skip
+    assert controls["negativePrompt"]["maxLength"] == 3000
+    # Every declared range is the one a refusal of that field prints.
+    for name, control in controls.items():
+        if "range" in control:
+            too_big = control["max"] + 1
+            assert _refusals(**{name: too_big}) == {name: f"must be in {control['range']}, got {too_big}"}
