@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import time
+import urllib.parse
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -20,6 +21,7 @@ from starlette.requests import HTTPConnection
 
 from triton_inpaint.client import InpaintClient
 
+from .blobs import S3Blobs
 from .catalog import catalog
 from .guard import AsciiJSONResponse as JSONResponse  # every answer ASCII-safe
 from .guard import RequestGuard
@@ -37,7 +39,8 @@ MAX_TASKS = 16  # tasks in one POST /v1
 
 
 def create_app(config: GatewayConfig, storage: Storage | None = None) -> FastAPI:
-    storage = storage or LocalStorage(config.data_dir)
+    if storage is None:
+        storage = LocalStorage(config.data_dir, S3Blobs(config.s3) if config.s3 else None)
     runner = TaskRunner(config, storage)
     worker = AsyncInpainting(runner)
     limits = KeyLimits(config.concurrency_per_key, config.requests_per_minute)
@@ -252,13 +255,22 @@ def create_app(config: GatewayConfig, storage: Storage | None = None) -> FastAPI
     @app.get("/images/{name}", summary="A stored image (uploads, results, masks) by UUID and extension")
     async def get_image(name: str) -> Response:
         image_uuid, _, ext = name.partition(".")
-        stored = (
-            await run_in_threadpool(storage.get_image, image_uuid.lower())
-            if ext in IMAGE_EXTENSIONS
-            else None
-        )
-        if stored is None or stored.ext != ext:
-            return _errors(404, _error(f"no image {quoted(name)}", "name", code="notFound"))
+        missing = _errors(404, _error(f"no image {quoted(name)}", "name", code="notFound"))
+        if ext not in IMAGE_EXTENSIONS:
+            return missing
+        try:
+            listed = await run_in_threadpool(storage.image_link, image_uuid.lower())
+            if listed is None or listed[0] != ext:
+                return missing
+            if listed[1] is not None:  # the bucket serves it: a presigned URL, made fresh each time
+                return Response(status_code=307, headers={"Location": listed[1], "Cache-Control": "no-store"})
+            stored = await run_in_threadpool(storage.get_image, image_uuid.lower())
+        except OSError as exc:
+            logger.error("reading image %s failed: %s", name, exc)
+            message = f"the image store is unavailable ({exc}); retry later"
+            return _errors(503, _error(message, code="serviceUnavailable"), headers={"Retry-After": "5"})
+        if stored is None:
+            return missing
         return Response(
             stored.data,
             media_type=stored.media_type,
@@ -313,14 +325,29 @@ def create_app(config: GatewayConfig, storage: Storage | None = None) -> FastAPI
             return JSONResponse(
                 {"status": "unavailable", "reason": "no inpainting model is ready"}, status_code=503
             )
+        try:
+            await asyncio.wait_for(run_in_threadpool(storage.check), timeout=15.0)
+        except Exception as exc:  # noqa: BLE001 - the store is needed for every task's images
+            reason = f"the image store is unavailable: {exc or type(exc).__name__}"
+            return JSONResponse({"status": "unavailable", "reason": reason}, status_code=503)
         return JSONResponse({"status": "ready", "models": models})
 
     @app.get("/metrics", summary="Prometheus metrics")
     async def metrics() -> Response:
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
-    add_page_routes(app)
+    add_page_routes(app, image_origins=_presigned_origins(config))
     return app
+
+
+def _presigned_origins(config: GatewayConfig) -> tuple[str, ...]:
+    """Where result images come from besides the gateway: the bucket, when /images/ redirects there."""
+    if config.s3 is None or config.s3.presign_seconds <= 0:
+        return ()
+    if config.s3.endpoint_url:
+        parts = urllib.parse.urlsplit(config.s3.endpoint_url)
+        return (f"{parts.scheme}://{parts.netloc}",)
+    return ("https://*.amazonaws.com",)
 
 
 def request_schemas() -> tuple[dict[str, Any], dict[str, Any]]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import os
 import signal
 import sys
 import threading
@@ -24,7 +25,13 @@ def _serve(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"error: --keys {args.keys}: {exc.strerror}", file=sys.stderr)
         return 2
+    try:
+        s3 = _s3_settings(args)
+    except ValueError as exc:
+        print(f"error: --image-store: {exc}", file=sys.stderr)
+        return 2
     config = GatewayConfig(
+        s3=s3,
         triton_url=args.triton,
         data_dir=args.data,
         keys=keys,
@@ -74,6 +81,19 @@ def _serve(args: argparse.Namespace) -> int:
     return 0 if server.started else 1
 
 
+def _s3_settings(args: argparse.Namespace) -> object | None:
+    from .blobs import S3Settings
+
+    if not args.image_store:
+        return None
+    return S3Settings.from_url(
+        args.image_store,
+        endpoint_url=args.s3_endpoint or None,
+        region=args.s3_region or None,
+        presign_seconds=args.s3_presign,
+    )
+
+
 def _url_host(host: str) -> str:
     """The listen address as a URL host: IPv6 in brackets, the wildcard as loopback."""
     if host in ("0.0.0.0", "::", ""):
@@ -111,6 +131,31 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
         metavar="HOST[:PORT]",
         help="a Host header that image URLs may be built from when --public-url is not set (loopback "
         "names of --port always are); repeatable. Any other Host gets the listen address",
+    )
+    parser.add_argument(
+        "--image-store",
+        default=os.environ.get("TRITON_INPAINT_IMAGE_STORE", ""),
+        metavar="s3://BUCKET[/PREFIX]",
+        help="keep image bytes in this S3-compatible bucket instead of under --data "
+        "($TRITON_INPAINT_IMAGE_STORE; credentials from boto3's usual chain: AWS_ACCESS_KEY_ID and "
+        "AWS_SECRET_ACCESS_KEY, a profile or a pod role)",
+    )
+    parser.add_argument(
+        "--s3-endpoint",
+        default=os.environ.get("TRITON_INPAINT_S3_ENDPOINT", ""),
+        help="the object store's URL for MinIO and other S3-compatible servers ($TRITON_INPAINT_S3_ENDPOINT; "
+        "default: AWS)",
+    )
+    parser.add_argument(
+        "--s3-region", default=os.environ.get("AWS_REGION", ""), help="the bucket's region ($AWS_REGION)"
+    )
+    parser.add_argument(
+        "--s3-presign",
+        type=int,
+        default=0,
+        metavar="SECONDS",
+        help="image URLs (/images/...) redirect to presigned bucket URLs valid this long, so image bytes "
+        "do not pass through the gateway; 0 serves them through the gateway",
     )
     parser.add_argument("--default-model", default=None, help="model for async tasks that name none")
     parser.add_argument("--max-body-mb", type=int, default=64, help="largest request body, MiB")

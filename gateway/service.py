@@ -31,6 +31,7 @@ from triton_inpaint.imaging import (
 )
 from triton_inpaint.schema import INPAINT, MASK, MASK_SOURCES, RequestSchema
 
+from .blobs import S3Settings
 from .fetch import FetchPolicy
 from .guard import error_item
 from .images import image_extension, output_fields, resolve_image
@@ -110,6 +111,7 @@ class GatewayConfig:
     concurrency_per_key: int = 4
     requests_per_minute: int = 120
     fetch: FetchPolicy = field(default_factory=FetchPolicy)
+    s3: S3Settings | None = None  # image bytes in this bucket instead of data_dir/images
 
     def trusted_host_names(self) -> frozenset[str]:
         """The Host header values that result URLs may be built from, lower-case."""
@@ -157,6 +159,10 @@ class TaskRunner:
             return resolve_image(value, field_name, self.storage, self.config.fetch, self.config.max_pixels)
         except InvalidInputError as exc:
             raise TaskFailed(str(exc), field_name) from None
+        except OSError as exc:  # the image store failed reading an uploaded image
+            logger.error("reading a stored image failed: %s", exc)
+            message = f"{field_name}: the image store is unavailable ({exc}); retry later"
+            raise StorageUnavailable(message) from None
 
     def call(self, names: dict[str, str], call: Any) -> Any:
         """``call(client)`` against Triton; refusals name the caller's field (``names`` maps them)."""

@@ -1,15 +1,14 @@
 """Where the gateway keeps images and async tasks: one interface, and the embedded local backend.
 
-:class:`LocalStorage` writes image files under ``DATA/images`` and their metadata (and the async tasks)
-into ``DATA/gateway.sqlite3``. A file is written under a temporary name and renamed, then its row is
-inserted: an image is listed only once it is complete, so a crash leaves at worst an orphan file, never
-a half image behind a UUID. An S3-compatible backend implements the same :class:`Storage` protocol.
+:class:`LocalStorage` keeps image metadata and the async tasks in ``DATA/gateway.sqlite3`` and the image
+bytes in an :class:`~.blobs.ImageBlobs` store: files under ``DATA/images`` by default, or an
+S3-compatible bucket. The bytes are stored whole first, then the row is inserted: an image is listed
+only once it is complete, so a crash leaves at worst an orphan object, never a half image behind a UUID.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 import threading
 import time
@@ -19,6 +18,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
+
+from .blobs import ImageBlobs, LocalBlobs
 
 IMAGE_EXTENSIONS = {"png": "image/png", "jpg": "image/jpeg", "webp": "image/webp"}
 TASK_STATUSES = ("pending", "running", "completed", "failed")
@@ -59,6 +60,14 @@ class Storage(Protocol):
 
     def get_image(self, image_uuid: str) -> StoredImage | None: ...
 
+    def image_link(self, image_uuid: str) -> tuple[str, str | None] | None:
+        """(extension, a presigned URL or None) of a listed image; None when there is no such image."""
+        ...
+
+    def check(self) -> None:
+        """Raise OSError when images cannot be stored or read (readiness)."""
+        ...
+
     def create_task(self, tool: str, args: dict[str, Any], task_id: str | None = None) -> TaskRecord:
         """A new pending task; ``task_id`` None draws one. :class:`TaskExists` when the id is taken."""
         ...
@@ -82,12 +91,12 @@ CREATE TABLE IF NOT EXISTS tasks (
 
 
 class LocalStorage:
-    """Files on local disk, metadata in SQLite (the embedded default)."""
+    """Metadata and tasks in SQLite, image bytes in ``blobs`` (default: files under ``ROOT/images``)."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, blobs: ImageBlobs | None = None) -> None:
         self.root = root
-        self.images = root / "images"
-        self.images.mkdir(parents=True, exist_ok=True)
+        root.mkdir(parents=True, exist_ok=True)
+        self.blobs = blobs if blobs is not None else LocalBlobs(root / "images")
         self._database = root / "gateway.sqlite3"
         self._lock = threading.Lock()
         with self._connect() as db:
@@ -110,43 +119,47 @@ class LocalStorage:
         if ext not in IMAGE_EXTENSIONS:
             raise ValueError(f"unknown image extension {ext!r}")
         image_uuid = str(uuid.uuid4())
-        path = self.images / f"{image_uuid}.{ext}"
-        partial = path.with_name(path.name + ".part")
+        name = f"{image_uuid}.{ext}"
+        self.blobs.write(name, data, IMAGE_EXTENSIONS[ext])
         try:
-            with open(partial, "wb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(partial, path)
             with self._lock, self._connect() as db:
                 db.execute(
                     "INSERT INTO images (uuid, ext, size, created) VALUES (?, ?, ?, ?)",
                     (image_uuid, ext, len(data), time.time()),
                 )
-        except BaseException:  # a full disk, a failed insert: nothing half-written stays behind
-            partial.unlink(missing_ok=True)
-            path.unlink(missing_ok=True)
+        except BaseException:  # a failed insert: the stored bytes go too
+            self.blobs.delete(name)
             raise
         return image_uuid
 
     def delete_image(self, image_uuid: str) -> None:
-        """Forget an image (row first, so it is never listed without its file); absent is fine."""
+        """Forget an image (row first, so it is never listed without its bytes); absent is fine."""
         with self._lock, self._connect() as db:
             row = db.execute("SELECT ext FROM images WHERE uuid = ?", (image_uuid,)).fetchone()
             db.execute("DELETE FROM images WHERE uuid = ?", (image_uuid,))
         if row is not None:
-            (self.images / f"{image_uuid}.{row['ext']}").unlink(missing_ok=True)
+            self.blobs.delete(f"{image_uuid}.{row['ext']}")
 
-    def get_image(self, image_uuid: str) -> StoredImage | None:
+    def _extension(self, image_uuid: str) -> str | None:
         with self._connect() as db:
             row = db.execute("SELECT ext FROM images WHERE uuid = ?", (image_uuid,)).fetchone()
-        if row is None:
+        return None if row is None else row["ext"]
+
+    def get_image(self, image_uuid: str) -> StoredImage | None:
+        ext = self._extension(image_uuid)
+        if ext is None:
             return None
-        path = self.images / f"{image_uuid}.{row['ext']}"
-        try:
-            return StoredImage(image_uuid, row["ext"], path.read_bytes())
-        except FileNotFoundError:
-            return None
+        data = self.blobs.read(f"{image_uuid}.{ext}")
+        return None if data is None else StoredImage(image_uuid, ext, data)
+
+    def image_link(self, image_uuid: str) -> tuple[str, str | None] | None:
+        ext = self._extension(image_uuid)
+        return None if ext is None else (ext, self.blobs.link(f"{image_uuid}.{ext}"))
+
+    def check(self) -> None:
+        self.blobs.check()
+        with self._connect() as db:
+            db.execute("SELECT 1").fetchone()
 
     # -- async tasks ------------------------------------------------------------------------------
 

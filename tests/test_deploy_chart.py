@@ -43,6 +43,16 @@ MATRIX: dict[str, dict[str, Any]] = {
             "publicUrl": "https://inpaint.example.com",
         },
     },
+    "gateway images in a MinIO bucket, presigned": {
+        "gateway": {
+            "objectStore": {
+                "url": "s3://inpaint-images/results",
+                "endpoint": "https://minio.storage.svc:9000",
+                "presignSeconds": 900,
+                "credentialsSecret": "minio-keys",
+            },
+        },
+    },
     "export job into an existing claim": {
         "triton": {
             "export": {"enabled": True, "registry": '[[models]]\nid = "local:tiny@1"\nname = "tiny"\n'},
@@ -308,3 +318,17 @@ def test_gpu_pods_size_tritons_cuda_memory_pool_for_every_gpu():
     assert pools == [f"--triton-arg=--cuda-memory-pool-byte-size={gpu}:536870912" for gpu in (0, 1)]
     cpu = _one(render({"triton": {"gpu": {"enabled": False}}}), "Deployment", "triton")
     assert not [a for a in cpu["spec"]["template"]["spec"]["containers"][0]["args"] if "cuda-memory" in a]
+
+
+def test_the_gateway_reads_its_object_store_from_values_and_a_secret():
+    case = MATRIX["gateway images in a MinIO bucket, presigned"]
+    (container,) = _one(render(case), "Deployment", "gateway")["spec"]["template"]["spec"]["containers"]
+    assert {
+        "--image-store=s3://inpaint-images/results",
+        "--s3-endpoint=https://minio.storage.svc:9000",
+        "--s3-presign=900",
+    } <= set(container["args"])
+    assert container["envFrom"] == [{"secretRef": {"name": "minio-keys"}}]
+    (plain,) = _one(render({}), "Deployment", "gateway")["spec"]["template"]["spec"]["containers"]
+    assert not [arg for arg in plain["args"] if arg.startswith(("--image-store", "--s3-"))]
+    assert "envFrom" not in plain
