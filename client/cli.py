@@ -48,7 +48,7 @@ def _inpaint(args: argparse.Namespace) -> int:
     if result is None:
         return code
     if args.mask_out is not None and result.mask:
-        _write(args.mask_out, result.mask)
+        write_whole(args.mask_out, result.mask)
         print(f"mask -> {args.mask_out}")
     elif args.mask_out is not None:  # the gateway returns the mask only when it made it
         print("mask: the uploaded one was used; nothing written to --mask-out", file=sys.stderr)
@@ -58,7 +58,7 @@ def _inpaint(args: argparse.Namespace) -> int:
     for path, data, seed in zip(
         output_paths(args.out, len(result.images)), result.images, result.seeds, strict=True
     ):
-        _write(path, data)
+        write_whole(path, data)
         print(f"seed {seed} -> {path}")
     return 0
 
@@ -103,7 +103,7 @@ def _add_target(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--api-key", default=None, help=f"the gateway's API key (default: ${API_KEY_ENV})")
 
 
-def _write(path: Path, data: bytes) -> None:
+def write_whole(path: Path, data: bytes) -> None:
     """Write through a temporary name: never leave a half-written result."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".part")
@@ -133,7 +133,7 @@ def _mask(args: argparse.Namespace) -> int:
     result, code = _ask(args, lambda client: client.mask(image, **controls))
     if result is None:
         return code
-    _write(args.out, result.mask)
+    write_whole(args.out, result.mask)
     which = {name: controls[name] for name in ("model", "prompt") if controls.get(name) is not None}
     print(json.dumps({**which, "mask": str(args.out), "detections": result.detections}))
     return 0

@@ -28,7 +28,7 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         s3 = _s3_settings(args)
     except ValueError as exc:
-        print(f"error: --image-store: {exc}", file=sys.stderr)
+        print(f"error: {exc}", file=sys.stderr)
         return 2
     config = GatewayConfig(
         s3=s3,
@@ -84,14 +84,21 @@ def _serve(args: argparse.Namespace) -> int:
 def _s3_settings(args: argparse.Namespace) -> object | None:
     from .blobs import S3Settings
 
+    if args.s3_presign < 0:
+        raise ValueError(f"--s3-presign: must be 0 (off) or more seconds, got {args.s3_presign}")
     if not args.image_store:
+        if args.s3_endpoint or args.s3_presign:
+            raise ValueError("--s3-endpoint and --s3-presign need --image-store s3://BUCKET[/PREFIX]")
         return None
-    return S3Settings.from_url(
-        args.image_store,
-        endpoint_url=args.s3_endpoint or None,
-        region=args.s3_region or None,
-        presign_seconds=args.s3_presign,
-    )
+    try:
+        return S3Settings.from_url(
+            args.image_store,
+            endpoint_url=args.s3_endpoint or None,
+            region=args.s3_region or None,
+            presign_seconds=args.s3_presign,
+        )
+    except ValueError as exc:
+        raise ValueError(f"--image-store: {exc}") from None
 
 
 def _url_host(host: str) -> str:

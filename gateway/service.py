@@ -534,8 +534,11 @@ class AsyncInpainting:
             return
 
     def inpaint(self, args: dict[str, Any]) -> dict[str, Any]:
-        image = self.storage.get_image(args["image"])
-        mask = self.storage.get_image(args["mask"]) if args.get("mask") else None
+        try:
+            image = self.storage.get_image(args["image"])
+            mask = self.storage.get_image(args["mask"]) if args.get("mask") else None
+        except OSError as exc:  # the image store is down: the task waits and retries, as for Triton
+            raise StorageUnavailable(f"the task's input images cannot be read ({exc})") from None
         if image is None or (args.get("mask") and mask is None):
             raise TaskFailed("the task's stored input images are gone", "args.image")
         result = self._request(args, image.data, None if mask is None else mask.data)

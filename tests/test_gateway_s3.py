@@ -7,6 +7,8 @@ from __future__ import annotations
 import base64
 import json
 import sqlite3
+import subprocess
+import sys
 import uuid
 
 import pytest
@@ -129,3 +131,22 @@ def test_an_unreachable_bucket_is_a_clear_503_and_nothing_is_listed(triton_serve
             assert listed == 1, "a failed upload must not be listed"
             status, ready = gateway.get_json("/readyz")
             assert status == 503 and "image store" in ready["reason"]
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--image-store", "https://bucket"], "--image-store: an object store URL looks like s3://BUCKET"),
+        (["--s3-presign", "60"], "--s3-endpoint and --s3-presign need --image-store"),
+        (["--image-store", "s3://b", "--s3-presign", "-1"], "--s3-presign: must be 0 (off) or more"),
+    ],
+)
+def test_bad_object_store_options_are_refused_before_serving(arguments, message, tmp_path):
+    done = subprocess.run(
+        [sys.executable, "-m", "triton_inpaint.cli", "gateway", "--data", str(tmp_path), *arguments],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2 and message in done.stderr, done.stderr
+    assert "gateway ready" not in done.stdout

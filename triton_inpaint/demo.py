@@ -35,6 +35,7 @@ def run_demo(
     port: int | None = None,
 ) -> Path:
     from triton_inpaint.client import GatewayClient
+    from triton_inpaint.client.cli import write_whole
     from triton_inpaint.export.repository import export_checkpoint
     from triton_inpaint.export.tiny import write_tiny_checkpoint
     from triton_inpaint.gateway.launcher import GatewayServer
@@ -79,7 +80,7 @@ def run_demo(
                 scheduler="DPM++ 2M",
             )
             elapsed = time.monotonic() - request_started
-            _write(result_path, result.image)
+            write_whole(result_path, result.image)
             print(f"done in {time.monotonic() - started:.1f} s (request {elapsed:.2f} s, seed {result.seed})")
             noise = "the tiny model has random weights: the masked area is filled with noise"
             print(f"result: {result_path}  ({noise})")
@@ -119,13 +120,6 @@ def _wait_for_interrupt(*processes: object) -> None:
             if popen is not None and popen.poll() is not None:
                 print(f"a server exited (pid {popen.pid}, code {popen.returncode})", flush=True)
                 return
-
-
-def _write(path: Path, data: bytes) -> None:
-    """Write whole or not at all: a reader never sees half a file."""
-    tmp = path.with_name(path.name + ".part")
-    tmp.write_bytes(data)
-    tmp.replace(path)
 
 
 def _demo(args: argparse.Namespace) -> int:
