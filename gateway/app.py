@@ -21,29 +21,34 @@ from starlette.requests import HTTPConnection
 
 from triton_inpaint.client import InpaintClient
 
-from .blobs import S3Blobs
 from .catalog import catalog
 from .guard import AsciiJSONResponse as JSONResponse  # every answer ASCII-safe
 from .guard import RequestGuard
 from .guard import error_item as _error
 from .guard import error_response as _errors
 from .images import UUID_PATTERN
-from .limits import KeyLimits
+from .limits import KeyLimits, Limits
 from .page import add_page_routes
+from .postgres import PostgresTaskStore, SharedKeyLimits
+from .records import TaskRecord, TaskStoreUnavailable
 from .service import AsyncInpainting, GatewayConfig, TaskFailed, TaskRunner, Unavailable, logger
-from .storage import IMAGE_EXTENSIONS, LocalStorage, Storage, TaskRecord
+from .storage import IMAGE_EXTENSIONS, GatewayStorage, open_storage
 from .tasks import ASYNC_IMAGE_FIELDS, TASK_TYPES, EdenTaskRequest, field_errors, quoted
 from .websocket import TaskSocket
 
 MAX_TASKS = 16  # tasks in one POST /v1
 
 
-def create_app(config: GatewayConfig, storage: Storage | None = None) -> FastAPI:
+def create_app(config: GatewayConfig, storage: GatewayStorage | None = None) -> FastAPI:
     if storage is None:
-        storage = LocalStorage(config.data_dir, S3Blobs(config.s3) if config.s3 else None)
+        storage = open_storage(config.data_dir, config.s3, config.database_url)
     runner = TaskRunner(config, storage)
     worker = AsyncInpainting(runner)
-    limits = KeyLimits(config.concurrency_per_key, config.requests_per_minute)
+    limits: Limits
+    if isinstance(storage.tasks, PostgresTaskStore):  # replicas share the store: limits count there too
+        limits = SharedKeyLimits(storage.tasks, config.concurrency_per_key, config.requests_per_minute)
+    else:
+        limits = KeyLimits(config.concurrency_per_key, config.requests_per_minute)
     trusted_hosts = config.trusted_host_names()
     registry = CollectorRegistry()
     tasks_total = Counter(
@@ -64,6 +69,8 @@ def create_app(config: GatewayConfig, storage: Storage | None = None) -> FastAPI
             yield
         finally:
             worker.stop()
+            limits.close()
+            storage.tasks.close()
 
     app = FastAPI(
         title="triton-inpaint gateway",
@@ -124,7 +131,9 @@ def create_app(config: GatewayConfig, storage: Storage | None = None) -> FastAPI
         if task.taskType == "getResponse":
             return worker.response(caller, task.taskUUID)
         if task.deliveryMethod == "async" and task.taskType in ASYNC_IMAGE_FIELDS:
-            worker.create_runware(task, caller, url)
+            record = worker.create_runware(task, caller, url)
+            if record.status in ("completed", "failed"):  # a resend of a finished task: its outcome
+                return worker.response(caller, task.taskUUID)
             return [{"taskType": task.taskType, "taskUUID": task.taskUUID, "status": "processing"}]
         return runner.run(task, url)
 
@@ -142,7 +151,7 @@ def create_app(config: GatewayConfig, storage: Storage | None = None) -> FastAPI
                 exc.message, exc.parameter, task.taskUUID, exc.code, exc.task_type or task.taskType
             )
             return [], error, 500 if failed else 400
-        except Unavailable as exc:
+        except (Unavailable, OSError) as exc:  # OSError: the task store did not answer
             tasks_total.labels(task.taskType, "unavailable").inc()
             return [], _error(str(exc), None, task.taskUUID, "serviceUnavailable", task.taskType), 503
         except Exception as exc:  # noqa: BLE001 - one task's bug must not take the others' answers down
@@ -241,13 +250,16 @@ def create_app(config: GatewayConfig, storage: Storage | None = None) -> FastAPI
             record = await run_in_threadpool(worker.create, parsed.args)
         except TaskFailed as exc:
             return _errors(400, _error(exc.message, exc.parameter))
-        except Unavailable as exc:
+        except (Unavailable, OSError) as exc:  # OSError: the task store did not answer
             return _errors(503, _error(str(exc), code="serviceUnavailable"), headers={"Retry-After": "5"})
         return JSONResponse({"taskId": record.id}, status_code=201)
 
     @app.get("/v2/tasks/{task_id}", summary="An async task's status, progress and results")
     async def get_task(request: Request, task_id: str) -> Response:
-        record = await run_in_threadpool(storage.get_task, task_id)
+        try:
+            record = await run_in_threadpool(storage.tasks.get_task, task_id)
+        except OSError as exc:
+            return _errors(503, _error(str(exc), code="serviceUnavailable"), headers={"Retry-After": "5"})
         if record is None:
             return _errors(404, _error(f"no task {quoted(task_id)}", "task_id", code="notFound"))
         return JSONResponse({"task": _task_view(record, base_url(request))})
@@ -329,6 +341,8 @@ def create_app(config: GatewayConfig, storage: Storage | None = None) -> FastAPI
             await asyncio.wait_for(run_in_threadpool(storage.check), timeout=15.0)
         except Exception as exc:  # noqa: BLE001 - the store is needed for every task's images
             reason = f"the image store is unavailable: {exc or type(exc).__name__}"
+            if isinstance(exc, TaskStoreUnavailable):
+                reason = str(exc)
             return JSONResponse({"status": "unavailable", "reason": reason}, status_code=503)
         return JSONResponse({"status": "ready", "models": models})
 

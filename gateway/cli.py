@@ -27,11 +27,15 @@ def _serve(args: argparse.Namespace) -> int:
         return 2
     try:
         s3 = _s3_settings(args)
+        _check_tasks_options(args)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     config = GatewayConfig(
         s3=s3,
+        database_url=args.database or None,
+        workers=args.workers,
+        task_lease=args.task_lease,
         triton_url=args.triton,
         data_dir=args.data,
         keys=keys,
@@ -69,7 +73,17 @@ def _serve(args: argparse.Namespace) -> int:
         if server.started:
             access = f"{len(keys)} API key(s)" if keys else "no API keys (open access)"
             where = f"http://{args.host}:{args.port}"
-            print(f"gateway ready on {where} (Triton {args.triton}, {access}, data {args.data})", flush=True)
+            images = args.image_store or f"{args.data}/images"
+            tasks = f"{args.data}/gateway.sqlite3"
+            if args.database:
+                from .postgres import redacted
+
+                tasks = redacted(args.database)
+            print(
+                f"gateway ready on {where} (Triton {args.triton}, {access}, images {images}, tasks {tasks}, "
+                f"{args.workers} async worker(s))",
+                flush=True,
+            )
 
     threading.Thread(target=announce, daemon=True).start()
     # uvicorn handles SIGINT and SIGTERM (finishes requests, stops the task worker), then raises the
@@ -99,6 +113,19 @@ def _s3_settings(args: argparse.Namespace) -> object | None:
         )
     except ValueError as exc:
         raise ValueError(f"--image-store: {exc}") from None
+
+
+def _check_tasks_options(args: argparse.Namespace) -> None:
+    """Refuse task-store options that cannot work, naming the option (exit 2, before anything starts)."""
+    if args.workers < 1 or args.workers > 64:
+        raise ValueError(f"--workers: must be an integer in [1, 64], got {args.workers}")
+    if not 3.0 <= args.task_lease <= 3600.0:
+        raise ValueError(f"--task-lease: must be in [3, 3600] seconds, got {args.task_lease:g}")
+    if args.database and not args.database.startswith(("postgresql://", "postgres://")):
+        raise ValueError(
+            "--database: must be a PostgreSQL URL, postgresql://USER:PASSWORD@HOST[:PORT]/DATABASE "
+            "(the password is not echoed)"
+        )
 
 
 def _url_host(host: str) -> str:
@@ -163,6 +190,28 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
         metavar="SECONDS",
         help="image URLs (/images/...) redirect to presigned bucket URLs valid this long, so image bytes "
         "do not pass through the gateway; 0 serves them through the gateway",
+    )
+    parser.add_argument(
+        "--database",
+        default=os.environ.get("TRITON_INPAINT_DATABASE_URL", ""),
+        metavar="postgresql://USER:PASSWORD@HOST[:PORT]/DATABASE",
+        help="keep async tasks, the image index and per-key limits in this PostgreSQL database, shared by "
+        "every gateway replica, instead of in --data ($TRITON_INPAINT_DATABASE_URL; use it with "
+        "--image-store so that every replica can read every image)",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="async tasks this gateway runs at once (each waits on Triton; Triton batches and queues them)",
+    )
+    parser.add_argument(
+        "--task-lease",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="a worker renews its hold on a running async task every third of this; a task whose "
+        "gateway died is taken over by another once it has run out",
     )
     parser.add_argument("--default-model", default=None, help="model for async tasks that name none")
     parser.add_argument("--max-body-mb", type=int, default=64, help="largest request body, MiB")

@@ -21,7 +21,7 @@ from typing import Any
 
 from starlette.responses import JSONResponse
 
-from .limits import KeyLimits, matching_key, presented_key
+from .limits import Limits, acquire, matching_key, over_limit_message, presented_key, release
 
 # Paths that need a key (and count against its limits); health, metrics, images and the API docs
 # do not, as in the reference (image URLs are capabilities).
@@ -67,7 +67,7 @@ class RequestGuard:
         self,
         app: Any,
         keys: frozenset[str],
-        limits: KeyLimits,
+        limits: Limits,
         max_body_bytes: int,
         body_timeout: float,
     ) -> None:
@@ -99,14 +99,18 @@ class RequestGuard:
                 return
             # The route reads who is calling (request.state.caller): async tasks belong to their caller.
             scope.setdefault("state", {})["caller"] = who
-            wait = self.limits.acquire(who)
-            if wait is not None:
-                message = (
-                    f"too many requests for this key (at most {self.limits.concurrency} at once and "
-                    f"{self.limits.per_minute} a minute); retry after {wait:g} s"
-                )
+            try:
+                wait = await acquire(self.limits, who)
+            except OSError as exc:  # shared limits: the database that counts them did not answer
                 await error_response(
-                    429, error_item(message, code="rateLimited"), headers={"Retry-After": str(int(wait))}
+                    503, error_item(str(exc), code="serviceUnavailable"), headers={"Retry-After": "5"}
+                )(scope, receive, send)
+                return
+            if wait is not None:
+                await error_response(
+                    429,
+                    error_item(over_limit_message(self.limits, wait), code="rateLimited"),
+                    headers={"Retry-After": str(int(wait))},
                 )(scope, receive, send)
                 return
         try:
@@ -119,7 +123,7 @@ class RequestGuard:
             return  # the client left mid-body: nobody to answer
         finally:
             if who is not None:
-                self.limits.release(who)
+                await release(self.limits, who)
 
     def _caller(self, scope: dict[str, Any], headers: dict[str, str]) -> str | None:
         """The identity limits count against: the key, or the client address when no key is set."""

@@ -16,7 +16,7 @@ from triton_inpaint.errors import InvalidInputError
 from triton_inpaint.imaging import MAX_PIXELS, check_decodes, probe
 
 from .fetch import FetchPolicy, fetch_url
-from .storage import IMAGE_EXTENSIONS, Storage
+from .storage import IMAGE_EXTENSIONS, GatewayStorage
 
 UUID_PATTERN = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$", re.IGNORECASE)
 DATA_URI = re.compile(
@@ -37,7 +37,7 @@ def _base64(text: str, field: str, what: str) -> bytes:
 def resolve_image(
     value: str,
     field: str,
-    storage: Storage,
+    storage: GatewayStorage,
     policy: FetchPolicy,
     max_pixels: int = MAX_PIXELS,
 ) -> bytes:

@@ -9,6 +9,9 @@ import threading
 import time
 from collections import deque
 from pathlib import Path
+from typing import Protocol
+
+from starlette.concurrency import run_in_threadpool
 
 KEYS_ENV = "TRITON_INPAINT_API_KEYS"
 
@@ -47,8 +50,43 @@ def matching_key(keys: frozenset[str], presented: str | None) -> str | None:
     return found
 
 
+class Limits(Protocol):
+    concurrency: int
+    per_minute: int
+    blocking: bool  # True: acquire and release wait on a database, so they run in a thread
+
+    def acquire(self, who: str) -> float | None: ...
+
+    def release(self, who: str) -> None: ...
+
+    def close(self) -> None: ...
+
+
+async def acquire(limits: Limits, who: str) -> float | None:
+    """:meth:`Limits.acquire` from the event loop; OSError when shared limits cannot be counted."""
+    return await run_in_threadpool(limits.acquire, who) if limits.blocking else limits.acquire(who)
+
+
+async def release(limits: Limits, who: str) -> None:
+    if limits.blocking:
+        await run_in_threadpool(limits.release, who)
+    else:
+        limits.release(who)
+
+
+def over_limit_message(limits: Limits, wait: float) -> str:
+    """What a caller over its limits is told."""
+    return (
+        f"too many requests for this key (at most {limits.concurrency} at once and "
+        f"{limits.per_minute} a minute); retry after {wait:g} s"
+    )
+
+
 class KeyLimits:
-    """Concurrency and a sliding one-minute rate window per key (or per client address when open)."""
+    """Concurrency and a sliding one-minute rate window per key (or per client address when open), in
+    this process (one replica; :class:`~.postgres.SharedKeyLimits` counts across replicas)."""
+
+    blocking = False  # answers from memory: called straight from the event loop
 
     def __init__(self, concurrency: int, per_minute: int) -> None:
         self.concurrency = concurrency
@@ -75,3 +113,6 @@ class KeyLimits:
     def release(self, who: str) -> None:
         with self._lock:
             self._active[who] = max(0, self._active.get(who, 0) - 1)
+
+    def close(self) -> None:
+        """Nothing to stop (the shared limits stop their renewal thread)."""

@@ -8,10 +8,14 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import logging
+import os
+import socket
 import threading
 import time
 import urllib.parse
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,7 +39,8 @@ from .blobs import S3Settings
 from .fetch import FetchPolicy
 from .guard import error_item
 from .images import image_extension, output_fields, resolve_image
-from .storage import Storage, TaskExists, TaskRecord
+from .records import MAX_ATTEMPTS, TaskExists, TaskRecord
+from .storage import GatewayStorage
 from .tasks import (
     ASYNC_IMAGE_FIELDS,
     EDEN_TOOL,
@@ -112,6 +117,11 @@ class GatewayConfig:
     requests_per_minute: int = 120
     fetch: FetchPolicy = field(default_factory=FetchPolicy)
     s3: S3Settings | None = None  # image bytes in this bucket instead of data_dir/images
+    # Tasks, the image index and per-key limits in this PostgreSQL database (shared by replicas)
+    # instead of data_dir/gateway.sqlite3.
+    database_url: str | None = None
+    workers: int = 1  # async tasks this gateway runs at once
+    task_lease: float = 30.0  # seconds a worker holds a task without renewing (heartbeats: a third)
 
     def trusted_host_names(self) -> frozenset[str]:
         """The Host header values that result URLs may be built from, lower-case."""
@@ -133,7 +143,7 @@ def _refusal(exc: InpaintError, names: dict[str, str]) -> TaskFailed:
 
 
 class TaskRunner:
-    def __init__(self, config: GatewayConfig, storage: Storage) -> None:
+    def __init__(self, config: GatewayConfig, storage: GatewayStorage) -> None:
         self.config = config
         self.storage = storage
         self._local = threading.local()
@@ -326,6 +336,17 @@ def _reencode(png: bytes, name: str) -> bytes:
     return encode_image(decode_image(png, "mask"), name)
 
 
+def _resent(record: TaskRecord, digest: str, task_uuid: str) -> TaskRecord:
+    """A task whose UUID is taken: the same request sent again (a client retrying after a lost answer)
+    gets the one task there is; a different request under that UUID is refused."""
+    if record.digest == digest:
+        return record
+    raise TaskFailed(
+        f"taskUUID: {task_uuid} was already used by another async task of this key; send a new UUID",
+        "taskUUID",
+    )
+
+
 def resolution_size(width: int, height: int, resolution: int, multiple: int = 16) -> tuple[int, int]:
     """Eden's ``resolution``: the longer side of the processing size, the aspect ratio kept, both sides
     multiples of 16 (what every family accepts) and at least 64."""
@@ -336,19 +357,36 @@ def resolution_size(width: int, height: int, resolution: int, multiple: int = 16
     )
 
 
+def request_digest(task: Any) -> str:
+    """A digest of a task as it was sent: a resend (the same digest) is told from a reuse of its UUID."""
+    sent = task.model_dump(mode="json", exclude_none=True)
+    return hashlib.sha256(json.dumps(sent, sort_keys=True).encode()).hexdigest()
+
+
 class AsyncInpainting:
-    """Eden-style tasks: stored first, run by one worker thread, readable while they run and after a
-    gateway restart (unfinished tasks are picked up again when the worker starts)."""
+    """Async tasks (Eden-style, and Runware-style sent with deliveryMethod "async"): stored first, then
+    run by ``workers`` threads that claim them from the task store, so they survive a gateway restart
+    and, with a shared store, are run by whichever replica is free. A worker holds its task under a
+    lease it renews every third of ``task_lease``; a task whose worker died is claimed again once the
+    lease ran out (:mod:`.records`)."""
 
     RETRY_SECONDS = 5.0
     GIVE_UP_SECONDS = 600.0  # Triton unreachable this long: the task fails
+    POLL_SECONDS = 1.0  # how often an idle worker looks for tasks other replicas stored
 
     def __init__(self, runner: TaskRunner) -> None:
         self.runner = runner
         self.storage = runner.storage
+        self.tasks = runner.storage.tasks
+        config = runner.config
+        self.lease = config.task_lease
+        process = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.owners = [f"{process}:{index}" for index in range(config.workers)]
         self._wake = threading.Event()
         self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
+        self._running: dict[str, str] = {}  # task id -> the worker running it now (heartbeats)
+        self._running_lock = threading.Lock()
 
     def create(self, args: Any) -> Any:
         """Store the task, its input images first (as uploads), so it can run after a restart."""
@@ -378,7 +416,7 @@ class AsyncInpainting:
             logger.warning("async task accepted without its checks: %s", exc)
         uuids = self.runner.store([(data, image_extension(data)) for data in inputs.values()])
         stored.update(zip(inputs, uuids, strict=True))
-        record = self.storage.create_task(EDEN_TOOL, stored)
+        record = self.tasks.create_task(EDEN_TOOL, stored, str(uuid.uuid4()))
         self._wake.set()
         return record
 
@@ -387,12 +425,11 @@ class AsyncInpainting:
         uploads: checked now, no URL fetched later), then the task; the worker runs it."""
         task_id = runware_task_id(caller, task.taskUUID)
         prefix = task_id[: -len(task.taskUUID)]
-        if self.storage.get_task(task_id) is not None:
-            raise TaskFailed(
-                f"taskUUID: {task.taskUUID} was already used by an async task of this key; send a new UUID",
-                "taskUUID",
-            )
-        pending = sum(1 for record in self.storage.unfinished_tasks() if record.id.startswith(prefix))
+        digest = request_digest(task)
+        existing = self.tasks.get_task(task_id)
+        if existing is not None:
+            return _resent(existing, digest, task.taskUUID)
+        pending = self.tasks.count_unfinished(prefix)
         if pending >= MAX_PENDING_PER_CALLER:
             raise TaskFailed(
                 f"this key has {pending} async tasks waiting or running (at most {MAX_PENDING_PER_CALLER}); "
@@ -411,21 +448,20 @@ class AsyncInpainting:
         stored = task.model_dump(mode="json", exclude_none=True, exclude={"deliveryMethod", "inputs"})
         uuids = self.runner.store([(data, image_extension(data)) for data in inputs.values()])
         stored.update(zip(inputs, uuids, strict=True))
+        args = {"task": stored, "base_url": base_url}
         try:
-            record = self.storage.create_task(RUNWARE_TOOL, {"task": stored, "base_url": base_url}, task_id)
-        except TaskExists:  # the same UUID sent twice at once: the other one won
+            record = self.tasks.create_task(RUNWARE_TOOL, args, task_id, digest)
+        except TaskExists as exc:  # the same UUID sent twice at once (to two replicas): one task
             for image_uuid in uuids:
                 self.storage.delete_image(image_uuid)
-            raise TaskFailed(
-                f"taskUUID: {task.taskUUID} was already used; send a new UUID", "taskUUID"
-            ) from None
+            return _resent(exc.record, digest, task.taskUUID)
         self._wake.set()
         return record
 
     def response(self, caller: str, task_uuid: str) -> list[dict[str, Any]]:
         """``getResponse``: an async task's items so far (``status`` processing or success); a task that
         failed raises its error, as the task itself would have."""
-        record = self.storage.get_task(runware_task_id(caller, task_uuid))
+        record = self.tasks.get_task(runware_task_id(caller, task_uuid))
         if record is None or record.tool != RUNWARE_TOOL:
             raise TaskFailed(
                 f"taskUUID: no async task {task_uuid} of this key (send a task with deliveryMethod "
@@ -446,7 +482,11 @@ class AsyncInpainting:
         return [{**item, "status": "success"} for item in record.result["data"]]
 
     def finished(self, caller: str, task_uuid: str) -> bool:
-        record = self.storage.get_task(runware_task_id(caller, task_uuid))
+        """Whether the task has its outcome (a follower stops waiting); not while the store is down."""
+        try:
+            record = self.tasks.get_task(runware_task_id(caller, task_uuid))
+        except OSError:
+            return False
         return record is None or record.status in ("completed", "failed")
 
     def runware(self, args: dict[str, Any]) -> dict[str, Any]:
@@ -483,55 +523,107 @@ class AsyncInpainting:
         return self.runner.call(EDEN_FIELDS, call)
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._work, name="async-inpainting", daemon=True)
-        self._thread.start()
+        if not self.tasks.shared:
+            # One machine, one gateway: whatever the store shows running was left by this gateway's
+            # previous run; it is taken again now, not once its lease has run out.
+            with contextlib.suppress(OSError):
+                self.tasks.expire_leases()
+        for index, owner in enumerate(self.owners):
+            thread = threading.Thread(target=self._work, args=(owner,), name=f"async-{index}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        beat = threading.Thread(target=self._heartbeat, name="async-leases", daemon=True)
+        beat.start()
+        self._threads.append(beat)
 
     def stop(self) -> None:
+        """Stop claiming; tasks still running after a short wait are given back, so that another replica
+        takes them at once instead of after their lease (their late outcome is then dropped)."""
         self._stop.set()
         self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
+        deadline = time.monotonic() + 10.0
+        for thread in self._threads:
+            thread.join(timeout=max(0.0, deadline - time.monotonic()))
+        for owner, thread in zip(self.owners, self._threads, strict=False):
+            if thread.is_alive():
+                with contextlib.suppress(OSError):
+                    self.tasks.release_owned(owner)
 
-    def _work(self) -> None:
-        for task in self.storage.unfinished_tasks():
-            if task.status == "running":  # the gateway stopped while it ran: run it again
-                self.storage.update_task(task.id, status="pending", progress=0.0)
-        while not self._stop.is_set():
-            pending = self.storage.unfinished_tasks()
-            if not pending:
-                self._wake.wait(timeout=1.0)
-                self._wake.clear()
-                continue
-            self._run(pending[0])
-
-    def _run(self, task: Any) -> None:
-        deadline = task.created + self.GIVE_UP_SECONDS
-        while not self._stop.is_set():
-            self.storage.update_task(task.id, status="running", progress=0.1)
+    def _heartbeat(self) -> None:
+        while not self._stop.wait(self.lease / 3):
+            with self._running_lock:
+                held = dict(self._running)
             try:
-                result = self.runware(task.args) if task.tool == RUNWARE_TOOL else self.inpaint(task.args)
-            except TaskFailed as exc:
-                failure = None
-                if task.tool == RUNWARE_TOOL:  # the reference's error item, as the sync task answers it
-                    failure = {"errors": [error_item(exc.message, exc.parameter, None, exc.code)]}
-                self.storage.update_task(
-                    task.id, status="failed", progress=1.0, error=exc.message, result=failure
-                )
-                return
-            except Unavailable as exc:
-                if time.time() > deadline:
-                    self.storage.update_task(task.id, status="failed", progress=1.0, error=str(exc))
-                    return
-                self.storage.update_task(task.id, status="pending", progress=0.0, error=str(exc))
+                self.tasks.heartbeat(held, self.lease)
+            except OSError as exc:  # the leases may run out: other workers then take those tasks over
+                logger.warning("async task leases not renewed: %s", exc)
+
+    def _work(self, owner: str) -> None:
+        while not self._stop.is_set():
+            try:
+                task = self.tasks.claim_task(owner, self.lease)
+            except OSError as exc:
+                logger.warning("async worker %s: cannot claim tasks: %s", owner, exc)
                 self._stop.wait(self.RETRY_SECONDS)
                 continue
-            except Exception as exc:  # noqa: BLE001 - one broken task must not stop the worker
-                logger.exception("async task %s failed", task.id)
-                error = f"internal error: {type(exc).__name__}: {exc}"
-                self.storage.update_task(task.id, status="failed", progress=1.0, error=error)
+            if task is None:
+                self._wake.wait(timeout=self.POLL_SECONDS)
+                self._wake.clear()
+                continue
+            with self._running_lock:
+                self._running[task.id] = owner
+            try:
+                self._run(task, owner)
+            finally:  # written, given back, or abandoned to its lease: no longer renewed
+                with self._running_lock:
+                    self._running.pop(task.id, None)
+
+    def _run(self, task: TaskRecord, owner: str) -> None:
+        """Run one claimed task and write its outcome (if this worker still holds it)."""
+        try:
+            if task.attempts > MAX_ATTEMPTS:
+                raise TaskFailed(
+                    f"the task was started {task.attempts - 1} times and its worker stopped each time "
+                    f"(a gateway died or hung while running it); it is not tried again",
+                    code="inferenceFailed",
+                )
+            result = self.runware(task.args) if task.tool == RUNWARE_TOOL else self.inpaint(task.args)
+            outcome: tuple[str, dict[str, Any] | None, str | None] = ("completed", result, None)
+        except TaskFailed as exc:
+            failure = None
+            if task.tool == RUNWARE_TOOL:  # the reference's error item, as the sync task answers it
+                failure = {"errors": [error_item(exc.message, exc.parameter, None, exc.code)]}
+            outcome = ("failed", failure, exc.message)
+        except Unavailable as exc:
+            if time.time() <= task.created + self.GIVE_UP_SECONDS:
+                with contextlib.suppress(OSError):  # not given back: the lease runs out, same effect
+                    self.tasks.release_task(task.id, owner, str(exc), self.RETRY_SECONDS)
                 return
-            self.storage.update_task(task.id, status="completed", progress=1.0, result=result, error=None)
-            return
+            outcome = ("failed", None, str(exc))
+        except Exception as exc:  # noqa: BLE001 - one broken task must not stop the worker
+            logger.exception("async task %s failed", task.id)
+            outcome = ("failed", None, f"internal error: {type(exc).__name__}: {exc}")
+        self._finish(task, owner, *outcome)
+
+    def _finish(
+        self, task: TaskRecord, owner: str, status: str, result: dict[str, Any] | None, error: str | None
+    ) -> None:
+        """Write the outcome, retrying while the store is down for as long as the lease would last."""
+        deadline = time.monotonic() + self.lease
+        while True:
+            try:
+                if not self.tasks.finish_task(task.id, owner, status, result, error):
+                    logger.warning(
+                        "async task %s: its lease ran out and another worker took it over; this "
+                        "worker's outcome is dropped",
+                        task.id,
+                    )
+                return
+            except OSError as exc:
+                if time.monotonic() > deadline or self._stop.is_set():
+                    logger.error("async task %s: outcome not stored (%s); it will run again", task.id, exc)
+                    return
+                self._stop.wait(1.0)
 
     def inpaint(self, args: dict[str, Any]) -> dict[str, Any]:
         try:

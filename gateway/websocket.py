@@ -28,7 +28,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from .guard import error_item
 from .images import UUID_PATTERN
-from .limits import KeyLimits, matching_key
+from .limits import Limits, acquire, matching_key, over_limit_message, release
 from .tasks import GetResponseTask
 
 # run(task, base_url, caller) -> (items, error item or None, HTTP-like status): the REST route's runner.
@@ -46,7 +46,7 @@ class TaskSocket:
         self,
         websocket: WebSocket,
         keys: frozenset[str],
-        limits: KeyLimits,
+        limits: Limits,
         parse: ParseTask,
         run: RunTask,
         base_url: str,
@@ -145,20 +145,21 @@ class TaskSocket:
         await self.send({"data": [{"taskType": "authentication", "connectionSessionUUID": self.session}]})
 
     async def _run(self, task: Any) -> None:
-        wait = self.limits.acquire(self.caller)
+        try:
+            wait = await acquire(self.limits, self.caller)
+        except OSError as exc:  # shared limits: the database that counts them did not answer
+            error = error_item(str(exc), None, task.taskUUID, "serviceUnavailable", task.taskType)
+            await self.send({"errors": [error]})
+            return
         if wait is not None:
-            message = (
-                f"too many requests for this key (at most {self.limits.concurrency} at once and "
-                f"{self.limits.per_minute} a minute); retry after {wait:g} s"
-            )
-            await self.send(
-                {"errors": [error_item(message, None, task.taskUUID, "rateLimited", task.taskType)]}
-            )
+            message = over_limit_message(self.limits, wait)
+            error = error_item(message, None, task.taskUUID, "rateLimited", task.taskType)
+            await self.send({"errors": [error]})
             return
         try:
             items, error, _ = await self.run(task, self.base_url, self.caller)
         finally:
-            self.limits.release(self.caller)
+            await release(self.limits, self.caller)
         await self.send({"data": items} if error is None else {"errors": [error]})
         accepted = task.taskType != "getResponse" and task.deliveryMethod == "async"
         if accepted and error is None and items and items[0].get("status") == "processing":

@@ -177,6 +177,23 @@ def clipseg_repository(clipseg_weights: Path, tmp_path_factory: pytest.TempPathF
     return repository, check
 
 
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[object]:
+    """One real PostgreSQL server for the session; tests restarting it put it back up before they end."""
+    from triton_inpaint.gateway.local_postgres import PostgresServer
+
+    with PostgresServer() as server:
+        yield server
+
+
+@pytest.fixture
+def database_url(postgres_server) -> str:
+    """A fresh, empty database on the session's server: tests share nothing."""
+    import uuid
+
+    return postgres_server.create_database(f"test_{uuid.uuid4().hex[:12]}")
+
+
 # -- layers ---------------------------------------------------------------------------------------
 # Every test is in exactly one layer, assigned here from what it uses, so a new test lands in the right
 # lane without anyone remembering a marker:

@@ -139,9 +139,12 @@ def test_an_unreachable_bucket_is_a_clear_503_and_nothing_is_listed(triton_serve
         (["--image-store", "https://bucket"], "--image-store: an object store URL looks like s3://BUCKET"),
         (["--s3-presign", "60"], "--s3-endpoint and --s3-presign need --image-store"),
         (["--image-store", "s3://b", "--s3-presign", "-1"], "--s3-presign: must be 0 (off) or more"),
+        (["--workers", "0"], "--workers: must be an integer in [1, 64], got 0"),
+        (["--task-lease", "1"], "--task-lease: must be in [3, 3600] seconds, got 1"),
+        (["--database", "mysql://u:hunter2@db/x"], "--database: must be a PostgreSQL URL"),
     ],
 )
-def test_bad_object_store_options_are_refused_before_serving(arguments, message, tmp_path):
+def test_bad_object_store_and_task_store_options_are_refused_before_serving(arguments, message, tmp_path):
     done = subprocess.run(
         [sys.executable, "-m", "triton_inpaint.cli", "gateway", "--data", str(tmp_path), *arguments],
         capture_output=True,
@@ -149,4 +152,4 @@ def test_bad_object_store_options_are_refused_before_serving(arguments, message,
         timeout=60,
     )
     assert done.returncode == 2 and message in done.stderr, done.stderr
-    assert "gateway ready" not in done.stdout
+    assert "gateway ready" not in done.stdout and "hunter2" not in done.stderr

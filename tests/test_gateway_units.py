@@ -57,20 +57,21 @@ def test_a_failed_write_leaves_nothing_and_a_task_stores_all_of_its_images_or_no
 
 
 def test_tasks_persist_across_storage_instances(tmp_path):
-    task = LocalStorage(tmp_path).create_task("flux_inpainting", {"resolution": 512})
-    reopened = LocalStorage(tmp_path)
+    task = LocalStorage(tmp_path).tasks.create_task("flux_inpainting", {"resolution": 512}, "t1")
+    reopened = LocalStorage(tmp_path).tasks
     assert [t.id for t in reopened.unfinished_tasks()] == [task.id]
-    reopened.update_task(task.id, status="completed", progress=1.0, result={"output": []})
-    done = LocalStorage(tmp_path).get_task(task.id)
+    assert reopened.claim_task("w", 30).id == task.id
+    assert reopened.finish_task(task.id, "w", "completed", {"output": []}, None)
+    done = LocalStorage(tmp_path).tasks.get_task(task.id)
     assert (done.status, done.progress, done.result, done.args) == (
         "completed",
         1.0,
         {"output": []},
         {"resolution": 512},
     )
-    assert LocalStorage(tmp_path).unfinished_tasks() == []
+    assert LocalStorage(tmp_path).tasks.unfinished_tasks() == []
     with pytest.raises(ValueError):
-        reopened.update_task(task.id, status="exploded")
+        reopened.finish_task(task.id, "w", "exploded", None, None)
 
 
 def test_keys_come_from_a_file_and_the_environment(tmp_path, monkeypatch):
@@ -173,20 +174,21 @@ def test_a_broken_async_task_fails_alone_and_the_worker_goes_on(tmp_path):
     from triton_inpaint.gateway.service import AsyncInpainting, GatewayConfig, TaskRunner
 
     storage = LocalStorage(tmp_path)
+    tasks = storage.tasks
     # A record without "resolution" (written by an older version, say) breaks in an unforeseen way.
-    broken = storage.create_task("flux_inpainting", {"image": storage.put_image(PNG, "png")})
-    gone = storage.create_task(
-        "flux_inpainting", {"image": "00000000-0000-4000-8000-000000000000", "resolution": 512}
+    broken = tasks.create_task("flux_inpainting", {"image": storage.put_image(PNG, "png")}, "broken")
+    gone = tasks.create_task(
+        "flux_inpainting", {"image": "00000000-0000-4000-8000-000000000000", "resolution": 512}, "gone"
     )
     worker = AsyncInpainting(TaskRunner(GatewayConfig(triton_url="127.0.0.1:1", data_dir=tmp_path), storage))
     worker.start()
     try:
         deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and storage.unfinished_tasks():
+        while time.monotonic() < deadline and tasks.unfinished_tasks():
             time.sleep(0.1)
     finally:
         worker.stop()
-    first, second = storage.get_task(broken.id), storage.get_task(gone.id)
+    first, second = tasks.get_task(broken.id), tasks.get_task(gone.id)
     assert (first.status, second.status) == ("failed", "failed")
     assert first.error.startswith("internal error: KeyError")
     assert second.error == "the task's stored input images are gone"
@@ -258,3 +260,29 @@ def test_the_catalog_declares_each_control_as_the_task_schema_checks_it():
         if "range" in control:
             too_big = control["max"] + 1
             assert _refusals(**{name: too_big}) == {name: f"must be in {control['range']}, got {too_big}"}
+
+
+def test_a_task_whose_workers_keep_dying_is_failed_not_retried_forever(tmp_path):
+    from triton_inpaint.gateway.records import MAX_ATTEMPTS
+    from triton_inpaint.gateway.service import AsyncInpainting, GatewayConfig, TaskRunner
+
+    storage = LocalStorage(tmp_path)
+    tasks = storage.tasks
+    tasks.create_task("runware", {"task": {"taskType": "imageUpload", "taskUUID": "u"}, "base_url": ""}, "t")
+    for attempt in range(MAX_ATTEMPTS):  # each claimer dies: its lease runs out, nothing is written
+        assert tasks.claim_task(f"doomed-{attempt}", lease_seconds=0.05).attempts == attempt + 1
+        time.sleep(0.1)
+    config = GatewayConfig(triton_url="127.0.0.1:1", data_dir=tmp_path, workers=2, task_lease=3.0)
+    worker = AsyncInpainting(TaskRunner(config, storage))
+    worker.start()
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and tasks.unfinished_tasks():
+            time.sleep(0.05)
+    finally:
+        worker.stop()
+    failed = tasks.get_task("t")
+    assert (failed.status, failed.attempts) == ("failed", MAX_ATTEMPTS + 1)
+    assert f"started {MAX_ATTEMPTS} times and its worker stopped each time" in failed.error
+    (item,) = failed.result["errors"]
+    assert item["code"] == "inferenceFailed"
