@@ -18,8 +18,14 @@ def _finite_positive(value) -> bool:
     return isinstance(value, int | float) and math.isfinite(value) and value > 0
 
 
-def test_quick_bench_writes_every_figure(tmp_path):
-    out, work = tmp_path / "out", tmp_path / "work"
+@pytest.fixture(scope="module")
+def work(tmp_path_factory):
+    """The benchmark models, built once for this file's runs."""
+    return tmp_path_factory.mktemp("bench-work")
+
+
+def test_quick_bench_writes_every_figure(tmp_path, work):
+    out = tmp_path / "out"
     done = subprocess.run(
         [sys.executable, "-m", "triton_inpaint.cli", "bench", "--quick", "--out", str(out),
          "--work", str(work)],
@@ -72,3 +78,24 @@ def test_bench_gpu_runs_its_code_on_the_cpu(tmp_path):
     assert parity["inside_max_255"] <= 1 and parity["outside_exact"]
     report = (out / "bench-gpu.md").read_text()
     assert "served / in-process" in report and "outside exact: True" in report
+
+
+def test_bench_replicas_measures_every_setup(tmp_path, work):
+    """``bench-replicas``: real gateways (one on SQLite; one and two on a throwaway PostgreSQL) draining
+    the same async tasks from one real Triton; the figures are there and finite, none is judged."""
+    out = tmp_path / "out"
+    done = subprocess.run(
+        [sys.executable, "-m", "triton_inpaint.cli", "bench-replicas", "--tasks", "3", "--rounds", "1",
+         "--out", str(out), "--work", str(work)],
+        capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    results = json.loads((out / "bench-replicas.json").read_text())
+    assert list(results["tasks_per_second"]) == [
+        "1 gateway x 1 worker, SQLite",
+        "1 gateway x 1 worker, PostgreSQL",
+        "2 gateways x 2 workers, PostgreSQL",
+    ]
+    assert all(_finite_positive(value) for value in results["tasks_per_second"].values())
+    assert results["over_single_gateway"]["1 gateway x 1 worker, SQLite"] == 1.0
+    assert "| 2 gateways x 2 workers, PostgreSQL |" in (out / "bench-replicas.md").read_text()

@@ -10,7 +10,7 @@ from triton_inpaint import __version__
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from triton_inpaint import autoscaling, benchmark, demo, gpu_bench, serve_cli
+    from triton_inpaint import autoscaling, benchmark, demo, gpu_bench, replica_bench, serve_cli
     from triton_inpaint.client import cli as client_cli
     from triton_inpaint.export import cli as export_cli
     from triton_inpaint.gateway import cli as gateway_cli
@@ -27,6 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     gateway_cli.add_subcommands(subparsers)
     benchmark.add_subcommands(subparsers)
     gpu_bench.add_subcommands(subparsers)
+    replica_bench.add_subcommands(subparsers)
     autoscaling.add_subcommands(subparsers)
     return parser
 
