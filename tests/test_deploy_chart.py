@@ -43,14 +43,19 @@ MATRIX: dict[str, dict[str, Any]] = {
             "publicUrl": "https://inpaint.example.com",
         },
     },
-    "gateway images in a MinIO bucket, presigned": {
+    "scaled gateway: images in a MinIO bucket, presigned; tasks in PostgreSQL": {
         "gateway": {
+            "replicas": 4,
             "objectStore": {
                 "url": "s3://inpaint-images/results",
                 "endpoint": "https://minio.storage.svc:9000",
                 "presignSeconds": 900,
                 "credentialsSecret": "minio-keys",
             },
+            "database": {"existingSecret": "inpaint-db", "key": "dsn"},
+            "apiKeys": {"existingSecret": "inpaint-keys"},
+            "workers": 4,
+            "taskLeaseSeconds": 20,
         },
     },
     "export job into an existing claim": {
@@ -320,15 +325,28 @@ def test_gpu_pods_size_tritons_cuda_memory_pool_for_every_gpu():
     assert not [a for a in cpu["spec"]["template"]["spec"]["containers"][0]["args"] if "cuda-memory" in a]
 
 
-def test_the_gateway_reads_its_object_store_from_values_and_a_secret():
-    case = MATRIX["gateway images in a MinIO bucket, presigned"]
+def test_the_scaled_gateway_reads_its_object_store_and_database_from_values_and_secrets():
+    case = MATRIX["scaled gateway: images in a MinIO bucket, presigned; tasks in PostgreSQL"]
     (container,) = _one(render(case), "Deployment", "gateway")["spec"]["template"]["spec"]["containers"]
     assert {
         "--image-store=s3://inpaint-images/results",
         "--s3-endpoint=https://minio.storage.svc:9000",
         "--s3-presign=900",
+        "--workers=4",
+        "--task-lease=20",
     } <= set(container["args"])
     assert container["envFrom"] == [{"secretRef": {"name": "minio-keys"}}]
+    env = {item["name"]: item["valueFrom"]["secretKeyRef"] for item in container["env"]}
+    assert env == {
+        "TRITON_INPAINT_API_KEYS": {"name": "inpaint-keys", "key": "api-keys"},
+        "TRITON_INPAINT_DATABASE_URL": {"name": "inpaint-db", "key": "dsn"},  # never in the args
+    }
+    assert not [arg for arg in container["args"] if "postgresql" in arg]
+    # The rendered arguments are ones the gateway's own parser takes.
+    from triton_inpaint.cli import build_parser
+
+    parsed = build_parser().parse_args(["gateway", *container["args"]])
+    assert (parsed.workers, parsed.task_lease, parsed.image_store) == (4, 20.0, "s3://inpaint-images/results")
     (plain,) = _one(render({}), "Deployment", "gateway")["spec"]["template"]["spec"]["containers"]
     assert not [arg for arg in plain["args"] if arg.startswith(("--image-store", "--s3-"))]
-    assert "envFrom" not in plain
+    assert "envFrom" not in plain and "env" not in plain
