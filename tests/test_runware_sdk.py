@@ -277,9 +277,13 @@ def test_async_over_rest_is_polled_with_get_response_and_belongs_to_its_key(gate
     status, body = _poll(gateway, task["taskUUID"])
     assert status == 200 and [item["status"] for item in body["data"]] == ["success", "success"]
     assert [item["seed"] for item in body["data"]] == [21, 22]
-    # The same UUID again is refused; a failed async task answers its error at getResponse.
-    status, body = gateway.post("/v1", [task], key=KEY)
+    # The same task again (a client retrying) is the one task: answered with its results, nothing rerun.
+    status, again = gateway.post("/v1", [task], key=KEY)
+    assert status == 200 and again["data"] == body["data"]
+    # Another task under that UUID is refused; a failed async task answers its error at getResponse.
+    status, body = gateway.post("/v1", [{**task, "seed": 99}], key=KEY)
     assert status == 400 and body["errors"][0]["parameter"] == "taskUUID"
+    assert "already used by another async task" in body["errors"][0]["message"]
     bad = _inference_task(deliveryMethod="async", model="no-such-model")
     assert gateway.post("/v1", [bad], key=KEY)[0] == 200
     status, body = _poll(gateway, bad["taskUUID"])
