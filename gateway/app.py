@@ -29,7 +29,6 @@ from .guard import error_response as _errors
 from .images import UUID_PATTERN
 from .limits import KeyLimits, Limits
 from .page import add_page_routes
-from .postgres import PostgresTaskStore, SharedKeyLimits
 from .records import TaskRecord, TaskStoreUnavailable
 from .service import AsyncInpainting, GatewayConfig, TaskFailed, TaskRunner, Unavailable, logger
 from .storage import IMAGE_EXTENSIONS, GatewayStorage, open_storage
@@ -45,7 +44,9 @@ def create_app(config: GatewayConfig, storage: GatewayStorage | None = None) -> 
     runner = TaskRunner(config, storage)
     worker = AsyncInpainting(runner)
     limits: Limits
-    if isinstance(storage.tasks, PostgresTaskStore):  # replicas share the store: limits count there too
+    if storage.tasks.shared:  # replicas share the store: limits count there too
+        from .postgres import SharedKeyLimits  # psycopg is loaded only by a gateway that uses it
+
         limits = SharedKeyLimits(storage.tasks, config.concurrency_per_key, config.requests_per_minute)
     else:
         limits = KeyLimits(config.concurrency_per_key, config.requests_per_minute)
