@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-TASK_STATUSES = ("pending", "running", "completed", "failed")
 MAX_ATTEMPTS = 3  # claims of one task whose worker died before it finished
 
 # Runs one statement: (sql with %s placeholders, parameters) -> a cursor (fetchone, fetchall, rowcount).
@@ -251,7 +250,7 @@ _SQLITE_ADDED = {
 
 class SqliteTaskStore(SqlTaskStore):
     """One database file for one gateway process: writes are serialised by SQLite itself, so a claim
-    needs no row locks."""
+    needs no row locks (``skip_locked`` stays empty)."""
 
     now = "((julianday('now') - 2440587.5) * 86400.0)"
 
@@ -272,12 +271,13 @@ class SqliteTaskStore(SqlTaskStore):
 
     @contextmanager
     def transaction(self) -> Iterator[Execute]:
-        # One connection per transaction: threads share nothing. BEGIN IMMEDIATE takes the write lock
-        # up front, so a claim's SELECT and UPDATE see the same rows.
+        # One connection per transaction: threads share nothing. A deferred BEGIN: reads (an image's
+        # row, a task's status) do not queue behind writes; every write here is one statement (a claim
+        # is one UPDATE with its SELECT inside), which SQLite runs atomically under its write lock.
         db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
         db.row_factory = sqlite3.Row
         try:
-            db.execute("BEGIN IMMEDIATE")
+            db.execute("BEGIN")
             try:
                 yield lambda sql, params: db.execute(sql.replace("%s", "?"), tuple(params))
             except BaseException:
