@@ -19,7 +19,8 @@ from tests.s3_server import CREDENTIALS, S3Server
 
 IMAGE = base64.b64encode(png_bytes(make_image(96, 64, seed=5))).decode()
 MASK = base64.b64encode(png_bytes(irregular_mask(96, 64))).decode()
-TASKS = 50
+TASKS = 50  # 30 sent before the database restart, 20 after it
+BEFORE_RESTART = 30
 LEASE = 4.0  # seconds: a killed replica's task is taken over this long after its last heartbeat
 
 
@@ -43,10 +44,10 @@ def shared(s3, database_url, monkeypatch, tmp_path):
     return options, database_url
 
 
-def inference(seed: int, task_uuid: str | None = None) -> dict:
+def inference(seed: int, task_uuid: str | None = None, steps: int = 2) -> dict:
     return {
         "taskType": "imageInference", "taskUUID": task_uuid or str(uuid.uuid4()), "deliveryMethod": "async",
-        "model": MODEL, "positivePrompt": "a bowl of fruit", "steps": 2, "seed": seed,
+        "model": MODEL, "positivePrompt": "a bowl of fruit", "steps": steps, "seed": seed,
         "seedImage": IMAGE, "maskImage": MASK,
     }  # fmt: skip
 
@@ -82,10 +83,15 @@ def test_two_replicas_share_the_queue_survive_a_sigkill_and_a_database_restart(
         return f"unfinished: {left}{logs}"
 
     try:
-        sent = [inference(seed) for seed in range(TASKS)]
-        for index, task in enumerate(sent):  # across both replicas
-            status, body = (first, second)[index % 2].post("/v1", [task])
-            assert status == 200 and body["data"][0]["status"] == "processing", body
+        sent = []
+
+        def send(tasks: list[dict]) -> None:
+            for index, task in enumerate(tasks):  # across both replicas
+                status, body = (first, second)[index % 2].post("/v1", [task])
+                assert status == 200 and body["data"][0]["status"] == "processing", body
+            sent.extend(tasks)
+
+        send([inference(seed) for seed in range(BEFORE_RESTART)])
 
         # The same task sent again, to the other replica (a client retrying): still one task. The same
         # UUID with other content is refused.
@@ -93,7 +99,7 @@ def test_two_replicas_share_the_queue_survive_a_sigkill_and_a_database_restart(
         assert status == 200 and body["data"][0]["status"] in ("processing", "success"), body
         status, body = second.post("/v1", [inference(999, sent[1]["taskUUID"])])
         assert status == 400 and "already used" in body["errors"][0]["message"], body
-        assert rows(database_url, "SELECT count(*) FROM tasks")[0][0] == TASKS
+        assert rows(database_url, "SELECT count(*) FROM tasks")[0][0] == BEFORE_RESTART
 
         # The database restarts mid-run: both replicas say not-ready and refuse work with a 503, then
         # answer again without being restarted themselves.
@@ -113,11 +119,20 @@ def test_two_replicas_share_the_queue_survive_a_sigkill_and_a_database_restart(
             wait_for(lambda replica=replica: replica.get_json("/readyz")[0] == 200, 30, "readiness")
 
         # One replica is killed while it holds a task: the other takes that task over after its lease.
-        pid = first.pid
-        mine = f"%:{pid}:%"
-        wait_for(lambda: rows(database_url, "SELECT id FROM tasks WHERE status = 'running' AND owner LIKE %s",
-                              mine), 120, "the first replica to run a task", explain)  # fmt: skip
-        held = [row[0] for row in rows(database_url, "SELECT id FROM tasks WHERE owner LIKE %s", mine)]
+        # New, longer tasks, so that there is work to be killed in however fast the first batch went. The
+        # replica is stopped (SIGSTOP) before its tasks are read, so that what it holds cannot change
+        # between that read and the SIGKILL.
+        send([inference(seed, steps=6) for seed in range(BEFORE_RESTART, TASKS)])
+        mine = f"%:{first.pid}:%"
+        held_now = "SELECT id FROM tasks WHERE status = 'running' AND owner LIKE %s"
+        held: list[str] = []
+        while not held:
+            wait_for(lambda: rows(database_url, held_now, mine), 120, "the first replica to run a task",
+                     explain)  # fmt: skip
+            first.process.send_signal(signal.SIGSTOP)
+            held = [row[0] for row in rows(database_url, held_now, mine)]
+            if not held:  # it finished between the two reads: let it claim the next one
+                first.process.send_signal(signal.SIGCONT)
         first.process.send_signal(signal.SIGKILL)
         first.process.wait(timeout=10)
         killed_at = time.monotonic()
