@@ -15,8 +15,9 @@ import math
 import os
 import socket
 import threading
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -48,6 +49,39 @@ CREATE TABLE IF NOT EXISTS key_slots (
 CREATE INDEX IF NOT EXISTS key_slots_who ON key_slots (who, expires);
 """
 _SCHEMA_LOCK = 0x7472_6974_6F6E  # an advisory lock id: replicas starting together create tables once
+
+
+class OutageLogFilter(logging.Filter):
+    """Thins psycopg_pool's "error connecting" warnings, which it logs at every reconnection attempt
+    for as long as the server is down, each with libpq's hint on a second line: one line at the start
+    of an outage, then one every ``every`` seconds saying how many were left out. (psycopg_pool has no
+    option for this; a logging filter is the hook it leaves.)"""
+
+    def __init__(self, every: float = 60.0, clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__()
+        self.every = every
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._last: float | None = None
+        self._left_out = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not str(record.msg).startswith("error connecting"):
+            return True
+        now = self._clock()
+        with self._lock:
+            if self._last is not None and now - self._last < self.every:
+                self._left_out += 1
+                return False
+            left_out, self._last, self._left_out = self._left_out, now, 0
+        record.msg = " ".join(record.getMessage().split())  # one line: libpq's hint joins it
+        record.args = None
+        if left_out:
+            record.msg += f" ({left_out} more failed attempts since the last one logged)"
+        return True
+
+
+logging.getLogger("psycopg.pool").addFilter(OutageLogFilter())
 
 
 def redacted(url: str) -> str:

@@ -4,6 +4,7 @@ goes away and comes back."""
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import threading
 import time
@@ -129,10 +130,11 @@ def test_an_older_sqlite_database_gains_the_queue_columns(tmp_path: Path):
 
 
 def test_a_stopped_postgres_is_unavailable_then_answers_again_without_a_new_store(
-    postgres_server, database_url
+    postgres_server, database_url, caplog
 ):
     from triton_inpaint.gateway.postgres import PostgresTaskStore
 
+    caplog.set_level(logging.WARNING, logger="psycopg.pool")
     store = PostgresTaskStore(database_url, timeout=3.0)
     try:
         store.create_task("flux_inpainting", {}, "t1")
@@ -153,8 +155,34 @@ def test_a_stopped_postgres_is_unavailable_then_answers_again_without_a_new_stor
                 assert time.monotonic() < deadline, "the store did not reconnect"
                 time.sleep(0.2)
         assert store.claim_task("w", 30).id == "t1"
+        # The pool's reconnection attempts during the outage: one line for all of them.
+        failures = [r.getMessage() for r in caplog.records if r.getMessage().startswith("error connecting")]
+        assert len(failures) <= 1 and all("\n" not in line for line in failures), failures
     finally:
         store.close()
+
+
+def test_reconnection_warnings_are_one_line_per_outage_then_one_a_minute():
+    from triton_inpaint.gateway.postgres import OutageLogFilter
+
+    now = [0.0]
+    thinned = OutageLogFilter(every=60, clock=lambda: now[0])
+
+    def passed(message: str, *args: object) -> str | None:
+        record = logging.LogRecord("psycopg.pool", logging.WARNING, __file__, 1, message, args, None)
+        return record.getMessage() if thinned.filter(record) else None
+
+    refused = "connection failed: Connection refused\n\tIs the server running?"
+    assert passed("error connecting in %r: %s", "pool", refused) == (
+        "error connecting in 'pool': connection failed: Connection refused Is the server running?"
+    )
+    for now[0] in (1, 3, 7, 15, 31):  # psycopg_pool's backoff
+        assert passed("error connecting in %r: %s", "pool", refused) is None
+    assert passed("growing pool %r to %s", "pool", 2) == "growing pool 'pool' to 2"  # other messages pass
+    now[0] = 61
+    assert passed("error connecting in %r: %s", "pool", refused).endswith(
+        "(5 more failed attempts since the last one logged)"
+    )
 
 
 def test_shared_limits_hold_across_two_gateways_and_slots_of_a_dead_one_lapse(database_url):
