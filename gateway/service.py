@@ -336,6 +336,23 @@ def _reencode(png: bytes, name: str) -> bytes:
     return encode_image(decode_image(png, "mask"), name)
 
 
+def result_images(result: Any) -> list[str]:
+    """The image UUIDs a task's outcome lists: its every ``...UUID`` field but ``taskUUID``, at any
+    depth (Runware items and Eden outputs alike). All of them were made by the run that wrote it."""
+    if isinstance(result, dict):
+        return [
+            found
+            for key, value in result.items()
+            for found in (
+                [value] if key.endswith("UUID") and key != "taskUUID" and isinstance(value, str)
+                else result_images(value)
+            )
+        ]  # fmt: skip
+    if isinstance(result, list):
+        return [found for value in result for found in result_images(value)]
+    return []
+
+
 def _resent(record: TaskRecord, digest: str, task_uuid: str) -> TaskRecord:
     """A task whose UUID is taken: the same request sent again (a client retrying after a lost answer)
     gets the one task there is; a different request under that UUID is refused."""
@@ -608,7 +625,8 @@ class AsyncInpainting:
     def _finish(
         self, task: TaskRecord, owner: str, status: str, result: dict[str, Any] | None, error: str | None
     ) -> None:
-        """Write the outcome, retrying while the store is down for as long as the lease would last."""
+        """Write the outcome, retrying while the store is down for as long as the lease would last. An
+        outcome that is not written takes the images it made with it: nothing would ever list them."""
         deadline = time.monotonic() + self.lease
         while True:
             try:
@@ -618,12 +636,21 @@ class AsyncInpainting:
                         "worker's outcome is dropped",
                         task.id,
                     )
+                    self._discard(result)
                 return
             except OSError as exc:
                 if time.monotonic() > deadline or self._stop.is_set():
                     logger.error("async task %s: outcome not stored (%s); it will run again", task.id, exc)
+                    self._discard(result)
                     return
                 self._stop.wait(1.0)
+
+    def _discard(self, result: dict[str, Any] | None) -> None:
+        for image_uuid in result_images(result):
+            try:
+                self.runner.storage.delete_image(image_uuid)
+            except OSError as exc:
+                logger.warning("image %s of a dropped outcome not removed: %s", image_uuid, exc)
 
     def inpaint(self, args: dict[str, Any]) -> dict[str, Any]:
         try:

@@ -286,3 +286,23 @@ def test_a_task_whose_workers_keep_dying_is_failed_not_retried_forever(tmp_path)
     assert f"started {MAX_ATTEMPTS} times and its worker stopped each time" in failed.error
     (item,) = failed.result["errors"]
     assert item["code"] == "inferenceFailed"
+
+
+def test_an_outcome_dropped_after_a_takeover_takes_its_images_with_it(tmp_path):
+    from triton_inpaint.gateway.service import AsyncInpainting, GatewayConfig, TaskRunner, result_images
+
+    storage = LocalStorage(tmp_path)
+    tasks = storage.tasks
+    upload = {"taskType": "imageUpload", "taskUUID": "u", "image": base64.b64encode(PNG).decode()}
+    tasks.create_task("runware", {"task": upload, "base_url": ""}, "t")
+    slow = tasks.claim_task("slow", lease_seconds=0.05)  # a worker that hangs past its lease ...
+    time.sleep(0.1)
+    assert tasks.claim_task("other", lease_seconds=30).id == "t"  # ... and the task is taken over
+    worker = AsyncInpainting(TaskRunner(GatewayConfig(triton_url="127.0.0.1:1", data_dir=tmp_path), storage))
+    worker._run(slow, "slow")  # the hung worker wakes up, runs the task (storing its image), and is refused
+    assert list((tmp_path / "images").iterdir()) == []  # the image nothing lists is gone too
+    assert tasks.get_task("t").status == "running"  # still the other worker's
+    # What counts as the outcome's images, in both APIs' shapes.
+    eden = {"output": [{"imageUUID": "a", "seed": 1}], "mask": {"imageUUID": "m", "url": "/images/m.png"}}
+    runware = {"data": [{"taskUUID": "t", "imageUUID": "b", "maskImageUUID": "c", "seed": 2}]}
+    assert (result_images(eden), result_images(runware), result_images(None)) == (["a", "m"], ["b", "c"], [])
