@@ -49,6 +49,7 @@ CREATE TABLE IF NOT EXISTS key_slots (
 CREATE INDEX IF NOT EXISTS key_slots_who ON key_slots (who, expires);
 """
 _SCHEMA_LOCK = 0x7472_6974_6F6E  # an advisory lock id: replicas starting together create tables once
+_CHANNEL = "triton_inpaint_tasks"  # NOTIFY channel: a task was stored
 
 
 class OutageLogFilter(logging.Filter):
@@ -100,10 +101,15 @@ class PostgresTaskStore(SqlTaskStore):
     shared = True
     now = "extract(epoch from clock_timestamp())::double precision"
     skip_locked = " FOR UPDATE SKIP LOCKED"
+    new_task_signal = f"NOTIFY {_CHANNEL}"  # delivered when the storing transaction commits
+    RELISTEN_SECONDS = 2.0
 
     def __init__(self, url: str, pool_size: int = 8, timeout: float = 10.0) -> None:
         self.name = redacted(url)
+        self._url = url
         self._timeout = timeout
+        self._closed = threading.Event()
+        self._listener: threading.Thread | None = None
         # Opened without waiting: the gateway starts (not ready) while the database is still down.
         self._pool = ConnectionPool(
             url,
@@ -142,7 +148,32 @@ class PostgresTaskStore(SqlTaskStore):
                 connection.execute(_SCHEMA)
                 self._schema_ready = True
 
+    def on_new_task(self, wake: Callable[[], None]) -> None:
+        """LISTEN on a connection of its own: an idle worker on any replica starts on a task another
+        replica stored at once, rather than at its next poll."""
+        self._listener = threading.Thread(
+            target=self._listen, args=(wake,), name="task-notifications", daemon=True
+        )
+        self._listener.start()
+
+    def _listen(self, wake: Callable[[], None]) -> None:
+        while not self._closed.is_set():
+            try:
+                with psycopg.connect(
+                    self._url, autocommit=True, connect_timeout=max(1, int(self._timeout))
+                ) as connection:
+                    connection.execute(f"LISTEN {_CHANNEL}")
+                    wake()  # tasks stored while nothing listened (at start, during an outage)
+                    while not self._closed.is_set():
+                        for _ in connection.notifies(timeout=1.0):
+                            wake()
+            except psycopg.Error:  # the outage is logged by the pool; workers poll meanwhile
+                self._closed.wait(self.RELISTEN_SECONDS)
+
     def close(self) -> None:
+        self._closed.set()
+        if self._listener is not None:
+            self._listener.join(timeout=3.0)
         self._pool.close()
 
 

@@ -65,6 +65,11 @@ class SqlTaskStore:
     shared = False  # True: other gateway processes use the same store (leases decide who runs what)
     now = "0"  # SQL for the database clock, seconds since the epoch
     skip_locked = ""  # appended to the claim's inner SELECT
+    new_task_signal = ""  # SQL run in the transaction that stores a task, to wake other processes
+
+    def on_new_task(self, wake: Callable[[], None]) -> None:
+        """Have ``wake`` called when another process stores a task. Nothing to do for one process alone:
+        the gateway wakes its own workers when it stores one."""
 
     @contextmanager
     def transaction(self) -> Iterator[Execute]:
@@ -114,6 +119,8 @@ class SqlTaskStore:
             if row is None:
                 existing = execute(f"SELECT {_COLUMNS} FROM tasks WHERE id = %s", (task_id,)).fetchone()  # noqa: S608
                 raise TaskExists(_task(existing))
+            if self.new_task_signal:
+                execute(self.new_task_signal, ())
         return _task(row)
 
     def get_task(self, task_id: str) -> TaskRecord | None:

@@ -389,7 +389,7 @@ class AsyncInpainting:
 
     RETRY_SECONDS = 5.0
     GIVE_UP_SECONDS = 600.0  # Triton unreachable this long: the task fails
-    POLL_SECONDS = 1.0  # how often an idle worker looks for tasks other replicas stored
+    POLL_SECONDS = 1.0  # how often an idle worker looks for due tasks it was not told of
 
     def __init__(self, runner: TaskRunner) -> None:
         self.runner = runner
@@ -552,6 +552,7 @@ class AsyncInpainting:
         beat = threading.Thread(target=self._heartbeat, name="async-leases", daemon=True)
         beat.start()
         self._threads.append(beat)
+        self.tasks.on_new_task(self._wake.set)  # tasks other replicas store
 
     def stop(self) -> None:
         """Stop claiming; tasks still running after a short wait are given back, so that another replica

@@ -162,6 +162,31 @@ def test_a_stopped_postgres_is_unavailable_then_answers_again_without_a_new_stor
         store.close()
 
 
+def test_a_task_stored_by_one_replica_wakes_the_others_also_after_a_database_restart(
+    postgres_server, database_url
+):
+    from triton_inpaint.gateway.postgres import PostgresTaskStore
+
+    storing, idle = PostgresTaskStore(database_url), PostgresTaskStore(database_url, timeout=3.0)
+    woken = threading.Event()
+    try:
+        idle.on_new_task(woken.set)
+        for restart in (False, True):
+            if restart:
+                postgres_server.stop()
+                postgres_server.start()
+            assert woken.wait(30), "not listening"  # the wake that starts (or resumes) listening
+            woken.clear()
+            sent = time.monotonic()
+            storing.create_task("flux_inpainting", {}, f"t{restart}")
+            assert woken.wait(10), "the other replica was not told"
+            print(f"the other replica was told after {1000 * (time.monotonic() - sent):.1f} ms", restart)
+            woken.clear()
+    finally:
+        storing.close()
+        idle.close()
+
+
 def test_reconnection_warnings_are_one_line_per_outage_then_one_a_minute():
     from triton_inpaint.gateway.postgres import OutageLogFilter
 
