@@ -627,7 +627,8 @@ class AsyncInpainting:
         self, task: TaskRecord, owner: str, status: str, result: dict[str, Any] | None, error: str | None
     ) -> None:
         """Write the outcome, retrying while the store is down for as long as the lease would last. An
-        outcome that is not written takes the images it made with it: nothing would ever list them."""
+        outcome refused because another worker took the task over takes the images it made with it:
+        nothing would ever list them."""
         deadline = time.monotonic() + self.lease
         while True:
             try:
@@ -637,17 +638,25 @@ class AsyncInpainting:
                         "worker's outcome is dropped",
                         task.id,
                     )
-                    self._discard(result)
+                    self._discard(task.id, result)
                 return
             except OSError as exc:
                 if time.monotonic() > deadline or self._stop.is_set():
                     logger.error("async task %s: outcome not stored (%s); it will run again", task.id, exc)
-                    self._discard(result)
                     return
                 self._stop.wait(1.0)
 
-    def _discard(self, result: dict[str, Any] | None) -> None:
+    def _discard(self, task_id: str, result: dict[str, Any] | None) -> None:
+        """Remove a refused outcome's images, but none that the stored task lists: a write that failed
+        after all committed (the answer lost with the connection) makes its retry look refused."""
+        try:
+            stored = self.tasks.get_task(task_id)
+        except OSError:  # cannot tell: an orphan is better than a listed image gone
+            return
+        listed = set(result_images(stored.result if stored else None))
         for image_uuid in result_images(result):
+            if image_uuid in listed:
+                continue
             try:
                 self.runner.storage.delete_image(image_uuid)
             except OSError as exc:

@@ -302,6 +302,14 @@ def test_an_outcome_dropped_after_a_takeover_takes_its_images_with_it(tmp_path):
     worker._run(slow, "slow")  # the hung worker wakes up, runs the task (storing its image), and is refused
     assert list((tmp_path / "images").iterdir()) == []  # the image nothing lists is gone too
     assert tasks.get_task("t").status == "running"  # still the other worker's
+    # A write that committed although its answer was lost: the retry is refused, and keeps the images.
+    tasks.create_task("runware", {"task": upload, "base_url": ""}, "t2")
+    claimed = tasks.claim_task("w", lease_seconds=30)
+    worker._run(claimed, "w")
+    done = tasks.get_task("t2")
+    assert done.status == "completed" and len(list((tmp_path / "images").iterdir())) == 1
+    worker._finish(claimed, "w", "completed", done.result, None)  # the retry of that write
+    assert [path.stem for path in (tmp_path / "images").iterdir()] == result_images(done.result)
     # What counts as the outcome's images, in both APIs' shapes.
     eden = {"output": [{"imageUUID": "a", "seed": 1}], "mask": {"imageUUID": "m", "url": "/images/m.png"}}
     runware = {"data": [{"taskUUID": "t", "imageUUID": "b", "maskImageUUID": "c", "seed": 2}]}
