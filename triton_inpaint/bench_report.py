@@ -55,7 +55,7 @@ def markdown(results: dict[str, Any]) -> str:
                     [
                         model["model"],
                         entry["concurrency"],
-                        f"{entry['throughput_rps']:.3f}",
+                        f"{entry['throughput_rps']:.3f}{'' if entry.get('stable', True) else ' (unstable)'}",
                         f"{entry['throughput_rps'] / base:.2f}",
                         f"{entry['p50_ms']:.0f} ms",
                         f"{entry['p95_ms']:.0f} ms",

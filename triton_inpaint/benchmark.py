@@ -49,11 +49,11 @@ class BenchPlan:
     rounds: int
     steps: int
     concurrency: tuple[int, ...]
-    requests: int  # measured at each concurrency level (at least 6 per request in flight)
+    requests_per_window: int
 
 
-QUICK = BenchPlan(sizes=("tiny",), rounds=1, steps=4, concurrency=(1, 2), requests=12)
-FULL = BenchPlan(sizes=("tiny", "small"), rounds=5, steps=10, concurrency=(1, 2, 4, 8), requests=24)
+QUICK = BenchPlan(sizes=("tiny",), rounds=1, steps=4, concurrency=(1, 2), requests_per_window=4)
+FULL = BenchPlan(sizes=("tiny", "small"), rounds=5, steps=10, concurrency=(1, 2, 4, 8), requests_per_window=8)
 
 
 def _log(message: str) -> None:
@@ -216,7 +216,7 @@ def bench_model(size: str, plan: BenchPlan, work: Path, out: Path) -> dict[str, 
             before = perf.model_statistics(server.grpc_url)
             figures = perf.run_perf_analyzer(
                 f"inpaint_{name}", server.grpc_url, data_file, level,
-                max(plan.requests, 6 * level), out / f"perf_{name}_c{level}.csv", timeout=1800,
+                max(plan.requests_per_window, 2 * level), out / f"perf_{name}_c{level}.csv", timeout=1800,
             )  # fmt: skip
             models = perf.statistics_delta(before, perf.model_statistics(server.grpc_url))
             unet = models.get(f"{name}_unet", {})
