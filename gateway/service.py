@@ -658,7 +658,7 @@ class AsyncInpainting:
             if image_uuid in listed:
                 continue
             try:
-                self.runner.storage.delete_image(image_uuid)
+                self.storage.delete_image(image_uuid)
             except OSError as exc:
                 logger.warning("image %s of a dropped outcome not removed: %s", image_uuid, exc)
 

@@ -20,6 +20,7 @@ import base64
 import json
 import shutil
 import statistics
+import sys
 import time
 import uuid
 from dataclasses import dataclass
@@ -163,9 +164,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _command(args: argparse.Namespace) -> int:
-    if args.tasks < 2 or args.rounds < 1 or args.replicas < 1 or args.workers < 1:
-        print("error: --tasks must be at least 2; --rounds, --replicas and --workers at least 1")
-        return 2
+    least = {"--tasks": (args.tasks, 2), "--rounds": (args.rounds, 1), "--replicas": (args.replicas, 1),
+             "--workers": (args.workers, 1)}  # fmt: skip
+    for option, (value, minimum) in least.items():
+        if value < minimum:
+            print(f"error: {option}: must be an integer >= {minimum}, got {value}", file=sys.stderr)
+            return 2
     started = time.perf_counter()
     run(args)
     _log(f"wrote bench-replicas.json and .md to {args.out} in {time.perf_counter() - started:.0f} s")
