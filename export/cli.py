@@ -191,6 +191,13 @@ def _add_runtime_options(parser: argparse.ArgumentParser) -> None:
         "(one subfolder per model), e.g. a volume that outlives pods; default: onnxruntime's",
     )
     group.add_argument(
+        "--no-fused-attention",
+        dest="fused_attention",
+        action="store_false",
+        help="cpu: export attention as plain matrix products (standard ONNX ops only) instead of "
+        "onnxruntime's fused MultiHeadAttention, which holds no (tokens x tokens) scores and is faster",
+    )
+    group.add_argument(
         "--cuda-graphs",
         action="store_true",
         help="gpu-torch: compile each network with torch.compile(mode='reduce-overhead') (CUDA graphs)",
@@ -224,6 +231,7 @@ def _batching_options(args: argparse.Namespace) -> dict[str, object]:
         "trt_accelerator": args.trt_accelerator,
         "trt_cache": args.trt_cache,
         "cuda_graphs": args.cuda_graphs,
+        "fused_attention": args.fused_attention,
         "max_side": args.max_size,
     }
     return options

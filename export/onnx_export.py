@@ -32,6 +32,7 @@ from triton_inpaint.components import (
     onnx_runner,
 )
 from triton_inpaint.contract import Runner
+from triton_inpaint.export import attention
 from triton_inpaint.networks import load_network, pipeline_architecture, role_modules, torch_runner
 from triton_inpaint.pipeline_spec import PipelineSpec
 
@@ -215,9 +216,10 @@ def _dynamic_axes(names: tuple[str, ...], role: str) -> dict[str, dict[int, str]
     return axes
 
 
-def export_onnx(pipeline: object, paths: dict[str, Path]) -> dict[str, Path]:
+def export_onnx(pipeline: object, paths: dict[str, Path], fused_attention: bool = False) -> dict[str, Path]:
     """Write the networks to the given ``.onnx`` paths (one folder each: a graph over 2 GB keeps its
-    weights in external data files beside it)."""
+    weights in external data files beside it). ``fused_attention``: attention as onnxruntime's
+    ``MultiHeadAttention`` (:mod:`triton_inpaint.export.attention`), for the CPU runtime."""
     modules = _modules(pipeline)
     odd = _odd_latent_size(pipeline)
     examples = _example_inputs(pipeline, batch=2, latent_h=odd, latent_w=odd + 2)
@@ -227,7 +229,7 @@ def export_onnx(pipeline: object, paths: dict[str, Path]) -> dict[str, Path]:
         path = paths[name]
         path.parent.mkdir(parents=True, exist_ok=True)
         exportable = _exportable_flux(module.transformer) if name == TRANSFORMER else nullcontext()
-        with torch.no_grad(), exportable:
+        with torch.no_grad(), exportable, attention.fused_attention(fused_attention):
             torch.onnx.export(
                 module,
                 examples[name],

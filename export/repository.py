@@ -47,6 +47,7 @@ from triton_inpaint.export.runtimes import (
     network_config,
     shape_profile,
 )
+from triton_inpaint.memory import VAE_ROLES, for_runtime
 from triton_inpaint.networks import save_network
 from triton_inpaint.ort_sessions import optimize_for_cpu
 from triton_inpaint.pipeline_spec import PipelineSpec
@@ -78,6 +79,7 @@ class ExportOptions:
     gpu_instances: bool = True  # GPU runtimes: KIND_GPU; False places the same models on the CPU
     trt_accelerator: bool = False
     trt_cache: str = ""
+    fused_attention: bool = True  # cpu: attention as onnxruntime's MultiHeadAttention (export/attention.py)
     cuda_graphs: bool = False
     max_side: int | None = None
     # What the registry says about the model; None keeps the family's defaults.
@@ -106,6 +108,7 @@ def runtime_options(options: ExportOptions) -> RuntimeOptions:
         trt_cache=options.trt_cache,
         cuda_graphs=options.cuda_graphs,
         max_side=options.max_side,
+        fused_attention=options.fused_attention,
     )
 
 
@@ -323,6 +326,7 @@ def export_checkpoint(
         "default_scheduler": options.default_scheduler,
     }
     spec = replace(spec, **{key: value for key, value in overrides.items() if value is not None})
+    spec = replace(spec, networks=_served_network_shapes(pipeline, spec, runtime))
     if options.family is not None and options.family != spec.family:
         raise ValueError(
             f"--checkpoint {checkpoint}: expected family {options.family}, the checkpoint is {spec.family}"
@@ -367,6 +371,18 @@ def export_checkpoint(
         shutil.rmtree(scratch, ignore_errors=True)
 
 
+def _served_network_shapes(pipeline: object, spec: PipelineSpec, runtime: RuntimeOptions) -> dict:
+    """The memory estimate's network shapes as ``runtime`` runs them (attention kernel, value size)."""
+    values = 2 if runtime.precision == "fp16" else 4
+    shapes = for_runtime(spec.networks, runtime.attention_holds_no_scores, values)
+    if runtime.runtime == "gpu-torch" and getattr(pipeline.vae.config, "force_upcast", False):
+        # gpu-torch keeps such a VAE in fp32 (networks.serving_dtype)
+        shapes = shapes | for_runtime(
+            {role: shapes[role] for role in VAE_ROLES}, runtime.attention_holds_no_scores, 4
+        )
+    return shapes
+
+
 def _write_networks(
     pipeline: object,
     spec: PipelineSpec,
@@ -386,7 +402,11 @@ def _write_networks(
         model_py = "triton_inpaint.triton.torch_model"
     else:
         log(f"exporting {', '.join(roles)} to ONNX ...")
-        paths = export_onnx(pipeline, {role: d / "1" / "model.onnx" for role, d in model_dirs.items()})
+        paths = export_onnx(
+            pipeline,
+            {role: d / "1" / "model.onnx" for role, d in model_dirs.items()},
+            fused_attention=runtime.runtime == "cpu" and runtime.fused_attention,
+        )
         if runtime.runtime == "cpu" and options.cpu_graphs:
             log("optimising the graphs for onnxruntime's CPU provider ...")
             for path in paths.values():

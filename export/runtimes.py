@@ -121,6 +121,15 @@ class RuntimeOptions:
     trt_cache: str = ""  # gpu-onnxruntime: engine cache folder on the server ("" = beside the model)
     cuda_graphs: bool = False  # gpu-torch: torch.compile(mode="reduce-overhead")
     max_side: int | None = None  # GPU profiles: the largest side covered (None = the controls' limit)
+    # cpu: attention exported as onnxruntime's fused MultiHeadAttention (export/attention.py).
+    fused_attention: bool = True
+
+    @property
+    def attention_holds_no_scores(self) -> bool:
+        """Whether the served networks' attention keeps no (tokens x tokens) score matrix: onnxruntime's
+        fused op on the CPU, torch's SDPA kernels for gpu-torch. The portable graphs of the other GPU
+        runtimes are counted as plain attention (the memory estimate's safe side)."""
+        return (self.runtime == "cpu" and self.fused_attention) or self.runtime == "gpu-torch"
 
     def __post_init__(self) -> None:
         if self.runtime not in RUNTIMES:
@@ -138,6 +147,8 @@ class RuntimeOptions:
             raise ValueError("--trt-accelerator is an option of --runtime gpu-onnxruntime")
         if self.cuda_graphs and self.runtime != "gpu-torch":
             raise ValueError("--cuda-graphs is an option of --runtime gpu-torch")
+        if not self.fused_attention and self.runtime != "cpu":
+            raise ValueError("--no-fused-attention is an option of --runtime cpu")
         low = INPAINT["width"].bounds[0]
         if self.max_side is not None and not low <= self.max_side <= INPAINT["width"].bounds[1]:
             raise ValueError(f"--max-size {self.max_side}: use {low} to {INPAINT['width'].bounds[1]}")

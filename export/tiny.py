@@ -178,7 +178,7 @@ def _tiny_clip_config(tokenizer: CLIPTokenizer, projection_dim: int = 32) -> CLI
     )
 
 
-def _full_clip_config(
+def full_clip_config(
     tokenizer: CLIPTokenizer, hidden: int, layers: int, heads: int, activation: str
 ) -> CLIPTextConfig:
     """A real CLIP text tower's shape: ViT-L/14 (768 wide, 12 layers) or OpenCLIP bigG (1280, 32)."""
@@ -197,7 +197,7 @@ def _full_clip_config(
     )
 
 
-def _full_vae(seed: int, scaling_factor: float, resolution: int) -> AutoencoderKL:
+def full_vae(seed: int, scaling_factor: float, resolution: int) -> AutoencoderKL:
     """The VAE of SD 1.5 and SDXL (84 M parameters)."""
     torch.manual_seed(seed)
     return AutoencoderKL(
@@ -211,7 +211,23 @@ def _full_vae(seed: int, scaling_factor: float, resolution: int) -> AutoencoderK
     )
 
 
-def _full_sdxl_unet(seed: int, in_channels: int) -> UNet2DConditionModel:
+def full_sd15_unet(seed: int, in_channels: int) -> UNet2DConditionModel:
+    """SD 1.5's UNet (860 M parameters): four blocks, cross-attention in the first three."""
+    torch.manual_seed(seed)
+    return UNet2DConditionModel(
+        sample_size=FULL_SD15_RESOLUTION // 8,
+        in_channels=in_channels,
+        out_channels=4,
+        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+        block_out_channels=(320, 640, 1280, 1280),
+        layers_per_block=2,
+        cross_attention_dim=768,
+        attention_head_dim=8,
+    )
+
+
+def full_sdxl_unet(seed: int, in_channels: int) -> UNet2DConditionModel:
     """SDXL 1.0's UNet (2.6 B parameters): three blocks, 1/2/10 transformer layers, text-time conditions."""
     torch.manual_seed(seed)
     return UNet2DConditionModel(
@@ -242,12 +258,12 @@ def build_sdxl(
         raise ValueError(f"--size {size}: SDXL comes in tiny and full")
     tokenizer = build_clip_tokenizer()
     if size == "full":
-        unet = _full_sdxl_unet(seed, denoiser_in_channels)
-        vae = _full_vae(seed, 0.13025, FULL_SDXL_RESOLUTION)
+        unet = full_sdxl_unet(seed, denoiser_in_channels)
+        vae = full_vae(seed, 0.13025, FULL_SDXL_RESOLUTION)
         torch.manual_seed(seed)
-        text_encoder = CLIPTextModel(_full_clip_config(tokenizer, 768, 12, 12, "quick_gelu"))
+        text_encoder = CLIPTextModel(full_clip_config(tokenizer, 768, 12, 12, "quick_gelu"))
         torch.manual_seed(seed + 1)
-        text_encoder_2 = CLIPTextModelWithProjection(_full_clip_config(tokenizer, 1280, 32, 20, "gelu"))
+        text_encoder_2 = CLIPTextModelWithProjection(full_clip_config(tokenizer, 1280, 32, 20, "gelu"))
         return _sdxl_pipeline(unet, vae, text_encoder, text_encoder_2, tokenizer)
     unet = _tiny_unet(
         seed,
@@ -333,19 +349,8 @@ def build_sd15(
         raise ValueError(f"unknown size {size!r}; choose one of: {', '.join(SIZES)}")
     tokenizer = build_clip_tokenizer()
     if size == "full":  # SD 1.5's own architecture: UNet 860 M, ViT-L/14 text encoder, 84 M VAE
-        torch.manual_seed(seed)
-        unet = UNet2DConditionModel(
-            sample_size=FULL_SD15_RESOLUTION // 8,
-            in_channels=denoiser_in_channels,
-            out_channels=4,
-            down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-            up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
-            block_out_channels=(320, 640, 1280, 1280),
-            layers_per_block=2,
-            cross_attention_dim=768,
-            attention_head_dim=8,
-        )
-        vae = _full_vae(seed, 0.18215, FULL_SD15_RESOLUTION)
+        unet = full_sd15_unet(seed, denoiser_in_channels)
+        vae = full_vae(seed, 0.18215, FULL_SD15_RESOLUTION)
     elif size == "small":
         unet = _small_unet(seed, denoiser_in_channels)
         torch.manual_seed(seed)
@@ -363,7 +368,7 @@ def build_sd15(
         vae = _tiny_vae(seed, scaling_factor=0.18215)
     torch.manual_seed(seed)
     if size == "full":
-        text_encoder = CLIPTextModel(_full_clip_config(tokenizer, 768, 12, 12, "quick_gelu"))
+        text_encoder = CLIPTextModel(full_clip_config(tokenizer, 768, 12, 12, "quick_gelu"))
     else:
         text_encoder = CLIPTextModel(_tiny_clip_config(tokenizer))
     # The scheduler config of the real SD 1.5 inpainting checkpoint, ``clip_sample: false`` included:

@@ -41,6 +41,41 @@ def gateway(triton_server, tmp_path_factory):
         process.stop()
 
 
+# A memory budget small enough that the tiny model's largest requests are refused: with fused attention
+# and the VAE in tiles, the default budget (most of the machine's free memory) takes them all.
+SMALL_BUDGET = "600MiB"
+
+
+@pytest.fixture(scope="module")
+def budgeted(exported_repository, tmp_path_factory):
+    """A Triton serving the tiny model under ``SMALL_BUDGET``, and a gateway in front of it."""
+    import os
+
+    from tests.conftest import BUILTIN_REPOSITORY
+    from triton_inpaint.components import network_tensors
+    from triton_inpaint.memory import BUDGET_ENV
+    from triton_inpaint.server import TritonServer, free_port
+
+    repository, _ = exported_repository
+    models = [f"inpaint_{MODEL}", *(f"{MODEL}_{role}" for role in network_tensors("sd"))]
+    server = TritonServer(
+        [BUILTIN_REPOSITORY, repository], free_port(), free_port(), free_port(), models=models
+    )
+    os.environ[BUDGET_ENV] = SMALL_BUDGET  # the model processes read it; the suite's other servers do not
+    try:
+        server.start(timeout=300)
+    finally:
+        del os.environ[BUDGET_ENV]
+    data = tmp_path_factory.mktemp("budgeted")
+    (data / "keys.txt").write_text(KEY + "\n")
+    gateway = GatewayProcess(server.grpc_url, data / "store", "--keys", str(data / "keys.txt")).start()
+    try:
+        yield server, gateway
+    finally:
+        gateway.stop()
+        server.stop()
+
+
 def b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
 
@@ -284,10 +319,12 @@ def test_sixteen_bit_images_and_masks_keep_their_meaning(gateway):
     assert changed.max() <= 5
 
 
-def test_requests_too_large_for_memory_are_refused_up_front_and_no_model_process_dies(gateway, triton_server):
-    """The two requests that used to get a model process OOM-killed, inside the documented ranges."""
+def test_requests_too_large_for_memory_are_refused_up_front_and_no_model_process_dies(budgeted):
+    """The two requests that used to get a model process OOM-killed, inside the documented ranges, on a
+    server whose budget they exceed."""
     from triton_inpaint.supervisor import stubs_of
 
+    triton_server, gateway = budgeted
     processes = set(stubs_of(triton_server.pid))
     status, body = gateway.post("/v1", [inference(width=2048, height=2048, numberResults=4)], key=KEY)
     assert status == 400, body
@@ -312,9 +349,10 @@ def test_requests_too_large_for_memory_are_refused_up_front_and_no_model_process
     assert status == 200, body
 
 
-def test_a_dry_run_checks_everything_and_generates_nothing(triton_server):
+def test_a_dry_run_checks_everything_and_generates_nothing(budgeted):
     from triton_inpaint.client import InpaintClient, InpaintError
 
+    triton_server, _ = budgeted
     with InpaintClient(triton_server.grpc_url) as client:
         result = client.inpaint(
             MODEL, png_bytes(IMAGE), png_bytes(MASK), "a hat", seed=5, num_images=2, dry_run=True

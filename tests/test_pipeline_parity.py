@@ -119,3 +119,38 @@ def test_processing_size(size, params, expected):
     got = processing_size(*size, native=128, params=DenoiseParams.from_inputs("x", **params))
     assert got == expected
     assert got[0] % 8 == 0 and got[1] % 8 == 0
+
+
+def test_a_request_whose_untiled_vae_does_not_fit_is_tiled_as_diffusers_tiles(
+    torch_pipeline, reference_pipeline, scheduler_config
+):
+    """Over the memory budget untiled but within it tiled: the VAE runs in the checkpoint's own tiles
+    (the tiny VAE's 128 px, a quarter overlap) and the image equals diffusers with enable_tiling()."""
+    from triton_inpaint.memory import request_bytes
+
+    image, mask = make_image(320, 192), irregular_mask(320, 192)
+    networks, tile = torch_pipeline.spec.networks, torch_pipeline.spec.vae_tile_size
+    tiled = request_bytes(networks, 320, 192, 1, True, tile)
+    assert tiled < request_bytes(networks, 320, 192, 1, True)
+    torch_pipeline.memory_budget = tiled
+    try:
+        params = DenoiseParams.from_inputs(
+            PROMPT, steps=4, strength=1.0, seed=7, scheduler="DDIM", width=320, height=192
+        )
+        assert torch_pipeline.plan(mask / 255.0, params).need.vae_tile == tile == 128
+        got = ours(torch_pipeline, image, mask, "DDIM", 1.0, steps=4)
+    finally:
+        torch_pipeline.memory_budget = None
+    untiled = reference(reference_pipeline, scheduler_config, image, mask, "DDIM", 1.0, steps=4)
+    reference_pipeline.vae.enable_tiling()
+    try:
+        want = reference(reference_pipeline, scheduler_config, image, mask, "DDIM", 1.0, steps=4)
+    finally:
+        reference_pipeline.vae.disable_tiling()
+    diff = np.abs(got.astype(int) - want.astype(int))
+    print(
+        f"tiled VAE: max {diff.max()}/255 mean {diff.mean():.4f}/255 against diffusers' tiled VAE; "
+        f"diffusers' untiled differs by up to {np.abs(untiled.astype(int) - want.astype(int)).max()}/255"
+    )
+    assert diff.max() <= 1
+    assert np.abs(untiled.astype(int) - want.astype(int)).max() > 1  # the tiles really change the image

@@ -132,12 +132,44 @@ def advance_together(jobs: list[DenoiseJob], max_rows: int) -> list[tuple[Denois
 Callback = Callable[[Result | None, BaseException | None], None]
 
 
+class Admission:
+    """Who may start: at most ``max_active`` requests in flight, whose memory (bytes each declares when
+    it enters) stays within ``budget``. A request that does not fit now waits for others to finish;
+    one alone is always let in (a request larger than the budget is refused before it asks). Callers
+    enter one at a time (the model's ``execute``), so they are let in in arrival order."""
+
+    def __init__(self, max_active: int, budget: int | None = None) -> None:
+        self.max_active = max_active
+        self.budget = budget  # None: memory is not counted
+        self.active = 0
+        self.reserved = 0
+        self._condition = threading.Condition()
+
+    def _fits(self, cost: int) -> bool:
+        if self.active >= self.max_active:
+            return False
+        return self.active == 0 or self.budget is None or self.reserved + cost <= self.budget
+
+    def enter(self, cost: int = 0) -> None:
+        with self._condition:
+            self._condition.wait_for(lambda: self._fits(cost))
+            self.active += 1
+            self.reserved += cost
+
+    def leave(self, cost: int = 0) -> None:
+        with self._condition:
+            self.active -= 1
+            self.reserved -= cost
+            self._condition.notify_all()
+
+
 class InflightBatcher:
     """Advances submitted jobs together on one worker thread; decodes finished ones on another.
 
-    ``max_active`` jobs are in flight at most: a caller takes a slot (``acquire``) before it starts a
-    job, so requests beyond that wait in front of the model (in Triton's queue, where its queue-time
-    metrics see them) rather than inside it. ``max_rows`` is the denoiser's largest batch.
+    ``max_active`` jobs are in flight at most, and with a memory budget their declared memory fits it
+    (:class:`Admission`): a caller takes a slot (``acquire``) before it starts a job, so requests
+    beyond that wait in front of the model (in Triton's queue, where its queue-time metrics see them)
+    rather than inside it. ``max_rows`` is the denoiser's largest batch.
     Each submitted job's ``callback`` is called exactly once, with its result or its error.
     """
 
@@ -146,30 +178,33 @@ class InflightBatcher:
             raise ValueError(f"max_active and max_rows must be at least 1, got {max_active}, {max_rows}")
         self.max_rows = max_rows
         self._log = log or (lambda message: None)
-        self._slots = threading.BoundedSemaphore(max_active)
+        self.admission = Admission(max_active)
         self._condition = threading.Condition()
         self._incoming: list[tuple[DenoiseJob, Callback]] = []
+        self._costs: dict[int, int] = {}  # id(job) -> the memory its slot holds
         self._closed = False
         # Decoding runs beside the next ticks rather than stalling every other request's loop.
         self._finisher = ThreadPoolExecutor(1, thread_name_prefix="denoise-finish")
         self._worker = threading.Thread(target=self._loop, name="denoise-ticks", daemon=True)
         self._worker.start()
 
-    def acquire(self) -> None:
-        """Wait for a free slot; each acquire is matched by one ``submit`` or one ``release``."""
-        self._slots.acquire()
+    def acquire(self, cost: int = 0) -> None:
+        """Wait for a free slot and ``cost`` bytes of the budget; each acquire is matched by one
+        ``submit`` (with the same cost) or one ``release``."""
+        self.admission.enter(cost)
 
-    def release(self) -> None:
+    def release(self, cost: int = 0) -> None:
         """Give back a slot taken for a job that was never submitted (e.g. it failed to start)."""
-        self._slots.release()
+        self.admission.leave(cost)
 
-    def submit(self, job: DenoiseJob, callback: Callback) -> None:
-        """Add a started job (its slot already acquired); it joins at the next tick."""
+    def submit(self, job: DenoiseJob, callback: Callback, cost: int = 0) -> None:
+        """Add a started job (its slot already acquired with ``cost``); it joins at the next tick."""
         with self._condition:
             if self._closed:
-                self._slots.release()
+                self.admission.leave(cost)
                 callback(None, RuntimeError("the model is shutting down"))
                 return
+            self._costs[id(job)] = cost
             self._incoming.append((job, callback))
             self._condition.notify()
 
@@ -181,21 +216,25 @@ class InflightBatcher:
         self._worker.join(timeout=30)
         self._finisher.shutdown(wait=True)
 
-    def _answer(self, callback: Callback, result: Result | None, error: BaseException | None) -> None:
+    def _answer(
+        self, job: DenoiseJob, callback: Callback, result: Result | None, error: BaseException | None
+    ) -> None:
         try:
             callback(result, error)
         except Exception:  # noqa: BLE001 - a failed answer must not stop the loop
             self._log(f"answering a request failed: {traceback.format_exc()}")
         finally:
-            self._slots.release()
+            with self._condition:  # an RLock: the loop may hold it already
+                cost = self._costs.pop(id(job), 0)
+            self.admission.leave(cost)
 
     def _finish(self, job: DenoiseJob, callback: Callback) -> None:
         try:
             result = job.finish()
         except Exception as exc:  # noqa: BLE001
-            self._answer(callback, None, exc)
+            self._answer(job, callback, None, exc)
             return
-        self._answer(callback, result, None)
+        self._answer(job, callback, result, None)
 
     def _loop(self) -> None:
         active: list[tuple[DenoiseJob, Callback]] = []
@@ -204,8 +243,8 @@ class InflightBatcher:
                 while not self._incoming and not active and not self._closed:
                     self._condition.wait()
                 if self._closed:
-                    for _, callback in active + self._incoming:
-                        self._answer(callback, None, RuntimeError("the model is shutting down"))
+                    for job, callback in active + self._incoming:
+                        self._answer(job, callback, None, RuntimeError("the model is shutting down"))
                     self._incoming.clear()
                     return
                 active.extend(self._incoming)
@@ -214,7 +253,7 @@ class InflightBatcher:
             failures = advance_together([job for job, _ in active], self.max_rows)
             failed = {id(job) for job, _ in failures}
             for job, error in failures:
-                self._answer(callbacks[id(job)], None, error)
+                self._answer(job, callbacks[id(job)], None, error)
             remaining = []
             for job, callback in active:
                 if id(job) in failed:

@@ -29,6 +29,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 from transformers import CLIPTokenizer, PreTrainedTokenizerBase, T5TokenizerFast
 
+from triton_inpaint import vae_tiling
 from triton_inpaint.components import TEXT_ENCODER, TEXT_ENCODER_2, FluxComponents
 from triton_inpaint.denoising import SteppedJob, run_alone
 from triton_inpaint.errors import InvalidInputError
@@ -60,7 +61,7 @@ class FluxFillInpaintPipeline:
         self.tokenizer_2 = tokenizer_2
         self.scheduler_config = dict(scheduler_config)
         self.spec = spec
-        self.memory_budget: int | None = None  # bytes one request may use; None: unchecked
+        self.memory_budget: int | None = None  # bytes the networks' work may use; None: unchecked
         self.max_side: int | None = None  # the largest side TensorRT engines cover; None: no limit
         # As FluxFillPipeline builds them: sizes snap to the packed-latent multiple, masks binarize.
         self.image_processor = VaeImageProcessor(
@@ -137,9 +138,15 @@ class FluxFillInpaintPipeline:
             scheduler.set_begin_index(t_start * scheduler.order)
         return timesteps
 
-    def _encode_vae_image(self, image: torch.Tensor, generators: list[torch.Generator]) -> torch.Tensor:
-        """Encode once, sample one latent per generator (each exactly a single-image call's draw)."""
-        parameters = self.components.encode_image(image).repeat(len(generators), 1, 1, 1)
+    def _encode_vae_image(
+        self, image: torch.Tensor, generators: list[torch.Generator], vae_tile: int | None = None
+    ) -> torch.Tensor:
+        """Encode once (tiled when ``vae_tile``), sample one latent per generator (each exactly a
+        single-image call's draw)."""
+        components = self.components
+        parameters = vae_tiling.encode(
+            components.encode_image, components.decode_latents, image, vae_tile, self.spec.vae_scale_factor
+        ).repeat(len(generators), 1, 1, 1)
         latents = DiagonalGaussianDistribution(parameters).sample(generators)
         return (latents - self.spec.vae_shift_factor) * self.spec.vae_scaling_factor
 
@@ -153,9 +160,10 @@ class FluxFillInpaintPipeline:
         init_image: torch.Tensor,
         timestep: torch.Tensor,
         generators: list[torch.Generator],
+        vae_tile: int | None = None,
     ) -> torch.Tensor:
         """Packed initial latents: the image latents moved along the flow to the first timestep."""
-        image_latents = self._encode_vae_image(init_image, generators)
+        image_latents = self._encode_vae_image(init_image, generators, vae_tile)
         noise = randn_tensor(
             image_latents.shape, generator=generators, device=self.device, dtype=torch.float32
         )
@@ -163,23 +171,33 @@ class FluxFillInpaintPipeline:
         return self._pack(latents)
 
     def prepare_mask_latents(
-        self, init_image: torch.Tensor, mask: torch.Tensor, generators: list[torch.Generator]
+        self,
+        init_image: torch.Tensor,
+        mask: torch.Tensor,
+        generators: list[torch.Generator],
+        vae_tile: int | None = None,
     ) -> torch.Tensor:
         """The transformer's conditioning: packed masked-image latents, then the packed mask, whose
         every factor x factor pixel block becomes factor^2 channels of one latent position."""
         batch = len(generators)
         factor = self.spec.vae_scale_factor
-        masked_latents = self._pack(self._encode_vae_image(init_image * (1 - mask), generators))
+        masked_latents = self._pack(self._encode_vae_image(init_image * (1 - mask), generators, vae_tile))
         _, _, height, width = init_image.shape
         height, width = height // factor, width // factor
         mask = mask[:, 0].repeat(batch, 1, 1).view(batch, height, factor, width, factor)
         mask = mask.permute(0, 2, 4, 1, 3).reshape(batch, factor * factor, height, width)
         return torch.cat([masked_latents, self._pack(mask)], dim=-1)
 
-    def decode(self, latents: torch.Tensor, width: int, height: int) -> np.ndarray:
+    def decode(
+        self, latents: torch.Tensor, width: int, height: int, vae_tile: int | None = None
+    ) -> np.ndarray:
         latents = FluxFillPipeline._unpack_latents(latents, height, width, self.spec.vae_scale_factor)
         latents = latents / self.spec.vae_scaling_factor + self.spec.vae_shift_factor
-        images = self.image_processor.postprocess(self.components.decode_latents(latents), output_type="np")
+        components = self.components
+        decoded = vae_tiling.decode(
+            components.encode_image, components.decode_latents, latents, vae_tile, self.spec.vae_scale_factor
+        )
+        images = self.image_processor.postprocess(decoded, output_type="np")
         return (images * 255).round().astype(np.uint8)
 
     # -- the whole request ---------------------------------------------------------------------------
@@ -192,9 +210,9 @@ class FluxFillInpaintPipeline:
             image_width, image_height, self.spec.native_resolution, params, self.spec.size_multiple
         )
         check_engine_sides(width, height, self.max_side)
-        check_request(
+        need = check_request(
             self.spec.networks, width, height, params.num_images, False, self.memory_budget,
-            self.spec.size_multiple,
+            self.spec.size_multiple, self.spec.vae_tile_size,
         )  # fmt: skip
         scheduler = build_scheduler(params.scheduler, self.scheduler_config)
         timesteps = self.prepare_timesteps(scheduler, params.steps, params.strength, width, height)
@@ -204,11 +222,13 @@ class FluxFillInpaintPipeline:
                 f"{params.strength} with steps={params.steps} leaves no denoising step "
                 "(steps * strength must be at least 1); raise strength or steps",
             )
-        return Plan(width, height, None, scheduler, timesteps)
+        return Plan(width, height, None, scheduler, timesteps, need)
 
-    def start(self, image: np.ndarray, mask: np.ndarray, params: DenoiseParams) -> FluxJob:
+    def start(
+        self, image: np.ndarray, mask: np.ndarray, params: DenoiseParams, plan: Plan | None = None
+    ) -> FluxJob:
         """Everything before the denoising loop (see ``SDInpaintPipeline.start``)."""
-        plan = self.plan(mask, params)
+        plan = plan or self.plan(mask, params)
         width, height, scheduler, timesteps = plan.width, plan.height, plan.scheduler, plan.timesteps
         image_height, image_width = mask.shape
         generators = [torch.Generator("cpu").manual_seed(seed) for seed in params.seeds]
@@ -218,8 +238,9 @@ class FluxFillInpaintPipeline:
         ).to(device=self.device, dtype=torch.float32)
         mask_image = self.mask_processor.preprocess(mask_to_pil(mask), height=height, width=width)
         mask_image = mask_image.to(self.device)
-        latents = self.prepare_latents(scheduler, init_image, timesteps[:1], generators)
-        condition = self.prepare_mask_latents(init_image, mask_image, generators)
+        tile = plan.need.vae_tile
+        latents = self.prepare_latents(scheduler, init_image, timesteps[:1], generators, tile)
+        condition = self.prepare_mask_latents(init_image, mask_image, generators, tile)
         factor = self.spec.vae_scale_factor
         batch = latents.shape[0]
         image_ids = FluxFillPipeline._prepare_latent_image_ids(
@@ -236,7 +257,7 @@ class FluxFillInpaintPipeline:
         }
         return FluxJob(
             self, scheduler, timesteps, latents, condition, conditions, width, height,
-            (0, 0, image_width, image_height),
+            (0, 0, image_width, image_height), tile,
         )  # fmt: skip
 
     def __call__(self, image: np.ndarray, mask: np.ndarray, params: DenoiseParams) -> tuple[np.ndarray, Box]:
@@ -262,8 +283,10 @@ class FluxJob(SteppedJob):
         width: int,
         height: int,
         box: Box,
+        vae_tile: int | None = None,
     ) -> None:
         self.pipeline = pipeline
+        self.vae_tile = vae_tile
         self.scheduler = scheduler
         self.timesteps = timesteps
         self.latents = latents
@@ -292,4 +315,4 @@ class FluxJob(SteppedJob):
         self.index += 1
 
     def finish(self) -> tuple[np.ndarray, Box]:
-        return self.pipeline.decode(self.latents, self.width, self.height), self.box
+        return self.pipeline.decode(self.latents, self.width, self.height, self.vae_tile), self.box

@@ -43,15 +43,20 @@ class PipelineSpec:
     # The networks' attention layers and largest feature maps, for the memory estimate
     # (:func:`triton_inpaint.memory.network_shapes`); None in exports made before it existed.
     networks: dict[str, Any] | None = None
+    # The VAE's own sample size: the tile side diffusers' enable_tiling() uses, and so do we when an
+    # untiled VAE call would not fit the memory budget; None in exports made before tiling existed.
+    vae_tile_size: int | None = None
 
     @classmethod
     def from_diffusers(cls, pipeline: Any) -> PipelineSpec:
         vae = pipeline.vae.config
         vae_scale_factor = 2 ** (len(vae.block_out_channels) - 1)
+        sample_size = vae.sample_size
         common = {
             "vae_scale_factor": vae_scale_factor,
             "vae_scaling_factor": float(vae.scaling_factor),
             "latent_channels": int(vae.latent_channels),
+            "vae_tile_size": int(sample_size[0] if isinstance(sample_size, list | tuple) else sample_size),
         }
         from triton_inpaint.memory import network_shapes
 

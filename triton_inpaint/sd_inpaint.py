@@ -32,12 +32,13 @@ from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 from transformers import CLIPTokenizer, PreTrainedTokenizerBase
 
+from triton_inpaint import vae_tiling
 from triton_inpaint.components import TEXT_ENCODER, TEXT_ENCODER_2, SDComponents
 from triton_inpaint.denoising import SteppedJob, run_alone
 from triton_inpaint.errors import InvalidInputError
 from triton_inpaint.imaging import mask_to_pil
 from triton_inpaint.mask_shaping import Box, crop_region, mask_bounds
-from triton_inpaint.memory import check_request
+from triton_inpaint.memory import Need, check_request
 from triton_inpaint.params import SIZE_MULTIPLE, DenoiseParams
 from triton_inpaint.pipeline_spec import PipelineSpec
 from triton_inpaint.schedulers import build_scheduler
@@ -90,6 +91,7 @@ class Plan:
     crop: Box | None
     scheduler: Any
     timesteps: torch.Tensor
+    need: Need = Need(0)  # memory for the networks' work, and whether the VAE runs in tiles
 
 
 def token_ids(tokenizer: PreTrainedTokenizerBase, text: str, length: int | None = None) -> torch.Tensor:
@@ -130,7 +132,7 @@ class SDInpaintPipeline:
             raise ValueError("an SDXL checkpoint needs its second tokenizer")
         self.scheduler_config = dict(scheduler_config)
         self.spec = spec
-        self.memory_budget: int | None = None  # bytes one request may use; None: unchecked
+        self.memory_budget: int | None = None  # bytes the networks' work may use; None: unchecked
         self.max_side: int | None = None  # the largest side TensorRT engines cover; None: no limit
         self.image_processor = VaeImageProcessor(vae_scale_factor=spec.vae_scale_factor)
         self.mask_processor = VaeImageProcessor(
@@ -233,10 +235,16 @@ class SDInpaintPipeline:
         )
         return init_image.to(self.device), mask_condition.to(self.device)
 
-    def _encode_vae_image(self, image: torch.Tensor, generators: list[torch.Generator]) -> torch.Tensor:
-        """Encode once, then sample one latent per generator: each image's random stream is exactly
-        that of a single-image diffusers call with its own seed."""
-        parameters = self.components.encode_image(image).repeat(len(generators), 1, 1, 1)
+    def _encode_vae_image(
+        self, image: torch.Tensor, generators: list[torch.Generator], vae_tile: int | None = None
+    ) -> torch.Tensor:
+        """Encode once (in tiles of ``vae_tile`` pixels when given), then sample one latent per
+        generator: each image's random stream is exactly that of a single-image diffusers call with its
+        own seed."""
+        components = self.components
+        parameters = vae_tiling.encode(
+            components.encode_image, components.decode_latents, image, vae_tile, self.spec.vae_scale_factor
+        ).repeat(len(generators), 1, 1, 1)
         latents = DiagonalGaussianDistribution(parameters).sample(generators)
         return self.spec.vae_scaling_factor * latents
 
@@ -247,6 +255,7 @@ class SDInpaintPipeline:
         latent_timestep: torch.Tensor,
         is_strength_max: bool,
         generators: list[torch.Generator],
+        vae_tile: int | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Initial latents, the noise drawn, and the image latents (needed at strength < 1, and at every
         step for base UNets)."""
@@ -259,7 +268,7 @@ class SDInpaintPipeline:
         )
         image_latents = None
         if self.blends_latents or not is_strength_max:
-            image_latents = self._encode_vae_image(init_image, generators)
+            image_latents = self._encode_vae_image(init_image, generators, vae_tile)
         noise = randn_tensor(shape, generator=generators, device=self.device, dtype=torch.float32)
         if is_strength_max:
             return noise * scheduler.init_noise_sigma, noise, image_latents
@@ -272,6 +281,7 @@ class SDInpaintPipeline:
         mask_condition: torch.Tensor,
         generators: list[torch.Generator],
         do_cfg: bool,
+        vae_tile: int | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         _, _, height, width = init_image.shape
         masked_image = init_image * (mask_condition < 0.5)
@@ -287,15 +297,19 @@ class SDInpaintPipeline:
                 latent_shape, generator=generators, device=self.device, dtype=torch.float32
             )
         else:
-            masked_image_latents = self._encode_vae_image(masked_image, generators)
+            masked_image_latents = self._encode_vae_image(masked_image, generators, vae_tile)
         mask = mask.repeat(len(generators), 1, 1, 1)
         if do_cfg:
             mask = torch.cat([mask] * 2)
             masked_image_latents = torch.cat([masked_image_latents] * 2)
         return mask, masked_image_latents
 
-    def decode(self, latents: torch.Tensor) -> np.ndarray:
-        image = self.components.decode_latents(latents / self.spec.vae_scaling_factor)
+    def decode(self, latents: torch.Tensor, vae_tile: int | None = None) -> np.ndarray:
+        components = self.components
+        image = vae_tiling.decode(
+            components.encode_image, components.decode_latents, latents / self.spec.vae_scaling_factor,
+            vae_tile, self.spec.vae_scale_factor,
+        )  # fmt: skip
         images = self.image_processor.postprocess(image, output_type="np")
         return (images * 255).round().astype(np.uint8)
 
@@ -322,9 +336,9 @@ class SDInpaintPipeline:
         refusal that needs no network happens here, so a dry run (``dry_run``) stops after it."""
         width, height, crop = self.geometry(mask, params)
         check_engine_sides(width, height, self.max_side)
-        check_request(
+        need = check_request(
             self.spec.networks, width, height, params.num_images, params.guidance_scale > 1.0,
-            self.memory_budget, self.spec.size_multiple,
+            self.memory_budget, self.spec.size_multiple, self.spec.vae_tile_size,
         )  # fmt: skip
         scheduler = build_scheduler(params.scheduler, self.scheduler_config)
         timesteps = self.prepare_timesteps(scheduler, params.steps, params.strength, self.device)
@@ -334,15 +348,17 @@ class SDInpaintPipeline:
                 f"{params.strength} with steps={params.steps} leaves no denoising step "
                 "(int(steps * strength) must be at least 1); raise strength or steps",
             )
-        return Plan(width, height, crop, scheduler, timesteps)
+        return Plan(width, height, crop, scheduler, timesteps, need)
 
-    def start(self, image: np.ndarray, mask: np.ndarray, params: DenoiseParams) -> SDJob:
+    def start(
+        self, image: np.ndarray, mask: np.ndarray, params: DenoiseParams, plan: Plan | None = None
+    ) -> SDJob:
         """Everything before the denoising loop: plan, encode the prompt, prepare image, mask and
         latents. The returned job takes the loop's steps (alone or batched with other requests).
 
         ``image`` is (H, W, 3) uint8, ``mask`` (H, W) in [0, 1], set where the image is regenerated.
         """
-        plan = self.plan(mask, params)
+        plan = plan or self.plan(mask, params)
         width, height, crop, scheduler, timesteps = (
             plan.width, plan.height, plan.crop, plan.scheduler, plan.timesteps
         )  # fmt: skip
@@ -356,16 +372,17 @@ class SDInpaintPipeline:
             conditions["text_embeds"] = pooled
             conditions["time_ids"] = self.time_ids(width, height, params.num_images, do_cfg)
         init_image, mask_condition = self.prepare_image_and_mask(image, mask, width, height, crop)
+        tile = plan.need.vae_tile
         latents, noise, image_latents = self.prepare_latents(
-            scheduler, init_image, timesteps[:1], params.strength == 1.0, generators
+            scheduler, init_image, timesteps[:1], params.strength == 1.0, generators, tile
         )
         mask_latents, masked_image_latents = self.prepare_mask_latents(
-            init_image, mask_condition, generators, do_cfg
+            init_image, mask_condition, generators, do_cfg, tile
         )
         box = crop if crop is not None else (0, 0, image.shape[1], image.shape[0])
         return SDJob(
             self, scheduler, timesteps, latents, mask_latents, masked_image_latents, conditions,
-            params.guidance_scale, generators, noise, image_latents, box,
+            params.guidance_scale, generators, noise, image_latents, box, tile,
         )  # fmt: skip
 
     def __call__(self, image: np.ndarray, mask: np.ndarray, params: DenoiseParams) -> tuple[np.ndarray, Box]:
@@ -396,8 +413,10 @@ class SDJob(SteppedJob):
         noise: torch.Tensor | None,
         image_latents: torch.Tensor | None,
         box: Box,
+        vae_tile: int | None = None,
     ) -> None:
         self.pipeline = pipeline
+        self.vae_tile = vae_tile
         self.scheduler = scheduler
         self.timesteps = timesteps
         self.latents = latents
@@ -448,4 +467,4 @@ class SDJob(SteppedJob):
         self.index += 1
 
     def finish(self) -> tuple[np.ndarray, Box]:
-        return self.pipeline.decode(self.latents), self.box
+        return self.pipeline.decode(self.latents, self.vae_tile), self.box

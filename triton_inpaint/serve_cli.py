@@ -120,9 +120,10 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
         "--memory-budget",
         default=None,
         metavar="SIZE",
-        help=f"memory one request may use, e.g. 6GiB (also ${BUDGET_ENV}); requests estimated to need "
-        "more are refused before any work, naming the largest size that fits. Default: half the "
-        "machine's (or container's) memory divided by the requests a model runs at once",
+        help=f"memory each checkpoint's networks may use for their work at once, e.g. 12GiB (also "
+        f"${BUDGET_ENV}); a request estimated to need more is refused before any work, naming the largest "
+        "size that fits, and one that fits waits until the requests in flight leave it room. Default: 90%% "
+        "of the memory still free once every model is loaded (the GPU's on GPU runtimes)",
     )
     parser.add_argument("--ready-timeout", type=float, default=300.0, help="seconds to wait for all models")
     parser.add_argument(

@@ -25,7 +25,7 @@ from triton_inpaint.components import RunnerComponents, network_tensors
 from triton_inpaint.contract import DEFAULT_MAX_INFLIGHT, NETWORK_MAX_BATCH
 from triton_inpaint.denoising import InflightBatcher
 from triton_inpaint.flux_fill import FluxFillInpaintPipeline
-from triton_inpaint.memory import gib, request_budget
+from triton_inpaint.memory import BUDGET_ENV, device_budget, gib, host_budget
 from triton_inpaint.params import DenoiseParams
 from triton_inpaint.pipeline_spec import PipelineSpec
 from triton_inpaint.schema import DENOISE, INPAINT
@@ -48,6 +48,7 @@ class TritonPythonModel:
         directory = Path(args["model_repository"]) / args["model_version"]
         spec = PipelineSpec.load(directory)
         names = {role: f"{prefix}_{role}" for role in network_tensors(spec.architecture)}
+        device = None
         if config_parameter(config, "device_tensors", 0):
             # GPU runtimes: latents and embeddings stay on this instance's device between BLS calls.
             from triton_inpaint.triton.dlpack import instance_device, tensor_bls_runner
@@ -60,19 +61,29 @@ class TritonPythonModel:
         self.pipeline = pipeline_class.from_directory(directory, components)
         max_inflight = config_parameter(config, "max_inflight", DEFAULT_MAX_INFLIGHT)
         max_rows = config_parameter(config, "denoiser_max_batch", NETWORK_MAX_BATCH)
-        # Requests in flight share the budget: every instance's, each up to max_inflight at once.
-        instances = sum(group.get("count", 1) for group in config.get("instance_group", [])) or 1
-        self.pipeline.memory_budget = request_budget(instances * max_inflight)
         self.pipeline.max_side = config_parameter(config, "max_side", 0) or None
         self.batcher = InflightBatcher(max_rows, max_inflight, log=self.logger.log_error)
+        self.name = args["model_name"]
+        # The memory budget is what is left once every model is loaded: read at the first request, when
+        # Triton has loaded them all (on this instance's GPU for the GPU runtimes).
+        self.budget_device = device
         self.logger.log_info(
-            f"{args['model_name']}: up to {max_inflight} requests in flight on {components.device}, "
-            f"batched up to {max_rows} "
-            f"denoiser rows a call; {gib(self.pipeline.memory_budget)} of memory per request"
+            f"{self.name}: up to {max_inflight} requests in flight on {components.device}, batched up to "
+            f"{max_rows} denoiser rows a call"
         )
 
-    def _start(self, request: Any) -> tuple[DenoiseParams, Any]:
-        """The request's params and either its started job or, for a dry run, its outputs."""
+    def _read_budget(self) -> None:
+        on_gpu = self.budget_device is not None and self.budget_device.type == "cuda"
+        budget = device_budget(self.budget_device) if on_gpu else host_budget()
+        self.pipeline.memory_budget = self.batcher.admission.budget = budget
+        self.budget_device = None
+        self.logger.log_info(
+            f"{self.name}: {gib(budget)} of {'GPU' if on_gpu else 'host'} memory for the networks' work "
+            f"(${BUDGET_ENV} sets it)"
+        )
+
+    def _plan(self, request: Any) -> tuple[DenoiseParams, np.ndarray, np.ndarray, Any]:
+        """The request's params, image, mask and plan: every refusal that needs no network."""
         spec = self.pipeline.spec
         params = DenoiseParams.from_inputs(
             **read_controls(request, INPAINT.at(DENOISE)),
@@ -83,27 +94,31 @@ class TritonPythonModel:
         )
         image = tensor(request, "original_image", required=True)
         mask = tensor(request, "soft_mask", required=True)
-        if params.dry_run:  # every check passed: answer with no images
-            plan = self.pipeline.plan(mask, params)
-            generated = np.zeros((0, plan.height, plan.width, 3), np.uint8)
-            box = plan.crop or (0, 0, mask.shape[1], mask.shape[0])
-            return params, _outputs(generated, box, params)
-        return params, self.pipeline.start(image, mask, params)
+        return params, image, mask, self.pipeline.plan(mask, params)
 
     def execute(self, requests: list[Any]) -> None:
+        if self.pipeline.memory_budget is None:
+            self._read_budget()
         for request in requests:
-            self.batcher.acquire()
             try:
-                params, started = self._start(request)
+                params, image, mask, plan = self._plan(request)
             except Exception as exc:  # noqa: BLE001 - this request's refusal; the others go on
-                self.batcher.release()
                 send_final(request, error_response(exc, request, self.logger))
                 continue
-            if isinstance(started, list):  # a dry run's answer
-                self.batcher.release()
-                send_final(request, pb_utils.InferenceResponse(output_tensors=started))
+            if params.dry_run:  # every check passed: answer with no images
+                generated = np.zeros((0, plan.height, plan.width, 3), np.uint8)
+                box = plan.crop or (0, 0, mask.shape[1], mask.shape[0])
+                outputs = _outputs(generated, box, params)
+                send_final(request, pb_utils.InferenceResponse(output_tensors=outputs))
                 continue
-            self.batcher.submit(started, self._answer(request, params))
+            self.batcher.acquire(plan.need.bytes)  # waits for a slot and for the memory it needs
+            try:
+                started = self.pipeline.start(image, mask, params, plan)
+            except Exception as exc:  # noqa: BLE001
+                self.batcher.release(plan.need.bytes)
+                send_final(request, error_response(exc, request, self.logger))
+                continue
+            self.batcher.submit(started, self._answer(request, params), plan.need.bytes)
         return None
 
     def _answer(self, request: Any, params: DenoiseParams) -> Any:
