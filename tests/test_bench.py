@@ -6,10 +6,14 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 pytestmark = pytest.mark.server
 
@@ -58,16 +62,64 @@ def test_quick_bench_writes_every_figure(tmp_path, work):
     assert set(data["image"]) == {"b64", "shape"} and data["prompt"]["content"] == ["a red brick wall"]
 
 
-def test_bench_gpu_runs_its_code_on_the_cpu(tmp_path):
-    """``bench-gpu --device cpu --size tiny``: the GPU benchmark's whole path (full-size checkpoints
-    aside) with a real Triton serving the gpu-torch repository; its figures say nothing about GPUs."""
-    out = tmp_path / "out"
+def test_gpu_session_is_staged_for_the_gpu_machines_python(tmp_path):
+    """``bench-gpu --prepare``: Python 3.12 wheels from the package index in parts a device call can
+    carry (the working tree goes along), and the calls that install them and measure."""
+    from triton_inpaint import gpu_session
+
+    out = tmp_path / "wheels"
     done = subprocess.run(
-        [sys.executable, "-m", "triton_inpaint.cli", "bench-gpu", "--device", "cpu", "--size", "tiny",
-         "--steps", "2", "--rounds", "1", "--out", str(out), "--work", str(tmp_path / "work")],
-        capture_output=True, text=True, timeout=900,
+        [sys.executable, "-m", "triton_inpaint.cli", "bench-gpu", "--prepare", str(out)],
+        capture_output=True, text=True, timeout=600, cwd=REPO_ROOT,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    parts = sorted(out.glob("part-*"))
+    wheels = [path.name for part in parts for path in part.glob("*.whl")]
+    for pin in gpu_session.WHEELS:
+        name, version = pin.split("==")
+        prefix = f"{name.replace('-', '_')}-{version}-"
+        assert any(w.lower().startswith(prefix) for w in wheels), (pin, wheels)
+    assert any(w.startswith("triton_inpaint-") for w in wheels)
+    assert any(w.startswith("numpy-1.26.4-cp312-") for w in wheels)  # the stubs' numpy, for 3.12
+    for part in parts:
+        assert sum(path.stat().st_size for path in part.iterdir()) <= gpu_session.PART_LIMIT
+    calls = [line for line in done.stdout.splitlines() if "command=" in line]
+    assert len(calls) == len(parts) >= 2
+    assert "gpu_session run --out" in calls[-1] and "gpu_session run" not in calls[0]
+
+
+def test_gpu_session_rehearsed_here_runs_bench_gpu_from_its_own_environment(tmp_path):
+    """The lent-GPU session with this interpreter in the machine's place: the wheels for it, each part
+    installed into the session's environment (which sees this interpreter's packages behind its own,
+    as the machine's torch), and ``bench-gpu --device cpu --size tiny`` run from there with a real
+    Triton serving the gpu-torch repository: the whole path; its figures say nothing about GPUs."""
+    python = f"{sys.version_info.major}.{sys.version_info.minor}"
+    wheels, out = tmp_path / "wheels", tmp_path / "out"
+    env = {**os.environ, "TRITON_INPAINT_GPU_VENV": str(tmp_path / "venv")}
+
+    def session(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+        done = subprocess.run(
+            [sys.executable, "-m", "triton_inpaint.gpu_session", *args],
+            capture_output=True, text=True, timeout=timeout, cwd=REPO_ROOT, env=env,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        return done
+
+    early = subprocess.run(
+        [sys.executable, "-m", "triton_inpaint.gpu_session", "run", "--out", str(out)],
+        capture_output=True, text=True, cwd=REPO_ROOT, env=env, timeout=60,
+    )  # fmt: skip
+    assert early.returncode == 2 and "make their device calls again" in early.stdout
+    session("prepare", "--out", str(wheels), "--python", python)
+    for part in sorted(wheels.glob("part-*")):
+        session("install", str(part))
+    session(
+        "run", "--out", str(out), "--work", str(tmp_path / "work"), "--",
+        "--device", "cpu", "--size", "tiny", "--steps", "2", "--rounds", "1", timeout=900,
+    )  # fmt: skip
+    packages = (out / "packages.txt").read_text().splitlines()
+    assert "numpy==1.26.4" in packages and any(line.startswith("triton-inpaint==") for line in packages)
+    assert "served / in-process" in (out / "bench-gpu.log").read_text()
     results = json.loads((out / "bench-gpu.json").read_text())
     assert results["device"] == "cpu" and results["machine"]["gpu"] is None
     assert set(results["median_s"]) == {"diffusers_fp16", "ours_in_process", "served_grpc"}

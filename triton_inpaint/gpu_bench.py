@@ -22,6 +22,7 @@ import argparse
 import json
 import shutil
 import statistics
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -146,6 +147,28 @@ def _parity(served: np.ndarray, want: np.ndarray, mask: np.ndarray, image: np.nd
     }
 
 
+def measure_request_memory(
+    pipeline: Any, image: np.ndarray, mask: np.ndarray, params: Any, device: str
+) -> dict[str, float] | None:
+    """The GPU memory one in-process request allocates beyond the weights, against the budget check's
+    estimate for it (triton_inpaint.memory, the export's network shapes in the served precision)."""
+    import torch
+
+    from triton_inpaint.memory import FIXED_BYTES, request_bytes
+
+    if device == "cpu":
+        return None
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    resident = torch.cuda.memory_allocated(device)
+    pipeline(image, mask, params)
+    torch.cuda.synchronize(device)
+    measured = torch.cuda.max_memory_allocated(device) - resident
+    side = pipeline.spec.native_resolution
+    estimated = request_bytes(pipeline.spec.networks, side, side, params.num_images, True) - FIXED_BYTES
+    return {"measured_mib": round(measured / 2**20, 1), "estimated_mib": round(estimated / 2**20, 1)}
+
+
 def run(
     family: str, size: str, device: str, steps: int, rounds: int, work: Path, out: Path
 ) -> dict[str, Any]:
@@ -220,6 +243,7 @@ def run(
         unet_served = served_models.get(f"{NAME}_unet", {}).get("compute_ms_per_request", float("nan"))
         unet_in_process = unet_step_ms(ours, device)
         generated_fp16 = ours(image, soft_mask, params)[0][0]
+        request_memory = measure_request_memory(ours, image, soft_mask, params, device)
         want_fp16 = run_diffusers(reference)
         methods.clear()
         reference = None  # the fp16 reference leaves the GPU before the fp32 one comes
@@ -256,6 +280,7 @@ def run(
             "served_over_diffusers_fp16": medians["served_grpc"] / medians["diffusers_fp16"],
         },
         "unet_step_ms": {"in_process": unet_in_process, "served": unet_served},
+        "request_memory": request_memory,
         "parity_fp32_served_vs_diffusers": _parity(served32, want32, mask, image),
         "fp16_in_process_vs_diffusers_fp16_max_255": int(fp16_diff.max()),
         "duration_s": time.perf_counter() - started_run,
@@ -290,10 +315,27 @@ def report(results: dict[str, Any]) -> str:
         f"{results['fp16_in_process_vs_diffusers_fp16_max_255']}/255.",
         "",
     ]
+    memory = results.get("request_memory")
+    if memory:
+        lines += [
+            f"GPU memory of one in-process request beyond the weights: {memory['measured_mib']:.0f} MiB "
+            f"measured, {memory['estimated_mib']:.0f} MiB estimated by the budget check.",
+            "",
+        ]
     return "\n".join(lines)
 
 
 def _command(args: argparse.Namespace) -> int:
+    if args.prepare is not None:
+        from triton_inpaint import gpu_session
+
+        gpu_session.print_calls(gpu_session.prepare(args.prepare, Path.cwd()))
+        return 0
+    if args.out is None:
+        print(
+            "error: bench-gpu needs --out (or --prepare DIR to stage a GPU machine's wheels)", file=sys.stderr
+        )
+        return 2
     results = run(args.family, args.size, args.device, args.steps, args.rounds, args.work, args.out)
     _log(f"wrote bench-gpu.json and bench-gpu.md to {args.out} in {results['duration_s']:.0f} s")
     print((args.out / "bench-gpu.md").read_text())
@@ -307,7 +349,15 @@ def add_subcommands(subparsers: Any) -> None:
         "fp32 parity (docs/runtimes.md)",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    bench.add_argument("--out", type=Path, required=True, help="folder for bench-gpu.json and bench-gpu.md")
+    bench.add_argument("--out", type=Path, help="folder for bench-gpu.json and bench-gpu.md")
+    bench.add_argument(
+        "--prepare",
+        type=Path,
+        metavar="DIR",
+        help="instead of measuring: download the Python 3.12 wheels a lent GPU machine lacks into DIR/part-N "
+        "(at most 56 MiB each) and print the device calls that install them and run this benchmark there "
+        "(docs/runtimes.md#measuring-on-a-gpu); run it from the checkout",
+    )
     bench.add_argument(
         "--work",
         type=Path,
