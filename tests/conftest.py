@@ -199,7 +199,9 @@ def database_url(postgres_server) -> str:
 # lane without anyone remembering a marker:
 #   server  - starts a real tritonserver (the session's, or its own);
 #   parity  - builds tiny checkpoints, exports models or runs reference diffusers pipelines (no server);
-#   unit    - everything else: seconds, no server, no model building (the fast lane).
+#   unit    - everything else: seconds, no server, no model building (the fast lane);
+#   real_size - the real SD 1.5 architecture exported, served and compared (tests/test_real_size.py,
+#             marked there): minutes and ~12 GB of memory and disk, in its own lane.
 _MODEL_FIXTURES = {
     "tiny_checkpoint", "tiny_base_checkpoint", "sdxl_checkpoints", "flux_checkpoint", "exported_repository",
     "detector_repository", "clipseg_weights", "clipseg_repository", "reference_pipeline",
@@ -211,6 +213,8 @@ _MODEL_FILES = {"test_memory.py", "test_tiny_checkpoint.py", "test_detector_mask
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
+        if item.get_closest_marker("real_size"):
+            continue
         if item.get_closest_marker("server") or "triton_server" in item.fixturenames:
             item.add_marker(pytest.mark.server)
         elif _MODEL_FIXTURES & set(item.fixturenames) or item.path.name in _MODEL_FILES:

@@ -366,3 +366,35 @@ def test_a_dry_run_checks_everything_and_generates_nothing(budgeted):
             with pytest.raises(InpaintError) as info:
                 client.inpaint(MODEL, png_bytes(IMAGE), png_bytes(MASK), "a hat", dry_run=True, **changes)
             assert info.value.field == field, info.value
+
+
+def test_a_request_that_fits_only_with_the_vae_in_tiles_is_served_as_diffusers_tiles_it(
+    budgeted, reference_pipeline, scheduler_config
+):
+    """1024x1024 on the small budget: the untiled VAE (about 1.2 GiB with the rest) would not fit, its
+    128 px tiles do. The served image is diffusers' with enable_vae_tiling(), inside the mask."""
+    from tests.helpers import assert_served_parity, decode_rgb, diffusers_inpaint
+    from triton_inpaint.client import InpaintClient
+
+    triton_server, _ = budgeted
+    image, mask = make_image(1024, 1024, seed=6), irregular_mask(1024, 1024)
+    with InpaintClient(triton_server.grpc_url) as client:
+        result = client.inpaint(
+            MODEL, png_bytes(image), png_bytes(mask), "a hat", steps=3, seed=8, scheduler="DDIM",
+            width=1024, height=1024, strength=1.0, guidance_scale=7.5,
+        )  # fmt: skip
+    served = decode_rgb(result.image)
+    settings = {"steps": 3, "strength": 1.0, "guidance": 7.5, "seed": 8}
+    reference_pipeline.vae.enable_tiling()
+    try:
+        tiled = diffusers_inpaint(
+            reference_pipeline, scheduler_config, image, mask, "a hat", "DDIM", **settings
+        )
+    finally:
+        reference_pipeline.vae.disable_tiling()
+    untiled = diffusers_inpaint(
+        reference_pipeline, scheduler_config, image, mask, "a hat", "DDIM", **settings
+    )
+    assert_served_parity("served, VAE in tiles", served, tiled, mask, image, tolerance=3)
+    inside = mask == 255
+    assert np.abs(served[inside].astype(int) - untiled[inside]).max() > 3  # the tiles made the difference

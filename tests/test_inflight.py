@@ -149,3 +149,26 @@ def test_the_batcher_answers_every_request_once_with_at_most_max_active_in_fligh
         ((result, error),) = answers[index]
         assert error is None
         assert np.abs(result[0].astype(int) - expected.astype(int)).max() <= 1
+
+
+def test_admission_lets_in_what_fits_and_the_next_request_waits_for_memory():
+    """Requests enter while their declared memory fits the budget beside those in flight; the next one
+    waits until one leaves. One alone always enters (larger ones are refused before they ask)."""
+    import threading
+
+    from triton_inpaint.denoising import Admission
+
+    admission = Admission(max_active=4, budget=100)
+    admission.enter(60)
+    entered = threading.Event()
+    waiter = threading.Thread(target=lambda: (admission.enter(60), entered.set()))
+    waiter.start()
+    assert not entered.wait(0.3)  # 60 + 60 > 100: waits, though slots are free
+    admission.leave(60)
+    assert entered.wait(5) and admission.reserved == 60
+    waiter.join()
+    admission.leave(60)
+    admission.enter(500)  # alone
+    assert admission.active == 1 and admission.reserved == 500
+    admission.leave(500)
+    assert admission.active == 0 and admission.reserved == 0
