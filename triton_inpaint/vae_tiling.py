@@ -29,7 +29,10 @@ class TiledVae:
     blend_h = AutoencoderKL.blend_h
 
     def __init__(self, encoder: Network, decoder: Network, tile: int, scale_factor: int) -> None:
-        self.encoder, self.decoder = encoder, decoder
+        # Owned copies: diffusers keeps every tile until it blends them, in place, and a BLS call's
+        # output is a view of Triton's response buffer, which the next call may reuse.
+        self.encoder = lambda image: encoder(image).clone()
+        self.decoder = lambda latents: decoder(latents).clone()
         self.quant_conv = self.post_quant_conv = None  # inside the exported graphs
         self.config = SimpleNamespace(use_quant_conv=False, use_post_quant_conv=False)
         self.tile_sample_min_size = tile
