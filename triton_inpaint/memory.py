@@ -223,9 +223,13 @@ def _cgroup_limit() -> int | None:
     return None
 
 
+def _physical_bytes() -> int:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
 def machine_bytes() -> int:
     """The memory this process may use: the machine's, or its container's limit when lower."""
-    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    total = _physical_bytes()
     limit = _cgroup_limit()
     return min(total, limit) if limit is not None else total
 
@@ -238,7 +242,7 @@ def _meminfo(field: str) -> int:
 def memory_in_use() -> int:
     """Memory already taken where this process runs: its container's use (less the page cache it can
     drop) under a cgroup limit below the machine's, else the machine's total less what is available."""
-    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    total = _physical_bytes()
     limit = _cgroup_limit()
     if limit is not None and limit < total:
         try:

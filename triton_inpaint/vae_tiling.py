@@ -29,8 +29,9 @@ class TiledVae:
     blend_h = AutoencoderKL.blend_h
 
     def __init__(self, encoder: Network, decoder: Network, tile: int, scale_factor: int) -> None:
-        # Owned copies: diffusers keeps every tile until it blends them, in place, and a BLS call's
-        # output is a view of Triton's response buffer, which the next call may reuse.
+        # Owned copies: diffusers blends each tile into its neighbours in place, and a network call's
+        # output may be a buffer its runtime owns (Triton's response, over DLPack on a GPU), not ours to
+        # write. One tile-sized copy per call.
         self.encoder = lambda image: encoder(image).clone()
         self.decoder = lambda latents: decoder(latents).clone()
         self.quant_conv = self.post_quant_conv = None  # inside the exported graphs
