@@ -86,6 +86,7 @@ def create_app(config: GatewayConfig, storage: GatewayStorage | None = None) -> 
         limits=limits,
         max_body_bytes=config.max_body_bytes,
         body_timeout=config.body_timeout,
+        uploads_per_key=config.uploads_per_key,
     )
 
     @app.exception_handler(RequestValidationError)

@@ -48,6 +48,7 @@ def _serve(args: argparse.Namespace) -> int:
         triton_timeout=args.timeout,
         concurrency_per_key=args.concurrency,
         requests_per_minute=args.rate,
+        uploads_per_key=args.uploads_per_key,
         fetch=FetchPolicy(
             max_bytes=args.fetch_max_mb * 1024 * 1024,
             timeout=args.fetch_timeout,
@@ -116,7 +117,10 @@ def _s3_settings(args: argparse.Namespace) -> object | None:
 
 
 def _check_tasks_options(args: argparse.Namespace) -> None:
-    """Refuse task-store options that cannot work, naming the option (exit 2, before anything starts)."""
+    """Refuse task-store and limit options that cannot work, naming the option (exit 2, before anything
+    starts)."""
+    if not 1 <= args.uploads_per_key <= 100000:
+        raise ValueError(f"--uploads-per-key: must be an integer in [1, 100000], got {args.uploads_per_key}")
     if args.workers < 1 or args.workers > 64:
         raise ValueError(f"--workers: must be an integer in [1, 64], got {args.workers}")
     if not 3.0 <= args.task_lease <= 3600.0:
@@ -219,7 +223,19 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
         "--body-timeout", type=float, default=60.0, help="seconds a request body may take to arrive (408)"
     )
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds one Triton request may take")
-    parser.add_argument("--concurrency", type=int, default=4, help="requests at once per key")
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        default=4,
+        help="requests processed at once per key (counted once a request's body has arrived)",
+    )
+    parser.add_argument(
+        "--uploads-per-key",
+        type=int,
+        default=32,
+        help="request bodies arriving at once per key in one gateway process: uploads stalled mid-body hold "
+        "no processing slot, and this bounds how many one key can keep open (429 beyond)",
+    )
     parser.add_argument("--rate", type=int, default=120, help="requests a minute per key")
     parser.add_argument("--fetch-timeout", type=float, default=15.0, help="seconds to fetch an image URL")
     parser.add_argument("--fetch-max-mb", type=int, default=20, help="largest image URL body, MiB")

@@ -2,10 +2,14 @@
 
 1. The API key (401), from the headers alone: a caller without a key gets nothing read, parsed or
    stored, however large or malformed its body.
-2. The key's limits (429): requests at once and a minute, again before the body.
+2. The key's bodies arriving at once in this process (429), before the body: stalled uploads cannot
+   pile up without bound.
 3. The body, read whole under a size cap (413, whether Content-Length says so, lies, or is absent
-   because the body is chunked) and a deadline (408), so a client that stalls mid-body frees its slot.
-4. The route, which gets the body already in memory.
+   because the body is chunked) and a deadline (408).
+4. The key's limits (429): requests at once and a minute. Counted once the body is in, so they count
+   requests being processed: a key's uploads stalled mid-body hold none of its slots, and its next
+   normal request goes ahead.
+5. The route, which gets the body already in memory.
 
 A pure ASGI middleware rather than FastAPI dependencies, because dependencies run only after FastAPI
 has read and parsed the body.
@@ -70,12 +74,15 @@ class RequestGuard:
         limits: Limits,
         max_body_bytes: int,
         body_timeout: float,
+        uploads_per_key: int = 32,
     ) -> None:
         self.app = app
         self.keys = keys
         self.limits = limits
         self.max_body_bytes = max_body_bytes
         self.body_timeout = body_timeout
+        self.uploads_per_key = uploads_per_key
+        self._uploads: dict[str, int] = {}  # bodies arriving per caller; the event loop's thread only
 
     async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -99,22 +106,25 @@ class RequestGuard:
                 return
             # The route reads who is calling (request.state.caller): async tasks belong to their caller.
             scope.setdefault("state", {})["caller"] = who
-            try:
-                wait = await acquire(self.limits, who)
-            except OSError as exc:  # shared limits: the database that counts them did not answer
+            if self._uploads.get(who, 0) >= self.uploads_per_key:
+                message = (
+                    f"too many request bodies arriving at once for this key (at most "
+                    f"{self.uploads_per_key}); finish or close the uploads in progress"
+                )
                 await error_response(
-                    503, error_item(str(exc), code="serviceUnavailable"), headers={"Retry-After": "5"}
+                    429, error_item(message, code="rateLimited"), headers={"Retry-After": "1"}
                 )(scope, receive, send)
                 return
-            if wait is not None:
-                await error_response(
-                    429,
-                    error_item(over_limit_message(self.limits, wait), code="rateLimited"),
-                    headers={"Retry-After": str(int(wait))},
-                )(scope, receive, send)
-                return
+        admitted = False
         try:
-            body, refusal = await self._read_body(headers.get("content-length"), receive)
+            self._upload_started(who)
+            try:
+                body, refusal = await self._read_body(headers.get("content-length"), receive)
+            finally:
+                self._upload_ended(who)
+            if refusal is None and who is not None:
+                refusal = await self._admit(who)
+                admitted = refusal is None
             if refusal is not None:
                 await refusal(scope, receive, send)
                 return
@@ -122,8 +132,37 @@ class RequestGuard:
         except _Disconnected:
             return  # the client left mid-body: nobody to answer
         finally:
-            if who is not None:
+            if admitted:
                 await release(self.limits, who)
+
+    async def _admit(self, who: str) -> AsciiJSONResponse | None:
+        """Take one of the key's slots, or the refusal to send."""
+        try:
+            wait = await acquire(self.limits, who)
+        except OSError as exc:  # shared limits: the database that counts them did not answer
+            return error_response(
+                503, error_item(str(exc), code="serviceUnavailable"), headers={"Retry-After": "5"}
+            )
+        if wait is None:
+            return None
+        return error_response(
+            429,
+            error_item(over_limit_message(self.limits, wait), code="rateLimited"),
+            headers={"Retry-After": str(int(wait))},
+        )
+
+    def _upload_started(self, who: str | None) -> None:
+        if who is not None:
+            self._uploads[who] = self._uploads.get(who, 0) + 1
+
+    def _upload_ended(self, who: str | None) -> None:
+        if who is None:
+            return
+        left = self._uploads.get(who, 1) - 1
+        if left:
+            self._uploads[who] = left
+        else:
+            self._uploads.pop(who, None)
 
     def _caller(self, scope: dict[str, Any], headers: dict[str, str]) -> str | None:
         """The identity limits count against: the key, or the client address when no key is set."""

@@ -113,8 +113,9 @@ class GatewayConfig:
     body_timeout: float = 60.0  # seconds the whole request body may take to arrive
     max_pixels: int = MAX_PIXELS
     triton_timeout: float = 300.0  # seconds one Triton request may take
-    concurrency_per_key: int = 4
+    concurrency_per_key: int = 4  # requests being processed at once per key, once their bodies are in
     requests_per_minute: int = 120
+    uploads_per_key: int = 32  # request bodies arriving at once per key, in one gateway process
     fetch: FetchPolicy = field(default_factory=FetchPolicy)
     s3: S3Settings | None = None  # image bytes in this bucket instead of data_dir/images
     # Tasks, the image index and per-key limits in this PostgreSQL database (shared by replicas)

@@ -404,3 +404,51 @@ def test_a_request_that_fits_only_with_the_vae_in_tiles_is_served_as_diffusers_t
     assert_served_parity("served, VAE in tiles", served, tiled, mask, image, tolerance=3)
     inside = mask == 255
     assert np.abs(served[inside].astype(int) - untiled[inside]).max() > 3  # the tiles made the difference
+
+
+def _stalled_upload(gateway, key: str) -> socket.socket:
+    """A connection that sends its headers and the first byte of a 1000-byte body, then nothing."""
+    sock = socket.create_connection(("127.0.0.1", gateway.port), timeout=30)
+    sock.sendall(
+        b"POST /v1 HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        + f"Authorization: Bearer {key}\r\nContent-Length: 1000\r\n\r\n[".encode()
+    )
+    return sock
+
+
+def test_stalled_uploads_hold_no_slot_of_their_key(triton_server, tmp_path):
+    """Issue 27's finding: 16 bodies stalled mid-upload held the key's concurrency slots, so its next
+    normal request got 429 until the body timeout. Slots now count requests being processed; what
+    bounds stalled uploads is their own cap per key."""
+    (tmp_path / "keys.txt").write_text(KEY + "\n")
+    gateway = GatewayProcess(
+        triton_server.grpc_url, tmp_path / "store", "--keys", str(tmp_path / "keys.txt"),
+        "--concurrency", "4", "--uploads-per-key", "20", "--body-timeout", "60", "--rate", "100000",
+    ).start()  # fmt: skip
+    stalled: list[socket.socket] = []
+    try:
+        stalled += [_stalled_upload(gateway, KEY) for _ in range(16)]
+        time.sleep(0.5)  # every one of them has been read up to its stall
+        started = time.monotonic()
+        status, body = gateway.post("/v1", [inference()], key=KEY)
+        assert status == 200, body
+        assert time.monotonic() - started < 30  # far from the 60 s body timeout
+        # Up to the cap: 20 arriving at once; the 21st is refused before its body, naming the cap.
+        stalled += [_stalled_upload(gateway, KEY) for _ in range(4)]
+        time.sleep(0.5)
+        status, body = gateway.post("/v1", [inference()], key=KEY)
+        assert status == 429 and "at most 20" in body["errors"][0]["message"], body
+        # Closing the stalled uploads frees the cap at once.
+        for sock in stalled:
+            sock.close()
+        stalled.clear()
+        deadline = time.monotonic() + 10
+        while (
+            status := gateway.post("/v1", [inference()], key=KEY)[0]
+        ) == 429 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert status == 200
+    finally:
+        for sock in stalled:
+            sock.close()
+        gateway.stop()
