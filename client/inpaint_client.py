@@ -44,6 +44,56 @@ class ModelUnavailableError(InpaintError):
     bringing it back, so the same request succeeds again in a few seconds."""
 
 
+# Inference calls that fail before the server answered (a pod that died, a connection the server
+# closed) are sent again, to another address when the target has several: inpainting a given seed is
+# deterministic, so a repeat is harmless. gRPC retries only what it still holds whole, hence the buffer.
+_RETRY_POLICY = {
+    "maxAttempts": 3,
+    "initialBackoff": "0.2s",
+    "maxBackoff": "2s",
+    "backoffMultiplier": 2,
+    "retryableStatusCodes": ["UNAVAILABLE"],
+}
+_RETRY_BUFFER_BYTES = 256 * 1024 * 1024
+_MIN_RESOLVE_INTERVAL_MS = 5000
+
+
+def grpc_channel_args() -> list[tuple[str, Any]]:
+    """The gRPC channel options of every client of ours: tritonclient's defaults, plus requests spread
+    one by one over every address the target resolves to (``round_robin``; gRPC's default,
+    ``pick_first``, sends everything down the first connection, so the pods behind a name that resolves
+    to several, e.g. a headless Service, would sit idle) and the retry policy above. The name is
+    resolved again whenever a connection closes, which the servers cause every
+    ``--grpc-max-connection-age``, so pods that come and go are followed."""
+    import tritonclient.grpc as grpcclient
+
+    keepalive = grpcclient.KeepAliveOptions()
+    config = {
+        "loadBalancingConfig": [{"round_robin": {}}],
+        "methodConfig": [
+            {
+                "name": [{"service": "inference.GRPCInferenceService", "method": "ModelInfer"}],
+                "retryPolicy": _RETRY_POLICY,
+            }
+        ],
+    }
+    return [
+        ("grpc.max_send_message_length", grpcclient.MAX_GRPC_MESSAGE_SIZE),
+        ("grpc.max_receive_message_length", grpcclient.MAX_GRPC_MESSAGE_SIZE),
+        ("grpc.keepalive_time_ms", keepalive.keepalive_time_ms),
+        ("grpc.keepalive_timeout_ms", keepalive.keepalive_timeout_ms),
+        ("grpc.keepalive_permit_without_calls", keepalive.keepalive_permit_without_calls),
+        ("grpc.http2.max_pings_without_data", keepalive.http2_max_pings_without_data),
+        ("grpc.service_config", json.dumps(config)),
+        ("grpc.service_config_disable_resolution", 1),  # never a config from DNS TXT records
+        # gRPC resolves a name again at most this often (default 30 s): a pod added is found within
+        # this or the servers' connection age, whichever is longer.
+        ("grpc.dns_min_time_between_resolutions_ms", _MIN_RESOLVE_INTERVAL_MS),
+        ("grpc.enable_retries", 1),
+        ("grpc.per_rpc_retry_buffer_size", _RETRY_BUFFER_BYTES),
+    ]
+
+
 # What Triton says while a model is dead or being reloaded (see triton_inpaint.supervisor).
 _UNAVAILABLE = re.compile(r"Stub process '[^']+' is not healthy|is not ready|is not available")
 
@@ -97,7 +147,9 @@ def _clean(message: str) -> str:
 class InpaintClient:
     """Send inpainting requests to a Triton server.
 
-    ``url`` is ``HOST:PORT`` of Triton's gRPC port (default protocol) or HTTP port.
+    ``url`` is ``HOST:PORT`` of Triton's gRPC port (default protocol) or HTTP port. Over gRPC it may be
+    any gRPC target (``dns:///NAME:PORT``, ``ipv4:A:PORT,B:PORT``); requests are spread over every
+    address it resolves to (see :func:`grpc_channel_args`). HTTP connects to one address.
     """
 
     def __init__(self, url: str, protocol: str = "grpc", timeout: float = 600.0) -> None:
@@ -115,7 +167,7 @@ class InpaintClient:
         self._client = (
             module.InferenceServerClient(url=url, network_timeout=timeout)
             if protocol == "http"
-            else module.InferenceServerClient(url=url)
+            else module.InferenceServerClient(url=url, channel_args=grpc_channel_args())
         )
 
     def close(self) -> None:
@@ -183,18 +235,22 @@ class InpaintClient:
             return False
 
     def served_models(self) -> list[str]:
-        """Names of the ready inpainting models (the ``NAME`` of each ``inpaint_NAME`` ensemble)."""
+        """Names of the ready inpainting models (the ``NAME`` of each ``inpaint_NAME`` ensemble).
+
+        Read from the server's statistics, which list the loaded models: the repository index is an
+        admin API the server restricts (see triton_inpaint.server.RESTRICTED_APIS)."""
         if self.protocol == "grpc":
-            index = self._client.get_model_repository_index(as_json=True).get("models", [])
+            stats = self._client.get_inference_statistics(as_json=True).get("model_stats", [])
         else:
-            index = self._client.get_model_repository_index()
+            stats = self._client.get_inference_statistics().get("model_stats", [])
         prefix = "inpaint_"
         return sorted(
-            entry["name"][len(prefix) :]
-            for entry in index
-            if entry.get("state") == "READY"
-            and entry["name"].startswith(prefix)
-            and entry["name"] not in ("inpaint_preprocess", "inpaint_postprocess")
+            {
+                entry["name"][len(prefix) :]
+                for entry in stats
+                if entry["name"].startswith(prefix)
+                and entry["name"] not in ("inpaint_preprocess", "inpaint_postprocess")
+            }
         )
 
     def _input(self, name: str, value: Any) -> Any:

@@ -145,7 +145,13 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
         help="serve the HTTP API (Runware-style tasks, Eden-style async tasks) in front of Triton",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--triton", default="127.0.0.1:8001", help="Triton gRPC HOST:PORT")
+    parser.add_argument(
+        "--triton",
+        default="127.0.0.1:8001",
+        help="Triton's gRPC target: HOST:PORT, or a name resolving to several Tritons, e.g. dns:///NAME:PORT "
+        "of a headless Service; requests are spread over every address, one by one, and the name is "
+        "resolved again as connections close",
+    )
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 for all)")
     parser.add_argument("--port", type=int, default=8080, help="port to listen on")
     parser.add_argument(

@@ -45,3 +45,22 @@ def test_the_command_writes_the_plot_and_the_table(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     assert (tmp_path / "autoscaling.png").stat().st_size > 10_000
     assert "| minute |" in (tmp_path / "autoscaling.md").read_text()
+
+
+def test_how_requests_reach_pods_decides_whether_scaling_helps():
+    """Through a ClusterIP Service each gateway's gRPC connection stays on one pod, and pods added later
+    get nothing: the deployment scales up and still falls behind. The chart's round robin over the
+    headless Service, which finds new pods within the connection age, keeps close to an ideal
+    least-loaded balancer."""
+    from triton_inpaint.autoscaling import Balancing
+
+    curve, load = ServiceCurve(REFERENCE_CURVE), LoadRamp(base_rps=0.3)
+    runs = {
+        policy: simulate(curve, HpaSettings(), load, balancing=Balancing(policy)).summary()
+        for policy in ("least-loaded", "round-robin", "per-connection")
+    }
+    print("\n".join(f"{policy}: {summary}" for policy, summary in runs.items()))
+    assert runs["per-connection"]["max_p95_queue_s"] > 100 * runs["round-robin"]["max_p95_queue_s"]
+    assert runs["per-connection"]["requests"] < 0.5 * runs["round-robin"]["requests"]  # never answered
+    assert runs["round-robin"]["max_p95_queue_s"] < 2 * runs["least-loaded"]["max_p95_queue_s"]
+    assert runs["round-robin"]["max_p95_queue_s"] < 10

@@ -259,10 +259,54 @@ def test_the_network_policy_admits_the_gateway_to_grpc_only():
     assert [p["port"] for p in metrics_rule["ports"]] == ["metrics"]
     container_ports = {p["name"] for p in triton["spec"]["containers"][0]["ports"]}
     assert {"grpc", "metrics"} <= container_ports
-    gateway_args = gateway["spec"]["containers"][0]["args"]
-    service = _one(docs, "Service", "triton")
-    grpc_port = [p["port"] for p in service["spec"]["ports"] if p["name"] == "grpc"][0]
-    assert f"--triton={service['metadata']['name']}:{grpc_port}" in gateway_args
+
+
+def test_gateways_spread_requests_over_every_triton_pod_through_the_headless_service():
+    docs = render({})
+    headless = _one(docs, "Service", "triton-headless")
+    triton = _one(docs, "Deployment", "triton")["spec"]["template"]
+    gateway = _one(docs, "Deployment", "gateway")["spec"]["template"]
+    assert headless["spec"]["clusterIP"] == "None" and not headless["spec"]["publishNotReadyAddresses"]
+    assert headless["spec"]["selector"].items() <= triton["metadata"]["labels"].items()
+    (port,) = headless["spec"]["ports"]
+    assert port["name"] == "grpc" and port["targetPort"] == "grpc"
+    name = headless["metadata"]["name"]
+    target = f"dns:///{name}.{NAMESPACE}.svc.cluster.local:{port['port']}"
+    assert f"--triton={target}" in gateway["spec"]["containers"][0]["args"]
+    # Connections age out, so gateways resolve the name again and find pods added since.
+    assert "--grpc-max-connection-age=30" in triton["spec"]["containers"][0]["args"]
+    other = render({"clusterDomain": "corp.internal", "triton": {"grpcMaxConnectionAgeSeconds": 0}})
+    args = _one(other, "Deployment", "gateway")["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert f"--triton=dns:///{name}.{NAMESPACE}.svc.corp.internal:{port['port']}" in args
+    triton_args = _one(other, "Deployment", "triton")["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert not [arg for arg in triton_args if arg.startswith("--grpc-max-connection-age")]
+
+
+@pytest.mark.parametrize("existing", ["", "ops-triton-admin"])
+def test_tritons_admin_apis_need_a_secret_only_the_triton_pods_mount(existing):
+    import base64
+
+    docs = render({"triton": {"adminSecret": {"existingSecret": existing}}})
+    pod = _one(docs, "Deployment", "triton")["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    (flag,) = [arg for arg in container["args"] if arg.startswith("--admin-secret-file=")]
+    path = Path(flag.split("=", 1)[1])
+    (mount,) = [m for m in container["volumeMounts"] if m["mountPath"] == str(path.parent)]
+    (volume,) = [v for v in pod["volumes"] if v["name"] == mount["name"]]
+    name = volume["secret"]["secretName"]
+    assert mount["readOnly"] and [item["path"] for item in volume["secret"]["items"]] == [path.name]
+    secrets = [d for d in docs if d["kind"] == "Secret"]
+    if existing:
+        assert name == existing and not secrets  # the operator's own Secret
+    else:
+        (secret,) = secrets
+        assert secret["metadata"]["name"] == name
+        assert len(base64.b64decode(secret["data"][path.name])) >= 32
+    # No other pod mounts it.
+    for deployment in (d for d in docs if d["kind"] == "Deployment" and d is not None):
+        if deployment["metadata"]["name"].endswith("-gateway"):
+            volumes = deployment["spec"]["template"]["spec"].get("volumes", [])
+            assert name not in {v.get("secret", {}).get("secretName") for v in volumes}
 
 
 def test_shm_and_gpu_wiring():

@@ -123,3 +123,64 @@ def test_a_killed_model_process_is_back_in_service_by_itself(triton_server, gate
     with InpaintClient(triton_server.grpc_url) as client:  # and it stays in service
         for seed in range(3):
             assert client.inpaint(MODEL, IMAGE, MASK, "a red apple", steps=2, seed=seed).images
+
+
+def test_model_control_is_refused_without_the_admin_header(triton_server):
+    """The attack of issue 27: anyone reaching Triton's ports unloaded a model. Now refused on both
+    protocols, and the model still serves."""
+    import tritonclient.grpc as grpcclient
+    from tritonclient.utils import InferenceServerException
+
+    model = f"inpaint_{MODEL}"
+    for action in ("unload", "load"):
+        url = f"http://{triton_server.http_url}/v2/repository/models/{model}/{action}"
+        request = urllib.request.Request(url, data=b"{}", method="POST")
+        with pytest.raises(urllib.error.HTTPError) as info:
+            urllib.request.urlopen(request, timeout=10)
+        assert info.value.code == 403 and b"restricted" in info.value.read()
+    wrong = {"triton-inpaint-admin": "guess"}
+    request = urllib.request.Request(
+        f"http://{triton_server.http_url}/v2/repository/models/{model}/unload", data=b"{}", headers=wrong
+    )
+    with pytest.raises(urllib.error.HTTPError) as info:
+        urllib.request.urlopen(request, timeout=10)
+    assert info.value.code == 403
+    client = grpcclient.InferenceServerClient(triton_server.grpc_url)
+    try:
+        for call in (client.unload_model, client.load_model):
+            with pytest.raises(InferenceServerException, match="restricted"):
+                call(model)
+        with pytest.raises(InferenceServerException, match="restricted"):
+            client.get_model_repository_index()
+        with pytest.raises(InferenceServerException, match="restricted"):
+            client.unload_model(model, headers={"triton-grpc-protocol-triton-inpaint-admin": "guess"})
+        assert client.is_model_ready(model)
+    finally:
+        client.close()
+    with InpaintClient(triton_server.grpc_url) as inpaint:  # what clients need stays open
+        assert MODEL in inpaint.served_models()
+        assert inpaint.inpaint(MODEL, IMAGE, MASK, "a red apple", steps=2, seed=1).images
+
+
+@pytest.mark.parametrize("victim", [f"{MODEL}_unet", f"inpaint_{MODEL}"])
+def test_a_model_unloaded_for_any_reason_is_loaded_again(triton_server, gateway, victim):
+    """Loaded-but-not-ready is repaired too, not only a dead process: the supervisor's own (admin) path
+    unloads a model, as an operator or a failed reload would leave it; the supervisor loads it again and
+    Triton's readiness and the gateway's /readyz return to 200."""
+    supervisor = triton_server.supervisor
+    readiness = [f"http://{triton_server.http_url}/v2/health/ready", f"{gateway.url}/readyz"]
+    reloads = len(supervisor.reloads)
+    unloaded_at = time.monotonic()
+    supervisor._control(victim, "unload")  # returns once Triton has unloaded it
+    deadline = unloaded_at + 60
+    while time.monotonic() < deadline and not (
+        all(_ready(url) for url in readiness) and len(supervisor.reloads) > reloads
+    ):
+        time.sleep(0.1)
+    restored = [name for name, _ in supervisor.reloads[reloads:]]
+    assert restored == [victim], f"the supervisor restored {restored}"
+    assert all(_ready(url) for url in readiness), "readiness did not return to 200 within 60 s"
+    print(f"{victim} unloaded: loaded again and ready {time.monotonic() - unloaded_at:.1f} s later")
+    with InpaintClient(triton_server.grpc_url) as client:
+        assert MODEL in client.served_models()
+        assert client.inpaint(MODEL, IMAGE, MASK, "a red apple", steps=2, seed=1).images

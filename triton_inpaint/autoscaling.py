@@ -8,10 +8,10 @@ models Kubernetes' HPA. Its algorithm follows the Kubernetes documentation: desi
 metric / target) outside a tolerance, stabilization windows (the lowest recommendation of the window
 for scale-up, the highest for scale-down), and rate policies per period.
 
-Assumptions (said again in the docs): requests are spread per request to the least-loaded ready pod
-(a mesh or client-side balancing; a plain Service balances gRPC per connection); a replica serves up to
-``max_inflight`` requests at once at the throughput measured by ``bench`` at that concurrency, and
-queues the rest; a removed pod finishes what it holds.
+Assumptions (said again in the docs): requests are spread as :class:`Balancing` says, by default as
+the chart's gateways spread them (round robin over the pods they have found; see docs/deploy.md); a
+replica serves up to ``max_inflight`` requests at once at the throughput measured by ``bench`` at that
+concurrency, and queues the rest; a removed pod finishes what it holds.
 """
 
 from __future__ import annotations
@@ -67,6 +67,27 @@ class HpaSettings:
     pod_start_s: float = 90.0  # scheduling, image pull, model load until ready
 
 
+BALANCING_POLICIES = ("round-robin", "least-loaded", "per-connection")
+
+
+@dataclass(frozen=True)
+class Balancing:
+    """How requests reach pods.
+
+    - ``round-robin``: what the chart deploys. Each request goes to the next of the pods the gateways
+      know, in turn, whatever their load. A ready pod becomes known when the gateways next resolve the
+      headless Service's name, which Triton's connection age (``discovery_s``, the chart's 30 s) causes:
+      after a delay drawn uniformly from [0, ``discovery_s``]. A pod leaving is dropped at once.
+    - ``least-loaded``: each request to the least-loaded ready pod (an ideal balancer).
+    - ``per-connection``: a ClusterIP Service with gRPC: each of ``gateways`` keeps one connection to
+      the pod it first reached and sends it all its requests; pods added later get none.
+    """
+
+    policy: str = "round-robin"
+    discovery_s: float = 30.0
+    gateways: int = 2
+
+
 @dataclass(frozen=True)
 class LoadRamp:
     """Poisson arrivals: ``base_rps`` held, ramped linearly to ``factor`` times, held, ramped down, held."""
@@ -96,6 +117,7 @@ class LoadRamp:
 @dataclass
 class _Pod:
     ready_at: float
+    known_at: float = 0.0  # when the gateways start sending it requests (round robin)
     queue: deque = field(default_factory=deque)  # arrival times
     serving: list = field(default_factory=list)  # [arrival, start, work left]
     done: list = field(default_factory=list)  # (completed at, queue seconds, request seconds)
@@ -171,10 +193,46 @@ def _proportional(current: int, ready: int, value: float, target: float, hpa: Hp
     return current if abs(ratio - 1) <= hpa.tolerance else math.ceil(max(ready, 1) * ratio)
 
 
+class _Router:
+    """Picks the pod of each arriving request under a :class:`Balancing` policy."""
+
+    def __init__(self, balancing: Balancing, rng: random.Random) -> None:
+        if balancing.policy not in BALANCING_POLICIES:
+            raise ValueError(f"balancing: must be one of {BALANCING_POLICIES}, got {balancing.policy!r}")
+        self.balancing = balancing
+        self.rng = rng
+        self.turn = 0
+        self.connections: list[_Pod | None] = [None] * balancing.gateways
+
+    def new_pod(self, ready_at: float) -> _Pod:
+        return _Pod(ready_at=ready_at, known_at=ready_at + self.rng.uniform(0, self.balancing.discovery_s))
+
+    def pick(self, pods: list[_Pod], now: float) -> _Pod:
+        live = [p for p in pods if not p.draining]
+        ready = [p for p in live if p.ready_at <= now] or live
+        if self.balancing.policy == "least-loaded":
+            return min(ready, key=_Pod.load)
+        if self.balancing.policy == "round-robin":
+            known = [p for p in ready if p.known_at <= now] or ready
+            self.turn += 1
+            return known[self.turn % len(known)]
+        gateway = self.rng.randrange(len(self.connections))
+        pod = self.connections[gateway]
+        if pod is None or pod.draining:  # connects (again) to whichever ready pod it reaches
+            pod = self.connections[gateway] = self.rng.choice(ready)
+        return pod
+
+
 def simulate(
-    service: ServiceCurve, hpa: HpaSettings, load: LoadRamp, seed: int = 0, dt: float = 0.1
+    service: ServiceCurve,
+    hpa: HpaSettings,
+    load: LoadRamp,
+    seed: int = 0,
+    dt: float = 0.1,
+    balancing: Balancing | None = None,
 ) -> SimResult:
     rng = random.Random(seed)
+    router = _Router(balancing or Balancing(), rng)
     pods = [_Pod(ready_at=0.0) for _ in range(hpa.min_replicas)]
     recommendations: list[tuple[float, int]] = []
     scale_events: list[tuple[float, int]] = [(0.0, hpa.min_replicas)]  # (time, replicas after)
@@ -184,12 +242,10 @@ def simulate(
     steps = int(load.duration_s / dt)
     for step in range(steps):
         now = step * dt
-        # Arrivals: Poisson over the step, each to the least-loaded ready pod.
+        # Arrivals: Poisson over the step, each to the pod the balancing picks.
         arrivals = _poisson(rng, load.rate(now) * dt)
-        ready = [p for p in pods if p.ready_at <= now and not p.draining]
         for _ in range(arrivals):
-            target = min(ready or [p for p in pods if not p.draining], key=_Pod.load)
-            target.queue.append(now + rng.random() * dt)
+            router.pick(pods, now).queue.append(now + rng.random() * dt)
         # Service: processor sharing among the requests in flight, at the measured throughput.
         for pod in pods:
             if pod.ready_at > now:
@@ -224,7 +280,7 @@ def simulate(
                 desired = _stabilized(recommendations, now, current, hpa)
                 desired = _rate_limited(scale_events, now, current, desired, hpa)
                 if desired > current:
-                    pods += [_Pod(ready_at=now + hpa.pod_start_s) for _ in range(desired - current)]
+                    pods += [router.new_pod(now + hpa.pod_start_s) for _ in range(desired - current)]
                 elif desired < current:
                     # Remove pods not yet ready first, then the least loaded; they finish what they hold.
                     live = sorted(
@@ -291,7 +347,9 @@ def curve_from_bench(path: Path, model: str, max_inflight: int) -> ServiceCurve:
     return ServiceCurve({s["concurrency"]: s["throughput_rps"] for s in entry["sweep"]}, max_inflight)
 
 
-def write_report(result: SimResult, hpa: HpaSettings, load: LoadRamp, out: Path) -> dict[str, Any]:
+def write_report(
+    result: SimResult, hpa: HpaSettings, load: LoadRamp, out: Path, balancing: Balancing | None = None
+) -> dict[str, Any]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -320,7 +378,8 @@ def write_report(result: SimResult, hpa: HpaSettings, load: LoadRamp, out: Path)
     lines = [
         "# Autoscaling simulation",
         "",
-        f"Load: {load.base_rps:g} req/s, ramped to {load.factor:g}x; HPA: {hpa}.",
+        f"Load: {load.base_rps:g} req/s, ramped to {load.factor:g}x; HPA: {hpa}; "
+        f"balancing: {balancing or Balancing()}.",
         "",
         "| " + " | ".join(f"{k}" for k in summary) + " |",
         "| " + " | ".join("---" for _ in summary) + " |",
@@ -353,8 +412,9 @@ def _command(args: argparse.Namespace) -> int:
         down_stabilization_s=args.scale_down_window,
     )
     load = LoadRamp(base_rps=args.base_load, factor=args.factor)
-    result = simulate(service, hpa, load, seed=args.seed)
-    summary = write_report(result, hpa, load, args.out)
+    balancing = Balancing(args.balancing, discovery_s=args.discovery, gateways=args.gateways)
+    result = simulate(service, hpa, load, seed=args.seed, balancing=balancing)
+    summary = write_report(result, hpa, load, args.out, balancing)
     print(", ".join(f"{k} {v:.2f}" if isinstance(v, float) else f"{k} {v}" for k, v in summary.items()))
     print(f"wrote autoscaling.png, autoscaling.md and autoscaling.json to {args.out}")
     return 0
@@ -380,5 +440,19 @@ def add_subcommands(subparsers: Any) -> None:
     parser.add_argument("--max-replicas", type=int, default=8)
     parser.add_argument("--pod-start", type=float, default=90.0, help="seconds until a new pod is ready")
     parser.add_argument("--scale-down-window", type=float, default=300.0, help="scale-down stabilization, s")
+    parser.add_argument(
+        "--balancing",
+        choices=BALANCING_POLICIES,
+        default="round-robin",
+        help="how requests reach pods: round-robin (the chart's gateways over the headless Service), "
+        "least-loaded (an ideal balancer), per-connection (gRPC through a ClusterIP Service)",
+    )
+    parser.add_argument(
+        "--discovery",
+        type=float,
+        default=30.0,
+        help="round-robin: longest delay before a ready pod gets requests, s (Triton's gRPC connection age)",
+    )
+    parser.add_argument("--gateways", type=int, default=2, help="per-connection: gateway replicas")
     parser.add_argument("--seed", type=int, default=0)
     parser.set_defaults(handler=_command)

@@ -16,13 +16,30 @@ from pathlib import Path
 
 from triton_inpaint.memory import BUDGET_ENV, parse_size
 from triton_inpaint.server import (
+    ADMIN_HEADER,
+    ADMIN_SECRET_ENV,
     LOOPBACK,
     ServerError,
     TritonServer,
+    new_admin_secret,
     ready_models,
     repository_location,
     with_builtin,
 )
+
+
+def admin_secret(path: Path | None) -> str:
+    """The admin header's value: the file's first line, else ``$TRITON_INPAINT_ADMIN_SECRET``, else a
+    random one that only this process knows (its supervisor is then the only model controller)."""
+    if path is not None:
+        try:
+            secret = path.read_text().strip()
+        except OSError as exc:
+            raise ValueError(f"--admin-secret-file {path}: {exc.strerror}") from None
+        if not secret:
+            raise ValueError(f"--admin-secret-file {path}: the file is empty")
+        return secret
+    return os.environ.get(ADMIN_SECRET_ENV, "").strip() or new_admin_secret()
 
 
 def _log(line: str) -> None:
@@ -37,6 +54,18 @@ def _serve(args: argparse.Namespace) -> int:
             print(f"error: --memory-budget {exc}", file=sys.stderr)
             return 2
         os.environ[BUDGET_ENV] = args.memory_budget  # the denoise models read it when they load
+    if not 0 <= args.grpc_max_connection_age <= 24 * 3600:
+        print(
+            f"error: --grpc-max-connection-age must be between 0 and 86400 seconds, got "
+            f"{args.grpc_max_connection_age:g}",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        secret = admin_secret(args.admin_secret_file)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
@@ -53,6 +82,8 @@ def _serve(args: argparse.Namespace) -> int:
             binary=args.tritonserver,
             backend_directory=args.backend_directory,
             extra_args=args.triton_arg,
+            admin_secret=secret,
+            grpc_max_connection_age=args.grpc_max_connection_age or None,
             log=_log,
         )
         try:
@@ -124,6 +155,24 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
         f"${BUDGET_ENV}); a request estimated to need more is refused before any work, naming the largest "
         "size that fits, and one that fits waits until the requests in flight leave it room. Default: 90%% "
         "of the memory still free once every model is loaded (the GPU's on GPU runtimes)",
+    )
+    parser.add_argument(
+        "--grpc-max-connection-age",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="close each gRPC connection after this long (calls in flight finish first): clients that "
+        "spread requests over every address of a name (a headless Service) resolve it again and find "
+        "servers added since. 0: connections last",
+    )
+    parser.add_argument(
+        "--admin-secret-file",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help=f"a file whose first line is the value of the '{ADMIN_HEADER}' header that Triton's model "
+        f"control, shared-memory, trace and logging APIs require (also ${ADMIN_SECRET_ENV}); default: a "
+        "random value only this process knows. Inference, health, metadata and statistics need no header",
     )
     parser.add_argument("--ready-timeout", type=float, default=300.0, help="seconds to wait for all models")
     parser.add_argument(

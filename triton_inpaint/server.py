@@ -28,7 +28,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from triton_inpaint.supervisor import Supervisor
+from triton_inpaint.supervisor import ADMIN_HEADER, Supervisor
 
 BUILTIN_PACKAGE = "triton_inpaint.model_repository"
 BUILTIN_MODELS = ("inpaint_preprocess", "inpaint_postprocess")
@@ -154,10 +154,19 @@ _TABLE_FAILURE = re.compile(r"^\|\s*(\S+)\s*\|\s*\d+\s*\|\s*UNAVAILABLE: (.*?)\s
 
 
 LOOPBACK = "127.0.0.1"
-# Triton APIs nobody here uses, restricted to a header value that is never shown: registering shared
-# memory would let any caller make Triton map regions of its choosing; trace and log settings are the
-# operator's. Model control stays open because clients read the repository index through it.
-RESTRICTED_APIS = "shared-memory,trace,logging"
+# Triton's administrative APIs, open only to callers presenting the admin header: model control
+# (load/unload, and the repository index that goes with it), registering shared memory (which would let
+# a caller make Triton map regions of its choosing), trace and log settings. Inference, health, metadata,
+# model configs and statistics stay open: that is all a gateway or perf_analyzer uses (clients list the
+# served models from statistics, see InpaintClient.served_models).
+RESTRICTED_APIS = "model-repository,shared-memory,trace,logging"
+# Triton's gRPC frontend expects restricted-protocol metadata under this prefix.
+GRPC_ADMIN_HEADER = f"triton-grpc-protocol-{ADMIN_HEADER}"
+ADMIN_SECRET_ENV = "TRITON_INPAINT_ADMIN_SECRET"
+
+
+def new_admin_secret() -> str:
+    return secrets.token_hex(16)
 
 
 def _connect_host(address: str) -> str:
@@ -193,6 +202,12 @@ class TritonServer:
     # backend folder; None: the binary bundled in nvidia-pytriton, with our Python backend folder.
     binary: Path | None = None
     backend_directory: Path | None = None
+    # The value of the admin header: who knows it may load and unload models. A fresh random one unless
+    # given (the chart mounts one from a Secret, so an operator can use it too).
+    admin_secret: str = field(default_factory=new_admin_secret, repr=False)
+    # Seconds after which the server closes each gRPC connection (in-flight calls finish first), so that
+    # clients resolve its name again and find pods added since; None: connections last.
+    grpc_max_connection_age: float | None = None
     process: subprocess.Popen | None = field(default=None, init=False)
     supervisor: Supervisor | None = field(default=None, init=False)
     _lines: list[str] = field(default_factory=list, init=False)
@@ -237,11 +252,17 @@ class TritonServer:
             "--strict-readiness=true",
             "--exit-on-error=true",
             # Explicit model control with every model loaded at start: the same models as mode
-            # "none", plus the unload/load the supervisor needs to bring a dead model back.
+            # "none", plus the unload/load the supervisor needs to bring a lost model back (only
+            # through the admin header, see RESTRICTED_APIS).
             "--model-control-mode=explicit",
             *(f"--load-model={name}" for name in (self.models or ["*"])),
-            f"--http-restricted-api={RESTRICTED_APIS}:triton-inpaint-admin={secrets.token_hex(16)}",
-            f"--grpc-restricted-protocol={RESTRICTED_APIS}:triton-inpaint-admin={secrets.token_hex(16)}",
+            f"--http-restricted-api={RESTRICTED_APIS}:{ADMIN_HEADER}={self.admin_secret}",
+            f"--grpc-restricted-protocol={RESTRICTED_APIS}:{ADMIN_HEADER}={self.admin_secret}",
+            *(
+                [f"--grpc-max-connection-age={round(self.grpc_max_connection_age * 1000)}"]
+                if self.grpc_max_connection_age
+                else []
+            ),
             *self.extra_args,
         ]
         return args
@@ -295,6 +316,7 @@ class TritonServer:
                 if self.supervise:
                     self.supervisor = Supervisor(
                         self.process.pid, self.http_url, log=self.log or (lambda line: None),
+                        admin_secret=self.admin_secret,
                         alive=lambda: self.process is not None and self.process.poll() is None,
                     ).start()  # fmt: skip
                 return self
@@ -352,8 +374,8 @@ class TritonServer:
 
 
 def ready_models(http_url: str) -> list[str]:
-    """Names of the models the server reports ready (from the repository index)."""
-    request = urllib.request.Request(f"http://{http_url}/v2/repository/index", data=b"{}", method="POST")
-    with urllib.request.urlopen(request, timeout=5) as response:
-        index = json.loads(response.read())
-    return sorted(entry["name"] for entry in index if entry.get("state") == "READY")
+    """Names of the models the server has loaded and ready, from its statistics: an open API, unlike the
+    repository index (restricted, see RESTRICTED_APIS)."""
+    with urllib.request.urlopen(f"http://{http_url}/v2/models/stats", timeout=5) as response:
+        stats = json.loads(response.read())
+    return sorted({entry["name"] for entry in stats.get("model_stats", [])})

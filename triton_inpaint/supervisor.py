@@ -1,4 +1,4 @@
-"""Keeping a tritonserver's Python-backend models alive, and cleaning up after a server that died.
+"""Keeping a tritonserver's models loaded and alive, and cleaning up after a server that died.
 
 Triton 2.51 does not restart a Python-backend stub that died (OOM killer, a crash): every later request
 to that model fails with "Stub process ... is not healthy" while the server and its readiness still say
@@ -6,6 +6,11 @@ all is well. The supervisor watches the server's stub processes (children of the
 ``/proc``); when one disappears that nobody asked to stop, it unloads and reloads that model through
 Triton's model control API, which starts fresh stubs (about 1-2 s for the tiny models). While the model
 is unloaded, ``/v2/health/ready`` (strict readiness) answers 503, so readiness reports the loss at once.
+
+It also holds the server to the models it was ready with: one that leaves the READY state for any other
+reason (unloaded through the model control API, a failed reload) is loaded again, with a growing pause
+between failed attempts. Model control is restricted to the admin header (see
+``triton_inpaint.server.RESTRICTED_APIS``), whose value the supervisor is given.
 
 When the server itself dies (SIGKILL, a crash), its stubs would live on for minutes and their shared
 memory regions in ``/dev/shm`` for ever: the supervisor kills the stubs it knew and unlinks their
@@ -15,6 +20,7 @@ regions. Written by hand: Triton has no hook for either.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import threading
@@ -27,6 +33,10 @@ from pathlib import Path
 
 STUB_BINARY = "triton_python_backend_stub"
 SHM_DIR = Path("/dev/shm")
+ADMIN_HEADER = "triton-inpaint-admin"  # the header RESTRICTED_APIS names (server.py imports this module)
+# States in which Triton is already changing the model: leave it to finish.
+_TRANSITIONS = {"LOADING", "UNLOADING"}
+RETRY_PAUSE = (1.0, 60.0)  # first and longest pause between failed loads of one model, seconds
 
 
 @dataclass(frozen=True)
@@ -89,9 +99,11 @@ class Supervisor:
         log: Callable[[str], None],
         interval: float = 0.5,
         alive: Callable[[], bool] | None = None,
+        admin_secret: str = "",
     ) -> None:
         self.server_pid = server_pid
         self.http_url = http_url
+        self.admin_secret = admin_secret
         self.log = log
         self.interval = interval
         self.alive = alive or (lambda: _parent_pid(str(server_pid)) is not None)
@@ -99,11 +111,14 @@ class Supervisor:
         self._stop = threading.Event()
         self._known: dict[int, Stub] = {}
         self._regions: set[str] = set()
+        self._wanted: set[str] = set()  # the models ready at start: the ones kept loaded
+        self._retry: dict[str, tuple[float, float]] = {}  # model: (next attempt, pause after that one)
         self._thread = threading.Thread(target=self._run, name="triton-supervisor", daemon=True)
 
     def start(self) -> Supervisor:
         self._known = stubs_of(self.server_pid)
         self._regions = {stub.shm_region for stub in self._known.values()}
+        self._wanted = {name for name, (state, _) in self.model_states().items() if state == "READY"}
         self._thread.start()
         return self
 
@@ -127,39 +142,81 @@ class Supervisor:
                 self.log("triton-inpaint: tritonserver died; removing its stubs and shared memory")
                 self.clean_up_after_server()
                 return
-            current = stubs_of(self.server_pid)
-            self._regions |= {stub.shm_region for stub in current.values()}
-            lost = [stub for pid, stub in self._known.items() if pid not in current]
-            for model in dict.fromkeys(stub.model for stub in lost):
-                if self._stop.is_set():
-                    return
-                gone = [stub for stub in lost if stub.model == model]
-                names = ", ".join(f"{stub.instance} (pid {stub.pid})" for stub in gone)
-                self.log(f"triton-inpaint: model {model} lost its process {names}; reloading it")
-                started = time.monotonic()
-                try:
-                    self._reload(model, {pid for pid, stub in self._known.items() if stub.model == model})
-                except (OSError, RuntimeError) as exc:
-                    self.log(f"triton-inpaint: reloading {model} failed: {exc}")
-                    continue
-                seconds = time.monotonic() - started
-                self.reloads.append((model, seconds))
-                unlink_regions({stub.shm_region for stub in gone})
-                self.log(f"triton-inpaint: model {model} is back after {seconds:.1f} s")
+            self._replace_lost_processes()
+            if not self._stop.is_set():
+                self._restore_unready_models()
             self._known = stubs_of(self.server_pid)
             self._regions |= {stub.shm_region for stub in self._known.values()}
 
-    def _control(self, model: str, action: str) -> None:
+    def _replace_lost_processes(self) -> None:
+        current = stubs_of(self.server_pid)
+        self._regions |= {stub.shm_region for stub in current.values()}
+        lost = [stub for pid, stub in self._known.items() if pid not in current]
+        for model in dict.fromkeys(stub.model for stub in lost):
+            if self._stop.is_set():
+                return
+            gone = [stub for stub in lost if stub.model == model]
+            names = ", ".join(f"{stub.instance} (pid {stub.pid})" for stub in gone)
+            self.log(f"triton-inpaint: model {model} lost its process {names}; reloading it")
+            started = time.monotonic()
+            try:
+                self._reload(model, {pid for pid, stub in self._known.items() if stub.model == model})
+            except (OSError, RuntimeError) as exc:
+                self.log(f"triton-inpaint: reloading {model} failed: {exc}")
+                continue
+            seconds = time.monotonic() - started
+            self.reloads.append((model, seconds))
+            unlink_regions({stub.shm_region for stub in gone})
+            self.log(f"triton-inpaint: model {model} is back after {seconds:.1f} s")
+
+    def _restore_unready_models(self) -> None:
+        """Load again every wanted model that is neither READY nor on its way somewhere."""
+        try:
+            states = self.model_states()
+        except (OSError, RuntimeError, ValueError):
+            return  # the server is busy or going away: the next round looks again
+        now = time.monotonic()
+        for model in sorted(self._wanted):
+            state, reason = states.get(model, ("UNKNOWN", "not in the repository index"))
+            if state == "READY":
+                self._retry.pop(model, None)
+                continue
+            if state in _TRANSITIONS or now < self._retry.get(model, (0.0, 0.0))[0]:
+                continue
+            self.log(f"triton-inpaint: model {model} is {state} ({reason or 'no reason given'}); loading it")
+            started = time.monotonic()
+            try:
+                self._control(model, "load")
+            except (OSError, RuntimeError) as exc:
+                pause = self._retry.get(model, (0.0, RETRY_PAUSE[0]))[1]
+                self._retry[model] = (time.monotonic() + pause, min(2 * pause, RETRY_PAUSE[1]))
+                self.log(f"triton-inpaint: loading {model} failed: {exc}; next try in {pause:g} s")
+                continue
+            seconds = time.monotonic() - started
+            self._retry.pop(model, None)
+            self.reloads.append((model, seconds))
+            self.log(f"triton-inpaint: model {model} is back after {seconds:.1f} s")
+
+    def model_states(self) -> dict[str, tuple[str, str]]:
+        """Every model of the repository index: name -> (state, reason)."""
+        index = json.loads(self._post("/v2/repository/index", timeout=10))
+        return {entry["name"]: (entry.get("state", ""), entry.get("reason", "")) for entry in index}
+
+    def _post(self, path: str, timeout: float) -> bytes:
         request = urllib.request.Request(
-            f"http://{self.http_url}/v2/repository/models/{model}/{action}",
+            f"http://{self.http_url}{path}",
             data=b"{}",
             method="POST",
+            headers={ADMIN_HEADER: self.admin_secret},
         )
         try:
-            with urllib.request.urlopen(request, timeout=600) as response:
-                response.read()
+            with urllib.request.urlopen(request, timeout=timeout) as response:
+                return response.read()
         except urllib.error.HTTPError as exc:
-            raise RuntimeError(f"{action}: HTTP {exc.code} {exc.read()[:300]!r}") from None
+            raise RuntimeError(f"{path}: HTTP {exc.code} {exc.read()[:300]!r}") from None
+
+    def _control(self, model: str, action: str) -> None:
+        self._post(f"/v2/repository/models/{model}/{action}", timeout=600)
 
     def _reload(self, model: str, old_pids: set[int]) -> None:
         """Unload (the dead instance cannot be reused: a plain load of an unchanged model is a no-op),

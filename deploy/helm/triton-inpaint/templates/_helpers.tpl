@@ -20,6 +20,20 @@
 {{- printf "%s-triton" (include "triton-inpaint.fullname" .) | trunc 63 | trimSuffix "-" -}}
 {{- end -}}
 
+{{/* The headless Service: one DNS name resolving to every ready Triton pod. */}}
+{{- define "triton-inpaint.tritonHeadless" -}}
+{{- printf "%s-triton-headless" (include "triton-inpaint.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* The gateways' gRPC target: the headless Service's fully qualified name, resolved by gRPC itself. */}}
+{{- define "triton-inpaint.tritonTarget" -}}
+{{- printf "dns:///%s.%s.svc.%s:%d" (include "triton-inpaint.tritonHeadless" .) .Release.Namespace .Values.clusterDomain (int .Values.triton.ports.grpc) -}}
+{{- end -}}
+
+{{- define "triton-inpaint.tritonAdminSecret" -}}
+{{- default (printf "%s-triton-admin" (include "triton-inpaint.fullname" .)) .Values.triton.adminSecret.existingSecret -}}
+{{- end -}}
+
 {{- define "triton-inpaint.gateway" -}}
 {{- printf "%s-gateway" (include "triton-inpaint.fullname" .) | trunc 63 | trimSuffix "-" -}}
 {{- end -}}
