@@ -302,6 +302,11 @@ def test_tritons_admin_apis_need_a_secret_only_the_triton_pods_mount(existing):
         (secret,) = secrets
         assert secret["metadata"]["name"] == name
         assert len(base64.b64decode(secret["data"][path.name])) >= 32
+    # The rendered arguments are ones `serve` (the Triton image's entrypoint) takes.
+    from triton_inpaint.cli import build_parser
+
+    parsed = build_parser().parse_args(["serve", *container["args"]])
+    assert parsed.admin_secret_file == path and parsed.grpc_max_connection_age == 30
     # No other pod mounts it.
     for deployment in (d for d in docs if d["kind"] == "Deployment" and d is not None):
         if deployment["metadata"]["name"].endswith("-gateway"):
