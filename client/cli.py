@@ -94,7 +94,10 @@ def _ask(args: argparse.Namespace, call: Callable[[Any], Any]) -> tuple[Any, int
 def _add_target(parser: argparse.ArgumentParser) -> None:
     """--url/--protocol for Triton, or --gateway/--api-key for the HTTP gateway."""
     parser.add_argument(
-        "--url", default="127.0.0.1:8001", help="Triton HOST:PORT (gRPC port, or HTTP with --protocol http)"
+        "--url",
+        default="127.0.0.1:8001",
+        help="Triton HOST:PORT (gRPC port, or HTTP with --protocol http); over gRPC also a name resolving to "
+        "several Tritons, e.g. dns:///NAME:PORT of a headless Service, spread over one request at a time",
     )
     parser.add_argument("--protocol", choices=PROTOCOLS, default="grpc")
     parser.add_argument(
