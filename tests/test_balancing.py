@@ -20,6 +20,7 @@ import pytest
 from tests.conftest import BUILTIN_REPOSITORY, MODEL
 from tests.gateway_process import GatewayProcess
 from tests.helpers import irregular_mask, make_image, png_bytes
+from tests.service_dns import ServiceDns
 
 pytestmark = pytest.mark.server
 ADDRESSES = ("127.0.0.2", "127.0.0.3", "127.0.0.4")  # all of 127/8 is loopback on Linux
@@ -35,42 +36,6 @@ TASK = {
     "seedImage": base64.b64encode(png_bytes(make_image(64, 64, seed=8))).decode(),
     "maskImage": base64.b64encode(png_bytes(irregular_mask(64, 64))).decode(),
 }
-
-
-class ServiceDns:
-    """A DNS server (dnslib's) that answers ``NAME`` with the addresses in ``self.addresses``."""
-
-    def __init__(self, addresses: list[str]) -> None:
-        from dnslib import QTYPE, RR, A
-        from dnslib.server import BaseResolver, DNSLogger, DNSServer
-
-        from triton_inpaint.server import free_port
-
-        self.addresses = list(addresses)
-        dns = self
-
-        class Resolver(BaseResolver):
-            def resolve(self, request, handler):
-                reply = request.reply()
-                if str(request.q.qname).rstrip(".") == NAME and QTYPE[request.q.qtype] == "A":
-                    for address in list(dns.addresses):
-                        reply.add_answer(RR(request.q.qname, QTYPE.A, rdata=A(address), ttl=1))
-                return reply
-
-        self.port = free_port()
-        self.server = DNSServer(
-            Resolver(),
-            port=self.port,
-            address="127.0.0.1",
-            logger=DNSLogger("-request,-reply,-truncated,-data"),
-        )
-
-    def __enter__(self) -> ServiceDns:
-        self.server.start_thread()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.stop()
 
 
 @pytest.fixture(scope="module")
@@ -139,8 +104,8 @@ def _shares(servers, before: list[int]) -> list[int]:
 
 def test_requests_spread_over_every_server_behind_the_name(servers, tmp_path):
     first, second, third = servers
-    with ServiceDns(list(ADDRESSES[:2])) as dns:
-        target = f"dns://127.0.0.1:{dns.port}/{NAME}:{first.grpc_port}"
+    with ServiceDns(NAME, list(ADDRESSES[:2])) as dns:
+        target = dns.target(first.grpc_port)
         with GatewayProcess(target, tmp_path / "gateway", "--rate", "100000") as gateway:
             # Two servers behind the name: each answers about half.
             count = 40

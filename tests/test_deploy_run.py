@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 from dockerfile_parse import DockerfileParser
 
+from tests.service_dns import ServiceDns
 from tests.test_deploy_chart import render
 from triton_inpaint.server import free_port, prepare_backend_dir, tritonserver_binary
 
@@ -114,15 +115,22 @@ def test_the_rendered_triton_and_gateway_serve_a_request(chart_repository, tmp_p
     })  # fmt: skip
     triton = _container(docs, "triton")
     gateway = _container(docs, "gateway")
-    triton_service = next(
-        d for d in docs if d["kind"] == "Service" and d["metadata"]["name"].endswith("-triton")
-    )
+    # The gateway's target is the headless Service's name: a real DNS server answers it with this
+    # machine's address, as cluster DNS answers it with the ready Triton pods.
+    (target,) = [arg.split("=", 1)[1] for arg in gateway["args"] if arg.startswith("--triton=")]
+    name = target.removeprefix("dns:///").rsplit(":", 1)[0]
+    dns = ServiceDns(name, ["127.0.0.1"])
+    # The admin secret the chart mounts from its Secret.
+    (secret_flag,) = [arg for arg in triton["args"] if arg.startswith("--admin-secret-file=")]
+    admin_secret = "chart-test-admin-secret"
+    (tmp_path / "admin-secret").write_text(admin_secret + "\n")
     paths = {  # the container's paths and names on this machine
         "/opt/tritonserver/bin/tritonserver": str(tritonserver_binary()),
         "/opt/tritonserver/backends": str(prepare_backend_dir()),
         "/models": str(chart_repository),
         "/data": str(tmp_path / "data"),
-        f"{triton_service['metadata']['name']}:{grpc}": f"127.0.0.1:{grpc}",
+        secret_flag.split("=", 1)[1]: str(tmp_path / "admin-secret"),
+        target: dns.target(grpc),
     }
     triton_command = _mapped(_entrypoint("triton") + triton["args"], paths)
     (secret,) = [e for e in gateway["env"] if e["name"] == "TRITON_INPAINT_API_KEYS"]
@@ -132,6 +140,7 @@ def test_the_rendered_triton_and_gateway_serve_a_request(chart_repository, tmp_p
     print("triton:", " ".join(triton_command), "\ngateway:", " ".join(gateway_command))
 
     processes = []
+    dns.__enter__()
     try:
         processes.append(subprocess.Popen(triton_command, start_new_session=True, stdout=subprocess.DEVNULL))
         _wait_for(_probe_urls(triton), processes[-1], timeout=300)
@@ -156,6 +165,18 @@ def test_the_rendered_triton_and_gateway_serve_a_request(chart_repository, tmp_p
         # The rendered key setting is in force.
         with GatewayClient(url, api_key="wrong") as client, pytest.raises(Exception, match="invalid API key"):
             client.inpaint("tiny", encode_image(image), encode_mask(mask), "a cat", steps=2)
+        # Triton's model control answers only the mounted secret.
+        index = f"http://127.0.0.1:{http}/v2/repository/index"
+        for headers, expected in (({}, 403), ({"triton-inpaint-admin": "guess"}, 403),
+                                  ({"triton-inpaint-admin": admin_secret}, 200)):  # fmt: skip
+            request = urllib.request.Request(index, data=b"{}", headers=headers, method="POST")
+            try:
+                with urllib.request.urlopen(request, timeout=10) as response:
+                    status = response.status
+            except urllib.error.HTTPError as exc:
+                status = exc.code
+            assert status == expected, (headers, status)
     finally:
         for process in reversed(processes):
             _stop(process)
+        dns.__exit__()
