@@ -7,7 +7,8 @@ from tests.helpers import diffusers_inpaint, irregular_mask, make_image
 from triton_inpaint.components import SD_TENSORS, RunnerComponents, TorchComponents, onnx_runner
 from triton_inpaint.params import DenoiseParams
 from triton_inpaint.pipeline_spec import PipelineSpec
-from triton_inpaint.sd_inpaint import SDInpaintPipeline, processing_size
+from triton_inpaint.planning import processing_size
+from triton_inpaint.sd_inpaint import SDInpaintPipeline
 
 PROMPT = "a red apple on a wooden table"
 

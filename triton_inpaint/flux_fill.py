@@ -35,11 +35,10 @@ from triton_inpaint.denoising import SteppedJob, run_alone
 from triton_inpaint.errors import InvalidInputError
 from triton_inpaint.imaging import mask_to_pil
 from triton_inpaint.mask_shaping import Box
-from triton_inpaint.memory import check_request
 from triton_inpaint.params import DenoiseParams
 from triton_inpaint.pipeline_spec import PipelineSpec
-from triton_inpaint.schedulers import build_scheduler
-from triton_inpaint.sd_inpaint import Plan, check_engine_sides, processing_size, token_ids
+from triton_inpaint.planning import Plan, processing_size, token_ids
+from triton_inpaint.planning import plan as make_plan
 
 
 class FluxFillInpaintPipeline:
@@ -209,20 +208,14 @@ class FluxFillInpaintPipeline:
         width, height = processing_size(
             image_width, image_height, self.spec.native_resolution, params, self.spec.size_multiple
         )
-        check_engine_sides(width, height, self.max_side)
-        need = check_request(
-            self.spec.networks, width, height, params.num_images, False, self.memory_budget,
-            self.spec.size_multiple, self.spec.vae_tile_size,
+        return make_plan(
+            self.spec, params, (width, height), None,
+            max_side=self.max_side, memory_budget=self.memory_budget,
+            scheduler_config=self.scheduler_config, guidance_rows=False,  # guidance is in the transformer
+            timesteps=lambda scheduler: self.prepare_timesteps(
+                scheduler, params.steps, params.strength, width, height
+            ),
         )  # fmt: skip
-        scheduler = build_scheduler(params.scheduler, self.scheduler_config)
-        timesteps = self.prepare_timesteps(scheduler, params.steps, params.strength, width, height)
-        if len(timesteps) == 0:
-            raise InvalidInputError(
-                "strength",
-                f"{params.strength} with steps={params.steps} leaves no denoising step "
-                "(steps * strength must be at least 1); raise strength or steps",
-            )
-        return Plan(width, height, None, scheduler, timesteps, need)
 
     def start(
         self, image: np.ndarray, mask: np.ndarray, params: DenoiseParams, plan: Plan | None = None

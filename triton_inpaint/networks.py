@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from triton_inpaint.components import (
+from triton_inpaint.roles import (
     TEXT_ENCODER,
     TEXT_ENCODER_2,
     TRANSFORMER,

@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import inspect
 import json
-import math
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,80 +28,17 @@ from diffusers.image_processor import VaeImageProcessor
 from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
-from transformers import CLIPTokenizer, PreTrainedTokenizerBase
+from transformers import CLIPTokenizer
 
 from triton_inpaint import vae_tiling
 from triton_inpaint.components import TEXT_ENCODER, TEXT_ENCODER_2, SDComponents
 from triton_inpaint.denoising import SteppedJob, run_alone
-from triton_inpaint.errors import InvalidInputError
 from triton_inpaint.imaging import mask_to_pil
 from triton_inpaint.mask_shaping import Box, crop_region, mask_bounds
-from triton_inpaint.memory import Need, check_request
-from triton_inpaint.params import SIZE_MULTIPLE, DenoiseParams
+from triton_inpaint.params import DenoiseParams
 from triton_inpaint.pipeline_spec import PipelineSpec
-from triton_inpaint.schedulers import build_scheduler
-
-
-def processing_size(
-    image_width: int, image_height: int, native: int, params: DenoiseParams, multiple: int = SIZE_MULTIPLE
-) -> tuple[int, int]:
-    """The (width, height) the model runs at.
-
-    An explicit width/height wins; a single one keeps the input's aspect ratio. By default the input
-    is scaled to the model's native pixel count (native x native) keeping its aspect ratio, rounded to
-    a multiple of ``multiple`` (8; 16 for FLUX), so any input size runs at the resolution the model
-    was trained for.
-    """
-    aspect = image_width / image_height
-    if params.width and params.height:
-        return params.width, params.height
-
-    def snap(value: float) -> int:
-        return max(multiple, int(round(value / multiple)) * multiple)
-
-    if params.width:
-        return params.width, snap(params.width / aspect)
-    if params.height:
-        return snap(params.height * aspect), params.height
-    return snap(native * math.sqrt(aspect)), snap(native / math.sqrt(aspect))
-
-
-def check_engine_sides(width: int, height: int, max_side: int | None) -> None:
-    """Refuse a processing size beyond what the deployment's TensorRT engines were built for (their
-    shape profiles), naming the field, before any network runs; None: no engine limit."""
-    if max_side is None:
-        return
-    for field, value in (("width", width), ("height", height)):
-        if value > max_side:
-            raise InvalidInputError(
-                field,
-                f"the processing size is {width}x{height}; this deployment's TensorRT engines cover sides "
-                f"up to {max_side} px (export --max-size); ask for a smaller width/height",
-            )
-
-
-@dataclass(frozen=True)
-class Plan:
-    """What a request decides before any network runs (see ``plan``); shared by every family."""
-
-    width: int
-    height: int
-    crop: Box | None
-    scheduler: Any
-    timesteps: torch.Tensor
-    need: Need = Need(0)  # memory for the networks' work, and whether the VAE runs in tiles
-
-
-def token_ids(tokenizer: PreTrainedTokenizerBase, text: str, length: int | None = None) -> torch.Tensor:
-    """(1, length) ids, padded and truncated as the diffusers pipelines tokenize prompts; the length
-    defaults to the tokenizer's own maximum (77 for CLIP)."""
-    return tokenizer(
-        [text],
-        padding="max_length",
-        max_length=length or tokenizer.model_max_length,
-        truncation=True,
-        return_tensors="pt",
-    ).input_ids
+from triton_inpaint.planning import Plan, processing_size, token_ids
+from triton_inpaint.planning import plan as make_plan
 
 
 class SDInpaintPipeline:
@@ -335,20 +270,14 @@ class SDInpaintPipeline:
         """Everything decided before a network runs: size, crop, memory, scheduler, timesteps. Every
         refusal that needs no network happens here, so a dry run (``dry_run``) stops after it."""
         width, height, crop = self.geometry(mask, params)
-        check_engine_sides(width, height, self.max_side)
-        need = check_request(
-            self.spec.networks, width, height, params.num_images, params.guidance_scale > 1.0,
-            self.memory_budget, self.spec.size_multiple, self.spec.vae_tile_size,
+        return make_plan(
+            self.spec, params, (width, height), crop,
+            max_side=self.max_side, memory_budget=self.memory_budget,
+            scheduler_config=self.scheduler_config, guidance_rows=params.guidance_scale > 1.0,
+            timesteps=lambda scheduler: self.prepare_timesteps(
+                scheduler, params.steps, params.strength, self.device
+            ),
         )  # fmt: skip
-        scheduler = build_scheduler(params.scheduler, self.scheduler_config)
-        timesteps = self.prepare_timesteps(scheduler, params.steps, params.strength, self.device)
-        if len(timesteps) == 0:
-            raise InvalidInputError(
-                "strength",
-                f"{params.strength} with steps={params.steps} leaves no denoising step "
-                "(int(steps * strength) must be at least 1); raise strength or steps",
-            )
-        return Plan(width, height, crop, scheduler, timesteps, need)
 
     def start(
         self, image: np.ndarray, mask: np.ndarray, params: DenoiseParams, plan: Plan | None = None

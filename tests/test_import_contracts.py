@@ -1,0 +1,193 @@
+"""The architecture's import rules, as checks that fail: read from the source (every ``import``, at
+module level or inside a function), not from prose.
+
+Written by hand over :mod:`ast` because import-linter's graph builder (grimp) walks one folder per
+package, and ours maps ``export/``, ``client/`` and ``gateway/`` into the ``triton_inpaint`` namespace
+from folders of their own (pyproject's package-dir), which it does not see.
+"""
+
+from __future__ import annotations
+
+import ast
+from functools import cache
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+# Folders and the package name each one is (pyproject.toml, [tool.setuptools.package-dir]).
+PACKAGES = {
+    "triton_inpaint": "triton_inpaint",
+    "export": "triton_inpaint.export",
+    "client": "triton_inpaint.client",
+    "gateway": "triton_inpaint.gateway",
+}
+# Libraries that run networks or need a GPU stack: never loaded by what runs beside the product's
+# callers (the client library, the gateway), which must install and start without them.
+HEAVY = ("torch", "diffusers", "transformers", "onnxruntime", "onnx", "cv2", "tensorrt", "polygraphy")
+# The library's tools: benchmarks, the demo, the autoscaling simulation, the GPU session; with the CLI,
+# the only modules of the library that may reach its consumers (export, client, gateway).
+TOOLS = {
+    f"triton_inpaint.{name}"
+    for name in (
+        "cli", "serve_cli", "demo", "benchmark", "bench_report", "perf", "gpu_bench", "gpu_session",
+        "replica_bench", "autoscaling", "reference_tables",
+    )
+}  # fmt: skip
+CONSUMERS = ("triton_inpaint.export", "triton_inpaint.client", "triton_inpaint.gateway")
+
+
+def _module_name(path: Path) -> str:
+    folder, *rest = path.relative_to(ROOT).with_suffix("").parts
+    parts = [PACKAGES[folder], *rest]
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+@cache
+def imports() -> dict[str, dict[str, bool]]:
+    """Module -> {imported module: whether at module level (loaded when the importer is)}."""
+    graph: dict[str, dict[str, bool]] = {}
+    for folder in PACKAGES:
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            if "web" in path.parts:
+                continue
+            name = _module_name(path)
+            package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+            found: dict[str, bool] = {}
+            tree = ast.parse(path.read_text(), str(path))
+            top_level = {id(node) for node in tree.body}
+            guarded = {  # imports under `if TYPE_CHECKING:` never run
+                id(inner)
+                for node in tree.body
+                if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
+                for inner in ast.walk(node)
+            }
+            for node in ast.walk(tree):
+                if id(node) in guarded:
+                    continue
+                if isinstance(node, ast.Import):
+                    targets = [alias.name for alias in node.names]
+                elif isinstance(node, ast.ImportFrom):
+                    base = node.module or ""
+                    if node.level:
+                        anchor = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+                        base = f"{anchor}.{base}" if base else anchor
+                    targets = [base, *(f"{base}.{alias.name}" for alias in node.names)]
+                else:
+                    continue
+                for target in targets:
+                    found[target] = found.get(target, False) or id(node) in top_level
+            graph[name] = found
+    return graph
+
+
+def _ours(target: str) -> str | None:
+    """The module of ours that importing ``target`` loads (a name imported from a module is that
+    module), or None for another library's."""
+    graph = imports()
+    while target and target not in graph:
+        target = target.rpartition(".")[0]
+    return target or None
+
+
+def _loaded_by(module: str) -> set[str]:
+    """Every module (ours and other libraries' top-level names) that importing ``module`` loads."""
+    seen, stack, external = set(), [module], set()
+    while stack:
+        current = stack.pop()
+        if current in seen:
+            continue
+        seen.add(current)
+        for parent in _parents(current):  # importing a.b.c runs a/__init__ and a/b/__init__ first
+            stack.append(parent)
+        for target, top_level in imports()[current].items():
+            if not top_level:
+                continue
+            mine = _ours(target)
+            if mine is None:
+                external.add(target.split(".")[0])
+            else:
+                stack.append(mine)
+    return seen | external
+
+
+def _parents(module: str) -> list[str]:
+    parts = module.split(".")
+    return [".".join(parts[:i]) for i in range(1, len(parts)) if ".".join(parts[:i]) in imports()]
+
+
+def test_the_graph_is_read():
+    graph = imports()
+    assert {"triton_inpaint.sd_inpaint", "triton_inpaint.gateway.app", "triton_inpaint.client"} <= set(graph)
+    assert graph["triton_inpaint.flux_fill"]["triton_inpaint.planning"] is True
+    assert "torch" in _loaded_by("triton_inpaint.sd_inpaint")  # the check can see a heavy import
+
+
+@pytest.mark.parametrize("package", ["triton_inpaint.client", "triton_inpaint.gateway"])
+def test_client_and_gateway_never_load_a_network_library(package):
+    modules = [name for name in imports() if name == package or name.startswith(package + ".")]
+    for module in modules:
+        heavy = sorted(_loaded_by(module) & set(HEAVY))
+        assert not heavy, f"importing {module} loads {heavy}"
+
+
+def test_only_the_triton_adapters_import_the_python_backend():
+    users = sorted(
+        name
+        for name, targets in imports().items()
+        if any(t.split(".")[0] == "triton_python_backend_utils" for t in targets)
+    )
+    assert users and all(name.startswith("triton_inpaint.triton.") for name in users), users
+
+
+def test_only_tools_reach_the_librarys_consumers():
+    """The library does not import what is built on it (export, client, gateway), lazily or not,
+    except its tools and CLI, which drive them."""
+    offenders = sorted(
+        f"{name} -> {target}"
+        for name, targets in imports().items()
+        if name.count(".") == 1 and name.startswith("triton_inpaint.") and name not in TOOLS
+        if name not in CONSUMERS
+        for target in targets
+        if (_ours(target) or "").startswith(CONSUMERS)
+    )
+    assert not offenders, offenders
+
+
+def test_the_gateway_never_imports_the_tools():
+    offenders = sorted(
+        f"{name} -> {target}"
+        for name, targets in imports().items()
+        if name.startswith("triton_inpaint.gateway")
+        for target in targets
+        if _ours(target) in TOOLS
+    )
+    assert not offenders, offenders
+
+
+def test_no_import_cycles():
+    """A cycle means neither module can be read, tested or moved without the other. Imports inside
+    functions count: deferring an import hides a cycle from the interpreter, not from the reader."""
+    graph = {
+        name: {mine for target in targets if (mine := _ours(target)) and mine != name}
+        for name, targets in imports().items()
+    }
+    cycles, state = [], {}
+
+    def visit(node: str, path: list[str]) -> None:
+        state[node] = "open"
+        for nxt in sorted(graph[node]):
+            if nxt in _parents(node):  # a package's __init__ importing its own modules is no cycle
+                continue
+            if state.get(nxt) == "open":
+                cycles.append(path[path.index(nxt) :] + [nxt] if nxt in path else [node, nxt])
+            elif nxt not in state:
+                visit(nxt, [*path, nxt])
+        state[node] = "done"
+
+    for name in sorted(graph):
+        if name not in state:
+            visit(name, [name])
+    assert not cycles, cycles

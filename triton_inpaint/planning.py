@@ -1,0 +1,116 @@
+"""What every pipeline decides before a network runs, in one :class:`Plan`: the processing size, the
+TensorRT engines' limits, the memory need, the scheduler and its timesteps; and how prompts become
+token ids. Shared by the SD and FLUX pipelines, so that they decide and refuse alike."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from triton_inpaint.errors import InvalidInputError
+from triton_inpaint.mask_shaping import Box
+from triton_inpaint.memory import Need, check_request
+from triton_inpaint.params import SIZE_MULTIPLE, DenoiseParams
+from triton_inpaint.pipeline_spec import PipelineSpec
+from triton_inpaint.schedulers import build_scheduler
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a request decides before any network runs (see :func:`plan`); shared by every family."""
+
+    width: int
+    height: int
+    crop: Box | None
+    scheduler: Any
+    timesteps: torch.Tensor
+    need: Need = Need(0)  # memory for the networks' work, and whether the VAE runs in tiles
+
+
+def processing_size(
+    image_width: int, image_height: int, native: int, params: DenoiseParams, multiple: int = SIZE_MULTIPLE
+) -> tuple[int, int]:
+    """The (width, height) the model runs at.
+
+    An explicit width/height wins; a single one keeps the input's aspect ratio. By default the input
+    is scaled to the model's native pixel count (native x native) keeping its aspect ratio, rounded to
+    a multiple of ``multiple`` (8; 16 for FLUX), so any input size runs at the resolution the model
+    was trained for.
+    """
+    aspect = image_width / image_height
+    if params.width and params.height:
+        return params.width, params.height
+
+    def snap(value: float) -> int:
+        return max(multiple, int(round(value / multiple)) * multiple)
+
+    if params.width:
+        return params.width, snap(params.width / aspect)
+    if params.height:
+        return snap(params.height * aspect), params.height
+    return snap(native * math.sqrt(aspect)), snap(native / math.sqrt(aspect))
+
+
+def check_engine_sides(width: int, height: int, max_side: int | None) -> None:
+    """Refuse a processing size beyond what the deployment's TensorRT engines were built for (their
+    shape profiles), naming the field, before any network runs; None: no engine limit."""
+    if max_side is None:
+        return
+    for field, value in (("width", width), ("height", height)):
+        if value > max_side:
+            raise InvalidInputError(
+                field,
+                f"the processing size is {width}x{height}; this deployment's TensorRT engines cover sides "
+                f"up to {max_side} px (export --max-size); ask for a smaller width/height",
+            )
+
+
+def plan(
+    spec: PipelineSpec,
+    params: DenoiseParams,
+    size: tuple[int, int],
+    crop: Box | None,
+    *,
+    max_side: int | None,
+    memory_budget: int | None,
+    scheduler_config: dict[str, Any],
+    guidance_rows: bool,
+    timesteps: Callable[[Any], torch.Tensor],
+) -> Plan:
+    """Everything decided before a network runs, for a processing ``size`` (and ``crop``) the family
+    chose: every refusal that needs no network happens here, so a dry run stops after it.
+
+    ``guidance_rows``: whether classifier-free guidance doubles the denoiser's rows (its memory);
+    ``timesteps(scheduler)``: the family's own schedule for ``params.steps`` and ``params.strength``.
+    """
+    width, height = size
+    check_engine_sides(width, height, max_side)
+    need = check_request(
+        spec.networks, width, height, params.num_images, guidance_rows, memory_budget,
+        spec.size_multiple, spec.vae_tile_size,
+    )  # fmt: skip
+    scheduler = build_scheduler(params.scheduler, scheduler_config)
+    steps = timesteps(scheduler)
+    if len(steps) == 0:
+        raise InvalidInputError(
+            "strength",
+            f"{params.strength} with steps={params.steps} leaves no denoising step; raise strength or steps",
+        )
+    return Plan(width, height, crop, scheduler, steps, need)
+
+
+def token_ids(tokenizer: PreTrainedTokenizerBase, text: str, length: int | None = None) -> torch.Tensor:
+    """(1, length) ids, padded and truncated as the diffusers pipelines tokenize prompts; the length
+    defaults to the tokenizer's own maximum (77 for CLIP)."""
+    return tokenizer(
+        [text],
+        padding="max_length",
+        max_length=length or tokenizer.model_max_length,
+        truncation=True,
+        return_tensors="pt",
+    ).input_ids
