@@ -1,11 +1,11 @@
-"""The autoscaling simulation behind the chart's defaults (triton_inpaint.autoscaling)."""
+"""The autoscaling simulation behind the chart's defaults (triton_inpaint.tools.autoscaling)."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
 
-from triton_inpaint.autoscaling import REFERENCE_CURVE, HpaSettings, LoadRamp, ServiceCurve, simulate
+from triton_inpaint.tools.autoscaling import REFERENCE_CURVE, HpaSettings, LoadRamp, ServiceCurve, simulate
 
 
 def test_the_service_curve_interpolates_and_holds_beyond_the_last_point():
@@ -52,7 +52,7 @@ def test_how_requests_reach_pods_decides_whether_scaling_helps():
     get nothing: the deployment scales up and still falls behind. The chart's round robin over the
     headless Service, which finds new pods within the connection age, keeps close to an ideal
     least-loaded balancer."""
-    from triton_inpaint.autoscaling import Balancing
+    from triton_inpaint.tools.autoscaling import Balancing
 
     curve, load = ServiceCurve(REFERENCE_CURVE), LoadRamp(base_rps=0.3)
     runs = {

@@ -65,7 +65,7 @@ def test_quick_bench_writes_every_figure(tmp_path, work):
 def test_gpu_session_is_staged_for_the_gpu_machines_python(tmp_path):
     """``bench-gpu --prepare``: Python 3.12 wheels from the package index in parts a device call can
     carry (the working tree goes along), and the calls that install them and measure."""
-    from triton_inpaint import gpu_session
+    from triton_inpaint.tools import gpu_session
 
     out = tmp_path / "wheels"
     done = subprocess.run(
@@ -99,14 +99,14 @@ def test_gpu_session_rehearsed_here_runs_bench_gpu_from_its_own_environment(tmp_
 
     def session(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
         done = subprocess.run(
-            [sys.executable, "-m", "triton_inpaint.gpu_session", *args],
+            [sys.executable, "-m", "triton_inpaint.tools.gpu_session", *args],
             capture_output=True, text=True, timeout=timeout, cwd=REPO_ROOT, env=env,
         )  # fmt: skip
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
         return done
 
     early = subprocess.run(
-        [sys.executable, "-m", "triton_inpaint.gpu_session", "run", "--out", str(out)],
+        [sys.executable, "-m", "triton_inpaint.tools.gpu_session", "run", "--out", str(out)],
         capture_output=True, text=True, cwd=REPO_ROOT, env=env, timeout=60,
     )  # fmt: skip
     assert early.returncode == 2 and "make their device calls again" in early.stdout
@@ -159,7 +159,7 @@ def test_a_level_without_a_stable_measurement_is_measured_again_and_marked(trito
     meet): the level is measured again, taking the windows as they come, instead of failing the run."""
     from tests.conftest import MODEL
     from tests.helpers import irregular_mask, make_image, png_bytes
-    from triton_inpaint import perf
+    from triton_inpaint.tools import perf
 
     data = perf.write_input_data(
         tmp_path / "input.json",

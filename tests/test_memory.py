@@ -167,8 +167,8 @@ def test_model_processes_that_run_no_network_load_no_torch(triton_server):
     from pathlib import Path
 
     from triton_inpaint import contract
-    from triton_inpaint.benchmark import process_pss
     from triton_inpaint.supervisor import stubs_of
+    from triton_inpaint.tools.benchmark import process_pss
 
     light = {contract.PREPROCESS_MODEL, contract.POSTPROCESS_MODEL, contract.MASKING_MODEL}
     with_torch = {}

@@ -101,7 +101,7 @@ def test_installed_wheel_finds_its_builtin_models(wheel, tmp_path):
         timeout=300,
     )
     code = (
-        "from triton_inpaint.server import builtin_repository; import triton_inpaint.demo as d; "
+        "from triton_inpaint.server import builtin_repository; import triton_inpaint.tools.demo as d; "
         "print(builtin_repository()); print(len(d.sample_bytes('sample.png')))"
     )
     env = {**os.environ, "PYTHONPATH": str(target)}

@@ -26,8 +26,8 @@ import pytest
 
 from tests.gateway_process import GatewayProcess
 from tests.helpers import assert_served_parity, decode_rgb, png_bytes
-from triton_inpaint.benchmark import process_pss, sample_request
 from triton_inpaint.supervisor import stubs_of
+from triton_inpaint.tools.benchmark import process_pss, sample_request
 
 pytestmark = pytest.mark.real_size
 NAME = "sd15full"

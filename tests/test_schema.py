@@ -10,8 +10,8 @@ import pytest
 
 from triton_inpaint import contract
 from triton_inpaint.errors import InvalidInputError
-from triton_inpaint.reference_tables import render, stale_files
 from triton_inpaint.schema import INPAINT, MASK, PREPROCESS
+from triton_inpaint.tools.reference_tables import render, stale_files
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -91,7 +91,7 @@ def test_gateway_task_fields_are_the_declared_names_and_ranges():
 
 def test_docs_tables_are_current():
     stale = stale_files(sorted((REPO_ROOT / "docs").glob("*.md")))
-    assert not stale, f"regenerate with: python -m triton_inpaint.reference_tables --write ({stale})"
+    assert not stale, f"regenerate with: python -m triton_inpaint.tools.reference_tables --write ({stale})"
     assert "`outputQuality`" in (REPO_ROOT / "docs" / "controls.md").read_text()
     with pytest.raises(KeyError, match="unknown generated table"):
         render("<!-- generated: nope -->\n<!-- end generated -->")
@@ -108,7 +108,7 @@ from triton_inpaint import contract
 from triton_inpaint.client import InpaintClient, GatewayClient
 from triton_inpaint.client.cli import add_controls
 from triton_inpaint.gateway.tasks import ImageInferenceTask, InpaintingArgs
-from triton_inpaint.reference_tables import controls_table
+from triton_inpaint.tools.reference_tables import controls_table
 import argparse
 parser = argparse.ArgumentParser()
 add_controls(parser, schema.INPAINT, schema.MASK_SOURCES)

@@ -19,7 +19,7 @@ from tests.conftest import BUILTIN_REPOSITORY, MODEL, MODEL_IDS
 from tests.gateway_process import GatewayProcess
 from tests.helpers import png_bytes
 from tests.test_detector_masks import ASTRONAUT_FACE, iou
-from triton_inpaint.demo import sample_bytes
+from triton_inpaint.tools.demo import sample_bytes
 
 pytestmark = pytest.mark.server
 KEY = "page-key-0123456789"

@@ -10,10 +10,11 @@ from triton_inpaint import __version__
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from triton_inpaint import autoscaling, benchmark, demo, gpu_bench, replica_bench, serve_cli
+    from triton_inpaint import serve_cli
     from triton_inpaint.client import cli as client_cli
     from triton_inpaint.export import cli as export_cli
     from triton_inpaint.gateway import cli as gateway_cli
+    from triton_inpaint.tools import autoscaling, benchmark, demo, gpu_bench, replica_bench
 
     parser = argparse.ArgumentParser(
         prog="triton-inpaint", description="Self-hosted inpainting on NVIDIA Triton Inference Server."

@@ -3,7 +3,7 @@
 A generated table sits between ``<!-- generated: NAME -->`` and ``<!-- end generated -->`` in a Markdown
 file; :func:`render` rewrites every such block from :data:`TABLES`. Regenerate after changing a control:
 
-    python -m triton_inpaint.reference_tables --write
+    python -m triton_inpaint.tools.reference_tables --write
 """
 
 from __future__ import annotations
@@ -120,7 +120,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"rewrote {path}")
         return 0
     for path in stale:
-        print(f"{path}: generated tables are stale; run python -m triton_inpaint.reference_tables --write")
+        command = "python -m triton_inpaint.tools.reference_tables --write"
+        print(f"{path}: generated tables are stale; run {command}")
     return 1 if stale else 0
 
 

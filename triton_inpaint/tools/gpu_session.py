@@ -15,7 +15,7 @@ and a session has 15 device-minutes, the machine's start included. So:
    and the machine's description under ``$OUT``.
 
 Only the standard library is imported at module level: on the GPU machine this module runs from the
-checkout (``python3 -m triton_inpaint.gpu_session``) before anything is installed.
+checkout (``python3 -m triton_inpaint.tools.gpu_session``) before anything is installed.
 """
 
 from __future__ import annotations
@@ -138,9 +138,9 @@ def device_calls(out: Path, parts: int, root: Path) -> list[dict[str, object]]:
         part = (out / f"part-{number}").resolve()
         if part.is_relative_to(root):  # carried paths are relative to the checkout
             part = part.relative_to(root)
-        command = f"python3 -m triton_inpaint.gpu_session install {shlex.quote(str(part))}"
+        command = f"python3 -m triton_inpaint.tools.gpu_session install {shlex.quote(str(part))}"
         if number == parts:
-            command += ' && python3 -m triton_inpaint.gpu_session run --out "$OUT"'
+            command += ' && python3 -m triton_inpaint.tools.gpu_session run --out "$OUT"'
         calls.append(
             {
                 "carry": [str(part)],
@@ -296,7 +296,7 @@ def print_calls(calls: list[dict[str, object]]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python3 -m triton_inpaint.gpu_session", description=__doc__.split("\n")[0]
+        prog="python3 -m triton_inpaint.tools.gpu_session", description=__doc__.split("\n")[0]
     )
     commands = parser.add_subparsers(dest="stage", required=True)
     prepare_parser = commands.add_parser(

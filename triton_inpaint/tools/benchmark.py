@@ -33,9 +33,9 @@ from typing import Any
 
 import numpy as np
 
-from triton_inpaint import perf
 from triton_inpaint.imaging import encode_image, encode_mask
 from triton_inpaint.supervisor import stubs_of
+from triton_inpaint.tools import perf
 
 PROMPT = "a red brick wall"
 SEED = 7
@@ -271,7 +271,7 @@ def machine() -> dict[str, Any]:
 
 
 def run(plan: BenchPlan, work: Path, out: Path) -> dict[str, Any]:
-    from triton_inpaint.bench_report import write_report
+    from triton_inpaint.tools.bench_report import write_report
 
     out.mkdir(parents=True, exist_ok=True)
     work.mkdir(parents=True, exist_ok=True)

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from triton_inpaint.benchmark import interleaved, machine, sample_request
+from triton_inpaint.tools.benchmark import interleaved, machine, sample_request
 
 PROMPT = "a red brick wall"
 SEED = 7
@@ -178,9 +178,9 @@ def run(
     from triton_inpaint.client import InpaintClient
     from triton_inpaint.imaging import decode_image, encode_image, encode_mask
     from triton_inpaint.params import DenoiseParams
-    from triton_inpaint.perf import model_statistics, statistics_delta
     from triton_inpaint.schedulers import build_scheduler
     from triton_inpaint.server import TritonServer, free_port, with_builtin
+    from triton_inpaint.tools.perf import model_statistics, statistics_delta
 
     if device != "cpu" and not torch.cuda.is_available():
         raise ValueError(
@@ -327,7 +327,7 @@ def report(results: dict[str, Any]) -> str:
 
 def _command(args: argparse.Namespace) -> int:
     if args.prepare is not None:
-        from triton_inpaint import gpu_session
+        from triton_inpaint.tools import gpu_session
 
         gpu_session.print_calls(gpu_session.prepare(args.prepare, Path.cwd()))
         return 0
