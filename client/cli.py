@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from triton_inpaint.api.schema import INPAINT, MASK, MASK_SOURCES, Control, RequestSchema
 from triton_inpaint.client.gateway_client import GatewayClient
 from triton_inpaint.client.inpaint_client import (
     PROTOCOLS,
@@ -19,7 +20,6 @@ from triton_inpaint.client.inpaint_client import (
     ModelUnavailableError,
     ServerUnreachableError,
 )
-from triton_inpaint.schema import INPAINT, MASK, MASK_SOURCES, Control, RequestSchema
 
 API_KEY_ENV = "TRITON_INPAINT_API_KEY"
 

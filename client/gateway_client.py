@@ -9,13 +9,13 @@ from typing import Any
 
 import urllib3
 
+from triton_inpaint.api.schema import INPAINT, MASK, Control, RequestSchema, with_controls
 from triton_inpaint.client.inpaint_client import (
     InpaintError,
     InpaintResult,
     MaskResult,
     ServerUnreachableError,
 )
-from triton_inpaint.schema import INPAINT, MASK, Control, RequestSchema, with_controls
 
 
 def _offered(control: Control) -> bool:

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from triton_inpaint.contract import (
+from triton_inpaint.api.contract import (
     MASKING_INPUTS,
     MASKING_MODEL,
     MASKING_OUTPUTS,
@@ -17,8 +17,8 @@ from triton_inpaint.contract import (
     RESPONSE_OUTPUTS,
     ensemble_name,
 )
-from triton_inpaint.errors import split_field
-from triton_inpaint.schema import INPAINT, MASK, with_controls
+from triton_inpaint.api.errors import split_field
+from triton_inpaint.api.schema import INPAINT, MASK, with_controls
 
 PROTOCOLS = ("grpc", "http")
 _SPECS = {spec.name: spec for spec in (*REQUEST_INPUTS, *MASKING_INPUTS)}
@@ -94,7 +94,7 @@ def grpc_channel_args() -> list[tuple[str, Any]]:
     ]
 
 
-# What Triton says while a model is dead or being reloaded (see triton_inpaint.supervisor).
+# What Triton says while a model is dead or being reloaded (see triton_inpaint.server.supervisor).
 _UNAVAILABLE = re.compile(r"Stub process '[^']+' is not healthy|is not ready|is not available")
 
 
@@ -238,7 +238,7 @@ class InpaintClient:
         """Names of the ready inpainting models (the ``NAME`` of each ``inpaint_NAME`` ensemble).
 
         Read from the server's statistics, which list the loaded models: the repository index is an
-        admin API the server restricts (see triton_inpaint.server.RESTRICTED_APIS)."""
+        admin API the server restricts (see triton_inpaint.server.process.RESTRICTED_APIS)."""
         if self.protocol == "grpc":
             stats = self._client.get_inference_statistics(as_json=True).get("model_stats", [])
         else:

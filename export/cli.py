@@ -8,9 +8,9 @@ import time
 import warnings
 from pathlib import Path
 
-from triton_inpaint.contract import DEFAULT_MAX_INFLIGHT
+from triton_inpaint.api.contract import DEFAULT_MAX_INFLIGHT
 from triton_inpaint.export.runtimes import PRECISIONS, RUNTIMES
-from triton_inpaint.pipeline_spec import TINY_MODELS, TINY_SIZES
+from triton_inpaint.pipelines.spec import TINY_MODELS, TINY_SIZES
 
 
 def _tiny(args: argparse.Namespace) -> int:

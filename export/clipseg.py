@@ -20,11 +20,16 @@ from pathlib import Path
 
 import numpy as np
 
-from triton_inpaint import contract
-from triton_inpaint.contract import TensorSpec
+from triton_inpaint.api import contract
+from triton_inpaint.api.contract import TensorSpec
 from triton_inpaint.export.onnx_export import OPSET
 from triton_inpaint.export.repository import move_into, python_model_config, write_config, write_model_py
-from triton_inpaint.text_segmentation import NETWORK_INPUTS, NETWORK_OUTPUT, load_processor, network_inputs
+from triton_inpaint.masks.text_segmentation import (
+    NETWORK_INPUTS,
+    NETWORK_OUTPUT,
+    load_processor,
+    network_inputs,
+)
 
 CHECK_PHRASES = ("a person", "the sky")
 MAX_DIFF = 1e-3  # |onnx - torch| on the logits, relative to max(1, |logits|)

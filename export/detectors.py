@@ -23,11 +23,11 @@ from pathlib import Path
 import numpy as np
 from tritonclient.grpc import model_config_pb2 as mc
 
-from triton_inpaint import contract
-from triton_inpaint.contract import TensorSpec
-from triton_inpaint.detector_masks import FACE_MESH_FILE
+from triton_inpaint.api import contract
+from triton_inpaint.api.contract import TensorSpec
 from triton_inpaint.export.repository import move_into, python_model_config, write_config, write_model_py
 from triton_inpaint.export.tflite_onnx import compare_with_tflite, convert
+from triton_inpaint.masks.detectors import FACE_MESH_FILE
 
 MEDIAPIPE_VERSION = "0.10.21"
 WHEEL_PATTERN = f"mediapipe-{MEDIAPIPE_VERSION}-cp311-cp311-*.whl"

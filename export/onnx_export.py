@@ -21,7 +21,9 @@ from unittest import mock
 import numpy as np
 import torch
 
-from triton_inpaint.components import (
+from triton_inpaint.api.contract import Runner
+from triton_inpaint.export import attention
+from triton_inpaint.networks.runners import (
     TEXT_ENCODER,
     TEXT_ENCODER_2,
     TRANSFORMER,
@@ -31,10 +33,13 @@ from triton_inpaint.components import (
     network_tensors,
     onnx_runner,
 )
-from triton_inpaint.contract import Runner
-from triton_inpaint.export import attention
-from triton_inpaint.networks import load_network, pipeline_architecture, role_modules, torch_runner
-from triton_inpaint.pipeline_spec import PipelineSpec
+from triton_inpaint.networks.torch_networks import (
+    load_network,
+    pipeline_architecture,
+    role_modules,
+    torch_runner,
+)
+from triton_inpaint.pipelines.spec import PipelineSpec
 
 OPSET = 17
 

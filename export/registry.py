@@ -23,12 +23,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from triton_inpaint.errors import InvalidInputError
+from triton_inpaint.api.errors import InvalidInputError
+from triton_inpaint.api.schedulers import resolve_scheduler
+from triton_inpaint.api.schema import INPAINT
 from triton_inpaint.export.repository import ExportOptions, check_name, export_checkpoint
 from triton_inpaint.export.tiny import write_tiny_checkpoint
-from triton_inpaint.pipeline_spec import FAMILIES
-from triton_inpaint.schedulers import resolve_scheduler
-from triton_inpaint.schema import INPAINT
+from triton_inpaint.pipelines.spec import FAMILIES
 
 ID_PATTERN = re.compile(r"^[a-z0-9]+:[A-Za-z0-9._\-]+@[A-Za-z0-9._\-]+$")
 KEYS = {
@@ -156,7 +156,7 @@ def export_registry(
 
     Returns (entry, family, native resolution) per model.
     """
-    from triton_inpaint.pipeline_spec import PipelineSpec
+    from triton_inpaint.pipelines.spec import PipelineSpec
 
     entries = load_registry(registry)
     built = []

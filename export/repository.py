@@ -2,7 +2,7 @@
 
 Configs are built as Triton ``ModelConfig`` protobuf messages (from tritonclient) and written in text
 format, so every generated config is valid by construction and names come from
-:mod:`triton_inpaint.contract`. Everything is written into a scratch folder first and moved into the
+:mod:`triton_inpaint.api.contract`. Everything is written into a scratch folder first and moved into the
 repository only when the export and its checks succeeded: a failed export leaves nothing half-written.
 """
 
@@ -19,17 +19,8 @@ from pathlib import Path
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from triton_inpaint import contract
-from triton_inpaint.components import (
-    TEXT_ENCODER,
-    TEXT_ENCODER_2,
-    TRANSFORMER,
-    UNET,
-    VAE_DECODER,
-    VAE_ENCODER,
-    network_tensors,
-)
-from triton_inpaint.contract import TensorSpec
+from triton_inpaint.api import contract
+from triton_inpaint.api.contract import TensorSpec
 from triton_inpaint.export.onnx_cleanup import clean_onnx
 from triton_inpaint.export.onnx_export import (
     ExportCheck,
@@ -47,17 +38,26 @@ from triton_inpaint.export.runtimes import (
     network_config,
     shape_profile,
 )
-from triton_inpaint.memory import VAE_ROLES, for_runtime
-from triton_inpaint.networks import save_network
-from triton_inpaint.ort_sessions import optimize_for_cpu
-from triton_inpaint.pipeline_spec import PipelineSpec
+from triton_inpaint.networks.ort_sessions import optimize_for_cpu
+from triton_inpaint.networks.runners import (
+    TEXT_ENCODER,
+    TEXT_ENCODER_2,
+    TRANSFORMER,
+    UNET,
+    VAE_DECODER,
+    VAE_ENCODER,
+    network_tensors,
+)
+from triton_inpaint.networks.torch_networks import save_network
+from triton_inpaint.pipelines.memory import VAE_ROLES, for_runtime
+from triton_inpaint.pipelines.spec import PipelineSpec
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]{0,62}$")
 
 
 @dataclass(frozen=True)
 class ExportOptions:
-    # One denoise instance batches up to max_inflight requests in flight (triton_inpaint.denoising);
+    # One denoise instance batches up to max_inflight requests in flight (triton_inpaint.pipelines.batching);
     # more instances run separate loops that meet only at the denoiser's dynamic batcher.
     denoise_instances: int = 1
     max_inflight: int = contract.DEFAULT_MAX_INFLIGHT
@@ -66,7 +66,7 @@ class ExportOptions:
     # latency (a 2 ms wait on every call never batched anything at one request at a time).
     unet_queue_delay_us: int = 0
     # Intra-op threads of each network's onnxruntime session; 0 = the cores the serving process may use,
-    # found at load time (triton_inpaint.ort_sessions.cpu_budget), so one export fits any machine.
+    # found at load time (triton_inpaint.networks.ort_sessions.cpu_budget), so one export fits any machine.
     ort_threads: int = 0
     # Also write each graph as onnxruntime optimises it for the CPU (model.cpu.onnx), so that a server
     # start does not optimise it again; it doubles the networks' disk size.

@@ -20,11 +20,11 @@ from dataclasses import dataclass
 
 from tritonclient.grpc import model_config_pb2 as mc
 
-from triton_inpaint import contract
-from triton_inpaint.contract import TensorSpec
-from triton_inpaint.pipeline_spec import PipelineSpec
-from triton_inpaint.roles import TRANSFORMER, UNET, VAE_ENCODER
-from triton_inpaint.schema import INPAINT
+from triton_inpaint.api import contract
+from triton_inpaint.api.contract import TensorSpec
+from triton_inpaint.api.roles import TRANSFORMER, UNET, VAE_ENCODER
+from triton_inpaint.api.schema import INPAINT
+from triton_inpaint.pipelines.spec import PipelineSpec
 
 RUNTIMES = ("cpu", "gpu-onnxruntime", "gpu-tensorrt", "gpu-torch")
 GPU_RUNTIMES = RUNTIMES[1:]

@@ -40,7 +40,7 @@ from transformers import (
 )
 from transformers.convert_slow_tokenizer import bytes_to_unicode
 
-from triton_inpaint.pipeline_spec import CLIPSEG, TINY_MODELS, TINY_SIZES
+from triton_inpaint.pipelines.spec import CLIPSEG, TINY_MODELS, TINY_SIZES
 
 # FAMILIES: *-inpaint: 9-channel inpainting UNet (mask and masked-image latents concatenated to its
 # input). *-base: 4-channel base UNet, inpainting by blending the noised original latents every step.

@@ -11,9 +11,9 @@ from typing import Any
 
 import annotated_types
 
+from triton_inpaint.api.contract import MASKING_MODEL, TEXT_SEGMENTATION_MODEL
+from triton_inpaint.api.schema import INPAINT, MASKING_MODELS
 from triton_inpaint.client import InpaintClient, ModelInfo
-from triton_inpaint.contract import MASKING_MODEL, TEXT_SEGMENTATION_MODEL
-from triton_inpaint.schema import INPAINT, MASKING_MODELS
 
 from .tasks import BLANK_PROMPT, PROMPT_LENGTH, ImageInferenceTask, field_bounds
 

@@ -23,7 +23,7 @@ import urllib.parse
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from triton_inpaint.errors import InvalidInputError
+from triton_inpaint.api.errors import InvalidInputError
 
 from .addresses import IPAddress, is_public
 

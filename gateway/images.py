@@ -12,8 +12,8 @@ import base64
 import binascii
 import re
 
-from triton_inpaint.errors import InvalidInputError
-from triton_inpaint.imaging import MAX_PIXELS, check_decodes, probe
+from triton_inpaint.api.errors import InvalidInputError
+from triton_inpaint.api.imaging import MAX_PIXELS, check_decodes, probe
 
 from .fetch import FetchPolicy, fetch_url
 from .storage import IMAGE_EXTENSIONS, GatewayStorage

@@ -9,7 +9,7 @@ import sys
 import threading
 from pathlib import Path
 
-from triton_inpaint.server import free_port
+from triton_inpaint.server.process import free_port
 
 
 class GatewayServer:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import psycopg
 
-from triton_inpaint.server import free_port
+from triton_inpaint.server.process import free_port
 
 
 def _bin_dir() -> Path:

@@ -22,9 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from triton_inpaint.client import InpaintClient, InpaintError, ModelUnavailableError, ServerUnreachableError
-from triton_inpaint.errors import InvalidInputError
-from triton_inpaint.imaging import (
+from triton_inpaint.api.errors import InvalidInputError
+from triton_inpaint.api.imaging import (
     MAX_PIXELS,
     cut_out,
     decode_image,
@@ -33,7 +32,8 @@ from triton_inpaint.imaging import (
     mask_pixels,
     probe,
 )
-from triton_inpaint.schema import INPAINT, MASK, MASK_SOURCES, RequestSchema
+from triton_inpaint.api.schema import INPAINT, MASK, MASK_SOURCES, RequestSchema
+from triton_inpaint.client import InpaintClient, InpaintError, ModelUnavailableError, ServerUnreachableError
 
 from .blobs import S3Settings
 from .fetch import FetchPolicy

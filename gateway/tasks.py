@@ -1,6 +1,6 @@
 """The task API's request schemas (Runware-style ``POST /v1`` and Eden-style async tasks), in pydantic.
 
-The fields that carry controls are generated from the declarations in ``triton_inpaint.schema`` (their
+The fields that carry controls are generated from the declarations in ``triton_inpaint.api.schema`` (their
 Runware- and Eden-style names, types, ranges, choices and defaults); what is written here is only what
 the task styles add: task envelopes, output options, prompt length rules, Eden's resolution and
 creativity. Validation errors become one message per field that names the field and its allowed range.
@@ -22,7 +22,7 @@ from pydantic import (
     model_validator,
 )
 
-from triton_inpaint.schema import INPAINT, MASK, Control, RequestSchema
+from triton_inpaint.api.schema import INPAINT, MASK, Control, RequestSchema
 
 BLANK_PROMPT = "__BLANK__"
 PROMPT_LENGTH = (2, 3000)

@@ -131,7 +131,7 @@ def exported_repository(
 
 @pytest.fixture(scope="session")
 def triton_server(exported_repository, detector_repository, clipseg_repository) -> Iterator[object]:
-    from triton_inpaint.server import TritonServer, free_port
+    from triton_inpaint.server.process import TritonServer, free_port
 
     repository, _ = exported_repository
     detectors, _ = detector_repository
@@ -160,7 +160,7 @@ def detector_repository(tmp_path_factory: pytest.TempPathFactory):
 def clipseg_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random-weight CLIPSeg folder in transformers' layout, as an operator would supply one."""
     from triton_inpaint.export.tiny import write_tiny_checkpoint
-    from triton_inpaint.pipeline_spec import CLIPSEG
+    from triton_inpaint.pipelines.spec import CLIPSEG
 
     return write_tiny_checkpoint(CLIPSEG, tmp_path_factory.mktemp("clipseg") / "weights", seed=0)
 

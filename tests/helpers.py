@@ -62,7 +62,7 @@ def diffusers_inpaint(
     saved config (as the server does), one seeded generator, at the image's size unless told otherwise."""
     import torch
 
-    from triton_inpaint.schedulers import build_scheduler
+    from triton_inpaint.pipelines.schedulers import build_scheduler
 
     pipe.scheduler = build_scheduler(scheduler, scheduler_config)
     kwargs.setdefault("width", image.shape[1])

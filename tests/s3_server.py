@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 
-from triton_inpaint.server import free_port
+from triton_inpaint.server.process import free_port
 
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_REGION": "us-east-1"}
 

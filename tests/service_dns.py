@@ -4,7 +4,7 @@ gRPC reaches it through a target that names it: ``dns://127.0.0.1:PORT/NAME:GRPC
 
 from __future__ import annotations
 
-from triton_inpaint.server import free_port
+from triton_inpaint.server.process import free_port
 
 
 class ServiceDns:

@@ -40,7 +40,7 @@ TASK = {
 
 @pytest.fixture(scope="module")
 def servers(exported_repository):
-    from triton_inpaint.server import TritonServer, free_port
+    from triton_inpaint.server.process import TritonServer, free_port
 
     repository, _ = exported_repository
     grpc_port = free_port()

@@ -12,11 +12,11 @@ from tests.helpers import (
     make_image,
     png_bytes,
 )
+from triton_inpaint.api.params import DenoiseParams
 from triton_inpaint.client import InpaintClient
-from triton_inpaint.components import TorchComponents
-from triton_inpaint.params import DenoiseParams
-from triton_inpaint.pipeline_spec import PipelineSpec
-from triton_inpaint.sd_inpaint import SDInpaintPipeline
+from triton_inpaint.networks.runners import TorchComponents
+from triton_inpaint.pipelines.sd_inpaint import SDInpaintPipeline
+from triton_inpaint.pipelines.spec import PipelineSpec
 
 PROMPT = "a stone wall"
 

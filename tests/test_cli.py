@@ -12,7 +12,7 @@ import pytest
 
 from tests.conftest import MODEL
 from tests.helpers import decode_rgb, irregular_mask, make_image, png_bytes
-from triton_inpaint.server import free_port
+from triton_inpaint.server.process import free_port
 
 pytestmark = pytest.mark.server
 CLI = [sys.executable, "-m", "triton_inpaint.cli"]

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from tests.helpers import decode_rgb
-from triton_inpaint.imaging import decode_mask
+from triton_inpaint.api.imaging import decode_mask
 from triton_inpaint.tools.demo import sample_bytes
 
 pytestmark = pytest.mark.server

@@ -58,7 +58,7 @@ def test_everything_copied_exists_and_is_in_the_build_context(image):
 def test_the_build_context_leaves_out_environments_and_build_output():
     for path in (".venv", "build", "build/bench/repository/x/1/model.onnx", "triton_inpaint/__pycache__"):
         assert _ignored(path), path
-    assert not _ignored("triton_inpaint/server.py")
+    assert not _ignored("triton_inpaint/server/process.py")
 
 
 @pytest.mark.parametrize("image", list(IMAGES))

@@ -20,7 +20,7 @@ from dockerfile_parse import DockerfileParser
 
 from tests.service_dns import ServiceDns
 from tests.test_deploy_chart import render
-from triton_inpaint.server import free_port, prepare_backend_dir, tritonserver_binary
+from triton_inpaint.server.process import free_port, prepare_backend_dir, tritonserver_binary
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.server
@@ -105,8 +105,8 @@ def chart_repository(tiny_checkpoint, tmp_path_factory) -> Path:
 
 
 def test_the_rendered_triton_and_gateway_serve_a_request(chart_repository, tmp_path):
+    from triton_inpaint.api.imaging import decode_image, encode_image, encode_mask
     from triton_inpaint.client import GatewayClient
-    from triton_inpaint.imaging import decode_image, encode_image, encode_mask
 
     http, grpc, metrics, gateway_port = free_port(), free_port(), free_port(), free_port()
     docs = render({

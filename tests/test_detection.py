@@ -4,7 +4,8 @@ graphs, checked against the TFLite interpreter."""
 import numpy as np
 import pytest
 
-from triton_inpaint.detection import (
+from triton_inpaint.export.detectors import DETECTOR_GRAPHS, MAX_DIFF
+from triton_inpaint.masks.detection import (
     FACE_DETECTOR,
     PALM_DETECTOR,
     Letterbox,
@@ -12,7 +13,6 @@ from triton_inpaint.detection import (
     letterbox,
     ssd_anchors,
 )
-from triton_inpaint.export.detectors import DETECTOR_GRAPHS, MAX_DIFF
 
 
 def test_anchor_counts_and_order_match_the_graphs():

@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 import skimage.data
 
-from triton_inpaint.components import onnx_runner
-from triton_inpaint.detector_masks import (
+from triton_inpaint.api.errors import InvalidInputError
+from triton_inpaint.export.detectors import DETECTOR_GRAPHS
+from triton_inpaint.masks.detectors import (
     FACE_MESH_FILE,
     MASKING_MODELS,
     TEXT_MODEL,
@@ -16,8 +17,7 @@ from triton_inpaint.detector_masks import (
     MaskingParams,
     resolve_prompt,
 )
-from triton_inpaint.errors import InvalidInputError
-from triton_inpaint.export.detectors import DETECTOR_GRAPHS
+from triton_inpaint.networks.runners import onnx_runner
 
 ASTRONAUT_FACE = (177, 82, 177 + 95, 82 + 95)  # where MediaPipe's own face detector puts it
 

@@ -9,9 +9,9 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from tests.conftest import BUILTIN_REPOSITORY, MODEL
-from triton_inpaint import contract
-from triton_inpaint.components import SD_TENSORS
+from triton_inpaint.api import contract
 from triton_inpaint.export.repository import check_name, export_checkpoint
+from triton_inpaint.networks.runners import SD_TENSORS
 
 
 def _config(model_dir: Path) -> mc.ModelConfig:

@@ -15,12 +15,12 @@ from tests.helpers import (
     make_image,
     png_bytes,
 )
+from triton_inpaint.api.errors import InvalidInputError
+from triton_inpaint.api.params import DenoiseParams
 from triton_inpaint.client import InpaintClient, InpaintError
-from triton_inpaint.components import TorchComponents
-from triton_inpaint.errors import InvalidInputError
-from triton_inpaint.flux_fill import FluxFillInpaintPipeline
-from triton_inpaint.params import DenoiseParams
-from triton_inpaint.pipeline_spec import PipelineSpec
+from triton_inpaint.networks.runners import TorchComponents
+from triton_inpaint.pipelines.flux_fill import FluxFillInpaintPipeline
+from triton_inpaint.pipelines.spec import PipelineSpec
 
 PROMPT = "a red umbrella"
 GUIDANCE = 30.0

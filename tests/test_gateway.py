@@ -353,7 +353,7 @@ def test_body_size_and_rate_limits(triton_server, tmp_path):
 
 def test_triton_down_gives_503_then_recovers_without_a_gateway_restart(exported_repository, tmp_path):
     from tests.conftest import BUILTIN_REPOSITORY
-    from triton_inpaint.server import TritonServer, free_port
+    from triton_inpaint.server.process import TritonServer, free_port
 
     repository, _ = exported_repository
     ports = (free_port(), free_port(), free_port())

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from tests.helpers import png_bytes
-from triton_inpaint.errors import InvalidInputError
+from triton_inpaint.api.errors import InvalidInputError
 from triton_inpaint.gateway.fetch import FetchPolicy, fetch_url, is_public
 
 IMAGE = png_bytes(np.full((8, 8, 3), 99, np.uint8))

@@ -52,9 +52,9 @@ def budgeted(exported_repository, tmp_path_factory):
     import os
 
     from tests.conftest import BUILTIN_REPOSITORY
-    from triton_inpaint.components import network_tensors
-    from triton_inpaint.memory import BUDGET_ENV
-    from triton_inpaint.server import TritonServer, free_port
+    from triton_inpaint.api.sizes import BUDGET_ENV
+    from triton_inpaint.networks.runners import network_tensors
+    from triton_inpaint.server.process import TritonServer, free_port
 
     repository, _ = exported_repository
     models = [f"inpaint_{MODEL}", *(f"{MODEL}_{role}" for role in network_tensors("sd"))]
@@ -322,7 +322,7 @@ def test_sixteen_bit_images_and_masks_keep_their_meaning(gateway):
 def test_requests_too_large_for_memory_are_refused_up_front_and_no_model_process_dies(budgeted):
     """The two requests that used to get a model process OOM-killed, inside the documented ranges, on a
     server whose budget they exceed."""
-    from triton_inpaint.supervisor import stubs_of
+    from triton_inpaint.server.supervisor import stubs_of
 
     triton_server, gateway = budgeted
     processes = set(stubs_of(triton_server.pid))

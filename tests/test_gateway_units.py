@@ -8,7 +8,7 @@ import pytest
 from pydantic import ValidationError
 
 from tests.helpers import png_bytes
-from triton_inpaint.errors import InvalidInputError
+from triton_inpaint.api.errors import InvalidInputError
 from triton_inpaint.gateway.fetch import FetchPolicy
 from triton_inpaint.gateway.images import output_fields, resolve_image
 from triton_inpaint.gateway.limits import KeyLimits, load_keys, matching_key, presented_key
@@ -208,8 +208,8 @@ def test_a_broken_async_task_fails_alone_and_the_worker_goes_on(tmp_path):
     ],
 )
 def test_field_messages_split_into_field_and_reason(message, parts):
+    from triton_inpaint.api.errors import split_field
     from triton_inpaint.client import InpaintError
-    from triton_inpaint.errors import split_field
 
     assert split_field(message) == parts
     error = InpaintError(message)

@@ -7,9 +7,9 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from PIL import Image
 
-from triton_inpaint.compositing import composite, resize_and_crop
-from triton_inpaint.errors import InvalidInputError
-from triton_inpaint.imaging import cut_out, decode_image, decode_mask, encode_image
+from triton_inpaint.api.errors import InvalidInputError
+from triton_inpaint.api.imaging import cut_out, decode_image, decode_mask, encode_image
+from triton_inpaint.masks.compositing import composite, resize_and_crop
 
 
 def _encode(image: Image.Image, fmt: str) -> bytes:
@@ -131,7 +131,7 @@ def test_sixteen_bit_greyscale_is_scaled_not_clipped():
     ],
 )
 def test_integer_and_float_greyscale_modes_are_scaled(array, expected):
-    from triton_inpaint.imaging import image_rgb, mask_fraction
+    from triton_inpaint.api.imaging import image_rgb, mask_fraction
 
     image = Image.fromarray(array)
     assert image.mode in ("I", "F")

@@ -28,8 +28,34 @@ HEAVY = ("torch", "diffusers", "transformers", "onnxruntime", "onnx", "cv2", "te
 # The library's tools (triton_inpaint/tools/) and its CLI: the only modules of the library that may reach
 # its consumers (export, client, gateway).
 TOOLS_PACKAGE = "triton_inpaint.tools"
-ENTRY_POINTS = {"triton_inpaint.cli", "triton_inpaint.serve_cli"}
+ENTRY_POINTS = {"triton_inpaint.cli", "triton_inpaint.server.cli"}
 CONSUMERS = ("triton_inpaint.export", "triton_inpaint.client", "triton_inpaint.gateway")
+# The library's layers and the layers of ours each may import (lazily or not): the request contract at
+# the bottom, masks and networks on it, the pipelines on those, the Triton adapters on top; the server
+# process beside them, knowing only the contract. The client sees the contract; the gateway the
+# contract, the client and the server's process helpers.
+LAYERS = {
+    "triton_inpaint.api": {"triton_inpaint.api"},
+    "triton_inpaint.masks": {"triton_inpaint.api"},
+    "triton_inpaint.networks": {"triton_inpaint.api"},
+    "triton_inpaint.pipelines": {"triton_inpaint.api", "triton_inpaint.masks", "triton_inpaint.networks"},
+    "triton_inpaint.triton": {
+        "triton_inpaint.api",
+        "triton_inpaint.masks",
+        "triton_inpaint.networks",
+        "triton_inpaint.pipelines",
+    },
+    "triton_inpaint.server": {"triton_inpaint.api"},
+    "triton_inpaint.client": {"triton_inpaint.api"},
+    "triton_inpaint.gateway": {"triton_inpaint.api", "triton_inpaint.client", "triton_inpaint.server"},
+}
+# Libraries a layer never imports, even inside a function: the contract is read by the client and the
+# gateway; the masks run in the small pre/postprocess models, which load no network library.
+FORBIDDEN = {
+    "triton_inpaint.api": HEAVY,
+    "triton_inpaint.masks": ("torch", "diffusers", "onnxruntime", "onnx", "tensorrt", "polygraphy"),
+    "triton_inpaint.server": HEAVY,
+}
 
 
 def _module_name(path: Path) -> str:
@@ -119,9 +145,13 @@ def _is_tool(module: str) -> bool:
 
 def test_the_graph_is_read():
     graph = imports()
-    assert {"triton_inpaint.sd_inpaint", "triton_inpaint.gateway.app", "triton_inpaint.client"} <= set(graph)
-    assert graph["triton_inpaint.flux_fill"]["triton_inpaint.planning"] is True
-    assert "torch" in _loaded_by("triton_inpaint.sd_inpaint")  # the check can see a heavy import
+    assert {
+        "triton_inpaint.pipelines.sd_inpaint",
+        "triton_inpaint.gateway.app",
+        "triton_inpaint.client",
+    } <= set(graph)
+    assert graph["triton_inpaint.pipelines.flux_fill"]["triton_inpaint.pipelines.planning"] is True
+    assert "torch" in _loaded_by("triton_inpaint.pipelines.sd_inpaint")  # the check can see a heavy import
 
 
 @pytest.mark.parametrize("package", ["triton_inpaint.client", "triton_inpaint.gateway"])
@@ -130,6 +160,42 @@ def test_client_and_gateway_never_load_a_network_library(package):
     for module in modules:
         heavy = sorted(_loaded_by(module) & set(HEAVY))
         assert not heavy, f"importing {module} loads {heavy}"
+
+
+def _layer(module: str) -> str | None:
+    return next((layer for layer in LAYERS if module == layer or module.startswith(layer + ".")), None)
+
+
+def _layer_imports(layer: str) -> list[tuple[str, str]]:
+    """(module of ``layer``, imported target) for every import in the layer, lazy ones included."""
+    return [
+        (name, target) for name, targets in imports().items() if _layer(name) == layer for target in targets
+    ]
+
+
+@pytest.mark.parametrize("layer", sorted(LAYERS))
+def test_each_layer_imports_only_the_layers_below_it(layer):
+    assert any(_layer(name) == layer for name in imports()), f"no module in {layer}: the rule checks nothing"
+    allowed = LAYERS[layer] | {layer}
+    offenders = sorted(
+        f"{name} -> {target}"
+        for name, target in _layer_imports(layer)
+        if (mine := _ours(target))
+        and mine.startswith("triton_inpaint.")
+        and _layer(mine) not in allowed
+        and not mine.startswith(PACKAGES["export"] + ".")  # tools and CLI are checked below
+    )
+    assert not offenders, offenders
+
+
+@pytest.mark.parametrize("layer", sorted(FORBIDDEN))
+def test_light_layers_never_import_a_network_library(layer):
+    offenders = sorted(
+        f"{name} -> {target}"
+        for name, target in _layer_imports(layer)
+        if _ours(target) is None and target.split(".")[0] in FORBIDDEN[layer]
+    )
+    assert not offenders, offenders
 
 
 def test_only_the_triton_adapters_import_the_python_backend():

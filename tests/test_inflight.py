@@ -12,12 +12,12 @@ import pytest
 
 from tests.conftest import BASE_MODEL, FLUX_MODEL, MODEL, SDXL_MODELS
 from tests.helpers import irregular_mask, make_image
-from triton_inpaint.components import RunnerComponents, network_tensors, onnx_runner
-from triton_inpaint.denoising import InflightBatcher, advance_together
-from triton_inpaint.flux_fill import FluxFillInpaintPipeline
-from triton_inpaint.params import DenoiseParams
-from triton_inpaint.pipeline_spec import PipelineSpec
-from triton_inpaint.sd_inpaint import SDInpaintPipeline
+from triton_inpaint.api.params import DenoiseParams
+from triton_inpaint.networks.runners import RunnerComponents, network_tensors, onnx_runner
+from triton_inpaint.pipelines.batching import InflightBatcher, advance_together
+from triton_inpaint.pipelines.flux_fill import FluxFillInpaintPipeline
+from triton_inpaint.pipelines.sd_inpaint import SDInpaintPipeline
+from triton_inpaint.pipelines.spec import PipelineSpec
 
 MAX_ROWS = 8
 IMAGE = make_image(96, 64, seed=3)
@@ -156,7 +156,7 @@ def test_admission_lets_in_what_fits_and_the_next_request_waits_for_memory():
     waits until one leaves. One alone always enters (larger ones are refused before they ask)."""
     import threading
 
-    from triton_inpaint.denoising import Admission
+    from triton_inpaint.pipelines.batching import Admission
 
     admission = Admission(max_active=4, budget=100)
     admission.enter(60)

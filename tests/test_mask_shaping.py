@@ -8,18 +8,18 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from triton_inpaint.compositing import composite
-from triton_inpaint.errors import InvalidInputError
-from triton_inpaint.imaging import mask_to_pil
-from triton_inpaint.mask_shaping import (
+from triton_inpaint.api.errors import InvalidInputError
+from triton_inpaint.api.imaging import mask_to_pil
+from triton_inpaint.api.schema import INPAINT
+from triton_inpaint.masks.compositing import composite
+from triton_inpaint.masks.shaping import (
     MaskParams,
     blur_mask,
-    crop_region,
     expand_mask,
     mask_bounds,
     prepare_mask,
 )
-from triton_inpaint.schema import INPAINT
+from triton_inpaint.pipelines.sd_inpaint import crop_region
 
 binary_masks = arrays(np.bool_, st.tuples(st.integers(8, 48), st.integers(8, 48))).map(
     lambda m: m.astype(np.float32)

@@ -9,8 +9,8 @@ import textwrap
 
 import pytest
 
-from triton_inpaint.errors import InvalidInputError
-from triton_inpaint.memory import (
+from triton_inpaint.api.errors import InvalidInputError
+from triton_inpaint.pipelines.memory import (
     FIXED_BYTES,
     call_bytes,
     check_request,
@@ -21,7 +21,7 @@ from triton_inpaint.memory import (
     parse_size,
     request_bytes,
 )
-from triton_inpaint.pipeline_spec import PipelineSpec
+from triton_inpaint.pipelines.spec import PipelineSpec
 
 # One call of one exported network in a fresh interpreter; prints the growth of its peak RSS over the
 # loaded session. VmHWM, reset after the session is built (clear_refs 5), not ru_maxrss: the latter keeps
@@ -166,8 +166,8 @@ def test_model_processes_that_run_no_network_load_no_torch(triton_server):
     The denoise model's process, which does, shows that the check reads real mappings."""
     from pathlib import Path
 
-    from triton_inpaint import contract
-    from triton_inpaint.supervisor import stubs_of
+    from triton_inpaint.api import contract
+    from triton_inpaint.server.supervisor import stubs_of
     from triton_inpaint.tools.benchmark import process_pss
 
     light = {contract.PREPROCESS_MODEL, contract.POSTPROCESS_MODEL, contract.MASKING_MODEL}

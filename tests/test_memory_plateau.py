@@ -30,7 +30,7 @@ def _anon_mib(pid: int) -> float:
 
 
 def _stack_mib(server) -> dict[str, float]:
-    from triton_inpaint.supervisor import SHM_DIR, stubs_of
+    from triton_inpaint.server.supervisor import SHM_DIR, stubs_of
 
     stubs = stubs_of(server.pid)
     regions = {stub.shm_region for stub in stubs.values()}
@@ -43,7 +43,7 @@ def _stack_mib(server) -> dict[str, float]:
 
 def test_repeated_4096_px_images_reach_a_steady_memory_size(exported_repository):
     from triton_inpaint.client import InpaintClient
-    from triton_inpaint.server import TritonServer, free_port
+    from triton_inpaint.server.process import TritonServer, free_port
 
     repository, _ = exported_repository
     roles = ("text_encoder", "unet", "vae_encoder", "vae_decoder")

@@ -10,7 +10,7 @@ import onnx
 import pytest
 import torch
 
-from triton_inpaint.ort_sessions import (
+from triton_inpaint.networks.ort_sessions import (
     CPU_GRAPH,
     CPU_GRAPH_DATA,
     THREADS_ENV,

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from triton_inpaint.server import BUILTIN_MODELS, builtin_repository, free_port
+from triton_inpaint.server.process import BUILTIN_MODELS, builtin_repository, free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 HEAVY = ("torch", "diffusers", "cv2", "onnxruntime", "transformers")
@@ -85,7 +85,14 @@ def test_wheel_carries_what_serve_and_demo_need(wheel):
     for model in BUILTIN_MODELS:
         assert f"triton_inpaint/model_repository/{model}/config.pbtxt" in names
         assert f"triton_inpaint/model_repository/{model}/1/model.py" in names
-    for module in ("triton/preprocess.py", "triton/postprocess.py", "triton/denoise.py", "schema.py"):
+    for module in (
+        "triton/preprocess.py",
+        "triton/postprocess.py",
+        "triton/denoise.py",
+        "api/schema.py",
+        "pipelines/sd_inpaint.py",
+        "server/process.py",
+    ):
         assert f"triton_inpaint/{module}" in names
     assert {"triton_inpaint/assets/sample.png", "triton_inpaint/assets/sample_mask.png"} <= names
     page = {"index.html", "app.js", "api.js", "controls.js", "mask-editor.js", "style.css"}
@@ -101,7 +108,8 @@ def test_installed_wheel_finds_its_builtin_models(wheel, tmp_path):
         timeout=300,
     )
     code = (
-        "from triton_inpaint.server import builtin_repository; import triton_inpaint.tools.demo as d; "
+        "from triton_inpaint.server.process import builtin_repository; "
+        "import triton_inpaint.tools.demo as d; "
         "print(builtin_repository()); print(len(d.sample_bytes('sample.png')))"
     )
     env = {**os.environ, "PYTHONPATH": str(target)}
@@ -185,7 +193,7 @@ def test_client_on_python_312_with_numpy_2_inpaints_through_a_real_triton(wheel,
     code = f"""
 import sys, numpy
 from triton_inpaint.client import InpaintClient
-from triton_inpaint.imaging import decode_image, encode_image, encode_mask
+from triton_inpaint.api.imaging import decode_image, encode_image, encode_mask
 assert numpy.__version__.startswith("2."), numpy.__version__
 image = (numpy.arange(64 * 64 * 3) % 251).astype(numpy.uint8).reshape(64, 64, 3)
 mask = numpy.zeros((64, 64), numpy.uint8)

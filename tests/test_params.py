@@ -1,7 +1,7 @@
 import pytest
 
-from triton_inpaint.errors import InvalidInputError
-from triton_inpaint.params import (
+from triton_inpaint.api.errors import InvalidInputError
+from triton_inpaint.api.params import (
     DEFAULT_STEPS,
     DEFAULT_STRENGTH,
     RANDOM_SEED_LIMIT,

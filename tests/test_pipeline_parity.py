@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 
 from tests.helpers import diffusers_inpaint, irregular_mask, make_image
-from triton_inpaint.components import SD_TENSORS, RunnerComponents, TorchComponents, onnx_runner
-from triton_inpaint.params import DenoiseParams
-from triton_inpaint.pipeline_spec import PipelineSpec
-from triton_inpaint.planning import processing_size
-from triton_inpaint.sd_inpaint import SDInpaintPipeline
+from triton_inpaint.api.params import DenoiseParams
+from triton_inpaint.networks.runners import SD_TENSORS, RunnerComponents, TorchComponents, onnx_runner
+from triton_inpaint.pipelines.planning import processing_size
+from triton_inpaint.pipelines.sd_inpaint import SDInpaintPipeline
+from triton_inpaint.pipelines.spec import PipelineSpec
 
 PROMPT = "a red apple on a wooden table"
 
@@ -127,7 +127,7 @@ def test_a_request_whose_untiled_vae_does_not_fit_is_tiled_as_diffusers_tiles(
 ):
     """Over the memory budget untiled but within it tiled: the VAE runs in the checkpoint's own tiles
     (the tiny VAE's 128 px, a quarter overlap) and the image equals diffusers with enable_tiling()."""
-    from triton_inpaint.memory import request_bytes
+    from triton_inpaint.pipelines.memory import request_bytes
 
     image, mask = make_image(320, 192), irregular_mask(320, 192)
     networks, tile = torch_pipeline.spec.networks, torch_pipeline.spec.vae_tile_size

@@ -26,7 +26,7 @@ import pytest
 
 from tests.gateway_process import GatewayProcess
 from tests.helpers import assert_served_parity, decode_rgb, png_bytes
-from triton_inpaint.supervisor import stubs_of
+from triton_inpaint.server.supervisor import stubs_of
 from triton_inpaint.tools.benchmark import process_pss, sample_request
 
 pytestmark = pytest.mark.real_size
@@ -98,7 +98,7 @@ def reference(real_checkpoint, real_repository, request_images, figures) -> np.n
     from diffusers import StableDiffusionInpaintPipeline
     from PIL import Image
 
-    from triton_inpaint.pipeline_spec import PipelineSpec
+    from triton_inpaint.pipelines.spec import PipelineSpec
 
     spec = PipelineSpec.load(real_repository / f"{NAME}_denoise" / "1")
     pipe = StableDiffusionInpaintPipeline.from_pretrained(real_checkpoint, safety_checker=None)
@@ -135,10 +135,10 @@ def test_the_export_fuses_attention_and_keeps_the_unet_weights_outside_the_graph
 
 def test_in_process_pipeline_equals_diffusers(real_repository, request_images, reference, figures):
     """Our pipeline over the exported graphs in this process (onnxruntime, as the server runs them)."""
-    from triton_inpaint.components import SD_TENSORS, RunnerComponents, onnx_runner
-    from triton_inpaint.compositing import composite
-    from triton_inpaint.params import DenoiseParams
-    from triton_inpaint.sd_inpaint import SDInpaintPipeline
+    from triton_inpaint.api.params import DenoiseParams
+    from triton_inpaint.masks.compositing import composite
+    from triton_inpaint.networks.runners import SD_TENSORS, RunnerComponents, onnx_runner
+    from triton_inpaint.pipelines.sd_inpaint import SDInpaintPipeline
 
     image, mask = request_images
     paths = {role: real_repository / f"{NAME}_{role}" / "1" / "model.onnx" for role in SD_TENSORS}
@@ -168,8 +168,8 @@ def real_server(real_repository, reference, figures):
     import os
 
     from tests.conftest import BUILTIN_REPOSITORY
-    from triton_inpaint.memory import BUDGET_ENV
-    from triton_inpaint.server import TritonServer, free_port
+    from triton_inpaint.api.sizes import BUDGET_ENV
+    from triton_inpaint.server.process import TritonServer, free_port
 
     assert BUDGET_ENV not in os.environ
     lines: list[str] = []

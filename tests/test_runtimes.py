@@ -29,18 +29,12 @@ from tests.helpers import (
     make_image,
     png_bytes,
 )
-from triton_inpaint import contract
+from triton_inpaint.api import contract
+from triton_inpaint.api.contract import TensorSpec
+from triton_inpaint.api.errors import InvalidInputError
+from triton_inpaint.api.params import DenoiseParams
+from triton_inpaint.api.schema import INPAINT
 from triton_inpaint.cli import main as cli_main
-from triton_inpaint.components import (
-    TEXT_ENCODER,
-    TRANSFORMER,
-    UNET,
-    VAE_DECODER,
-    VAE_ENCODER,
-    RunnerComponents,
-)
-from triton_inpaint.contract import TensorSpec
-from triton_inpaint.errors import InvalidInputError
 from triton_inpaint.export.repository import ExportOptions, export_checkpoint
 from triton_inpaint.export.runtimes import (
     PROFILE_FILE,
@@ -50,11 +44,17 @@ from triton_inpaint.export.runtimes import (
     shape_profile,
 )
 from triton_inpaint.export.tensorrt_build import TensorRTUnavailable, build_plans
-from triton_inpaint.networks import load_network, torch_runner
-from triton_inpaint.params import DenoiseParams
-from triton_inpaint.pipeline_spec import PipelineSpec
-from triton_inpaint.schema import INPAINT
-from triton_inpaint.sd_inpaint import SDInpaintPipeline
+from triton_inpaint.networks.runners import (
+    TEXT_ENCODER,
+    TRANSFORMER,
+    UNET,
+    VAE_DECODER,
+    VAE_ENCODER,
+    RunnerComponents,
+)
+from triton_inpaint.networks.torch_networks import load_network, torch_runner
+from triton_inpaint.pipelines.sd_inpaint import SDInpaintPipeline
+from triton_inpaint.pipelines.spec import PipelineSpec
 
 PROMPT = "a red apple on a wooden table"
 NAME = "rt"
@@ -348,7 +348,7 @@ def test_engine_side_limit_refuses_before_any_network(torch_cpu_repository):
 @pytest.fixture(scope="module")
 def torch_cpu_server(torch_cpu_repository):
     from tests.conftest import BUILTIN_REPOSITORY
-    from triton_inpaint.server import TritonServer, free_port
+    from triton_inpaint.server.process import TritonServer, free_port
 
     server = TritonServer([BUILTIN_REPOSITORY, torch_cpu_repository], free_port(), free_port(), free_port())
     with server:
@@ -405,8 +405,8 @@ def test_gpu_torch_saves_every_family_and_reloads_the_same_networks(
     networks the torch model loads give exactly the images of the modules they were saved from."""
     from diffusers import FluxFillPipeline, StableDiffusionXLInpaintPipeline
 
-    from triton_inpaint.components import TorchComponents, network_tensors
-    from triton_inpaint.flux_fill import FluxFillInpaintPipeline
+    from triton_inpaint.networks.runners import TorchComponents, network_tensors
+    from triton_inpaint.pipelines.flux_fill import FluxFillInpaintPipeline
 
     checkpoint = flux_checkpoint if family == "flux-fill" else sdxl_checkpoints[family]
     checks = _export(checkpoint, tmp_path, runtime="gpu-torch", precision="fp32", gpu_instances=False)

@@ -1,14 +1,14 @@
 import diffusers
 import pytest
 
-from triton_inpaint.errors import InvalidInputError
-from triton_inpaint.schedulers import (
+from triton_inpaint.api.errors import InvalidInputError
+from triton_inpaint.api.schedulers import (
     SCHEDULERS,
-    build_scheduler,
     is_flow_matching,
     resolve_scheduler,
     scheduler_names,
 )
+from triton_inpaint.pipelines.schedulers import build_scheduler
 
 # As saved in a checkpoint's scheduler_config.json, which names its class.
 SD15_SCHEDULER = {

@@ -1,4 +1,4 @@
-"""The request declarations (``triton_inpaint/schema.py``) and everything derived from them, no server."""
+"""The request declarations (``triton_inpaint/api/schema.py``) and everything derived from them, no server."""
 
 import inspect
 import json
@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from triton_inpaint import contract
-from triton_inpaint.errors import InvalidInputError
-from triton_inpaint.schema import INPAINT, MASK, PREPROCESS
+from triton_inpaint.api import contract
+from triton_inpaint.api.errors import InvalidInputError
+from triton_inpaint.api.schema import INPAINT, MASK, PREPROCESS
 from triton_inpaint.tools.reference_tables import render, stale_files
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -100,11 +100,11 @@ def test_docs_tables_are_current():
 # A reviewer's throw-away control: declared once, it must appear everywhere that is derived.
 _THROWAWAY = """
 import dataclasses, inspect, json, sys
-from triton_inpaint import schema
+from triton_inpaint.api import schema
 extra = schema.Control("sharpness", int, "sharpen the result", schema.POSTPROCESS, bounds=(0, 10), default=0,
                        runware="sharpness", eden="sharpness", flag="--sharpen")
 schema.INPAINT = dataclasses.replace(schema.INPAINT, controls=(*schema.INPAINT.controls, extra))
-from triton_inpaint import contract
+from triton_inpaint.api import contract
 from triton_inpaint.client import InpaintClient, GatewayClient
 from triton_inpaint.client.cli import add_controls
 from triton_inpaint.gateway.tasks import ImageInferenceTask, InpaintingArgs

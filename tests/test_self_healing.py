@@ -40,7 +40,7 @@ def gateway(triton_server, tmp_path_factory):
 
 @pytest.mark.parametrize("role", ["unet", "vae_decoder"])
 def test_a_killed_model_process_is_back_in_service_by_itself(triton_server, gateway, role):
-    from triton_inpaint.supervisor import stubs_of
+    from triton_inpaint.server.supervisor import stubs_of
 
     model = f"{MODEL}_{role}"
     outcomes: list[tuple[float, float, bool]] = []  # (started, finished, succeeded)

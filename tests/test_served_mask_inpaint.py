@@ -12,7 +12,7 @@ from PIL import Image
 from tests.conftest import MODEL
 from tests.helpers import decode_rgb, png_bytes
 from triton_inpaint.client import InpaintClient, InpaintError
-from triton_inpaint.mask_shaping import MaskParams, prepare_mask
+from triton_inpaint.masks.shaping import MaskParams, prepare_mask
 
 pytestmark = pytest.mark.server
 ASTRONAUT = skimage.data.astronaut()

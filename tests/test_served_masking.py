@@ -10,7 +10,7 @@ from PIL import Image
 from tests.helpers import png_bytes
 from tests.test_detector_masks import ASTRONAUT_FACE, iou
 from triton_inpaint.client import InpaintClient, InpaintError
-from triton_inpaint.detector_masks import MASKING_MODELS
+from triton_inpaint.masks.detectors import MASKING_MODELS
 
 pytestmark = pytest.mark.server
 ASTRONAUT = png_bytes(skimage.data.astronaut())

@@ -13,10 +13,10 @@ from PIL import Image
 from tests.conftest import BUILTIN_REPOSITORY, MODEL
 from tests.helpers import decode_rgb, png_bytes
 from tests.test_text_segmentation import PHRASES, reference_probability
+from triton_inpaint.api.contract import TEXT_SEGMENTATION_MODEL
 from triton_inpaint.client import InpaintClient, InpaintError
-from triton_inpaint.contract import TEXT_SEGMENTATION_MODEL
-from triton_inpaint.detector_masks import regions_from_probability
 from triton_inpaint.export.detectors import DETECTOR_GRAPHS
+from triton_inpaint.masks.detectors import regions_from_probability
 
 pytestmark = pytest.mark.server
 ASTRONAUT = skimage.data.astronaut()
@@ -81,7 +81,7 @@ def test_clipseg_prompt_then_inpaint(triton_server):
 @pytest.fixture(scope="module")
 def server_without_clipseg(exported_repository, detector_repository):
     """A second Triton serving the detectors and one inpainting model, but no text-segmentation model."""
-    from triton_inpaint.server import TritonServer, free_port
+    from triton_inpaint.server.process import TritonServer, free_port
 
     repository, _ = exported_repository
     detectors, _ = detector_repository

@@ -19,7 +19,7 @@ def test_server_dies_with_a_killed_parent():
     script = textwrap.dedent(f"""
         import time
         from pathlib import Path
-        from triton_inpaint.server import TritonServer, free_port
+        from triton_inpaint.server.process import TritonServer, free_port
         ports = free_port(), free_port(), free_port()
         server = TritonServer([Path({str(BUILTIN_REPOSITORY)!r})], *ports).start()
         print(server.pid, flush=True)
@@ -62,7 +62,7 @@ def _listening(port: int) -> set[str]:
 
 @pytest.fixture()
 def builtin_server():
-    from triton_inpaint.server import TritonServer, free_port
+    from triton_inpaint.server.process import TritonServer, free_port
 
     server = TritonServer([BUILTIN_REPOSITORY], free_port(), free_port(), free_port()).start()
     try:
@@ -86,7 +86,7 @@ def test_every_port_listens_on_loopback_only_and_admin_apis_are_closed(builtin_s
 def test_a_killed_server_takes_its_stubs_and_shared_memory_with_it(builtin_server):
     from pathlib import Path
 
-    from triton_inpaint.supervisor import stubs_of
+    from triton_inpaint.server.supervisor import stubs_of
 
     stubs = stubs_of(builtin_server.pid)
     regions = [Path("/dev/shm") / stub.shm_region for stub in stubs.values()]
@@ -114,7 +114,7 @@ def test_serve_starts_a_dead_server_again(tmp_path):
     """``triton-inpaint serve`` brings a tritonserver that was killed back on the same ports."""
     import urllib.request
 
-    from triton_inpaint.server import free_port
+    from triton_inpaint.server.process import free_port
 
     ports = [free_port(), free_port(), free_port()]
     flags = ("--http-port", "--grpc-port", "--metrics-port")
@@ -138,7 +138,12 @@ def test_object_store_repositories_pass_through_to_triton():
     """``serve --repository s3://...``: Triton reads the bucket itself; the built-in models are added."""
     from pathlib import Path
 
-    from triton_inpaint.server import TritonServer, builtin_repository, repository_location, with_builtin
+    from triton_inpaint.server.process import (
+        TritonServer,
+        builtin_repository,
+        repository_location,
+        with_builtin,
+    )
 
     assert repository_location("s3://bucket/models") == "s3://bucket/models"
     assert repository_location("build/repo") == Path("build/repo")

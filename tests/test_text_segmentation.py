@@ -9,11 +9,11 @@ import pytest
 import skimage.data
 import torch
 
-from triton_inpaint.components import onnx_runner
-from triton_inpaint.contract import TEXT_SEGMENTATION_MODEL, TEXT_SEGMENTATION_NETWORK
-from triton_inpaint.detector_masks import Masker, MaskingParams, regions_from_probability
+from triton_inpaint.api.contract import TEXT_SEGMENTATION_MODEL, TEXT_SEGMENTATION_NETWORK
 from triton_inpaint.export.clipseg import export_clipseg
-from triton_inpaint.text_segmentation import TextSegmenter, load_processor, probability_maps
+from triton_inpaint.masks.detectors import Masker, MaskingParams, regions_from_probability
+from triton_inpaint.masks.text_segmentation import TextSegmenter, load_processor, probability_maps
+from triton_inpaint.networks.runners import onnx_runner
 
 PHRASES = ("a red hat", "hair")
 

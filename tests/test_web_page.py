@@ -303,7 +303,7 @@ def test_labels_shortcuts_and_mask_tools(page, gateway):
 def test_triton_down_shows_503_and_the_next_run_after_restart_succeeds(
     browser, exported_repository, tmp_path
 ):
-    from triton_inpaint.server import TritonServer, free_port
+    from triton_inpaint.server.process import TritonServer, free_port
 
     repository, _ = exported_repository
     ports = (free_port(), free_port(), free_port())

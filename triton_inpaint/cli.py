@@ -10,10 +10,10 @@ from triton_inpaint import __version__
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from triton_inpaint import serve_cli
     from triton_inpaint.client import cli as client_cli
     from triton_inpaint.export import cli as export_cli
     from triton_inpaint.gateway import cli as gateway_cli
+    from triton_inpaint.server import cli as serve_cli
     from triton_inpaint.tools import autoscaling, benchmark, demo, gpu_bench, replica_bench
 
     parser = argparse.ArgumentParser(

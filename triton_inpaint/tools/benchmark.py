@@ -33,8 +33,8 @@ from typing import Any
 
 import numpy as np
 
-from triton_inpaint.imaging import encode_image, encode_mask
-from triton_inpaint.supervisor import stubs_of
+from triton_inpaint.api.imaging import encode_image, encode_mask
+from triton_inpaint.server.supervisor import stubs_of
 from triton_inpaint.tools import perf
 
 PROMPT = "a red brick wall"
@@ -144,13 +144,13 @@ def bench_model(size: str, plan: BenchPlan, work: Path, out: Path) -> dict[str, 
     from diffusers import StableDiffusionInpaintPipeline
     from PIL import Image
 
+    from triton_inpaint.api.params import DenoiseParams
     from triton_inpaint.client import GatewayClient, InpaintClient
-    from triton_inpaint.components import SD_TENSORS, RunnerComponents, onnx_runner
     from triton_inpaint.gateway.launcher import GatewayServer
-    from triton_inpaint.params import DenoiseParams
-    from triton_inpaint.schedulers import build_scheduler
-    from triton_inpaint.sd_inpaint import SDInpaintPipeline
-    from triton_inpaint.server import TritonServer, free_port, with_builtin
+    from triton_inpaint.networks.runners import SD_TENSORS, RunnerComponents, onnx_runner
+    from triton_inpaint.pipelines.schedulers import build_scheduler
+    from triton_inpaint.pipelines.sd_inpaint import SDInpaintPipeline
+    from triton_inpaint.server.process import TritonServer, free_port, with_builtin
 
     name, checkpoint, repository = prepare_model(size, work)
     denoise_dir = repository / f"{name}_denoise" / "1"

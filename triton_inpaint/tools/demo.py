@@ -39,7 +39,7 @@ def run_demo(
     from triton_inpaint.export.repository import export_checkpoint
     from triton_inpaint.export.tiny import write_tiny_checkpoint
     from triton_inpaint.gateway.launcher import GatewayServer
-    from triton_inpaint.server import TritonServer, builtin_repository, free_port
+    from triton_inpaint.server.process import TritonServer, builtin_repository, free_port
 
     checkpoint = workdir / "tiny-sd15-inpaint"
     repository = workdir / "repository"

@@ -89,10 +89,10 @@ def _reference(family: str, checkpoint: Path, dtype: Any, device: str, scheduler
 
 def _in_process(repository: Path, device: str) -> Any:
     """Our pipeline over the gpu-torch networks of NAME, loaded as the Triton models load them."""
-    from triton_inpaint.components import RunnerComponents, network_tensors
-    from triton_inpaint.networks import load_network, torch_runner
-    from triton_inpaint.pipeline_spec import PipelineSpec
-    from triton_inpaint.sd_inpaint import SDInpaintPipeline
+    from triton_inpaint.networks.runners import RunnerComponents, network_tensors
+    from triton_inpaint.networks.torch_networks import load_network, torch_runner
+    from triton_inpaint.pipelines.sd_inpaint import SDInpaintPipeline
+    from triton_inpaint.pipelines.spec import PipelineSpec
 
     directory = repository / f"{NAME}_denoise" / "1"
     spec = PipelineSpec.load(directory)
@@ -151,10 +151,10 @@ def measure_request_memory(
     pipeline: Any, image: np.ndarray, mask: np.ndarray, params: Any, device: str
 ) -> dict[str, float] | None:
     """The GPU memory one in-process request allocates beyond the weights, against the budget check's
-    estimate for it (triton_inpaint.memory, the export's network shapes in the served precision)."""
+    estimate for it (triton_inpaint.pipelines.memory, the export's network shapes in the served precision)."""
     import torch
 
-    from triton_inpaint.memory import FIXED_BYTES, request_bytes
+    from triton_inpaint.pipelines.memory import FIXED_BYTES, request_bytes
 
     if device == "cpu":
         return None
@@ -175,11 +175,11 @@ def run(
     import torch
     from PIL import Image
 
+    from triton_inpaint.api.imaging import decode_image, encode_image, encode_mask
+    from triton_inpaint.api.params import DenoiseParams
     from triton_inpaint.client import InpaintClient
-    from triton_inpaint.imaging import decode_image, encode_image, encode_mask
-    from triton_inpaint.params import DenoiseParams
-    from triton_inpaint.schedulers import build_scheduler
-    from triton_inpaint.server import TritonServer, free_port, with_builtin
+    from triton_inpaint.pipelines.schedulers import build_scheduler
+    from triton_inpaint.server.process import TritonServer, free_port, with_builtin
     from triton_inpaint.tools.perf import model_statistics, statistics_delta
 
     if device != "cpu" and not torch.cuda.is_available():
@@ -213,7 +213,7 @@ def run(
         return np.asarray(result.images[0])
 
     _log(f"starting Triton with {NAME} and {NAME32} (gpu-torch) on {device}")
-    from triton_inpaint.components import network_tensors
+    from triton_inpaint.networks.runners import network_tensors
 
     # The ensembles bring their steps; the networks the denoise models call through BLS are named too.
     roles = network_tensors(ours.spec.architecture)

@@ -14,9 +14,9 @@ import sys
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from triton_inpaint import contract
-from triton_inpaint.contract import TensorSpec
-from triton_inpaint.schema import INPAINT, MASK, Control, RequestSchema
+from triton_inpaint.api import contract
+from triton_inpaint.api.contract import TensorSpec
+from triton_inpaint.api.schema import INPAINT, MASK, Control, RequestSchema
 
 _BLOCK = re.compile(r"(<!-- generated: ([\w-]+) -->\n)(.*?)(<!-- end generated -->)", re.S)
 

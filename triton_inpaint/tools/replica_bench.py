@@ -88,10 +88,10 @@ def run_batch(urls: list[str], model: str, image: str, mask: str, tasks: int, ti
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from triton_inpaint.components import SD_TENSORS
+    from triton_inpaint.api.imaging import encode_image, encode_mask
     from triton_inpaint.gateway.launcher import GatewayServer
-    from triton_inpaint.imaging import encode_image, encode_mask
-    from triton_inpaint.server import TritonServer, free_port, with_builtin
+    from triton_inpaint.networks.runners import SD_TENSORS
+    from triton_inpaint.server.process import TritonServer, free_port, with_builtin
     from triton_inpaint.tools.benchmark import machine, prepare_model, sample_request
 
     args.out.mkdir(parents=True, exist_ok=True)

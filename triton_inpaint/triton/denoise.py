@@ -5,7 +5,7 @@ written by the export step; the config's ``submodel_prefix`` parameter names the
 (``<prefix>_unet`` or ``<prefix>_transformer``, ...). ``pipeline.json`` says which loop runs them:
 Stable Diffusion (1.5/2, SDXL) or FLUX Fill.
 
-Requests are batched in flight (:mod:`triton_inpaint.denoising`): ``execute`` starts each request's
+Requests are batched in flight (:mod:`triton_inpaint.pipelines.batching`): ``execute`` starts each request's
 job (prompt, image and latents prepared) and returns; a worker thread advances every job in flight
 with one denoiser call per tick, and each request is answered through its response sender when its
 images are decoded. ``execute`` waits for a free slot (the ``max_inflight`` parameter) before it
@@ -21,15 +21,16 @@ from typing import Any
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from triton_inpaint.components import RunnerComponents, network_tensors
-from triton_inpaint.contract import DEFAULT_MAX_INFLIGHT, NETWORK_MAX_BATCH
-from triton_inpaint.denoising import InflightBatcher
-from triton_inpaint.flux_fill import FluxFillInpaintPipeline
-from triton_inpaint.memory import BUDGET_ENV, device_budget, gib, host_budget
-from triton_inpaint.params import DenoiseParams
-from triton_inpaint.pipeline_spec import PipelineSpec
-from triton_inpaint.schema import DENOISE, INPAINT
-from triton_inpaint.sd_inpaint import SDInpaintPipeline
+from triton_inpaint.api.contract import DEFAULT_MAX_INFLIGHT, NETWORK_MAX_BATCH
+from triton_inpaint.api.params import DenoiseParams
+from triton_inpaint.api.schema import DENOISE, INPAINT
+from triton_inpaint.api.sizes import BUDGET_ENV, gib
+from triton_inpaint.networks.runners import RunnerComponents, network_tensors
+from triton_inpaint.pipelines.batching import InflightBatcher
+from triton_inpaint.pipelines.flux_fill import FluxFillInpaintPipeline
+from triton_inpaint.pipelines.memory import device_budget, host_budget
+from triton_inpaint.pipelines.sd_inpaint import SDInpaintPipeline
+from triton_inpaint.pipelines.spec import PipelineSpec
 from triton_inpaint.triton.io import (
     bls_run,
     config_parameter,

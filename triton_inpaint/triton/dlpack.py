@@ -11,7 +11,7 @@ from typing import Any
 import torch
 import triton_python_backend_utils as pb_utils
 
-from triton_inpaint.errors import ModelCallError
+from triton_inpaint.api.errors import ModelCallError
 
 
 def to_torch(tensor: Any) -> torch.Tensor:
@@ -43,7 +43,7 @@ def finish_on(device: torch.device) -> None:
 
 
 def tensor_bls_runner(device: torch.device) -> Any:
-    """A tensor runner (see :class:`~triton_inpaint.components.RunnerComponents`) over BLS: torch
+    """A tensor runner (see :class:`~triton_inpaint.networks.runners.RunnerComponents`) over BLS: torch
     tensors in, torch tensors out, asking Triton for outputs in ``device``'s memory."""
     memory_type = (
         pb_utils.TRITONSERVER_MEMORY_GPU if device.type == "cuda" else pb_utils.TRITONSERVER_MEMORY_CPU

@@ -12,9 +12,9 @@ from typing import Any
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from triton_inpaint.contract import STAGE_TENSORS
-from triton_inpaint.errors import InvalidInputError, ModelCallError
-from triton_inpaint.schema import Control
+from triton_inpaint.api.contract import STAGE_TENSORS
+from triton_inpaint.api.errors import InvalidInputError, ModelCallError
+from triton_inpaint.api.schema import Control
 
 
 def tensor(request: Any, name: str, required: bool = False) -> np.ndarray | None:

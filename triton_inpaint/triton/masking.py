@@ -15,9 +15,9 @@ from typing import Any
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from triton_inpaint.detector_masks import FACE_MESH_FILE, Masker, MaskingParams
-from triton_inpaint.imaging import decode_image, encode_mask
-from triton_inpaint.schema import MASK
+from triton_inpaint.api.imaging import decode_image, encode_mask
+from triton_inpaint.api.schema import MASK
+from triton_inpaint.masks.detectors import FACE_MESH_FILE, Masker, MaskingParams
 from triton_inpaint.triton.io import bls_run, model_ready, read_controls, respond_each
 
 

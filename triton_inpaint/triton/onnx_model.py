@@ -1,6 +1,6 @@
 """A Python-backend model holding one onnxruntime session (``model.onnx`` in its version directory, or
 the graph export optimised beside it; threads from the ``ort_threads`` parameter, see
-``triton_inpaint.ort_sessions``).
+``triton_inpaint.networks.ort_sessions``).
 
 This is how ONNX networks run on the CPU bundle of tritonserver, which has no onnxruntime backend.
 Requests that the dynamic batcher groups are concatenated along the batch axis and run as one call
@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from triton_inpaint.ort_sessions import open_session
+from triton_inpaint.networks.ort_sessions import open_session
 from triton_inpaint.triton.io import config_parameter, execute_batched, network_signature
 
 

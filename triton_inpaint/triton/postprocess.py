@@ -7,9 +7,9 @@ from typing import Any
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from triton_inpaint.compositing import composite
-from triton_inpaint.imaging import encode_image
-from triton_inpaint.schema import INPAINT, POSTPROCESS
+from triton_inpaint.api.imaging import encode_image
+from triton_inpaint.api.schema import INPAINT, POSTPROCESS
+from triton_inpaint.masks.compositing import composite
 from triton_inpaint.triton.io import complete_config, read_controls, respond_each, tensor
 
 

@@ -1,7 +1,7 @@
 """``inpaint_preprocess``: encoded image and mask -> decoded image and the soft mask (invert/expand/blur).
 
 Instead of a mask, a request may name a masking model or a mask prompt: the mask is then made by the
-``image_masking`` model over BLS, inside the same request (see ``triton_inpaint.preprocess``).
+``image_masking`` model over BLS, inside the same request (see ``triton_inpaint.masks.preparation``).
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from typing import Any
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from triton_inpaint.preprocess import preprocess
-from triton_inpaint.schema import INPAINT, PREPROCESS
+from triton_inpaint.api.schema import INPAINT, PREPROCESS
+from triton_inpaint.masks.preparation import preprocess
 from triton_inpaint.triton.io import bls_run, complete_config, model_ready, read_controls, respond_each
 
 

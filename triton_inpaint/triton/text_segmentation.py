@@ -11,7 +11,7 @@ from typing import Any
 
 import triton_python_backend_utils as pb_utils
 
-from triton_inpaint.text_segmentation import TextSegmenter, check_image, check_phrases
+from triton_inpaint.masks.text_segmentation import TextSegmenter, check_image, check_phrases
 from triton_inpaint.triton.io import bls_run, respond_each, tensor
 
 

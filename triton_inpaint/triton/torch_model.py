@@ -1,6 +1,6 @@
 """A Python-backend model running one network with torch (the ``gpu-torch`` runtime): the modules
-saved in its version directory (:func:`triton_inpaint.networks.save_network`), on the GPU Triton
-placed the instance on, in the precision export chose. Inputs and outputs travel over DLPack, so a
+saved in its version directory (:func:`triton_inpaint.networks.torch_networks.save_network`), on the
+GPU Triton placed the instance on, in the precision export chose. Inputs and outputs travel over DLPack, so a
 BLS caller on the same GPU passes device memory in and gets device memory back.
 
 Parameters: ``cuda_graphs`` ("true") compiles the module with ``torch.compile(mode="reduce-overhead")``,
@@ -16,7 +16,7 @@ from typing import Any
 import torch
 import triton_python_backend_utils as pb_utils
 
-from triton_inpaint.networks import call_network, load_network
+from triton_inpaint.networks.torch_networks import call_network, load_network
 from triton_inpaint.triton.dlpack import finish_on, from_torch, input_tensor, instance_device
 from triton_inpaint.triton.io import execute_batched, network_signature
 

@@ -2,19 +2,17 @@
 
 We never reimplement a scheduler: a name selects a diffusers class plus config overrides, and the
 scheduler is built with ``from_config`` on the checkpoint's own scheduler config, exactly as diffusers
-documents swapping schedulers.
+documents swapping schedulers (:func:`triton_inpaint.pipelines.schedulers.build_scheduler`). Only the
+names live here: clients and the gateway check a name without loading diffusers.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from triton_inpaint.errors import InvalidInputError
-
-if TYPE_CHECKING:  # diffusers is imported only where a scheduler is built: clients need the names alone
-    import diffusers
+from triton_inpaint.api.errors import InvalidInputError
 
 
 @dataclass(frozen=True)
@@ -84,23 +82,3 @@ def resolve_scheduler(name: str) -> SchedulerChoice:
             "scheduler", f"unknown scheduler {name!r}; choose one of: {', '.join(scheduler_names())}"
         )
     return spec
-
-
-def build_scheduler(name: str | None, base_config: dict[str, Any]) -> diffusers.SchedulerMixin:
-    """A fresh scheduler for one request; ``None`` keeps the checkpoint's own scheduler class."""
-    import diffusers
-
-    if name is None:
-        cls = getattr(diffusers, base_config["_class_name"])
-        return cls.from_config(base_config)
-    spec = resolve_scheduler(name)
-    flow = is_flow_matching(base_config["_class_name"])
-    if is_flow_matching(spec.class_name) != flow:
-        kind = "flow-matching (FLUX)" if flow else "noise-prediction (SD/SDXL)"
-        raise InvalidInputError(
-            "scheduler",
-            f"{spec.name!r} does not work with this {kind} model; "
-            f"choose one of: {', '.join(scheduler_names(flow))}",
-        )
-    cls = getattr(diffusers, spec.class_name)
-    return cls.from_config(base_config, **spec.overrides)

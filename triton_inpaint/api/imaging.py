@@ -8,12 +8,13 @@ import math
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from triton_inpaint.errors import InvalidInputError
-from triton_inpaint.schema import INPAINT
+from triton_inpaint.api.errors import InvalidInputError
+from triton_inpaint.api.schema import INPAINT
 
 ACCEPTED_FORMATS = ("PNG", "JPEG", "WEBP")
 # A decompression bomb is refused before decoding: Pillow checks the header's size against this.
 MAX_PIXELS = 4096 * 4096
+Box = tuple[int, int, int, int]  # a region of an image: x1, y1, x2, y2 (x2, y2 exclusive)
 
 
 def _header(data: bytes, field: str, max_pixels: int) -> Image.Image:

@@ -13,12 +13,12 @@ from typing import Any
 
 import numpy as np
 
-from triton_inpaint.contract import MASKING_MODEL, Runner
-from triton_inpaint.detector_masks import MaskingParams
-from triton_inpaint.errors import InvalidInputError, ModelCallError, split_field
-from triton_inpaint.imaging import decode_image, decode_mask, encode_mask
-from triton_inpaint.mask_shaping import MaskParams, prepare_mask
-from triton_inpaint.schema import MASK_SOURCES
+from triton_inpaint.api.contract import MASKING_MODEL, Runner
+from triton_inpaint.api.errors import InvalidInputError, ModelCallError, split_field
+from triton_inpaint.api.imaging import decode_image, decode_mask, encode_mask
+from triton_inpaint.api.schema import MASK_SOURCES
+from triton_inpaint.masks.detectors import MaskingParams
+from triton_inpaint.masks.shaping import MaskParams, prepare_mask
 
 # image_masking's field names -> this request's, for errors only image_masking can find.
 _MASKING_FIELDS = {"model": "mask_model", "prompt": "mask_prompt", "image": "image"}

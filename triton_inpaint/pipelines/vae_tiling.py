@@ -16,7 +16,7 @@ from types import SimpleNamespace
 import torch
 from diffusers import AutoencoderKL
 
-from triton_inpaint.memory import needs_tiles
+from triton_inpaint.pipelines.memory import needs_tiles
 
 Network = Callable[[torch.Tensor], torch.Tensor]
 OVERLAP = 0.25  # AutoencoderKL.tile_overlap_factor

@@ -14,7 +14,7 @@ The budget is what the networks may use for their work at once: by default most 
 free once every model's weights are loaded (host memory, or the GPU's for the GPU runtimes). A request
 whose need exceeds it is refused before any work, naming the largest size that fits; one that fits
 waits, in front of the model, until the requests in flight leave it room
-(:class:`triton_inpaint.denoising.Admission`).
+(:class:`triton_inpaint.pipelines.batching.Admission`).
 """
 
 from __future__ import annotations
@@ -26,7 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from triton_inpaint.errors import InvalidInputError
+from triton_inpaint.api.errors import InvalidInputError
+from triton_inpaint.api.sizes import BUDGET_ENV, gib, parse_size
 
 BYTES_PER_VALUE = 4  # float32; a network saved in fp16 says so in its shape ("value_bytes")
 ATTENTION_COPIES = 3.0  # score matrices alive at once in a plain-attention graph
@@ -36,7 +37,6 @@ ATTENTION_COPIES = 3.0  # score matrices alive at once in a plain-attention grap
 # to 6.1 (the decoder at 768 px: 1.9 GB live, 3.5 GB arena). FLUX's transformer is not measured yet.
 FEATURE_MAP_COPIES = {"unet": 5.0, "transformer": 6.5, "vae_encoder": 6.5, "vae_decoder": 6.5}
 FIXED_BYTES = 256 * 2**20  # latents, decoded images, buffers between the models
-BUDGET_ENV = "TRITON_INPAINT_MEMORY_BUDGET"
 FREE_FRACTION = 0.9  # of the memory still free once every model is loaded (host, or a GPU's)
 
 # A network's shape for the estimate, a plain dict saved in pipeline.json:
@@ -255,18 +255,6 @@ def memory_in_use() -> int:
     return total - _meminfo("MemAvailable")
 
 
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B?|B)?\s*$", re.IGNORECASE)
-
-
-def parse_size(text: str) -> int:
-    """Bytes from ``"6GiB"``, ``"6G"``, ``"512MiB"`` or a plain number of bytes (powers of 1024)."""
-    match = _SIZE.match(text)
-    if match is None:
-        raise ValueError(f"{text!r} is not a size; write e.g. 6GiB, 512MiB or a number of bytes")
-    unit = (match[2] or "B").upper()[0]
-    return int(float(match[1]) * 1024 ** "BKMGT".index(unit))
-
-
 def configured_budget() -> int | None:
     """``$TRITON_INPAINT_MEMORY_BUDGET`` in bytes, when set."""
     configured = os.environ.get(BUDGET_ENV)
@@ -296,10 +284,6 @@ def device_budget(device: Any) -> int:
 
     free, total = torch.cuda.mem_get_info(device)
     return default_budget(total, total - free)
-
-
-def gib(count: int) -> str:
-    return f"{count / 2**30:.1f} GiB"
 
 
 def check_request(

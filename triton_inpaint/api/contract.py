@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from triton_inpaint.schema import DENOISE, INPAINT, MASK, POSTPROCESS, PREPROCESS, Control
+from triton_inpaint.api.schema import DENOISE, INPAINT, MASK, POSTPROCESS, PREPROCESS, Control
 
 # How library code reaches a network or another model: run(model, inputs, output names) -> outputs.
 # In Triton it is BLS (``triton/io.py``); in tests, onnxruntime (``components.onnx_runner``).

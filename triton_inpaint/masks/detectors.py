@@ -16,8 +16,10 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from triton_inpaint.contract import DETECTOR_MODELS, TEXT_SEGMENTATION_MODEL, Runner
-from triton_inpaint.detection import (
+from triton_inpaint.api.contract import DETECTOR_MODELS, TEXT_SEGMENTATION_MODEL, Runner
+from triton_inpaint.api.errors import InvalidInputError
+from triton_inpaint.api.schema import MASK, MASKING_MODELS
+from triton_inpaint.masks.detection import (
     FACE_DETECTOR,
     PALM_DETECTOR,
     Detection,
@@ -26,9 +28,7 @@ from triton_inpaint.detection import (
     sigmoid,
     stretch,
 )
-from triton_inpaint.errors import InvalidInputError
-from triton_inpaint.mask_shaping import blur_mask, expand_mask
-from triton_inpaint.schema import MASK, MASKING_MODELS
+from triton_inpaint.masks.shaping import blur_mask, expand_mask
 
 FACE_MESH_FILE = "face_mesh.json"  # the landmark index sets, beside the image_masking model
 FACE_MODEL, FACE_LANDMARK_MODEL, PALM_MODEL, HAND_LANDMARK_MODEL, PERSON_MODEL = DETECTOR_MODELS

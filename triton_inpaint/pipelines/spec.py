@@ -41,7 +41,7 @@ class PipelineSpec:
     vae_shift_factor: float = 0.0
     max_sequence_length: int = 512
     # The networks' attention layers and largest feature maps, for the memory estimate
-    # (:func:`triton_inpaint.memory.network_shapes`); None in exports made before it existed.
+    # (:func:`triton_inpaint.pipelines.memory.network_shapes`); None in exports made before it existed.
     networks: dict[str, Any] | None = None
     # The VAE's own sample size: the tile side diffusers' enable_tiling() uses, and so do we when an
     # untiled VAE call would not fit the memory budget; None in exports made before tiling existed.
@@ -58,7 +58,7 @@ class PipelineSpec:
             "latent_channels": int(vae.latent_channels),
             "vae_tile_size": int(sample_size[0] if isinstance(sample_size, list | tuple) else sample_size),
         }
-        from triton_inpaint.memory import network_shapes
+        from triton_inpaint.pipelines.memory import network_shapes
 
         common["networks"] = network_shapes(pipeline)
         if getattr(pipeline, "transformer", None) is not None:

@@ -19,8 +19,8 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from triton_inpaint.errors import InvalidInputError
-from triton_inpaint.schedulers import SCHEDULERS
+from triton_inpaint.api.errors import InvalidInputError
+from triton_inpaint.api.schedulers import SCHEDULERS
 
 # Scheduler names users may send (``schedulers.py`` maps each to its diffusers class).
 SCHEDULER_NAMES: tuple[str, ...] = tuple(spec.name for spec in SCHEDULERS)

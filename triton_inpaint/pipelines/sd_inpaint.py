@@ -11,7 +11,7 @@ prepare mask latents, denoise, decode. Random numbers come from one seeded ``tor
 image, drawn in the pipeline's order (init-image encode when strength < 1 or for base UNets, initial
 noise, masked-image encode, per-step noise), which is what makes the same seed give the same image as
 diffusers. The networks are reached only through
-:class:`~triton_inpaint.components.SDComponents`, so the same code runs in Triton (BLS calls) and in
+:class:`~triton_inpaint.networks.runners.SDComponents`, so the same code runs in Triton (BLS calls) and in
 tests (onnxruntime or torch).
 """
 
@@ -30,15 +30,26 @@ from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 from transformers import CLIPTokenizer
 
-from triton_inpaint import vae_tiling
-from triton_inpaint.components import TEXT_ENCODER, TEXT_ENCODER_2, SDComponents
-from triton_inpaint.denoising import SteppedJob, run_alone
-from triton_inpaint.imaging import mask_to_pil
-from triton_inpaint.mask_shaping import Box, crop_region, mask_bounds
-from triton_inpaint.params import DenoiseParams
-from triton_inpaint.pipeline_spec import PipelineSpec
-from triton_inpaint.planning import Plan, processing_size, token_ids
-from triton_inpaint.planning import plan as make_plan
+from triton_inpaint.api.imaging import Box, mask_to_pil
+from triton_inpaint.api.params import DenoiseParams
+from triton_inpaint.masks.shaping import mask_bounds
+from triton_inpaint.networks.runners import TEXT_ENCODER, TEXT_ENCODER_2, SDComponents
+from triton_inpaint.pipelines import vae_tiling
+from triton_inpaint.pipelines.batching import SteppedJob, run_alone
+from triton_inpaint.pipelines.planning import Plan, processing_size, token_ids
+from triton_inpaint.pipelines.planning import plan as make_plan
+from triton_inpaint.pipelines.spec import PipelineSpec
+
+
+def crop_region(mask: np.ndarray, width: int, height: int, pad: int) -> Box:
+    """Where ``mask_margin`` crops: diffusers' ``get_crop_region`` for the same mask, size and padding.
+
+    An empty mask (nothing to regenerate) crops the whole image; diffusers divides by zero there.
+    """
+    if mask_bounds(mask, pad) is None:
+        return 0, 0, mask.shape[1], mask.shape[0]
+    x1, y1, x2, y2 = VaeImageProcessor.get_crop_region(mask_to_pil(mask), width, height, pad=pad)
+    return int(x1), int(y1), int(x2), int(y2)
 
 
 class SDInpaintPipeline:
@@ -325,7 +336,8 @@ class SDInpaintPipeline:
 
 class SDJob(SteppedJob):
     """One request's denoising loop, a step at a time: diffusers' loop body split where the UNet is
-    called, so that the call can carry other requests' rows too (see :mod:`triton_inpaint.denoising`).
+    called, so that the call can carry other requests' rows too (see
+    :mod:`triton_inpaint.pipelines.batching`).
     """
 
     def __init__(

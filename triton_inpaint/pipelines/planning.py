@@ -12,12 +12,12 @@ from typing import Any
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from triton_inpaint.errors import InvalidInputError
-from triton_inpaint.mask_shaping import Box
-from triton_inpaint.memory import Need, check_request
-from triton_inpaint.params import SIZE_MULTIPLE, DenoiseParams
-from triton_inpaint.pipeline_spec import PipelineSpec
-from triton_inpaint.schedulers import build_scheduler
+from triton_inpaint.api.errors import InvalidInputError
+from triton_inpaint.api.imaging import Box
+from triton_inpaint.api.params import SIZE_MULTIPLE, DenoiseParams
+from triton_inpaint.pipelines.memory import Need, check_request
+from triton_inpaint.pipelines.schedulers import build_scheduler
+from triton_inpaint.pipelines.spec import PipelineSpec
 
 
 @dataclass(frozen=True)

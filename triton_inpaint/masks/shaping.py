@@ -1,9 +1,8 @@
-"""Mask operations: invert, expand (dilate), blur (feather), and the crop region for ``mask_margin``.
+"""Mask operations: invert, expand (dilate), blur (feather), and the masked region's bounds.
 
-OpenCV does the morphology and the blur; diffusers' ``VaeImageProcessor.get_crop_region`` does the crop
-geometry, so a ``mask_margin`` request crops exactly where ``padding_mask_crop`` crops in diffusers.
-diffusers (and with it torch) is imported only there: the crop is chosen in the denoise model, which
-has both already, and the pre/postprocess models that shape masks stay free of them.
+OpenCV does the morphology and the blur. The crop for ``mask_margin`` is diffusers' own geometry and
+is chosen in the denoise model, which has diffusers already (``pipelines/sd_inpaint.py``,
+``crop_region``): the pre/postprocess models that shape masks stay free of torch and diffusers.
 """
 
 from __future__ import annotations
@@ -13,10 +12,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from triton_inpaint.imaging import mask_to_pil
-from triton_inpaint.schema import INPAINT
-
-Box = tuple[int, int, int, int]  # x1, y1, x2, y2 (x2, y2 exclusive)
+from triton_inpaint.api.imaging import Box, mask_to_pil
+from triton_inpaint.api.schema import INPAINT
 
 
 @dataclass(frozen=True)
@@ -88,16 +85,3 @@ def mask_bounds(mask: np.ndarray, pad: int) -> Box | None:
         min(int(cols[-1]) + 1 + pad, width),
         min(int(rows[-1]) + 1 + pad, height),
     )
-
-
-def crop_region(mask: np.ndarray, width: int, height: int, pad: int) -> Box:
-    """Where ``mask_margin`` crops: diffusers' ``get_crop_region`` for the same mask, size and padding.
-
-    An empty mask (nothing to regenerate) crops the whole image; diffusers divides by zero there.
-    """
-    from diffusers.image_processor import VaeImageProcessor
-
-    if mask_bounds(mask, pad) is None:
-        return 0, 0, mask.shape[1], mask.shape[0]
-    x1, y1, x2, y2 = VaeImageProcessor.get_crop_region(mask_to_pil(mask), width, height, pad=pad)
-    return int(x1), int(y1), int(x2), int(y2)

@@ -13,10 +13,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from triton_inpaint.contract import TEXT_SEGMENTATION_NETWORK, Runner
-from triton_inpaint.detection import sigmoid
-from triton_inpaint.detector_masks import MAX_PROMPT_PHRASES
-from triton_inpaint.errors import InvalidInputError
+from triton_inpaint.api.contract import TEXT_SEGMENTATION_NETWORK, Runner
+from triton_inpaint.api.errors import InvalidInputError
+from triton_inpaint.masks.detection import sigmoid
+from triton_inpaint.masks.detectors import MAX_PROMPT_PHRASES
 
 
 def check_image(image: np.ndarray) -> np.ndarray:

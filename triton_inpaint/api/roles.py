@@ -1,5 +1,5 @@
 """The networks of each checkpoint architecture by role, and their tensor names: plain data, importable
-without torch (the CLI and config writers need it; :mod:`triton_inpaint.components` runs the networks).
+without torch (the CLI and config writers need it; :mod:`triton_inpaint.networks.runners` runs the networks).
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ is unloaded, ``/v2/health/ready`` (strict readiness) answers 503, so readiness r
 It also holds the server to the models it was ready with: one that leaves the READY state for any other
 reason (unloaded through the model control API, a failed reload) is loaded again, with a growing pause
 between failed attempts. Model control is restricted to the admin header (see
-``triton_inpaint.server.RESTRICTED_APIS``), whose value the supervisor is given.
+``triton_inpaint.server.process.RESTRICTED_APIS``), whose value the supervisor is given.
 
 When the server itself dies (SIGKILL, a crash), its stubs would live on for minutes and their shared
 memory regions in ``/dev/shm`` for ever: the supervisor kills the stubs it knew and unlinks their

@@ -29,16 +29,15 @@ from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 from transformers import CLIPTokenizer, PreTrainedTokenizerBase, T5TokenizerFast
 
-from triton_inpaint import vae_tiling
-from triton_inpaint.components import TEXT_ENCODER, TEXT_ENCODER_2, FluxComponents
-from triton_inpaint.denoising import SteppedJob, run_alone
-from triton_inpaint.errors import InvalidInputError
-from triton_inpaint.imaging import mask_to_pil
-from triton_inpaint.mask_shaping import Box
-from triton_inpaint.params import DenoiseParams
-from triton_inpaint.pipeline_spec import PipelineSpec
-from triton_inpaint.planning import Plan, processing_size, token_ids
-from triton_inpaint.planning import plan as make_plan
+from triton_inpaint.api.errors import InvalidInputError
+from triton_inpaint.api.imaging import Box, mask_to_pil
+from triton_inpaint.api.params import DenoiseParams
+from triton_inpaint.networks.runners import TEXT_ENCODER, TEXT_ENCODER_2, FluxComponents
+from triton_inpaint.pipelines import vae_tiling
+from triton_inpaint.pipelines.batching import SteppedJob, run_alone
+from triton_inpaint.pipelines.planning import Plan, processing_size, token_ids
+from triton_inpaint.pipelines.planning import plan as make_plan
+from triton_inpaint.pipelines.spec import PipelineSpec
 
 
 class FluxFillInpaintPipeline:
@@ -263,7 +262,7 @@ class FluxFillInpaintPipeline:
 
 
 class FluxJob(SteppedJob):
-    """One FLUX Fill request's loop, a step at a time (see :mod:`triton_inpaint.denoising`)."""
+    """One FLUX Fill request's loop, a step at a time (see :mod:`triton_inpaint.pipelines.batching`)."""
 
     def __init__(
         self,

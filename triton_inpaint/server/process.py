@@ -28,7 +28,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from triton_inpaint.supervisor import ADMIN_HEADER, Supervisor
+from triton_inpaint.server.supervisor import ADMIN_HEADER, Supervisor
 
 BUILTIN_PACKAGE = "triton_inpaint.model_repository"
 BUILTIN_MODELS = ("inpaint_preprocess", "inpaint_postprocess")
@@ -38,7 +38,7 @@ def builtin_repository() -> Path:
     """The built-in models' repository: package data of an installed wheel, or ``model_repository/``
     of the checkout in an editable install. The folder has no ``__init__.py`` (Triton would take the
     ``__pycache__`` pip compiles beside it for a model), so it is found by path, not imported."""
-    package = Path(__file__).resolve().parent
+    package = Path(__file__).resolve().parents[1]  # triton_inpaint/
     for path in (package / "model_repository", package.parent / "model_repository"):
         if all((path / name / "config.pbtxt").is_file() for name in BUILTIN_MODELS):
             return path
@@ -189,7 +189,7 @@ class TritonServer:
     whole server on a JSON tensor whose declared shape is huge (a 91-byte request), so only the gRPC
     port (which checks shapes first) should ever face other machines, and then only the gateway's.
     With ``supervise`` (the default), model processes that die are reloaded and a server that dies
-    takes its stubs and shared memory with it (see :mod:`triton_inpaint.supervisor`).
+    takes its stubs and shared memory with it (see :mod:`triton_inpaint.server.supervisor`).
     """
 
     repositories: Sequence[str | Path]

@@ -27,7 +27,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from triton_inpaint.mask_shaping import Box
+from triton_inpaint.api.imaging import Box
 
 Result = tuple[np.ndarray, Box]
 

@@ -15,8 +15,8 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from triton_inpaint.contract import Runner
-from triton_inpaint.roles import (  # noqa: F401 - the names every runner user imports from here
+from triton_inpaint.api.contract import Runner
+from triton_inpaint.api.roles import (  # noqa: F401 - the names every runner user imports from here
     FLUX_TENSORS,
     SD_TENSORS,
     SDXL_TENSORS,
@@ -123,7 +123,7 @@ class RunnerComponents:
 def onnx_runner(onnx_files: dict[str, Path], threads: int = 0) -> Runner:
     """A runner over onnxruntime CPU sessions, one per exported network, opened as the server opens them
     (the graphs optimised at export, the same thread budget; 0 = automatic)."""
-    from triton_inpaint.ort_sessions import open_session
+    from triton_inpaint.networks.ort_sessions import open_session
 
     sessions = {name: open_session(path, threads) for name, path in onnx_files.items()}
 
@@ -135,10 +135,11 @@ def onnx_runner(onnx_files: dict[str, Path], threads: int = 0) -> Runner:
 
 class TorchComponents(RunnerComponents):
     """The diffusers torch modules themselves, called as the exported graphs are
-    (:mod:`triton_inpaint.networks`): the reference the exports and the runtimes are checked against."""
+    (:mod:`triton_inpaint.networks.torch_networks`): the reference the exports and the runtimes are
+    checked against."""
 
     def __init__(self, pipeline: object, device: str | torch.device = "cpu") -> None:
-        from triton_inpaint.networks import pipeline_architecture, role_modules, torch_runner
+        from triton_inpaint.networks.torch_networks import pipeline_architecture, role_modules, torch_runner
 
         architecture = pipeline_architecture(pipeline)
         run = torch_runner(role_modules(pipeline, architecture), device)

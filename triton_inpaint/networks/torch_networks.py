@@ -1,6 +1,6 @@
 """Each network of a checkpoint as a torch module that takes the tensor contract's inputs by name and
 returns its outputs: the form the ONNX export traces, the ``gpu-torch`` runtime serves, and the parity
-reference (:class:`~triton_inpaint.components.TorchComponents`) runs. One place for how a role calls
+reference (:class:`~triton_inpaint.networks.runners.TorchComponents`) runs. One place for how a role calls
 its diffusers or transformers module.
 
 The ``gpu-torch`` runtime keeps each network's modules in its Triton model's version directory
@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from triton_inpaint.roles import (
+from triton_inpaint.api.roles import (
     TEXT_ENCODER,
     TEXT_ENCODER_2,
     TRANSFORMER,
@@ -200,7 +200,7 @@ def call_network(
 
 
 def torch_runner(modules: dict[str, torch.nn.Module], device: str | torch.device = "cpu") -> Any:
-    """A tensor runner (torch in, torch out, see :class:`~triton_inpaint.components.RunnerComponents`)
+    """A tensor runner (torch in, torch out, see :class:`~triton_inpaint.networks.runners.RunnerComponents`)
     over role modules, by role name."""
     device = torch.device(device)
 

@@ -11,8 +11,8 @@ import secrets
 from dataclasses import dataclass
 from typing import Any
 
-from triton_inpaint.errors import InvalidInputError
-from triton_inpaint.schema import DENOISE, INPAINT, SEED_MAX
+from triton_inpaint.api.errors import InvalidInputError
+from triton_inpaint.api.schema import DENOISE, INPAINT, SEED_MAX
 
 SEED_RANGE = (0, SEED_MAX)
 SIZE_MULTIPLE: int = INPAINT["width"].multiple_of  # type: ignore[assignment]

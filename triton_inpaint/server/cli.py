@@ -14,8 +14,8 @@ import threading
 import time
 from pathlib import Path
 
-from triton_inpaint.memory import BUDGET_ENV, parse_size
-from triton_inpaint.server import (
+from triton_inpaint.api.sizes import BUDGET_ENV, parse_size
+from triton_inpaint.server.process import (
     ADMIN_HEADER,
     ADMIN_SECRET_ENV,
     LOOPBACK,
