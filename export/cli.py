@@ -92,7 +92,7 @@ def _tensorrt(args: argparse.Namespace) -> int:
 
 
 def _detectors(args: argparse.Namespace) -> int:
-    from triton_inpaint.export.detectors import export_detectors
+    from triton_inpaint.export.masking.detectors import export_detectors
 
     started = time.monotonic()
     checks = export_detectors(args.repository, args.cache, args.wheel, log=lambda m: print(m, flush=True))
@@ -104,7 +104,7 @@ def _detectors(args: argparse.Namespace) -> int:
 
 
 def _clipseg(args: argparse.Namespace) -> int:
-    from triton_inpaint.export.clipseg import export_clipseg
+    from triton_inpaint.export.masking.clipseg import export_clipseg
 
     started = time.monotonic()
     with warnings.catch_warnings():
@@ -244,7 +244,15 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
     commands = export.add_subparsers(
         dest="export_command", required=True, metavar="{tiny,onnx,registry,tensorrt,detectors,clipseg}"
     )
+    _add_tiny(commands)
+    _add_onnx(commands)
+    _add_registry(commands)
+    _add_tensorrt(commands)
+    _add_detectors(commands)
+    _add_clipseg(commands)
 
+
+def _add_tiny(commands: argparse._SubParsersAction) -> None:
     tiny = commands.add_parser(
         "tiny",
         help="write a tiny checkpoint with seeded random weights (offline; for tests and the demo)",
@@ -270,6 +278,8 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
     )
     tiny.set_defaults(handler=_tiny)
 
+
+def _add_onnx(commands: argparse._SubParsersAction) -> None:
     onnx = commands.add_parser(
         "onnx",
         help="export a diffusers SD 1.5/2, SDXL (inpainting or base) or FLUX.1 Fill folder to Triton models",
@@ -284,6 +294,8 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
     _add_runtime_options(onnx)
     onnx.set_defaults(handler=_onnx)
 
+
+def _add_registry(commands: argparse._SubParsersAction) -> None:
     registry = commands.add_parser(
         "registry",
         help="export every checkpoint a registry file lists into one model repository",
@@ -303,6 +315,8 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
     _add_runtime_options(registry)
     registry.set_defaults(handler=_registry)
 
+
+def _add_tensorrt(commands: argparse._SubParsersAction) -> None:
     tensorrt = commands.add_parser(
         "tensorrt",
         help="build the TensorRT plans of a --runtime gpu-tensorrt repository, on the GPU that serves it",
@@ -327,6 +341,8 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
     )
     tensorrt.set_defaults(handler=_tensorrt)
 
+
+def _add_detectors(commands: argparse._SubParsersAction) -> None:
     detectors = commands.add_parser(
         "detectors",
         help="convert MediaPipe's detectors (from the mediapipe 0.10.21 wheel) to ONNX Triton models",
@@ -343,6 +359,8 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
     )
     detectors.set_defaults(handler=_detectors)
 
+
+def _add_clipseg(commands: argparse._SubParsersAction) -> None:
     clipseg = commands.add_parser(
         "clipseg",
         help="export CLIPSeg weights (a transformers CLIPSegForImageSegmentation folder) for mask prompts",

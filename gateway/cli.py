@@ -10,28 +10,59 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # loaded when the command runs, not when the CLI's parser is built
+    import uvicorn
+
+    from triton_inpaint.gateway.config import GatewayConfig
 
 
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from .app import create_app
-    from .fetch import FetchPolicy
-    from .limits import load_keys
-    from .service import GatewayConfig
+    from triton_inpaint.gateway.app import create_app
 
     try:
-        keys = load_keys(args.keys)
+        config = _config(args)
     except OSError as exc:
         print(f"error: --keys {args.keys}: {exc.strerror}", file=sys.stderr)
         return 2
-    try:
-        s3 = _s3_settings(args)
-        _check_tasks_options(args)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    config = GatewayConfig(
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(config),
+            host=args.host,
+            port=args.port,
+            log_level="warning",
+            access_log=False,
+            # A WebSocket message is held to the same cap as a request body (uvicorn closes the
+            # connection with 1009 on a larger frame, before it is buffered whole).
+            ws_max_size=config.max_body_bytes,
+        )
+    )
+    threading.Thread(target=_announce, args=(server, args, len(config.keys)), daemon=True).start()
+    # uvicorn handles SIGINT and SIGTERM (finishes requests, stops the task worker), then raises the
+    # signal again for the handler that was there before it: this one, so the exit stays clean.
+    for name in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(name, lambda number, frame: None)
+    server.run()
+    print("gateway stopped", flush=True)
+    return 0 if server.started else 1
+
+
+def _config(args: argparse.Namespace) -> GatewayConfig:
+    """The settings from the command line; OSError (the keys file) or ValueError naming the option."""
+    from triton_inpaint.gateway.access.limits import load_keys
+    from triton_inpaint.gateway.config import GatewayConfig
+    from triton_inpaint.gateway.inputs.fetch import FetchPolicy
+
+    keys = load_keys(args.keys)
+    s3 = _s3_settings(args)
+    _check_tasks_options(args)
+    return GatewayConfig(
         s3=s3,
         database_url=args.database or None,
         workers=args.workers,
@@ -55,49 +86,30 @@ def _serve(args: argparse.Namespace) -> int:
             allowed_networks=tuple(args.allow_fetch_network),
         ),
     )
-    server = uvicorn.Server(
-        uvicorn.Config(
-            create_app(config),
-            host=args.host,
-            port=args.port,
-            log_level="warning",
-            access_log=False,
-            # A WebSocket message is held to the same cap as a request body (uvicorn closes the
-            # connection with 1009 on a larger frame, before it is buffered whole).
-            ws_max_size=config.max_body_bytes,
-        )
+
+
+def _announce(server: uvicorn.Server, args: argparse.Namespace, keys: int) -> None:
+    """One line once the gateway listens: where, in front of which Triton, with what stores."""
+    while not server.started and not server.should_exit:
+        time.sleep(0.05)
+    if not server.started:
+        return
+    access = f"{keys} API key(s)" if keys else "no API keys (open access)"
+    images = args.image_store or f"{args.data}/images"
+    tasks = f"{args.data}/gateway.sqlite3"
+    if args.database:
+        from triton_inpaint.gateway.store.postgres import redacted
+
+        tasks = redacted(args.database)
+    print(
+        f"gateway ready on http://{args.host}:{args.port} (Triton {args.triton}, {access}, images {images}, "
+        f"tasks {tasks}, {args.workers} async worker(s))",
+        flush=True,
     )
-
-    def announce() -> None:
-        while not server.started and not server.should_exit:
-            time.sleep(0.05)
-        if server.started:
-            access = f"{len(keys)} API key(s)" if keys else "no API keys (open access)"
-            where = f"http://{args.host}:{args.port}"
-            images = args.image_store or f"{args.data}/images"
-            tasks = f"{args.data}/gateway.sqlite3"
-            if args.database:
-                from .postgres import redacted
-
-                tasks = redacted(args.database)
-            print(
-                f"gateway ready on {where} (Triton {args.triton}, {access}, images {images}, tasks {tasks}, "
-                f"{args.workers} async worker(s))",
-                flush=True,
-            )
-
-    threading.Thread(target=announce, daemon=True).start()
-    # uvicorn handles SIGINT and SIGTERM (finishes requests, stops the task worker), then raises the
-    # signal again for the handler that was there before it: this one, so the exit stays clean.
-    for name in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(name, lambda number, frame: None)
-    server.run()
-    print("gateway stopped", flush=True)
-    return 0 if server.started else 1
 
 
 def _s3_settings(args: argparse.Namespace) -> object | None:
-    from .blobs import S3Settings
+    from triton_inpaint.gateway.store.blobs import S3Settings
 
     if args.s3_presign < 0:
         raise ValueError(f"--s3-presign: must be 0 (off) or more seconds, got {args.s3_presign}")
@@ -176,6 +188,13 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
         help="a Host header that image URLs may be built from when --public-url is not set (loopback "
         "names of --port always are); repeatable. Any other Host gets the listen address",
     )
+    _store_options(parser)
+    _limit_options(parser)
+    parser.set_defaults(handler=_serve)
+
+
+def _store_options(parser: argparse.ArgumentParser) -> None:
+    """Where images and async tasks are kept, and how many tasks run at once."""
     parser.add_argument(
         "--image-store",
         default=os.environ.get("TRITON_INPAINT_IMAGE_STORE", ""),
@@ -224,6 +243,10 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
         "gateway died is taken over by another once it has run out",
     )
     parser.add_argument("--default-model", default=None, help="model for async tasks that name none")
+
+
+def _limit_options(parser: argparse.ArgumentParser) -> None:
+    """What one request, one key and one fetched image may take."""
     parser.add_argument("--max-body-mb", type=int, default=64, help="largest request body, MiB")
     parser.add_argument(
         "--body-timeout", type=float, default=60.0, help="seconds a request body may take to arrive (408)"
@@ -253,4 +276,3 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
         metavar="CIDR",
         help="a non-public network image URLs may point into (e.g. an internal image store); repeatable",
     )
-    parser.set_defaults(handler=_serve)

@@ -149,7 +149,7 @@ def triton_server(exported_repository, detector_repository, clipseg_repository) 
 @pytest.fixture(scope="session")
 def detector_repository(tmp_path_factory: pytest.TempPathFactory):
     """MediaPipe's detectors converted to ONNX Triton models (the wheel comes from the package index)."""
-    from triton_inpaint.export.detectors import export_detectors
+    from triton_inpaint.export.masking.detectors import export_detectors
 
     root = tmp_path_factory.mktemp("detectors")
     checks = export_detectors(root / "repository", root / "cache", log=lambda _: None)
@@ -168,7 +168,7 @@ def clipseg_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def clipseg_repository(clipseg_weights: Path, tmp_path_factory: pytest.TempPathFactory):
     """The text-segmentation models exported from the tiny CLIPSeg weights."""
-    from triton_inpaint.export.clipseg import export_clipseg
+    from triton_inpaint.export.masking.clipseg import export_clipseg
 
     repository = tmp_path_factory.mktemp("clipseg-repository")
     with warnings.catch_warnings():
@@ -180,7 +180,7 @@ def clipseg_repository(clipseg_weights: Path, tmp_path_factory: pytest.TempPathF
 @pytest.fixture(scope="session")
 def postgres_server() -> Iterator[object]:
     """One real PostgreSQL server for the session; tests restarting it put it back up before they end."""
-    from triton_inpaint.gateway.local_postgres import PostgresServer
+    from triton_inpaint.gateway.store.local_postgres import PostgresServer
 
     with PostgresServer() as server:
         yield server

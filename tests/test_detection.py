@@ -4,7 +4,7 @@ graphs, checked against the TFLite interpreter."""
 import numpy as np
 import pytest
 
-from triton_inpaint.export.detectors import DETECTOR_GRAPHS, MAX_DIFF
+from triton_inpaint.export.masking.detectors import DETECTOR_GRAPHS, MAX_DIFF
 from triton_inpaint.masks.detection import (
     FACE_DETECTOR,
     PALM_DETECTOR,

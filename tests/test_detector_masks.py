@@ -8,7 +8,7 @@ import pytest
 import skimage.data
 
 from triton_inpaint.api.errors import InvalidInputError
-from triton_inpaint.export.detectors import DETECTOR_GRAPHS
+from triton_inpaint.export.masking.detectors import DETECTOR_GRAPHS
 from triton_inpaint.masks.detectors import (
     FACE_MESH_FILE,
     MASKING_MODELS,

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from triton_inpaint.gateway.addresses import embedded_ipv4, is_public
+from triton_inpaint.gateway.inputs.addresses import embedded_ipv4, is_public
 
 # (block, globally reachable); None = "N/A" in the registry.
 IANA_IPV4 = [

@@ -15,7 +15,7 @@ import pytest
 
 from tests.helpers import png_bytes
 from triton_inpaint.api.errors import InvalidInputError
-from triton_inpaint.gateway.fetch import FetchPolicy, fetch_url, is_public
+from triton_inpaint.gateway.inputs.fetch import FetchPolicy, fetch_url, is_public
 
 IMAGE = png_bytes(np.full((8, 8, 3), 99, np.uint8))
 POLICY = FetchPolicy(max_bytes=4096, timeout=2.0, allowed_networks=(ipaddress.ip_network("127.0.0.2/32"),))

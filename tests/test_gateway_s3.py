@@ -18,7 +18,7 @@ from tests.conftest import MODEL
 from tests.gateway_process import GatewayProcess
 from tests.helpers import irregular_mask, make_image, png_bytes
 from tests.s3_server import CREDENTIALS, S3Server
-from triton_inpaint.gateway.blobs import BlobsUnavailable, S3Blobs, S3Settings
+from triton_inpaint.gateway.store.blobs import BlobsUnavailable, S3Blobs, S3Settings
 
 IMAGE = png_bytes(make_image(96, 64, seed=3))
 MASK = png_bytes(irregular_mask(96, 64))

@@ -9,12 +9,13 @@ from pydantic import ValidationError
 
 from tests.helpers import png_bytes
 from triton_inpaint.api.errors import InvalidInputError
-from triton_inpaint.gateway.fetch import FetchPolicy
-from triton_inpaint.gateway.images import output_fields, resolve_image
-from triton_inpaint.gateway.limits import KeyLimits, load_keys, matching_key, presented_key
-from triton_inpaint.gateway.service import resolution_size
-from triton_inpaint.gateway.storage import LocalStorage
-from triton_inpaint.gateway.tasks import ImageInferenceTask, field_errors
+from triton_inpaint.gateway.access.limits import KeyLimits, load_keys, matching_key, presented_key
+from triton_inpaint.gateway.eden.tasks import resolution_size
+from triton_inpaint.gateway.inputs.fetch import FetchPolicy
+from triton_inpaint.gateway.inputs.images import output_fields, resolve_image
+from triton_inpaint.gateway.runware.protocol import ImageInferenceTask
+from triton_inpaint.gateway.store.storage import LocalStorage
+from triton_inpaint.gateway.validation import field_errors
 
 PNG = png_bytes(np.full((6, 10, 3), 7, np.uint8))
 
@@ -35,7 +36,9 @@ def test_a_failed_write_leaves_nothing_and_a_task_stores_all_of_its_images_or_no
     import errno
     import os
 
-    from triton_inpaint.gateway.service import GatewayConfig, StorageUnavailable, TaskRunner
+    from triton_inpaint.gateway.config import GatewayConfig
+    from triton_inpaint.gateway.errors import StorageUnavailable
+    from triton_inpaint.gateway.inference import TaskRunner
 
     storage = LocalStorage(tmp_path)
     kept = storage.put_image(PNG, "png")
@@ -171,7 +174,8 @@ def test_gateway_process_prints_ready_and_stops_cleanly(tmp_path, signal_name):
 
 
 def test_a_broken_async_task_fails_alone_and_the_worker_goes_on(tmp_path):
-    from triton_inpaint.gateway.service import AsyncInpainting, GatewayConfig, TaskRunner
+    from triton_inpaint.gateway.config import GatewayConfig
+    from triton_inpaint.gateway.services import build_services
 
     storage = LocalStorage(tmp_path)
     tasks = storage.tasks
@@ -180,7 +184,7 @@ def test_a_broken_async_task_fails_alone_and_the_worker_goes_on(tmp_path):
     gone = tasks.create_task(
         "flux_inpainting", {"image": "00000000-0000-4000-8000-000000000000", "resolution": 512}, "gone"
     )
-    worker = AsyncInpainting(TaskRunner(GatewayConfig(triton_url="127.0.0.1:1", data_dir=tmp_path), storage))
+    worker = build_services(GatewayConfig(triton_url="127.0.0.1:1", data_dir=tmp_path), storage).worker
     worker.start()
     try:
         deadline = time.monotonic() + 20
@@ -239,7 +243,7 @@ def test_a_number_of_the_wrong_kind_is_refused_with_its_range(fields, expected):
 
 
 def test_the_catalog_declares_each_control_as_the_task_schema_checks_it():
-    from triton_inpaint.gateway.catalog import inference_controls
+    from triton_inpaint.gateway.page.catalog import inference_controls
 
     controls = {control["name"]: control for control in inference_controls()}
     assert not {"seedImage", "maskImage", "maskModel", "maskPrompt"} & set(controls)
@@ -263,8 +267,9 @@ def test_the_catalog_declares_each_control_as_the_task_schema_checks_it():
 
 
 def test_a_task_whose_workers_keep_dying_is_failed_not_retried_forever(tmp_path):
-    from triton_inpaint.gateway.records import MAX_ATTEMPTS
-    from triton_inpaint.gateway.service import AsyncInpainting, GatewayConfig, TaskRunner
+    from triton_inpaint.gateway.config import GatewayConfig
+    from triton_inpaint.gateway.services import build_services
+    from triton_inpaint.gateway.store.records import MAX_ATTEMPTS
 
     storage = LocalStorage(tmp_path)
     tasks = storage.tasks
@@ -273,7 +278,7 @@ def test_a_task_whose_workers_keep_dying_is_failed_not_retried_forever(tmp_path)
         assert tasks.claim_task(f"doomed-{attempt}", lease_seconds=0.05).attempts == attempt + 1
         time.sleep(0.1)
     config = GatewayConfig(triton_url="127.0.0.1:1", data_dir=tmp_path, workers=2, task_lease=3.0)
-    worker = AsyncInpainting(TaskRunner(config, storage))
+    worker = build_services(config, storage).worker
     worker.start()
     try:
         deadline = time.monotonic() + 20
@@ -289,7 +294,9 @@ def test_a_task_whose_workers_keep_dying_is_failed_not_retried_forever(tmp_path)
 
 
 def test_an_outcome_dropped_after_a_takeover_takes_its_images_with_it(tmp_path):
-    from triton_inpaint.gateway.service import AsyncInpainting, GatewayConfig, TaskRunner, result_images
+    from triton_inpaint.gateway.config import GatewayConfig
+    from triton_inpaint.gateway.services import build_services
+    from triton_inpaint.gateway.worker import result_images
 
     storage = LocalStorage(tmp_path)
     tasks = storage.tasks
@@ -298,7 +305,7 @@ def test_an_outcome_dropped_after_a_takeover_takes_its_images_with_it(tmp_path):
     slow = tasks.claim_task("slow", lease_seconds=0.05)  # a worker that hangs past its lease ...
     time.sleep(0.1)
     assert tasks.claim_task("other", lease_seconds=30).id == "t"  # ... and the task is taken over
-    worker = AsyncInpainting(TaskRunner(GatewayConfig(triton_url="127.0.0.1:1", data_dir=tmp_path), storage))
+    worker = build_services(GatewayConfig(triton_url="127.0.0.1:1", data_dir=tmp_path), storage).worker
     worker._run(slow, "slow")  # the hung worker wakes up, runs the task (storing its image), and is refused
     assert list((tmp_path / "images").iterdir()) == []  # the image nothing lists is gone too
     assert tasks.get_task("t").status == "running"  # still the other worker's
@@ -314,3 +321,30 @@ def test_an_outcome_dropped_after_a_takeover_takes_its_images_with_it(tmp_path):
     eden = {"output": [{"imageUUID": "a", "seed": 1}], "mask": {"imageUUID": "m", "url": "/images/m.png"}}
     runware = {"data": [{"taskUUID": "t", "imageUUID": "b", "maskImageUUID": "c", "seed": 2}]}
     assert (result_images(eden), result_images(runware), result_images(None)) == (["a", "m"], ["b", "c"], [])
+
+
+def test_a_router_serves_alone_on_an_app_of_its_own(tmp_path):
+    """Each router takes its services from ``app.state``: mounted alone, with services of the test's
+    choosing (no Triton), it answers as in the whole gateway."""
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from triton_inpaint.gateway.config import GatewayConfig
+    from triton_inpaint.gateway.eden.router import router
+    from triton_inpaint.gateway.services import build_services
+
+    app = FastAPI()
+    app.state.services = build_services(GatewayConfig(triton_url="127.0.0.1:1", data_dir=tmp_path))
+    app.include_router(router)
+    stored = app.state.services.storage.tasks.create_task("flux_inpainting", {"resolution": 512}, "t1")
+    with TestClient(app) as client:
+        found = client.get(f"/v2/tasks/{stored.id}")
+        missing = client.get("/v2/tasks/nope")
+        refused = client.post(
+            "/v2/tasks/create", json={"tool": "flux_inpainting", "args": {"resolution": 99}}
+        )
+    assert found.status_code == 200 and found.json()["task"]["status"] == "pending"
+    assert missing.status_code == 404 and missing.json()["errors"][0]["code"] == "notFound"
+    assert refused.status_code == 400
+    assert {"parameter": "args.resolution"}.items() <= refused.json()["errors"][0].items()
+    assert "must be in [512, 1536], got 99" in refused.json()["errors"][0]["message"]

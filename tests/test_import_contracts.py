@@ -231,6 +231,16 @@ def test_the_gateway_never_imports_the_tools():
     assert not offenders, offenders
 
 
+def test_the_async_worker_knows_no_task_style():
+    """The worker claims, leases and finishes tasks; what a task does comes from the handlers app
+    wiring gives it, so a third task style needs no change to it."""
+    worker = "triton_inpaint.gateway.worker"
+    styles = ("triton_inpaint.gateway.runware", "triton_inpaint.gateway.eden")
+    reached = _loaded_by(worker) | {_ours(target) or "" for target in imports()[worker]}
+    assert "triton_inpaint.gateway.store.records" in reached  # the check sees what the worker loads
+    assert not sorted(module for module in reached if module.startswith(styles))
+
+
 def test_no_import_cycles():
     """A cycle means neither module can be read, tested or moved without the other. Imports inside
     functions count: deferring an import hides a cycle from the interpreter, not from the reader."""

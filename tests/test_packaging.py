@@ -96,7 +96,7 @@ def test_wheel_carries_what_serve_and_demo_need(wheel):
         assert f"triton_inpaint/{module}" in names
     assert {"triton_inpaint/assets/sample.png", "triton_inpaint/assets/sample_mask.png"} <= names
     page = {"index.html", "app.js", "api.js", "controls.js", "mask-editor.js", "style.css"}
-    assert {f"triton_inpaint/gateway/web/{name}" for name in page} <= names
+    assert {f"triton_inpaint/gateway/page/web/{name}" for name in page} <= names
     assert not [n for n in names if "__pycache__" in n or n.endswith(".onnx")]
 
 

@@ -76,7 +76,9 @@ def test_client_keywords_are_the_controls():
 def test_gateway_task_fields_are_the_declared_names_and_ranges():
     from pydantic import ValidationError
 
-    from triton_inpaint.gateway.tasks import ImageInferenceTask, InpaintingArgs, field_errors
+    from triton_inpaint.gateway.eden.protocol import InpaintingArgs
+    from triton_inpaint.gateway.runware.protocol import ImageInferenceTask
+    from triton_inpaint.gateway.validation import field_errors
 
     offered = {c.runware for c in INPAINT if c.runware}
     assert offered <= set(ImageInferenceTask.model_fields)
@@ -107,7 +109,8 @@ schema.INPAINT = dataclasses.replace(schema.INPAINT, controls=(*schema.INPAINT.c
 from triton_inpaint.api import contract
 from triton_inpaint.client import InpaintClient, GatewayClient
 from triton_inpaint.client.cli import add_controls
-from triton_inpaint.gateway.tasks import ImageInferenceTask, InpaintingArgs
+from triton_inpaint.gateway.eden.protocol import InpaintingArgs
+from triton_inpaint.gateway.runware.protocol import ImageInferenceTask
 from triton_inpaint.tools.reference_tables import controls_table
 import argparse
 parser = argparse.ArgumentParser()

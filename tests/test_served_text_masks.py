@@ -15,7 +15,7 @@ from tests.helpers import decode_rgb, png_bytes
 from tests.test_text_segmentation import PHRASES, reference_probability
 from triton_inpaint.api.contract import TEXT_SEGMENTATION_MODEL
 from triton_inpaint.client import InpaintClient, InpaintError
-from triton_inpaint.export.detectors import DETECTOR_GRAPHS
+from triton_inpaint.export.masking.detectors import DETECTOR_GRAPHS
 from triton_inpaint.masks.detectors import regions_from_probability
 
 pytestmark = pytest.mark.server

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from triton_inpaint.gateway.records import SqliteTaskStore, TaskExists, TaskStoreUnavailable
+from triton_inpaint.gateway.store.records import SqliteTaskStore, TaskExists, TaskStoreUnavailable
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -20,7 +20,7 @@ def store(request, tmp_path):
     if request.param == "sqlite":
         yield SqliteTaskStore(tmp_path / "gateway.sqlite3")
         return
-    from triton_inpaint.gateway.postgres import PostgresTaskStore
+    from triton_inpaint.gateway.store.postgres import PostgresTaskStore
 
     opened = PostgresTaskStore(request.getfixturevalue("database_url"))
     yield opened
@@ -132,7 +132,7 @@ def test_an_older_sqlite_database_gains_the_queue_columns(tmp_path: Path):
 def test_a_stopped_postgres_is_unavailable_then_answers_again_without_a_new_store(
     postgres_server, database_url, caplog
 ):
-    from triton_inpaint.gateway.postgres import PostgresTaskStore
+    from triton_inpaint.gateway.store.postgres import PostgresTaskStore
 
     caplog.set_level(logging.WARNING, logger="psycopg.pool")
     store = PostgresTaskStore(database_url, timeout=3.0)
@@ -165,7 +165,7 @@ def test_a_stopped_postgres_is_unavailable_then_answers_again_without_a_new_stor
 def test_a_task_stored_by_one_replica_wakes_the_others_also_after_a_database_restart(
     postgres_server, database_url
 ):
-    from triton_inpaint.gateway.postgres import PostgresTaskStore
+    from triton_inpaint.gateway.store.postgres import PostgresTaskStore
 
     storing, idle = PostgresTaskStore(database_url), PostgresTaskStore(database_url, timeout=3.0)
     woken = threading.Event()
@@ -188,7 +188,7 @@ def test_a_task_stored_by_one_replica_wakes_the_others_also_after_a_database_res
 
 
 def test_reconnection_warnings_are_one_line_per_outage_then_one_a_minute():
-    from triton_inpaint.gateway.postgres import OutageLogFilter
+    from triton_inpaint.gateway.store.postgres import OutageLogFilter
 
     now = [0.0]
     thinned = OutageLogFilter(every=60, clock=lambda: now[0])
@@ -211,7 +211,7 @@ def test_reconnection_warnings_are_one_line_per_outage_then_one_a_minute():
 
 
 def test_shared_limits_hold_across_two_gateways_and_slots_of_a_dead_one_lapse(database_url):
-    from triton_inpaint.gateway.postgres import PostgresTaskStore, SharedKeyLimits
+    from triton_inpaint.gateway.store.postgres import PostgresTaskStore, SharedKeyLimits
 
     stores = [PostgresTaskStore(database_url), PostgresTaskStore(database_url)]
     first, second = (SharedKeyLimits(store, concurrency=2, per_minute=3) for store in stores)

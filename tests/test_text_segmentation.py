@@ -10,7 +10,7 @@ import skimage.data
 import torch
 
 from triton_inpaint.api.contract import TEXT_SEGMENTATION_MODEL, TEXT_SEGMENTATION_NETWORK
-from triton_inpaint.export.clipseg import export_clipseg
+from triton_inpaint.export.masking.clipseg import export_clipseg
 from triton_inpaint.masks.detectors import Masker, MaskingParams, regions_from_probability
 from triton_inpaint.masks.text_segmentation import TextSegmenter, load_processor, probability_maps
 from triton_inpaint.networks.runners import onnx_runner

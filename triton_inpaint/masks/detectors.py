@@ -1,6 +1,6 @@
 """Masks from detectors: faces, facial features, hands and persons, the way users name them.
 
-The detector graphs are MediaPipe's (see ``export/detectors.py``); this module is the glue MediaPipe's
+The detector graphs are MediaPipe's (see ``export/masking/detectors.py``); this module is the glue MediaPipe's
 C++ graphs would otherwise provide: detection, the rotated region of interest for the landmark models,
 landmarks back to image pixels, and regions to masks. Like the denoising pipelines, it reaches the
 networks only through a runner (``run(model, inputs, outputs)``), so the same code runs in Triton (BLS)

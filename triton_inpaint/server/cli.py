@@ -129,51 +129,8 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
         help="model repository: a folder, or s3://, gs://, as:// as Triton reads them (credentials from "
         "the environment); repeat for several (hand-written and exported)",
     )
-    parser.add_argument("--http-port", type=int, default=8000)
-    parser.add_argument("--grpc-port", type=int, default=8001)
-    parser.add_argument("--metrics-port", type=int, default=8002)
-    parser.add_argument(
-        "--grpc-address",
-        default=LOOPBACK,
-        help="address gRPC listens on; 0.0.0.0 lets other machines (the gateway's) reach Triton: it has no "
-        "API keys or limits of its own, so allow only the gateway there (a firewall or NetworkPolicy)",
-    )
-    parser.add_argument(
-        "--http-address",
-        default=LOOPBACK,
-        help="address HTTP listens on; keep it on loopback: Triton 2.51's HTTP frontend aborts the whole "
-        "server on one malformed request (a huge declared tensor shape)",
-    )
-    parser.add_argument(
-        "--metrics-address", default=LOOPBACK, help="address Prometheus metrics are served on"
-    )
-    parser.add_argument(
-        "--memory-budget",
-        default=None,
-        metavar="SIZE",
-        help=f"memory each checkpoint's networks may use for their work at once, e.g. 12GiB (also "
-        f"${BUDGET_ENV}); a request estimated to need more is refused before any work, naming the largest "
-        "size that fits, and one that fits waits until the requests in flight leave it room. Default: 90%% "
-        "of the memory still free once every model is loaded (the GPU's on GPU runtimes)",
-    )
-    parser.add_argument(
-        "--grpc-max-connection-age",
-        type=float,
-        default=0.0,
-        metavar="SECONDS",
-        help="close each gRPC connection after this long (calls in flight finish first): clients that "
-        "spread requests over every address of a name (a headless Service) resolve it again and find "
-        "servers added since. 0: connections last",
-    )
-    parser.add_argument(
-        "--admin-secret-file",
-        type=Path,
-        default=None,
-        metavar="PATH",
-        help=f"a file whose first line is the value of the '{ADMIN_HEADER}' header that Triton's model "
-        f"control, shared-memory, trace and logging APIs require (also ${ADMIN_SECRET_ENV}); default: a "
-        "random value only this process knows. Inference, health, metadata and statistics need no header",
-    )
+    _address_options(parser)
+    _server_options(parser)
     parser.add_argument("--ready-timeout", type=float, default=300.0, help="seconds to wait for all models")
     parser.add_argument(
         "--restarts", type=int, default=5, help="times to start tritonserver again after it dies"
@@ -203,3 +160,56 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
         "shm-default-byte-size=16777216; repeatable",
     )
     parser.set_defaults(handler=_serve)
+
+
+def _address_options(parser: argparse.ArgumentParser) -> None:
+    """Where Triton listens."""
+    parser.add_argument("--http-port", type=int, default=8000)
+    parser.add_argument("--grpc-port", type=int, default=8001)
+    parser.add_argument("--metrics-port", type=int, default=8002)
+    parser.add_argument(
+        "--grpc-address",
+        default=LOOPBACK,
+        help="address gRPC listens on; 0.0.0.0 lets other machines (the gateway's) reach Triton: it has no "
+        "API keys or limits of its own, so allow only the gateway there (a firewall or NetworkPolicy)",
+    )
+    parser.add_argument(
+        "--http-address",
+        default=LOOPBACK,
+        help="address HTTP listens on; keep it on loopback: Triton 2.51's HTTP frontend aborts the whole "
+        "server on one malformed request (a huge declared tensor shape)",
+    )
+    parser.add_argument(
+        "--metrics-address", default=LOOPBACK, help="address Prometheus metrics are served on"
+    )
+
+
+def _server_options(parser: argparse.ArgumentParser) -> None:
+    """What Triton admits, how long it keeps connections, and who may control its models."""
+    parser.add_argument(
+        "--memory-budget",
+        default=None,
+        metavar="SIZE",
+        help=f"memory each checkpoint's networks may use for their work at once, e.g. 12GiB (also "
+        f"${BUDGET_ENV}); a request estimated to need more is refused before any work, naming the largest "
+        "size that fits, and one that fits waits until the requests in flight leave it room. Default: 90%% "
+        "of the memory still free once every model is loaded (the GPU's on GPU runtimes)",
+    )
+    parser.add_argument(
+        "--grpc-max-connection-age",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="close each gRPC connection after this long (calls in flight finish first): clients that "
+        "spread requests over every address of a name (a headless Service) resolve it again and find "
+        "servers added since. 0: connections last",
+    )
+    parser.add_argument(
+        "--admin-secret-file",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help=f"a file whose first line is the value of the '{ADMIN_HEADER}' header that Triton's model "
+        f"control, shared-memory, trace and logging APIs require (also ${ADMIN_SECRET_ENV}); default: a "
+        "random value only this process knows. Inference, health, metadata and statistics need no header",
+    )

@@ -22,7 +22,15 @@ def markdown(results: dict[str, Any]) -> str:
     info = results["machine"]
     versions = ", ".join(f"{k} {v}" for k, v in info["versions"].items() if v)
     lines += [f"{info['cores']} cores, {info['platform']}, Python {info['python']}; {versions}.", ""]
-    lines += ["## One request, side by side (medians of interleaved rounds)", ""]
+    for section in (_side_by_side, _perf_table, _time_table, _memory_table, _targets_table):
+        lines += section(results)
+    lines += ["", "Plots: `throughput.png`, `latency.png`, `time_breakdown.png`.", ""]
+    return "\n".join(lines)
+
+
+def _side_by_side(results: dict[str, Any]) -> list[str]:
+    """One request timed each way."""
+    lines = ["## One request, side by side (medians of interleaved rounds)", ""]
     lines += [_row(["model", "px", "steps", "diffusers", "ours in-process", "served gRPC", "gateway",
                     "served / in-process", "ours / diffusers", "cold start"]),
               _row(["---"] * 10)]  # fmt: skip
@@ -44,7 +52,12 @@ def markdown(results: dict[str, Any]) -> str:
                 ]
             )  # fmt: skip
         )
-    lines += ["", "## perf_analyzer against the ensemble", ""]
+    return lines
+
+
+def _perf_table(results: dict[str, Any]) -> list[str]:
+    """perf_analyzer's sweep against the ensemble."""
+    lines = ["", "## perf_analyzer against the ensemble", ""]
     lines += [_row(["model", "concurrency", "requests/s", "vs c=1", "p50", "p95", "UNet rows a call",
                     "requests a UNet call"]), _row(["---"] * 8)]  # fmt: skip
     for model in results["models"]:
@@ -64,7 +77,12 @@ def markdown(results: dict[str, Any]) -> str:
                     ]
                 )  # fmt: skip
             )
-    lines += ["", "## Where the time goes (per request, from Triton's statistics)", ""]
+    return lines
+
+
+def _time_table(results: dict[str, Any]) -> list[str]:
+    """Queue and compute per Triton model, per request."""
+    lines = ["", "## Where the time goes (per request, from Triton's statistics)", ""]
     lines += [_row(["model", "concurrency", "Triton model", "queue", "compute"]), _row(["---"] * 5)]
     for model in results["models"]:
         for entry in model["sweep"]:
@@ -80,7 +98,12 @@ def markdown(results: dict[str, Any]) -> str:
                         ]
                     )  # fmt: skip
                 )
-    lines += ["", "## Memory (PSS)", ""]
+    return lines
+
+
+def _memory_table(results: dict[str, Any]) -> list[str]:
+    """PSS of the served stack and the gateway."""
+    lines = ["", "## Memory (PSS)", ""]
     lines += [
         _row(["model", "served stack", "ONNX weights", "stack minus weights", "gateway"]),
         _row(["---"] * 5),
@@ -102,7 +125,12 @@ def markdown(results: dict[str, Any]) -> str:
     for model in results["models"]:
         parts = ", ".join(f"{k} {v:.0f}" for k, v in model["memory"]["processes_mib"].items())
         lines.append(f"- {model['model']} (MiB): {parts}")
-    lines += ["", "## Targets", ""]
+    return lines
+
+
+def _targets_table(results: dict[str, Any]) -> list[str]:
+    """Each target ratio, measured against its bound."""
+    lines = ["", "## Targets", ""]
     lines += [_row(["model", "ratio", "measured", "target", "met"]), _row(["---"] * 5)]
     for model in results["models"]:
         for ratio, per_model in TARGETS.items():
@@ -115,8 +143,7 @@ def markdown(results: dict[str, Any]) -> str:
             lines.append(
                 _row([model["model"], ratio, f"{measured:.3f}", f"{sign} {target}", "yes" if met else "no"])
             )
-    lines += ["", "Plots: `throughput.png`, `latency.png`, `time_breakdown.png`.", ""]
-    return "\n".join(lines)
+    return lines
 
 
 def plots(results: dict[str, Any], out: Path) -> list[Path]:

@@ -139,10 +139,57 @@ def interleaved(methods: dict[str, Callable[[], Any]], rounds: int) -> dict[str,
     return times
 
 
-def bench_model(size: str, plan: BenchPlan, work: Path, out: Path) -> dict[str, Any]:
+def _diffusers_call(reference: Any, image: np.ndarray, mask: np.ndarray, size: int, steps: int) -> Any:
+    """The reference pipeline's call for the benchmark's request, ready to time."""
     import torch
-    from diffusers import StableDiffusionInpaintPipeline
     from PIL import Image
+
+    def run_diffusers() -> None:
+        reference(
+            prompt=PROMPT, image=Image.fromarray(image), mask_image=Image.fromarray(mask), width=size,
+            height=size, num_inference_steps=steps, strength=1.0, guidance_scale=GUIDANCE,
+            generator=torch.Generator().manual_seed(SEED),
+        )  # fmt: skip
+
+    return run_diffusers
+
+
+def _perf_sweep(
+    name: str, grpc_url: str, plan: BenchPlan, data_file: Path, out: Path
+) -> list[dict[str, Any]]:
+    """perf_analyzer at each concurrency, with how many requests each UNet call carried (Triton's own
+    statistics, before and after)."""
+    sweep = []
+    for level in plan.concurrency:
+        _log(f"{name}: perf_analyzer at concurrency {level}")
+        before = perf.model_statistics(grpc_url)
+        figures = perf.run_perf_analyzer(
+            f"inpaint_{name}", grpc_url, data_file, level,
+            max(plan.requests_per_window, 2 * level), out / f"perf_{name}_c{level}.csv", timeout=1800,
+        )  # fmt: skip
+        models = perf.statistics_delta(before, perf.model_statistics(grpc_url))
+        unet = models.get(f"{name}_unet", {})
+        rows_per_request = 2 if GUIDANCE > 1 else 1  # classifier-free guidance: two rows an image
+        figures["unet_rows_per_call"] = unet.get("batch_per_execution", float("nan"))
+        figures["requests_per_unet_call"] = figures["unet_rows_per_call"] / rows_per_request
+        sweep.append({"concurrency": level, **figures, "models": models})
+    return sweep
+
+
+def _ratios(medians: dict[str, float], sweep: list[dict[str, Any]]) -> dict[str, float]:
+    c1 = sweep[0]["throughput_rps"]
+    return {
+        "served_over_in_process": medians["served_grpc"] / medians["ours_in_process"],
+        "gateway_over_in_process": medians["gateway"] / medians["ours_in_process"],
+        "ours_over_diffusers": medians["ours_in_process"] / medians["diffusers"],
+        **{
+            f"throughput_c{entry['concurrency']}_over_c1": entry["throughput_rps"] / c1 for entry in sweep[1:]
+        },
+    }
+
+
+def bench_model(size: str, plan: BenchPlan, work: Path, out: Path) -> dict[str, Any]:
+    from diffusers import StableDiffusionInpaintPipeline
 
     from triton_inpaint.api.params import DenoiseParams
     from triton_inpaint.client import GatewayClient, InpaintClient
@@ -170,13 +217,7 @@ def bench_model(size: str, plan: BenchPlan, work: Path, out: Path) -> dict[str, 
     reference.scheduler = build_scheduler(scheduler, ours.scheduler_config)
     reference.set_progress_bar_config(disable=True)
     soft_mask = mask.astype(np.float32) / 255.0
-
-    def run_diffusers() -> None:
-        reference(
-            prompt=PROMPT, image=Image.fromarray(image), mask_image=Image.fromarray(mask), width=native,
-            height=native, num_inference_steps=plan.steps, strength=1.0, guidance_scale=GUIDANCE,
-            generator=torch.Generator().manual_seed(SEED),
-        )  # fmt: skip
+    run_diffusers = _diffusers_call(reference, image, mask, native, plan.steps)
 
     _log(f"{name}: starting Triton with only this model (cold start)")
     # The ensemble brings its steps; the networks the denoise model calls through BLS are named too.
@@ -210,34 +251,12 @@ def bench_model(size: str, plan: BenchPlan, work: Path, out: Path) -> dict[str, 
             {"image": image_png, "mask": mask_png, "prompt": PROMPT, "steps": plan.steps,
              "guidance_scale": GUIDANCE, "seed": SEED, "strength": 1.0, "scheduler": scheduler},
         )  # fmt: skip
-        sweep = []
-        for level in plan.concurrency:
-            _log(f"{name}: perf_analyzer at concurrency {level}")
-            before = perf.model_statistics(server.grpc_url)
-            figures = perf.run_perf_analyzer(
-                f"inpaint_{name}", server.grpc_url, data_file, level,
-                max(plan.requests_per_window, 2 * level), out / f"perf_{name}_c{level}.csv", timeout=1800,
-            )  # fmt: skip
-            models = perf.statistics_delta(before, perf.model_statistics(server.grpc_url))
-            unet = models.get(f"{name}_unet", {})
-            rows_per_request = 2 if GUIDANCE > 1 else 1  # classifier-free guidance: two rows an image
-            figures["unet_rows_per_call"] = unet.get("batch_per_execution", float("nan"))
-            figures["requests_per_unet_call"] = figures["unet_rows_per_call"] / rows_per_request
-            sweep.append({"concurrency": level, **figures, "models": models})
+        sweep = _perf_sweep(name, server.grpc_url, plan, data_file, out)
         client.close()
     finally:
         if gateway is not None:
             gateway.stop()
         server.stop()
-    c1 = sweep[0]["throughput_rps"]
-    ratios = {
-        "served_over_in_process": medians["served_grpc"] / medians["ours_in_process"],
-        "gateway_over_in_process": medians["gateway"] / medians["ours_in_process"],
-        "ours_over_diffusers": medians["ours_in_process"] / medians["diffusers"],
-        **{
-            f"throughput_c{entry['concurrency']}_over_c1": entry["throughput_rps"] / c1 for entry in sweep[1:]
-        },
-    }
     return {
         "model": name,
         "native_resolution": native,
@@ -248,7 +267,7 @@ def bench_model(size: str, plan: BenchPlan, work: Path, out: Path) -> dict[str, 
         "cold_start_s": cold_start,
         "seconds": times,
         "median_s": medians,
-        "ratios": ratios,
+        "ratios": _ratios(medians, sweep),
         "memory": memory,
         "sweep": sweep,
     }

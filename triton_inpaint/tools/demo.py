@@ -95,7 +95,7 @@ def run_demo(
 def _detectors(workdir: Path, total: int) -> list[Path]:
     """The detector models for the page's automatic masks, or none (with why) when they cannot be
     exported here, e.g. without access to the package index for MediaPipe's wheel."""
-    from triton_inpaint.export.detectors import export_detectors
+    from triton_inpaint.export.masking.detectors import export_detectors
 
     detectors = workdir / "detectors"
     _step(3, total, f"exporting the detectors (face, eyes, hands, person...) to {detectors}")

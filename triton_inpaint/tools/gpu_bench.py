@@ -25,6 +25,7 @@ import statistics
 import sys
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -173,14 +174,10 @@ def run(
     family: str, size: str, device: str, steps: int, rounds: int, work: Path, out: Path
 ) -> dict[str, Any]:
     import torch
-    from PIL import Image
 
-    from triton_inpaint.api.imaging import decode_image, encode_image, encode_mask
+    from triton_inpaint.api.imaging import encode_image, encode_mask
     from triton_inpaint.api.params import DenoiseParams
-    from triton_inpaint.client import InpaintClient
     from triton_inpaint.pipelines.schedulers import build_scheduler
-    from triton_inpaint.server.process import TritonServer, free_port, with_builtin
-    from triton_inpaint.tools.perf import model_statistics, statistics_delta
 
     if device != "cpu" and not torch.cuda.is_available():
         raise ValueError(
@@ -193,73 +190,27 @@ def run(
     native = ours.spec.native_resolution
     scheduler_name = ours.spec.default_scheduler or "DPM++ 2M"
     image, mask = sample_request(native)
-    image_png, mask_png = encode_image(image), encode_mask(mask)
     controls = {"steps": steps, "guidance_scale": GUIDANCE, "seed": SEED, "strength": 1.0}
-    params = DenoiseParams.from_inputs(
-        PROMPT, width=native, height=native, scheduler=scheduler_name, **controls
+    request = _Request(
+        image=image,
+        mask=mask,
+        soft_mask=mask.astype(np.float32) / 255.0,
+        image_png=encode_image(image),
+        mask_png=encode_mask(mask),
+        scheduler=scheduler_name,
+        controls=controls,
+        params=DenoiseParams.from_inputs(
+            PROMPT, width=native, height=native, scheduler=scheduler_name, **controls
+        ),
     )
-    soft_mask = mask.astype(np.float32) / 255.0
-    half = torch.float16 if device != "cpu" else torch.float32
-    reference = _reference(
-        family, checkpoint, half, device, build_scheduler(scheduler_name, ours.scheduler_config)
-    )
 
-    def run_diffusers(pipe: Any) -> np.ndarray:
-        result = pipe(
-            prompt=PROMPT, image=Image.fromarray(image), mask_image=Image.fromarray(mask), width=native,
-            height=native, num_inference_steps=steps, strength=1.0, guidance_scale=GUIDANCE,
-            generator=torch.Generator().manual_seed(SEED),
-        )  # fmt: skip
-        return np.asarray(result.images[0])
-
-    _log(f"starting Triton with {NAME} and {NAME32} (gpu-torch) on {device}")
-    from triton_inpaint.networks.runners import network_tensors
-
-    # The ensembles bring their steps; the networks the denoise models call through BLS are named too.
-    roles = network_tensors(ours.spec.architecture)
-    models = [f"inpaint_{name}" for name in (NAME, NAME32)]
-    models += [f"{name}_{role}" for name in (NAME, NAME32) for role in roles]
-    server = TritonServer(with_builtin([repository]), free_port(), free_port(), free_port(), models=models)
-    started = time.perf_counter()
-    server.start(timeout=1200)
-    cold_start = time.perf_counter() - started
-    try:
-        client = InpaintClient(server.grpc_url, "grpc")
-
-        def served(name: str) -> bytes:
-            return client.inpaint(
-                name, image_png, mask_png, PROMPT, scheduler=scheduler_name, **controls
-            ).image
-
-        methods = {
-            "diffusers_fp16": lambda: run_diffusers(reference),
-            "ours_in_process": lambda: ours(image, soft_mask, params),
-            "served_grpc": lambda: served(NAME),
-        }
-        _log(f"{rounds} interleaved rounds of {', '.join(methods)} ({steps} steps at {native} px)")
-        before = model_statistics(server.grpc_url)
-        times = interleaved(methods, rounds)
-        served_models = statistics_delta(before, model_statistics(server.grpc_url))
-        unet_served = served_models.get(f"{NAME}_unet", {}).get("compute_ms_per_request", float("nan"))
-        unet_in_process = unet_step_ms(ours, device)
-        generated_fp16 = ours(image, soft_mask, params)[0][0]
-        request_memory = measure_request_memory(ours, image, soft_mask, params, device)
-        want_fp16 = run_diffusers(reference)
-        methods.clear()
-        reference = None  # the fp16 reference leaves the GPU before the fp32 one comes
-        if device != "cpu":
-            torch.cuda.empty_cache()
-        _log("parity at fp32: the served fp32 repository against diffusers fp32")
-        reference32 = _reference(
-            family, checkpoint, torch.float32, device, build_scheduler(scheduler_name, ours.scheduler_config)
+    def reference(dtype: torch.dtype) -> Any:
+        return _reference(
+            family, checkpoint, dtype, device, build_scheduler(scheduler_name, ours.scheduler_config)
         )
-        want32 = run_diffusers(reference32)
-        served32 = decode_image(served(NAME32))
-        client.close()
-    finally:
-        server.stop()
-    medians = {key: statistics.median(values) for key, values in times.items()}
-    fp16_diff = np.abs(generated_fp16.astype(int) - want_fp16.astype(int))
+
+    measured = _measure(ours, repository, request, reference, device, rounds)
+    medians = {key: statistics.median(values) for key, values in measured["times"].items()}
     results = {
         "machine": machine() | {"gpu": torch.cuda.get_device_name(device) if device != "cpu" else None},
         "family": family,
@@ -270,24 +221,118 @@ def run(
         "scheduler": scheduler_name,
         "guidance_scale": GUIDANCE,
         "rounds": rounds,
-        "unet_parameters_m": round(sum(p.numel() for p in reference32.unet.parameters()) / 1e6, 1),
-        "cold_start_s": cold_start,
-        "seconds": times,
+        "unet_parameters_m": measured["unet_parameters_m"],
+        "cold_start_s": measured["cold_start_s"],
+        "seconds": measured["times"],
         "median_s": medians,
         "ratios": {
             "served_over_in_process": medians["served_grpc"] / medians["ours_in_process"],
             "ours_over_diffusers_fp16": medians["ours_in_process"] / medians["diffusers_fp16"],
             "served_over_diffusers_fp16": medians["served_grpc"] / medians["diffusers_fp16"],
         },
-        "unet_step_ms": {"in_process": unet_in_process, "served": unet_served},
-        "request_memory": request_memory,
-        "parity_fp32_served_vs_diffusers": _parity(served32, want32, mask, image),
-        "fp16_in_process_vs_diffusers_fp16_max_255": int(fp16_diff.max()),
+        "unet_step_ms": measured["unet_step_ms"],
+        "request_memory": measured["request_memory"],
+        "parity_fp32_served_vs_diffusers": _parity(measured["served32"], measured["want32"], mask, image),
+        "fp16_in_process_vs_diffusers_fp16_max_255": measured["fp16_max_diff"],
         "duration_s": time.perf_counter() - started_run,
     }
     (out / "bench-gpu.json").write_text(json.dumps(results, indent=2, default=list))
     (out / "bench-gpu.md").write_text(report(results))
     return results
+
+
+@dataclass(frozen=True)
+class _Request:
+    """The one request every method runs: as arrays (in process, diffusers) and as PNGs (served)."""
+
+    image: np.ndarray
+    mask: np.ndarray
+    soft_mask: np.ndarray
+    image_png: bytes
+    mask_png: bytes
+    scheduler: str
+    controls: dict[str, Any]
+    params: Any
+
+    def diffusers(self, pipe: Any) -> np.ndarray:
+        import torch
+        from PIL import Image
+
+        size = self.params.width
+        result = pipe(
+            prompt=PROMPT, image=Image.fromarray(self.image), mask_image=Image.fromarray(self.mask),
+            width=size, height=size, num_inference_steps=self.controls["steps"], strength=1.0,
+            guidance_scale=GUIDANCE, generator=torch.Generator().manual_seed(SEED),
+        )  # fmt: skip
+        return np.asarray(result.images[0])
+
+
+def _measure(
+    ours: Any, repository: Path, request: _Request, reference: Any, device: str, rounds: int
+) -> dict[str, Any]:
+    """Serve both repositories (fp16 and fp32), time the methods interleaved, then check fp32 parity
+    with the fp16 reference off the GPU first."""
+    import torch
+
+    from triton_inpaint.api.imaging import decode_image
+    from triton_inpaint.client import InpaintClient
+    from triton_inpaint.networks.runners import network_tensors
+    from triton_inpaint.server.process import TritonServer, free_port, with_builtin
+    from triton_inpaint.tools.perf import model_statistics, statistics_delta
+
+    _log(f"starting Triton with {NAME} and {NAME32} (gpu-torch) on {device}")
+    # The ensembles bring their steps; the networks the denoise models call through BLS are named too.
+    roles = network_tensors(ours.spec.architecture)
+    models = [f"inpaint_{name}" for name in (NAME, NAME32)]
+    models += [f"{name}_{role}" for name in (NAME, NAME32) for role in roles]
+    server = TritonServer(with_builtin([repository]), free_port(), free_port(), free_port(), models=models)
+    started = time.perf_counter()
+    server.start(timeout=1200)
+    found: dict[str, Any] = {"cold_start_s": time.perf_counter() - started}
+    try:
+        client = InpaintClient(server.grpc_url, "grpc")
+
+        def served(name: str) -> bytes:
+            return client.inpaint(
+                name,
+                request.image_png,
+                request.mask_png,
+                PROMPT,
+                scheduler=request.scheduler,
+                **request.controls,
+            ).image
+
+        fp16 = reference(torch.float16 if device != "cpu" else torch.float32)
+        methods = {
+            "diffusers_fp16": lambda: request.diffusers(fp16),
+            "ours_in_process": lambda: ours(request.image, request.soft_mask, request.params),
+            "served_grpc": lambda: served(NAME),
+        }
+        _log(f"{rounds} interleaved rounds of {', '.join(methods)} ({request.controls['steps']} steps)")
+        before = model_statistics(server.grpc_url)
+        found["times"] = interleaved(methods, rounds)
+        served_models = statistics_delta(before, model_statistics(server.grpc_url))
+        unet_served = served_models.get(f"{NAME}_unet", {}).get("compute_ms_per_request", float("nan"))
+        found["unet_step_ms"] = {"in_process": unet_step_ms(ours, device), "served": unet_served}
+        generated_fp16 = ours(request.image, request.soft_mask, request.params)[0][0]
+        found["request_memory"] = measure_request_memory(
+            ours, request.image, request.soft_mask, request.params, device
+        )
+        want_fp16 = request.diffusers(fp16)
+        found["fp16_max_diff"] = int(np.abs(generated_fp16.astype(int) - want_fp16.astype(int)).max())
+        methods.clear()
+        fp16 = None  # the fp16 reference leaves the GPU before the fp32 one comes
+        if device != "cpu":
+            torch.cuda.empty_cache()
+        _log("parity at fp32: the served fp32 repository against diffusers fp32")
+        reference32 = reference(torch.float32)
+        found["unet_parameters_m"] = round(sum(p.numel() for p in reference32.unet.parameters()) / 1e6, 1)
+        found["want32"] = request.diffusers(reference32)
+        found["served32"] = decode_image(served(NAME32))
+        client.close()
+    finally:
+        server.stop()
+    return found
 
 
 def report(results: dict[str, Any]) -> str:

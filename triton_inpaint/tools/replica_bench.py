@@ -109,7 +109,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     try:
         url = args.database
         if not url:
-            from triton_inpaint.gateway.local_postgres import PostgresServer
+            from triton_inpaint.gateway.store.local_postgres import PostgresServer
 
             database = PostgresServer().start()
         for round_index in range(args.rounds):

@@ -18,14 +18,19 @@ has read and parsed the body.
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from starlette.responses import JSONResponse
-
-from .limits import Limits, acquire, matching_key, over_limit_message, presented_key, release
+from triton_inpaint.gateway.access.limits import (
+    Limits,
+    acquire,
+    matching_key,
+    over_limit_message,
+    presented_key,
+    release,
+)
+from triton_inpaint.gateway.errors import AsciiJSONResponse, error_item, error_response
 
 # Paths that need a key (and count against its limits); health, metrics, images and the API docs
 # do not, as in the reference (image URLs are capabilities).
@@ -33,37 +38,6 @@ PROTECTED_PREFIXES = ("/v1", "/v2/")
 
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
-
-
-class AsciiJSONResponse(JSONResponse):
-    """JSON with every non-ASCII character escaped: a lone surrogate that slips into a message can
-    never make rendering the answer fail (UTF-8 cannot encode it; ``\\ud800`` as an escape is fine)."""
-
-    def render(self, content: Any) -> bytes:
-        return json.dumps(content, ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode()
-
-
-def error_item(
-    message: str,
-    parameter: str | None = None,
-    task_uuid: str | None = None,
-    code: str = "invalidParameter",
-    task_type: str | None = None,
-) -> dict[str, Any]:
-    """One entry of an ``errors`` list, in the reference's shape (its SDKs route an error to the call
-    that made the task by ``taskUUID`` and ``taskType``)."""
-    item: dict[str, Any] = {"code": code, "message": message}
-    if parameter is not None:
-        item["parameter"] = parameter
-    if task_uuid is not None:
-        item["taskUUID"] = task_uuid
-    if task_type is not None:
-        item["taskType"] = task_type
-    return item
-
-
-def error_response(status: int, *items: dict[str, Any], headers: dict | None = None) -> AsciiJSONResponse:
-    return AsciiJSONResponse({"errors": list(items)}, status_code=status, headers=headers)
 
 
 class RequestGuard:

@@ -25,8 +25,8 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from triton_inpaint.api import contract
 from triton_inpaint.api.contract import TensorSpec
+from triton_inpaint.export.masking.tflite_onnx import compare_with_tflite, convert
 from triton_inpaint.export.repository import move_into, python_model_config, write_config, write_model_py
-from triton_inpaint.export.tflite_onnx import compare_with_tflite, convert
 from triton_inpaint.masks.detectors import FACE_MESH_FILE
 
 MEDIAPIPE_VERSION = "0.10.21"

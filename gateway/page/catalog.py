@@ -14,8 +14,8 @@ import annotated_types
 from triton_inpaint.api.contract import MASKING_MODEL, TEXT_SEGMENTATION_MODEL
 from triton_inpaint.api.schema import INPAINT, MASKING_MODELS
 from triton_inpaint.client import InpaintClient, ModelInfo
-
-from .tasks import BLANK_PROMPT, PROMPT_LENGTH, ImageInferenceTask, field_bounds
+from triton_inpaint.gateway.runware.protocol import BLANK_PROMPT, ImageInferenceTask
+from triton_inpaint.gateway.validation import PROMPT_LENGTH, field_bounds
 
 _TYPES = {int: "integer", float: "number", str: "string", bool: "boolean"}
 # Filled by the page's own panels rather than as form fields: the images and the server-made mask.

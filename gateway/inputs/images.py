@@ -14,9 +14,8 @@ import re
 
 from triton_inpaint.api.errors import InvalidInputError
 from triton_inpaint.api.imaging import MAX_PIXELS, check_decodes, probe
-
-from .fetch import FetchPolicy, fetch_url
-from .storage import IMAGE_EXTENSIONS, GatewayStorage
+from triton_inpaint.gateway.inputs.fetch import FetchPolicy, fetch_url
+from triton_inpaint.gateway.store.storage import IMAGE_EXTENSIONS, GatewayStorage
 
 UUID_PATTERN = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$", re.IGNORECASE)
 DATA_URI = re.compile(

@@ -12,7 +12,7 @@ from fastapi import FastAPI
 from fastapi.responses import HTMLResponse, Response
 from fastapi.staticfiles import StaticFiles
 
-WEB_DIR = resources.files("triton_inpaint.gateway") / "web"
+WEB_DIR = resources.files("triton_inpaint.gateway.page") / "web"
 # Images the page offers to try it with (``Open the sample``), from the package's own assets.
 SAMPLES = {"sample.png": "sample.png", "sample_mask.png": "sample_mask.png"}
 

@@ -25,7 +25,7 @@ import psycopg
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from .records import Execute, SqlTaskStore, TaskStoreUnavailable
+from triton_inpaint.gateway.store.records import Execute, SqlTaskStore, TaskStoreUnavailable
 
 logger = logging.getLogger("triton_inpaint.gateway")
 

@@ -24,8 +24,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from triton_inpaint.api.errors import InvalidInputError
-
-from .addresses import IPAddress, is_public
+from triton_inpaint.gateway.inputs.addresses import IPAddress, is_public
 
 MAX_REDIRECTS = 3
 Resolver = Callable[[str, int], list[str]]

@@ -21,22 +21,15 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
-from .guard import error_item
-from .images import UUID_PATTERN
-from .limits import Limits, acquire, matching_key, over_limit_message, release
-from .tasks import GetResponseTask
-
-# run(task, base_url, caller) -> (items, error item or None, HTTP-like status): the REST route's runner.
-RunTask = Callable[[Any, str, str], Awaitable[tuple[list[dict], dict | None, int]]]
-# parse(raw) -> (task or None, error items): the REST route's validation of one task object.
-ParseTask = Callable[[Any], tuple[Any, list[dict]]]
-# follow(task, caller): returns once an accepted async task is done.
-FollowTask = Callable[[Any, str], Awaitable[None]]
+from triton_inpaint.gateway.access.limits import Limits, acquire, matching_key, over_limit_message, release
+from triton_inpaint.gateway.errors import error_item
+from triton_inpaint.gateway.inputs.images import UUID_PATTERN
+from triton_inpaint.gateway.runware.dispatch import RunwareDispatch
+from triton_inpaint.gateway.runware.protocol import GetResponseTask
 
 
 class TaskSocket:
@@ -47,20 +40,15 @@ class TaskSocket:
         websocket: WebSocket,
         keys: frozenset[str],
         limits: Limits,
-        parse: ParseTask,
-        run: RunTask,
+        tasks: RunwareDispatch,
         base_url: str,
-        follow: FollowTask,
-        max_tasks: int = 16,
     ) -> None:
         self.websocket = websocket
         self.keys = keys
         self.limits = limits
-        self.parse = parse
-        self.run = run
+        self.tasks = tasks  # parsing, running and following, as POST /v1 does them
         self.base_url = base_url
-        self.follow = follow
-        self.max_tasks = max_tasks  # per message, as per POST /v1 body
+        self.max_tasks = tasks.max_tasks  # per message, as per POST /v1 body
         self.caller: str | None = None  # the identity limits count against, once authenticated
         self.session = str(uuid.uuid4())
         self._send_lock = asyncio.Lock()
@@ -114,7 +102,7 @@ class TaskSocket:
                 {"errors": [error_item(message, "apiKey", task_uuid, "invalidApiKey", task_type)]}
             )
             return
-        task, errors = self.parse(raw)
+        task, errors = self.tasks.parse(raw)
         if errors:
             await self.send({"errors": errors})
             return
@@ -157,7 +145,7 @@ class TaskSocket:
             await self.send({"errors": [error]})
             return
         try:
-            items, error, _ = await self.run(task, self.base_url, self.caller)
+            items, error, _ = await self.tasks.run(task, self.base_url, self.caller)
         finally:
             await release(self.limits, self.caller)
         await self.send({"data": items} if error is None else {"errors": [error]})
@@ -166,9 +154,9 @@ class TaskSocket:
             # Accepted for later: its results (or its error) come in their own frame when it is done,
             # read as a getResponse task reads them. (A getResponse polled while the task runs is only
             # answered: the task's own follower pushes the results once.)
-            await self.follow(task, self.caller)
+            await self.tasks.follow(task, self.caller)
             fetch = GetResponseTask.model_construct(taskType="getResponse", taskUUID=task.taskUUID)
-            items, error, _ = await self.run(fetch, self.base_url, self.caller)
+            items, error, _ = await self.tasks.run(fetch, self.base_url, self.caller)
             await self.send({"data": items} if error is None else {"errors": [error]})
 
     async def send(self, frame: dict[str, Any]) -> None:

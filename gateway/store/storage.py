@@ -12,8 +12,8 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from .blobs import ImageBlobs, LocalBlobs, S3Blobs, S3Settings
-from .records import SqliteTaskStore, SqlTaskStore
+from triton_inpaint.gateway.store.blobs import ImageBlobs, LocalBlobs, S3Blobs, S3Settings
+from triton_inpaint.gateway.store.records import SqliteTaskStore, SqlTaskStore
 
 IMAGE_EXTENSIONS = {"png": "image/png", "jpg": "image/jpeg", "webp": "image/webp"}
 
@@ -93,6 +93,8 @@ def open_storage(
     blobs = S3Blobs(s3) if s3 is not None else LocalBlobs(data_dir / "images")
     if database_url is None:
         return LocalStorage(data_dir, blobs)
-    from .postgres import PostgresTaskStore  # psycopg is only needed by a shared store
+    from triton_inpaint.gateway.store.postgres import (
+        PostgresTaskStore,  # psycopg is only needed by a shared store
+    )
 
     return GatewayStorage(PostgresTaskStore(database_url), blobs)

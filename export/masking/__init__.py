@@ -1,0 +1,2 @@
+"""The masking models' exports: MediaPipe's detectors converted from TFLite to ONNX, and CLIPSeg for
+mask prompts."""

@@ -1,0 +1,3 @@
+"""Where a task's images come from: base64, data URIs, stored uploads, and URLs fetched under a policy
+that refuses private addresses.
+"""

@@ -1,0 +1,1 @@
+"""The browser page (web/) and the model catalog it and ``GET /v1/models`` are built from."""

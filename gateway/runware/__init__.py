@@ -1,0 +1,3 @@
+"""The hosted Runware API's protocol: its task types, ``POST /v1``, the WebSocket, and its async
+tasks (deliveryMethod "async", getResponse).
+"""
