@@ -7,6 +7,7 @@ from triton_inpaint.client.inpaint_client import (
     InpaintResult,
     MaskResult,
     ModelInfo,
+    ModelNotServedError,
     ModelUnavailableError,
     ServerUnreachableError,
 )
@@ -18,6 +19,7 @@ __all__ = [
     "InpaintResult",
     "MaskResult",
     "ModelInfo",
+    "ModelNotServedError",
     "ModelUnavailableError",
     "ServerUnreachableError",
 ]

@@ -11,12 +11,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from triton_inpaint.api.commands import CommandError, ExitCode
 from triton_inpaint.api.schema import INPAINT, MASK, MASK_SOURCES, Control, RequestSchema
 from triton_inpaint.client.gateway_client import GatewayClient
 from triton_inpaint.client.inpaint_client import (
     PROTOCOLS,
     InpaintClient,
     InpaintError,
+    ModelNotServedError,
     ModelUnavailableError,
     ServerUnreachableError,
 )
@@ -28,7 +30,7 @@ def _read(path: Path, flag: str) -> bytes:
     try:
         return path.read_bytes()
     except OSError as exc:
-        raise SystemExit(f"error: {flag} {path}: {exc.strerror}") from None
+        raise CommandError(f"{flag} {path}: {exc.strerror}") from None
 
 
 def _controls(args: argparse.Namespace, schema: RequestSchema) -> dict[str, Any]:
@@ -44,9 +46,7 @@ def _controls(args: argparse.Namespace, schema: RequestSchema) -> dict[str, Any]
 def _inpaint(args: argparse.Namespace) -> int:
     controls = _controls(args, INPAINT)
     image, mask, prompt = (controls.pop(name, None) for name in ("image", "mask", "prompt"))
-    result, code = _ask(args, lambda client: client.inpaint(args.model, image, mask, prompt, **controls))
-    if result is None:
-        return code
+    result = _ask(args, lambda client: client.inpaint(args.model, image, mask, prompt, **controls))
     if args.mask_out is not None and result.mask:
         write_whole(args.mask_out, result.mask)
         print(f"mask -> {args.mask_out}")
@@ -63,12 +63,10 @@ def _inpaint(args: argparse.Namespace) -> int:
     return 0
 
 
-def _ask(args: argparse.Namespace, call: Callable[[Any], Any]) -> tuple[Any, int]:
-    """(result, 0), or (None, exit code) after printing the error: 2 refused, 3 no server answers.
-
-    The call goes to Triton (``--url``) or, with ``--gateway``, to the HTTP gateway: same calls.
-    """
-    if args.gateway:
+def _ask(args: argparse.Namespace, call: Callable[[Any], Any]) -> Any:
+    """``call(client)`` against Triton (``--url``) or, with ``--gateway``, the HTTP gateway (same
+    calls); a failure becomes a CommandError with the exit code that says what to do about it."""
+    if getattr(args, "gateway", None):  # `models` asks Triton only
         target = f"the gateway at {args.gateway}"
         client = GatewayClient(args.gateway, args.api_key or os.environ.get(API_KEY_ENV))
     else:
@@ -76,19 +74,15 @@ def _ask(args: argparse.Namespace, call: Callable[[Any], Any]) -> tuple[Any, int
         client = None
     try:
         with client or InpaintClient(args.url, args.protocol) as opened:
-            return call(opened), 0
+            return call(opened)
     except ServerUnreachableError as exc:
-        print(f"error: cannot reach {target}: {exc}", file=sys.stderr)
-        return None, 3
+        raise CommandError(f"cannot reach {target}: {exc}", ExitCode.UNAVAILABLE) from None
     except ModelUnavailableError as exc:  # temporary, like an unreachable server: retry later
-        print(f"error: {exc}", file=sys.stderr)
-        return None, 3
+        raise CommandError(str(exc), ExitCode.UNAVAILABLE) from None
+    except ModelNotServedError as exc:
+        raise CommandError(f"{exc} (see `triton-inpaint models`)", ExitCode.NOT_SERVED) from None
     except InpaintError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return None, 2
-    except Exception as exc:  # anything else on the way: say what and where, no traceback
-        print(f"error: cannot reach {target}: {exc}", file=sys.stderr)
-        return None, 3
+        raise CommandError(f"refused by {target}: {exc}", ExitCode.BAD_INPUT) from None
 
 
 def _add_target(parser: argparse.ArgumentParser) -> None:
@@ -120,12 +114,7 @@ def output_paths(out: Path, count: int) -> list[Path]:
 
 
 def _models(args: argparse.Namespace) -> int:
-    try:
-        with InpaintClient(args.url, args.protocol) as client:
-            models = client.list_models()
-    except (ServerUnreachableError, OSError) as exc:
-        print(f"error: cannot reach Triton at {args.url} over {args.protocol}: {exc}", file=sys.stderr)
-        return 3
+    models = _ask(args, lambda client: client.list_models())
     print(json.dumps([dataclasses.asdict(m) for m in models], indent=2))
     return 0
 
@@ -133,9 +122,7 @@ def _models(args: argparse.Namespace) -> int:
 def _mask(args: argparse.Namespace) -> int:
     controls = _controls(args, MASK)
     image = controls.pop("image")
-    result, code = _ask(args, lambda client: client.mask(image, **controls))
-    if result is None:
-        return code
+    result = _ask(args, lambda client: client.mask(image, **controls))
     write_whole(args.out, result.mask)
     which = {name: controls[name] for name in ("model", "prompt") if controls.get(name) is not None}
     print(json.dumps({**which, "mask": str(args.out), "detections": result.detections}))
@@ -147,7 +134,8 @@ def control_help(control: Control) -> str:
     listed_by_argparse = control.choices is not None and not control.open_choices
     allowed = f"; {control.allowed}" if control.allowed and not listed_by_argparse else ""
     has_default = control.default is not None or control.default_text is not None
-    default = f" (default: {control.shown_default})" if has_default else ""
+    shown = has_default and control.kind is not bool  # an on/off flag is off unless given
+    default = f" (default: {control.shown_default})" if shown else ""
     return f"{control.description}{allowed}{default}"
 
 

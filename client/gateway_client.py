@@ -11,9 +11,11 @@ import urllib3
 
 from triton_inpaint.api.schema import INPAINT, MASK, Control, RequestSchema, with_controls
 from triton_inpaint.client.inpaint_client import (
+    NOT_SERVED,
     InpaintError,
     InpaintResult,
     MaskResult,
+    ModelNotServedError,
     ServerUnreachableError,
 )
 
@@ -51,7 +53,7 @@ class GatewayClient:
             payload = json.dumps(tasks).encode()
             response = self._pool.request("POST", f"{self.url}/v1", body=payload, headers=headers)
         except (urllib3.exceptions.HTTPError, OSError) as exc:
-            raise ServerUnreachableError(f"gateway at {self.url}: {exc}") from None
+            raise ServerUnreachableError(str(exc)) from None
         try:
             body = json.loads(response.data)
         except ValueError:
@@ -61,9 +63,9 @@ class GatewayClient:
             messages = "; ".join(item.get("message", "") for item in errors) or f"HTTP {response.status}"
             if response.status == 503:
                 raise ServerUnreachableError(messages)
-            raise InpaintError(messages)
+            raise _refused(messages)
         if body.get("errors"):
-            raise InpaintError("; ".join(item["message"] for item in body["errors"]))
+            raise _refused("; ".join(item["message"] for item in body["errors"]))
         return body["data"]
 
     @staticmethod
@@ -115,6 +117,11 @@ def _fields(schema: RequestSchema, values: dict[str, Any]) -> dict[str, Any]:
             raise InpaintError(f"{name}: is not offered by the gateway's task API")
         fields[control.runware] = _b64(value) if control.kind is bytes else value
     return fields
+
+
+def _refused(message: str) -> InpaintError:
+    """The gateway passes Triton's refusals on, so a model it does not serve reads as over Triton."""
+    return ModelNotServedError(message) if NOT_SERVED in message else InpaintError(message)
 
 
 def _b64(data: bytes) -> str:

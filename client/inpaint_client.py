@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,6 +39,13 @@ class InpaintError(RuntimeError):
 
 class ServerUnreachableError(InpaintError):
     """No Triton answered at the URL (refused, timed out, or not serving)."""
+
+
+class ModelNotServedError(InpaintError):
+    """The server has no model by the name or id asked for; the message lists those it has."""
+
+
+NOT_SERVED = "is not served"  # in every ModelNotServedError's message, over Triton and the gateway alike
 
 
 class ModelUnavailableError(InpaintError):
@@ -181,6 +190,10 @@ class InpaintClient:
 
     def list_models(self) -> list[ModelInfo]:
         """Every ready inpainting model with its id, family, native resolution and defaults."""
+        with self._answers():
+            return self._list_models()
+
+    def _list_models(self) -> list[ModelInfo]:
         models = []
         for name in self.served_models():
             if self.protocol == "grpc":
@@ -239,10 +252,11 @@ class InpaintClient:
 
         Read from the server's statistics, which list the loaded models: the repository index is an
         admin API the server restricts (see triton_inpaint.server.process.RESTRICTED_APIS)."""
-        if self.protocol == "grpc":
-            stats = self._client.get_inference_statistics(as_json=True).get("model_stats", [])
-        else:
-            stats = self._client.get_inference_statistics().get("model_stats", [])
+        with self._answers():
+            if self.protocol == "grpc":
+                stats = self._client.get_inference_statistics(as_json=True).get("model_stats", [])
+            else:
+                stats = self._client.get_inference_statistics().get("model_stats", [])
         prefix = "inpaint_"
         return sorted(
             {
@@ -308,20 +322,34 @@ class InpaintClient:
                 return self._client.infer(model_name, inputs, outputs=wanted, client_timeout=self.timeout)
             return self._client.infer(model_name, inputs, outputs=wanted)
         except InferenceServerException as exc:
-            message = _clean(exc.message() or str(exc))
-            if "UNAVAILABLE" in str(exc.status()) or "DEADLINE_EXCEEDED" in str(exc.status()):
-                raise ServerUnreachableError(message) from None
-            if _UNAVAILABLE.search(message):
-                raise ModelUnavailableError(
-                    f"{message} (the model is being restored; retry in a few seconds)"
-                ) from None
-            if "unknown model" in message.lower():
-                if model_name == MASKING_MODEL:
-                    raise InpaintError(
-                        f"{MASKING_MODEL} is not served; export it with 'triton-inpaint export detectors'"
-                    ) from None
-                served = ", ".join(f"{m.id} ({m.name})" for m in self.list_models()) or "none"
-                raise InpaintError(f"model: {requested!r} is not served; served models: {served}") from None
-            raise InpaintError(message) from None
+            raise self._refusal(exc, model_name, requested) from None
         except OSError as exc:  # HTTP: connection refused or reset
             raise ServerUnreachableError(str(exc)) from None
+
+    @contextlib.contextmanager
+    def _answers(self) -> Iterator[None]:
+        """Calls other than inference (statistics, configs) fail as the same error types."""
+        from tritonclient.utils import InferenceServerException
+
+        try:
+            yield
+        except InferenceServerException as exc:
+            raise self._refusal(exc, "", "") from None
+        except OSError as exc:
+            raise ServerUnreachableError(str(exc)) from None
+
+    def _refusal(self, exc: Exception, model_name: str, requested: str) -> InpaintError:
+        """A Triton error as the error type that says what to do about it."""
+        message = _clean(exc.message() or str(exc))
+        if "UNAVAILABLE" in str(exc.status()) or "DEADLINE_EXCEEDED" in str(exc.status()):
+            return ServerUnreachableError(message)
+        if _UNAVAILABLE.search(message):
+            return ModelUnavailableError(f"{message} (the model is being restored; retry in a few seconds)")
+        if "unknown model" in message.lower() and model_name:
+            if model_name == MASKING_MODEL:
+                return ModelNotServedError(
+                    f"{MASKING_MODEL} {NOT_SERVED}; export it with 'triton-inpaint export detectors'"
+                )
+            served = ", ".join(f"{m.id} ({m.name})" for m in self.list_models()) or "none"
+            return ModelNotServedError(f"model: {requested!r} {NOT_SERVED}; served models: {served}")
+        return InpaintError(message)

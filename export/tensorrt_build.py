@@ -22,6 +22,7 @@ from pathlib import Path
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
+from triton_inpaint.api.commands import CommandError, ExitCode
 from triton_inpaint.export.runtimes import PROFILE_FILE, ShapeProfile
 
 TENSORRT_MISSING = (
@@ -32,8 +33,11 @@ TENSORRT_MISSING = (
 )
 
 
-class TensorRTUnavailable(RuntimeError):
+class TensorRTUnavailable(CommandError):
     """TensorRT or a GPU is missing where ``export tensorrt`` runs."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, ExitCode.NOT_INSTALLED)
 
 
 @dataclass(frozen=True)

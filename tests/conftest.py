@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.tree_state import tree_changes
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
@@ -211,7 +213,17 @@ _MODEL_FIXTURES = {
 _MODEL_FILES = {"test_memory.py", "test_tiny_checkpoint.py", "test_detector_masks.py", "test_detection.py"}
 
 
+TREE_AT_START = pytest.StashKey[dict[str, str] | None]()
+_TREE_TEST = "test_tree_untouched.py"
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    session.config.stash[TREE_AT_START] = tree_changes(REPO_ROOT)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # The check that the run left the tree alone goes last, after everything that could write.
+    items.sort(key=lambda item: item.path.name == _TREE_TEST)
     for item in items:
         if item.get_closest_marker("real_size"):
             continue

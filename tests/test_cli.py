@@ -12,6 +12,7 @@ import pytest
 
 from tests.conftest import MODEL
 from tests.helpers import decode_rgb, irregular_mask, make_image, png_bytes
+from triton_inpaint.api.commands import ExitCode
 from triton_inpaint.server.process import free_port
 
 pytestmark = pytest.mark.server
@@ -209,7 +210,7 @@ def test_serve_refuses_a_taken_port():
         port = taken.getsockname()[1]
         process = _serve([BUILTIN_REPOSITORY], [free_port(), port, free_port()])
         _, stderr = process.communicate(timeout=60)
-    assert process.returncode == 1
+    assert process.returncode == ExitCode.BAD_INPUT
     assert f"--grpc-port {port}: the port is already in use" in stderr
 
 
@@ -227,6 +228,6 @@ def test_serve_reports_why_a_model_failed_to_load(tmp_path):
     )
     process = _serve([tmp_path / "repo"], [free_port(), free_port(), free_port()])
     _, stderr = process.communicate(timeout=180)
-    assert process.returncode == 1
+    assert process.returncode == ExitCode.UNAVAILABLE
     assert "model 'broken_model' failed to load" in stderr
     assert "weights file missing: /models/unet.onnx" in stderr

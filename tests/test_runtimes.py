@@ -30,6 +30,7 @@ from tests.helpers import (
     png_bytes,
 )
 from triton_inpaint.api import contract
+from triton_inpaint.api.commands import ExitCode
 from triton_inpaint.api.contract import TensorSpec
 from triton_inpaint.api.errors import InvalidInputError
 from triton_inpaint.api.params import DenoiseParams
@@ -284,7 +285,7 @@ def test_export_tensorrt_refuses_clearly_without_tensorrt(runtime_repositories, 
     repository, _ = runtime_repositories["gpu-tensorrt"]
     with pytest.raises(TensorRTUnavailable, match="needs TensorRT"):
         build_plans(repository)
-    assert cli_main(["export", "tensorrt", "--repository", str(repository)]) == 2
+    assert cli_main(["export", "tensorrt", "--repository", str(repository)]) == ExitCode.NOT_INSTALLED
     err = capsys.readouterr().err
     assert "TensorRT" in err and "nvcr.io/nvidia/tritonserver" in err
     for model in repository.glob(f"{NAME}_*/1"):  # nothing half-written

@@ -1,21 +1,21 @@
 """The hosted API's other official SDKs against the gateway, with only their URLs and key changed:
 PyPI ``runware-sdk`` (REST and WebSocket) in its own virtual environment, and npm ``@runware/sdk-js``
-under node. Both are installed by this test from the pins in tests/sdk/ (package registries only), and
-each runs its workflow script there against a real gateway and Triton."""
+under node. Both are installed before the tests from the pins in tests/sdk/ by ``python -m
+tests.prepare`` (package registries only), and each runs its workflow script there against a real
+gateway and Triton."""
 
 from __future__ import annotations
 
 import base64
 import json
 import os
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import MODEL, REPO_ROOT
+from tests import prepare
+from tests.conftest import MODEL
 from tests.gateway_process import GatewayProcess
 from tests.helpers import irregular_mask, make_image, png_bytes
 
@@ -52,36 +52,19 @@ def _inputs(gateway: GatewayProcess, path: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def runware_sdk_python() -> Path:
-    """An environment of its own for runware-sdk: it installs a ``runware`` module, as the WebSocket
-    SDK in the test environment does."""
-    env = REPO_ROOT / "build" / "sdk-envs" / "runware-sdk"
-    python = env / "bin" / "python"
-    requirements = SDK / "runware-sdk-requirements.txt"
-    stamp = env / "installed.txt"
-    if not (python.is_file() and stamp.is_file() and stamp.read_text() == requirements.read_text()):
-        shutil.rmtree(env, ignore_errors=True)
-        subprocess.run([sys.executable, "-m", "venv", str(env)], check=True)
-        subprocess.run(
-            [str(python), "-m", "pip", "install", "-q", "-r", str(requirements)], check=True, timeout=600
-        )
-        stamp.write_text(requirements.read_text())
-    return python
+    """The interpreter of runware-sdk's own environment (it installs a ``runware`` module, as the
+    WebSocket SDK in the test environment does)."""
+    if not prepare.RUNWARE_SDK.ready():
+        pytest.fail(prepare.RUNWARE_SDK.missing())
+    return prepare.runware_sdk_python()
 
 
 @pytest.fixture(scope="module")
 def js_sdk() -> Path:
-    """@runware/sdk-js installed from tests/sdk/js's lock file (npm ci; no install scripts run)."""
-    folder = SDK / "js"
-    lock = folder / "package-lock.json"
-    stamp = folder / "node_modules" / ".installed-lock"
-    if not (stamp.is_file() and stamp.read_text() == lock.read_text()):
-        npm = shutil.which("npm")
-        assert npm, "npm is needed to install @runware/sdk-js (Node 20 and npm come with these machines)"
-        subprocess.run(
-            [npm, "ci", "--no-audit", "--no-fund", "--ignore-scripts"], cwd=folder, check=True, timeout=600
-        )
-        stamp.write_text(lock.read_text())
-    return folder
+    """The folder where @runware/sdk-js is installed from tests/sdk/js's lock file."""
+    if not prepare.JS_SDK_MODULES.ready():
+        pytest.fail(prepare.JS_SDK_MODULES.missing())
+    return prepare.JS_SDK
 
 
 def _report(command: list[str], cwd: Path, timeout: float) -> dict:

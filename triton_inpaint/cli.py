@@ -7,6 +7,7 @@ import os
 import sys
 
 from triton_inpaint import __version__
+from triton_inpaint.api.commands import TRACEBACK_ENV, CommandError, ExitCode, use_help_formatter
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     gpu_bench.add_subcommands(subparsers)
     replica_bench.add_subcommands(subparsers)
     autoscaling.add_subcommands(subparsers)
+    use_help_formatter(parser)
     return parser
 
 
@@ -49,12 +51,24 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.handler(args) or 0)
+    except CommandError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return int(exc.code)
     except (ValueError, FileNotFoundError) as exc:
         # Bad arguments found past argparse (a checkpoint folder that is not one, a bad name): no traceback.
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return int(ExitCode.BAD_INPUT)
     except KeyboardInterrupt:
-        return 130
+        return int(ExitCode.INTERRUPTED)
+    except Exception as exc:  # noqa: BLE001 - a bug: one line for the person, the traceback on request
+        if os.environ.get(TRACEBACK_ENV):
+            raise
+        print(
+            f"error: unexpected {type(exc).__name__}: {exc} (a bug; run again with {TRACEBACK_ENV}=1 to "
+            "see where, and report it)",
+            file=sys.stderr,
+        )
+        return int(ExitCode.BUG)
 
 
 if __name__ == "__main__":

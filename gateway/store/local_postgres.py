@@ -20,6 +20,7 @@ from pathlib import Path
 
 import psycopg
 
+from triton_inpaint.api.commands import CommandError, ExitCode
 from triton_inpaint.server.process import free_port
 
 
@@ -28,8 +29,9 @@ def _bin_dir() -> Path:
         Path("/usr/lib/postgresql").glob("*/bin/postgres"), key=lambda p: int(p.parent.parent.name)
     )
     if not versions:
-        raise RuntimeError(
-            "PostgreSQL is not installed: apt-get install -y postgresql (the README's commands do)"
+        raise CommandError(
+            "PostgreSQL is not installed: apt-get install -y postgresql (the README's commands do)",
+            ExitCode.NOT_INSTALLED,
         )
     return versions[-1].parent
 

@@ -214,8 +214,10 @@ INPAINT = RequestSchema(
                 default=1, runware="numberResults", eden="n_samples"),
         Control("dry_run", bool, "check everything a request can be refused for (images, mask, sizes, "
                 "memory budget) and answer no images", DENOISE, default=False),
-        Control("output_format", str, "the images' encoding", POSTPROCESS, choices=("PNG", "JPG", "WEBP"),
-                aliases={"JPEG": "JPG"}, open_choices=True, default="PNG", runware="outputFormat"),
+        Control("output_format", str, "the images' encoding; only PNG keeps every pixel outside the mask "
+                "exact (JPG and WEBP re-encode the whole image with loss)", POSTPROCESS,
+                choices=("PNG", "JPG", "WEBP"), aliases={"JPEG": "JPG"}, open_choices=True, default="PNG",
+                runware="outputFormat"),
         Control("output_quality", int, "JPG and WEBP quality", POSTPROCESS, bounds=(1, 100), default=95,
                 runware="outputQuality", flag="--quality"),
     ),

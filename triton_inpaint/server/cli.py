@@ -86,11 +86,7 @@ def _serve(args: argparse.Namespace) -> int:
             grpc_max_connection_age=args.grpc_max_connection_age or None,
             log=_log,
         )
-        try:
-            server.start(timeout=args.ready_timeout)
-        except ServerError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 1
+        server.start(timeout=args.ready_timeout)  # a ServerError ends the command with its exit code
         models = ", ".join(ready_models(server.http_url))
         print(
             f"triton-inpaint: server ready (pid {server.pid}): HTTP {server.http_url}, "
@@ -104,8 +100,7 @@ def _serve(args: argparse.Namespace) -> int:
         reason = server.failure_reason()
         server.stop()  # reaps what is left of it: stubs, shared memory
         if restarts >= args.restarts:
-            print(f"error: tritonserver stopped unexpectedly: {reason}", file=sys.stderr)
-            return 1
+            raise ServerError(f"tritonserver stopped unexpectedly: {reason}")
         restarts += 1
         _log(f"triton-inpaint: tritonserver stopped unexpectedly; restart {restarts} of {args.restarts}")
         time.sleep(1.0)

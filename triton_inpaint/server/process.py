@@ -28,6 +28,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from triton_inpaint.api.commands import CommandError, ExitCode
 from triton_inpaint.server.supervisor import ADMIN_HEADER, Supervisor
 
 BUILTIN_PACKAGE = "triton_inpaint.model_repository"
@@ -64,15 +65,21 @@ def with_builtin(repositories: Sequence[str | Path]) -> list[str | Path]:
     return [builtin_repository(), *given]
 
 
-class ServerError(RuntimeError):
-    """The server could not start or became unusable; the message says why in Triton's words."""
+class ServerError(CommandError):
+    """The server could not start or became unusable; the message says why in Triton's words. The
+    code tells a command's caller whether the input, the machine or the start itself failed."""
+
+    def __init__(self, message: str, code: ExitCode = ExitCode.UNAVAILABLE) -> None:
+        super().__init__(message, code)
 
 
 def _pytriton_root() -> Path:
     try:
         import pytriton
     except ImportError as exc:  # pragma: no cover - a broken install
-        raise ServerError("nvidia-pytriton is not installed; it carries the tritonserver binary") from exc
+        raise ServerError(
+            "nvidia-pytriton is not installed; it carries the tritonserver binary", ExitCode.NOT_INSTALLED
+        ) from exc
     return Path(pytriton.__file__).parent / "tritonserver"
 
 
@@ -86,7 +93,9 @@ def prepare_backend_dir(target: Path | None = None) -> Path:
     version = f"{sys.version_info.major}.{sys.version_info.minor}"
     stub = root / "python_backend_stubs" / version / "triton_python_backend_stub"
     if not stub.is_file():
-        raise ServerError(f"the tritonserver bundle has no Python backend stub for Python {version}")
+        raise ServerError(
+            f"the tritonserver bundle has no Python backend stub for Python {version}", ExitCode.NOT_INSTALLED
+        )
     target = target or Path(sys.prefix) / "share" / "triton-inpaint" / "backends"
     python_dir = target / "python"
     python_dir.mkdir(parents=True, exist_ok=True)
@@ -120,6 +129,28 @@ def server_environment(bundled: bool = True) -> dict[str, str]:
         p for p in [libdir, vendored, env.get("LD_LIBRARY_PATH", "")] if p
     )
     return env
+
+
+def check_stub_libraries(stub: Path, env: dict[str, str]) -> None:
+    """Refuse to start when the Python backend stub cannot load a library it links: Triton only logs
+    that the stub died and then waits minutes for it. On a distribution's minimal image the one missing
+    is usually libpython (Debian ships ``libpython3.X.so`` apart from its ``python3``)."""
+    ldd = shutil.which("ldd")
+    if ldd is None:  # not a glibc system: Triton's own log will have to say it
+        return
+    done = subprocess.run([ldd, str(stub)], env=env, capture_output=True, text=True, timeout=60)
+    missing = [line.split("=>")[0].strip() for line in done.stdout.splitlines() if "not found" in line]
+    if not missing:
+        return
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    hint = (
+        f"; on Debian or Ubuntu: apt-get install -y libpython{version}"
+        if any(name.startswith("libpython") for name in missing)
+        else ""
+    )
+    raise ServerError(
+        f"the Python backend stub cannot start: {', '.join(missing)} not found{hint}", ExitCode.NOT_INSTALLED
+    )
 
 
 def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
@@ -278,22 +309,29 @@ class TritonServer:
         return args
 
     def _check_inputs(self) -> None:
+        if self.bundled and self.backend_directory is None:
+            stub = prepare_backend_dir() / "python" / "triton_python_backend_stub"
+            check_stub_libraries(stub, server_environment(bundled=True))
         for repo in map(repository_location, self.repositories):
             if isinstance(repo, Path) and not repo.is_dir():
-                raise ServerError(f"--repository {repo}: no such folder")
+                raise ServerError(f"--repository {repo}: no such folder", ExitCode.BAD_INPUT)
         for flag, path in (("--tritonserver", self.binary), ("--backend-directory", self.backend_directory)):
             if path is not None and not Path(path).exists():
-                raise ServerError(f"{flag} {path}: no such file or folder")
+                raise ServerError(f"{flag} {path}: no such file or folder", ExitCode.BAD_INPUT)
         ports = {
             "--http-port": (self.http_port, self.http_address),
             "--grpc-port": (self.grpc_port, self.grpc_address),
             "--metrics-port": (self.metrics_port, self.metrics_address),
         }
         if len({port for port, _ in ports.values()}) != len(ports):
-            raise ServerError(f"ports must differ: { {flag: port for flag, (port, _) in ports.items()} }")
+            given = {flag: port for flag, (port, _) in ports.items()}
+            raise ServerError(f"ports must differ: {given}", ExitCode.BAD_INPUT)
         for flag, (port, address) in ports.items():
             if not port_is_free(port, address or "0.0.0.0"):
-                raise ServerError(f"{flag} {port}: the port is already in use on {address}; choose another")
+                raise ServerError(
+                    f"{flag} {port}: the port is already in use on {address}; choose another",
+                    ExitCode.BAD_INPUT,
+                )
 
     def _read_output(self) -> None:
         assert self.process is not None and self.process.stdout is not None

@@ -342,8 +342,16 @@ REFERENCE_CURVE = {1: 0.461, 2: 0.461, 4: 0.436, 8: 0.453}
 
 def curve_from_bench(path: Path, model: str, max_inflight: int) -> ServiceCurve:
     """The throughput curve of ``model`` from a ``triton-inpaint bench`` run's bench.json."""
-    data = json.loads(path.read_text())
-    (entry,) = [m for m in data["models"] if m["model"] == model]
+    try:
+        data = json.loads(path.read_text())
+        models = {m["model"]: m for m in data["models"]}
+    except OSError as exc:
+        raise ValueError(f"--bench {path}: {exc.strerror}") from None
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"--bench {path}: not a bench.json of `triton-inpaint bench` ({exc})") from None
+    if model not in models:
+        raise ValueError(f"--model {model!r}: not in {path}; it has {', '.join(sorted(models)) or 'none'}")
+    entry = models[model]
     return ServiceCurve({s["concurrency"]: s["throughput_rps"] for s in entry["sweep"]}, max_inflight)
 
 
@@ -436,8 +444,8 @@ def add_subcommands(subparsers: Any) -> None:
     parser.add_argument(
         "--target-inflight", type=float, default=0.5, help="requests in flight per pod; 0: off"
     )
-    parser.add_argument("--min-replicas", type=int, default=1)
-    parser.add_argument("--max-replicas", type=int, default=8)
+    parser.add_argument("--min-replicas", type=int, default=1, help="pods the autoscaler keeps at least")
+    parser.add_argument("--max-replicas", type=int, default=8, help="pods the autoscaler adds at most")
     parser.add_argument("--pod-start", type=float, default=90.0, help="seconds until a new pod is ready")
     parser.add_argument("--scale-down-window", type=float, default=300.0, help="scale-down stabilization, s")
     parser.add_argument(
@@ -454,5 +462,5 @@ def add_subcommands(subparsers: Any) -> None:
         help="round-robin: longest delay before a ready pod gets requests, s (Triton's gRPC connection age)",
     )
     parser.add_argument("--gateways", type=int, default=2, help="per-connection: gateway replicas")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the simulated arrivals")
     parser.set_defaults(handler=_command)

@@ -306,11 +306,7 @@ def run(plan: BenchPlan, work: Path, out: Path) -> dict[str, Any]:
 
 def _command(args: argparse.Namespace) -> int:
     plan = QUICK if args.quick else FULL
-    try:
-        results = run(plan, args.work, args.out)
-    except perf.PerfAnalyzerError as exc:
-        print(f"error: {exc}", flush=True)
-        return 2
+    results = run(plan, args.work, args.out)  # a PerfAnalyzerError ends the command with its exit code
     _log(f"wrote bench.json, bench.md and plots to {args.out} in {results['duration_s']:.0f} s")
     print((args.out / "bench.md").read_text())
     return 0

@@ -22,9 +22,15 @@ from typing import Any
 
 import tritonclient.grpc as grpcclient
 
+from triton_inpaint.api.commands import CommandError, ExitCode
 
-class PerfAnalyzerError(RuntimeError):
-    """perf_analyzer is missing, cannot start, or failed; the message says which and what to do."""
+
+class PerfAnalyzerError(CommandError):
+    """perf_analyzer is missing, cannot start, or failed; the message says which and what to do (the
+    code: NOT_INSTALLED for a missing program or library, UNAVAILABLE for a run that failed)."""
+
+    def __init__(self, message: str, code: ExitCode = ExitCode.UNAVAILABLE) -> None:
+        super().__init__(message, code)
 
 
 def bytes_entry(data: bytes) -> dict[str, Any]:
@@ -51,7 +57,9 @@ def binary() -> Path:
         return found
     which = shutil.which("perf_analyzer")
     if which is None:
-        raise PerfAnalyzerError("perf_analyzer not found; it comes with the tritonclient wheel")
+        raise PerfAnalyzerError(
+            "perf_analyzer not found; it comes with the tritonclient wheel", ExitCode.NOT_INSTALLED
+        )
     return Path(which)
 
 
@@ -62,7 +70,8 @@ def environment() -> dict[str, str]:
         import nvidia.cuda_runtime as runtime  # the nvidia-cuda-runtime-cu12 wheel (the [bench] extra)
     except ImportError as exc:
         raise PerfAnalyzerError(
-            "perf_analyzer needs libcudart.so.12: pip install -e '.[bench]' (nvidia-cuda-runtime-cu12)"
+            "perf_analyzer needs libcudart.so.12: pip install -e '.[bench]' (nvidia-cuda-runtime-cu12)",
+            ExitCode.NOT_INSTALLED,
         ) from exc
     lib = Path(next(iter(runtime.__path__))) / "lib"
     env["LD_LIBRARY_PATH"] = os.pathsep.join(filter(None, [str(lib), env.get("LD_LIBRARY_PATH", "")]))
@@ -113,8 +122,10 @@ def run_perf_analyzer(
         done = measure(UNBOUNDED_STABILITY_PERCENTAGE)
     if done.returncode != 0:
         detail = (done.stderr or done.stdout).strip().splitlines()[-5:]
-        hint = " (install libb64: apt-get install -y libb64-0d)" if "libb64" in done.stderr else ""
-        raise PerfAnalyzerError(f"perf_analyzer failed{hint}: " + " | ".join(detail))
+        if "libb64" in done.stderr:
+            missing = "perf_analyzer cannot start: install libb64 (apt-get install -y libb64-0d)"
+            raise PerfAnalyzerError(missing, ExitCode.NOT_INSTALLED)
+        raise PerfAnalyzerError("perf_analyzer failed: " + " | ".join(detail))
     with out_csv.open() as handle:
         row = next(csv.DictReader(handle))
     return {
