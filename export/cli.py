@@ -146,6 +146,9 @@ def _add_batching_options(parser: argparse.ArgumentParser) -> None:
         help="do not write model.cpu.onnx (the graph onnxruntime optimised for the CPU, which spares "
         "that work at every server start, at twice the disk)",
     )
+    parser.add_argument(
+        "--quiet", action="store_true", help="no progress bar (one shows only on a terminal anyway)"
+    )
 
 
 def _add_runtime_options(parser: argparse.ArgumentParser) -> None:
@@ -220,6 +223,7 @@ def _threads(text: str) -> int:
 
 def _batching_options(args: argparse.Namespace) -> dict[str, object]:
     names = ("denoise_instances", "max_inflight", "ort_threads", "cpu_graphs", "runtime", "precision")
+    names += ("quiet",)
     options = {name: getattr(args, name) for name in names}
     options |= {
         "gpu_instances": args.instance_kind == "gpu",

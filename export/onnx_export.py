@@ -12,7 +12,7 @@ happens in Python with the request's generator, which keeps the random stream id
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -221,10 +221,16 @@ def _dynamic_axes(names: tuple[str, ...], role: str) -> dict[str, dict[int, str]
     return axes
 
 
-def export_onnx(pipeline: object, paths: dict[str, Path], fused_attention: bool = False) -> dict[str, Path]:
+def export_onnx(
+    pipeline: object,
+    paths: dict[str, Path],
+    fused_attention: bool = False,
+    each: Callable[[str, Path], None] | None = None,
+) -> dict[str, Path]:
     """Write the networks to the given ``.onnx`` paths (one folder each: a graph over 2 GB keeps its
     weights in external data files beside it). ``fused_attention``: attention as onnxruntime's
-    ``MultiHeadAttention`` (:mod:`triton_inpaint.export.attention`), for the CPU runtime."""
+    ``MultiHeadAttention`` (:mod:`triton_inpaint.export.attention`), for the CPU runtime. ``each`` is
+    told of every network written (progress)."""
     modules = _modules(pipeline)
     odd = _odd_latent_size(pipeline)
     examples = _example_inputs(pipeline, batch=2, latent_h=odd, latent_w=odd + 2)
@@ -245,12 +251,16 @@ def export_onnx(pipeline: object, paths: dict[str, Path], fused_attention: bool 
                 opset_version=OPSET,
                 dynamo=False,
             )
+        if each is not None:
+            each(name, path)
     return paths
 
 
-def verify_onnx(pipeline: object, paths: dict[str, Path]) -> list[ExportCheck]:
+def verify_onnx(
+    pipeline: object, paths: dict[str, Path], each: Callable[[str, Path], None] | None = None
+) -> list[ExportCheck]:
     """Run each graph and its torch module on a batch size and spatial size other than the traced ones."""
-    return _verify(pipeline, onnx_runner(paths), paths)
+    return _verify(pipeline, onnx_runner(paths), paths, each)
 
 
 def verify_saved_networks(pipeline: object, directories: dict[str, Path]) -> list[ExportCheck]:
@@ -268,7 +278,9 @@ def verify_saved_networks(pipeline: object, directories: dict[str, Path]) -> lis
     return _verify(pipeline, run_numpy, directories)
 
 
-def _verify(pipeline: object, run: Runner, paths: dict[str, Path]) -> list[ExportCheck]:
+def _verify(
+    pipeline: object, run: Runner, paths: dict[str, Path], each: Callable[[str, Path], None] | None = None
+) -> list[ExportCheck]:
     examples = _example_inputs(pipeline, 1, *_verify_latent_size(pipeline))
     tensors = network_tensors(architecture(pipeline))
     checks = []
@@ -290,4 +302,6 @@ def _verify(pipeline: object, run: Runner, paths: dict[str, Path]) -> list[Expor
         if not math.isfinite(diff):
             raise RuntimeError(f"{name}: exported network's output is not finite")
         checks.append(ExportCheck(name, diff, paths[name]))
+        if each is not None:
+            each(name, paths[name])
     return checks

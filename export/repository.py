@@ -12,7 +12,7 @@ import json
 import re
 import shutil
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -20,6 +20,7 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from triton_inpaint.api import contract
+from triton_inpaint.api.commands import progress
 from triton_inpaint.api.contract import TensorSpec
 from triton_inpaint.export.onnx_cleanup import clean_onnx
 from triton_inpaint.export.onnx_export import (
@@ -87,6 +88,7 @@ class ExportOptions:
     model_aliases: tuple[str, ...] = ()  # other ids requests may name this model by
     default_steps: int | None = None
     default_guidance: float | None = None
+    quiet: bool = False  # no progress bar (one shows only when stderr is a terminal anyway)
     default_scheduler: str | None = None
     family: str | None = None  # when given, the checkpoint must be of this family
 
@@ -371,6 +373,11 @@ def export_checkpoint(
         shutil.rmtree(scratch, ignore_errors=True)
 
 
+def _folder_mib(folder: Path) -> float:
+    """A network's size on disk: its graph, external weights and optimised copy."""
+    return sum(path.stat().st_size for path in folder.iterdir() if path.is_file()) / 2**20
+
+
 def _served_network_shapes(pipeline: object, spec: PipelineSpec, runtime: RuntimeOptions) -> dict:
     """The memory estimate's network shapes as ``runtime`` runs them (attention kernel, value size)."""
     values = 2 if runtime.precision == "fp16" else 4
@@ -402,20 +409,35 @@ def _write_networks(
         model_py = "triton_inpaint.triton.torch_model"
     else:
         log(f"exporting {', '.join(roles)} to ONNX ...")
-        paths = export_onnx(
-            pipeline,
-            {role: d / "1" / "model.onnx" for role, d in model_dirs.items()},
-            fused_attention=runtime.runtime == "cpu" and runtime.fused_attention,
-        )
-        if runtime.runtime == "cpu" and options.cpu_graphs:
-            log("optimising the graphs for onnxruntime's CPU provider ...")
-            for path in paths.values():
-                optimize_for_cpu(path)
-        if runtime.runtime != "cpu":
-            log("cleaning the graphs for the GPU (constant folding, shape inference) ...")
-            for path in paths.values():
-                clean_onnx(path)
-        checks = verify_onnx(pipeline, paths)  # the graphs as served, on onnxruntime's CPU provider
+        stages = 3 if runtime.runtime != "cpu" or options.cpu_graphs else 2
+        with progress(len(roles) * stages, "export", unit="network", quiet=options.quiet) as bar:
+
+            def step(stage: str) -> Callable[[str, Path], None]:
+                def done(role: str, path: Path) -> None:
+                    mib = _folder_mib(path.parent)
+                    bar.set_postfix_str(f"{stage} {role} ({mib:.{0 if mib >= 10 else 1}f} MiB)")
+                    bar.update()
+
+                return done
+
+            paths = export_onnx(
+                pipeline,
+                {role: d / "1" / "model.onnx" for role, d in model_dirs.items()},
+                fused_attention=runtime.runtime == "cpu" and runtime.fused_attention,
+                each=step("exported"),
+            )
+            if runtime.runtime == "cpu" and options.cpu_graphs:
+                log("optimising the graphs for onnxruntime's CPU provider ...")
+                for role, path in paths.items():
+                    optimize_for_cpu(path)
+                    step("optimised")(role, path)
+            if runtime.runtime != "cpu":
+                log("cleaning the graphs for the GPU (constant folding, shape inference) ...")
+                for role, path in paths.items():
+                    clean_onnx(path)
+                    step("cleaned")(role, path)
+            # the graphs as served, on onnxruntime's CPU provider
+            checks = verify_onnx(pipeline, paths, each=step("checked"))
         model_py = "triton_inpaint.triton.onnx_model" if runtime.runtime == "cpu" else None
     for role, (inputs, outputs) in tensors.items():
         model_dir = model_dirs[role]

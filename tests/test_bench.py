@@ -44,8 +44,19 @@ def test_quick_bench_writes_every_figure(tmp_path, work):
     assert all(_finite_positive(value) for value in model["median_s"].values())
     assert all(_finite_positive(value) for value in model["ratios"].values())
     assert _finite_positive(model["cold_start_s"])
+    machine = results["machine"]
+    assert machine["cpu"] and machine["cores"] >= machine["usable_cores"] >= 1 and machine["memory_gib"] > 0
+    for method, values in model["seconds"].items():  # two rounds, each figure with its range
+        assert len(values) == 2
+        ranged = model["spread_s"][method]
+        assert ranged["min"] <= ranged["median"] == model["median_s"][method] <= ranged["max"]
     assert [entry["concurrency"] for entry in model["sweep"]] == [1, 2]
     for entry in model["sweep"]:
+        assert len(entry["runs"]) == 2  # each level once in each of the two rotating rounds
+        for key in ("throughput_rps", "p50_ms", "p95_ms"):
+            assert entry["spread"][key]["min"] <= entry[key] <= entry["spread"][key]["max"]
+        for number in (1, 2):
+            assert (out / f"perf_benchtiny_c{entry['concurrency']}_r{number}.csv").is_file()
         assert _finite_positive(entry["throughput_rps"]) and entry["p95_ms"] >= entry["p50_ms"] > 0
         assert isinstance(entry["stable"], bool)
         assert entry["unet_rows_per_call"] >= 2.0  # classifier-free guidance: two rows a request at least
@@ -55,6 +66,7 @@ def test_quick_bench_writes_every_figure(tmp_path, work):
     assert {"tritonserver", "benchtiny_unet", "benchtiny_denoise"} <= set(memory["processes_mib"])
     report = (out / "bench.md").read_text()
     assert "| benchtiny | 2 |" in report and "served / in-process" in report
+    assert machine["cpu"] in report and "median of its runs, with their range" in report
     for plot in ("throughput.png", "latency.png", "time_breakdown.png"):
         assert (out / plot).read_bytes().startswith(b"\x89PNG")
     # The perf_analyzer input it wrote is the documented format: BYTES as length-prefixed base64.
@@ -173,3 +185,12 @@ def test_a_level_without_a_stable_measurement_is_measured_again_and_marked(trito
     )  # fmt: skip
     assert figures["stable"] is False
     assert _finite_positive(figures["throughput_rps"]) and figures["p95_ms"] >= figures["p50_ms"] > 0
+
+
+def test_rounds_rotate_so_no_level_or_method_always_goes_first():
+    from triton_inpaint.tools.benchmark import rotated, spread
+
+    orders = [rotated((1, 2, 4, 8), number) for number in range(4)]
+    assert orders == [[1, 2, 4, 8], [2, 4, 8, 1], [4, 8, 1, 2], [8, 1, 2, 4]]
+    assert [order[0] for order in orders] == [1, 2, 4, 8]
+    assert spread([3.0, 1.0, 2.0]) == {"min": 1.0, "median": 2.0, "max": 3.0}

@@ -24,6 +24,7 @@ import numpy as np
 from tritonclient.grpc import model_config_pb2 as mc
 
 from triton_inpaint.api import contract
+from triton_inpaint.api.commands import CommandError, ExitCode
 from triton_inpaint.api.contract import TensorSpec
 from triton_inpaint.export.masking.tflite_onnx import compare_with_tflite, convert
 from triton_inpaint.export.repository import move_into, python_model_config, write_config, write_model_py
@@ -83,13 +84,20 @@ def fetch_wheel(cache: Path, wheel: Path | None = None, log: Callable[[str], Non
         "manylinux_2_28_x86_64",
         f"mediapipe=={MEDIAPIPE_VERSION}",
     ]
-    result = subprocess.run(command, capture_output=True, text=True)
+    # On a terminal pip draws its own download bar (the wheel is 35 MB); elsewhere it stays quiet and
+    # its last line goes into the error.
+    shown = sys.stderr.isatty()
+    command += [] if shown else ["--progress-bar", "off"]
+    result = subprocess.run(command, stdout=None if shown else subprocess.PIPE, stderr=None if shown else
+                            subprocess.PIPE, text=True)  # fmt: skip
     found = sorted(cache.glob(WHEEL_PATTERN))
     if result.returncode != 0 or not found:
-        raise RuntimeError(
-            f"could not download mediapipe=={MEDIAPIPE_VERSION} from the package index "
-            f"({result.stderr.strip().splitlines()[-1] if result.stderr.strip() else 'no wheel'}); "
-            "download it elsewhere and pass --wheel"
+        last = (result.stderr or "").strip().splitlines()[-1:]
+        reason = last or ["pip's output above" if shown else "no wheel"]
+        raise CommandError(
+            f"could not download mediapipe=={MEDIAPIPE_VERSION} from the package index ({reason[0]}); "
+            "download it elsewhere and pass --wheel",
+            ExitCode.UNAVAILABLE,
         )
     return found[-1]
 

@@ -5,7 +5,9 @@ help that shows each default once."""
 from __future__ import annotations
 
 import argparse
+import sys
 from enum import IntEnum
+from typing import Any
 
 TRACEBACK_ENV = "TRITON_INPAINT_TRACEBACK"
 
@@ -55,3 +57,21 @@ def use_help_formatter(parser: argparse.ArgumentParser) -> None:
         if isinstance(action, argparse._SubParsersAction):
             for child in action.choices.values():
                 use_help_formatter(child)
+
+
+def progress(total: float, description: str, unit: str = "step", quiet: bool = False) -> Any:
+    """A tqdm bar on stderr with elapsed and remaining time; none with ``quiet`` or when stderr is not
+    a terminal (tqdm's own ``disable=None``), so logs and CI output stay line by line."""
+    from tqdm import tqdm
+
+    return tqdm(
+        total=total, desc=description, unit=unit, disable=True if quiet else None, file=sys.stderr,
+        dynamic_ncols=True, leave=False,
+    )  # fmt: skip
+
+
+def say(message: str) -> None:
+    """A progress line on stderr that does not tear a bar in the middle of being drawn."""
+    from tqdm import tqdm
+
+    tqdm.write(message, file=sys.stderr)

@@ -17,11 +17,28 @@ def _row(cells: list[Any]) -> str:
     return "| " + " | ".join(str(cell) for cell in cells) + " |"
 
 
+def _ranged(median: float, spread: dict[str, float] | None, form: str, unit: str = "") -> str:
+    """``median unit (min-max)``: the range shows how far one run may stray on this machine."""
+    text = f"{format(median, form)}{unit}"
+    if spread is not None and spread["max"] > spread["min"]:
+        text += f" ({format(spread['min'], form)}-{format(spread['max'], form)})"
+    return text
+
+
 def markdown(results: dict[str, Any]) -> str:
     lines = ["# triton-inpaint bench", ""]
     info = results["machine"]
     versions = ", ".join(f"{k} {v}" for k, v in info["versions"].items() if v)
-    lines += [f"{info['cores']} cores, {info['platform']}, Python {info['python']}; {versions}.", ""]
+    hardware = f"{info['cpu']}, {info['cores']} cores"
+    if "usable_cores" in info:
+        hardware += f" ({info['usable_cores']} usable), {info['memory_gib']} GiB"
+    lines += [f"{hardware}; {info['platform']}, Python {info['python']}; {versions}.", ""]
+    lines += [
+        "Each figure is the median of its runs, with their range (min-max) where they differ: "
+        f"{results['plan']['rounds']} rounds of single requests, {results['plan'].get('sweep_rounds', 1)} "
+        "of the perf_analyzer sweep, the order rotating each round.",
+        "",
+    ]
     for section in (_side_by_side, _perf_table, _time_table, _memory_table, _targets_table):
         lines += section(results)
     lines += ["", "Plots: `throughput.png`, `latency.png`, `time_breakdown.png`.", ""]
@@ -30,22 +47,22 @@ def markdown(results: dict[str, Any]) -> str:
 
 def _side_by_side(results: dict[str, Any]) -> list[str]:
     """One request timed each way."""
-    lines = ["## One request, side by side (medians of interleaved rounds)", ""]
+    lines = ["## One request, side by side (interleaved rounds)", ""]
     lines += [_row(["model", "px", "steps", "diffusers", "ours in-process", "served gRPC", "gateway",
                     "served / in-process", "ours / diffusers", "cold start"]),
               _row(["---"] * 10)]  # fmt: skip
     for model in results["models"]:
-        m, r = model["median_s"], model["ratios"]
+        m, r, s = model["median_s"], model["ratios"], model.get("spread_s", {})
         lines.append(
             _row(
                 [
                     f"{model['model']} (UNet {model['unet_parameters_m']} M)",
                     model["native_resolution"],
                     model["steps"],
-                    f"{m['diffusers']:.3f} s",
-                    f"{m['ours_in_process']:.3f} s",
-                    f"{m['served_grpc']:.3f} s",
-                    f"{m['gateway']:.3f} s",
+                    *(
+                        _ranged(m[method], s.get(method), ".3f", " s")
+                        for method in ("diffusers", "ours_in_process", "served_grpc", "gateway")
+                    ),
                     f"{r['served_over_in_process']:.3f}",
                     f"{r['ours_over_diffusers']:.3f}",
                     f"{model['cold_start_s']:.1f} s",
@@ -63,15 +80,17 @@ def _perf_table(results: dict[str, Any]) -> list[str]:
     for model in results["models"]:
         base = model["sweep"][0]["throughput_rps"]
         for entry in model["sweep"]:
+            ranges = entry.get("spread", {})
             lines.append(
                 _row(
                     [
                         model["model"],
                         entry["concurrency"],
-                        f"{entry['throughput_rps']:.3f}{'' if entry.get('stable', True) else ' (unstable)'}",
+                        _ranged(entry["throughput_rps"], ranges.get("throughput_rps"), ".3f")
+                        + ("" if entry.get("stable", True) else " (unstable)"),
                         f"{entry['throughput_rps'] / base:.2f}",
-                        f"{entry['p50_ms']:.0f} ms",
-                        f"{entry['p95_ms']:.0f} ms",
+                        _ranged(entry["p50_ms"], ranges.get("p50_ms"), ".0f", " ms"),
+                        _ranged(entry["p95_ms"], ranges.get("p95_ms"), ".0f", " ms"),
                         f"{entry['unet_rows_per_call']:.2f}",
                         f"{entry['requests_per_unet_call']:.2f}",
                     ]

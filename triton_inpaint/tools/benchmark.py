@@ -5,10 +5,12 @@ dominates as with real weights) it builds or reuses the checkpoint and its Trito
 Triton with only that model (the cold start is timed) and a gateway, then measures in rounds, the
 order rotating each round so no method always runs on a warmer machine: diffusers in-process, our
 pipeline in-process (the same ONNX graphs through onnxruntime), served over gRPC, and through the
-gateway. Then a perf_analyzer concurrency sweep against the ensemble, with Triton's per-model
-statistics around each level (where the time goes, the UNet's achieved batch), and the memory (PSS)
-of the server, every model process and the gateway. Ratios are taken within the run: these machines
-are too noisy for absolute figures to compare across runs.
+gateway. Then a perf_analyzer concurrency sweep against the ensemble, in rounds too, the levels'
+order rotating each round, with Triton's per-model statistics around each level (where the time
+goes, the UNet's achieved batch), and the memory (PSS) of the server, every model process and the
+gateway. Every figure keeps its runs, and the report gives each median with its range (min-max).
+Ratios are taken within the run: these machines are too noisy for absolute figures to compare
+across runs.
 
 Writes ``bench.json`` (every figure, the machine, the versions), ``bench.md`` (tables) and PNG plots
 into ``--out``. ``--quick`` runs a reduced version (tiny model, fewer rounds and steps, concurrency
@@ -33,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from triton_inpaint.api.commands import progress, say
 from triton_inpaint.api.imaging import encode_image, encode_mask
 from triton_inpaint.server.supervisor import stubs_of
 from triton_inpaint.tools import perf
@@ -46,18 +49,36 @@ METHODS = ("diffusers", "ours_in_process", "served_grpc", "gateway")
 @dataclass(frozen=True)
 class BenchPlan:
     sizes: tuple[str, ...]
-    rounds: int
+    rounds: int  # single-request rounds, every method once a round
     steps: int
     concurrency: tuple[int, ...]
     requests_per_window: int
+    sweep_rounds: int  # perf_analyzer rounds, every concurrency level once a round
 
 
-QUICK = BenchPlan(sizes=("tiny",), rounds=1, steps=4, concurrency=(1, 2), requests_per_window=4)
-FULL = BenchPlan(sizes=("tiny", "small"), rounds=5, steps=10, concurrency=(1, 2, 4, 8), requests_per_window=8)
+QUICK = BenchPlan(
+    sizes=("tiny",), rounds=2, steps=4, concurrency=(1, 2), requests_per_window=4, sweep_rounds=2
+)
+FULL = BenchPlan(
+    sizes=("tiny", "small"), rounds=5, steps=10, concurrency=(1, 2, 4, 8), requests_per_window=8,
+    sweep_rounds=3,
+)  # fmt: skip
+SPREAD_FIGURES = ("throughput_rps", "p50_ms", "p95_ms")
 
 
 def _log(message: str) -> None:
-    print(f"[bench] {message}", flush=True)
+    say(f"[bench] {message}")
+
+
+def rotated(items: list[Any] | tuple[Any, ...], number: int) -> list[Any]:
+    """Round ``number``'s order: each round starts one later, so none always runs first or last."""
+    start = number % len(items)
+    return [*items[start:], *items[:start]]
+
+
+def spread(values: list[float]) -> dict[str, float]:
+    """A figure over its runs: the median and the range."""
+    return {"min": min(values), "median": statistics.median(values), "max": max(values)}
 
 
 def prepare_model(size: str, work: Path) -> tuple[str, Path, Path]:
@@ -124,18 +145,20 @@ def _median(values: list[float]) -> float:
     return statistics.median(values) if values else float("nan")
 
 
-def interleaved(methods: dict[str, Callable[[], Any]], rounds: int) -> dict[str, list[float]]:
+def interleaved(
+    methods: dict[str, Callable[[], Any]], rounds: int, tick: Callable[[str], None] = lambda _: None
+) -> dict[str, list[float]]:
     """Each method once to warm up, then ``rounds`` rounds, the order rotating each round."""
-    for call in methods.values():
+    for name, call in methods.items():
         call()
+        tick(f"warm-up {name}")
     times: dict[str, list[float]] = {name: [] for name in methods}
-    names = list(methods)
     for number in range(rounds):
-        order = names[number % len(names) :] + names[: number % len(names)]
-        for name in order:
+        for name in rotated(list(methods), number):
             started = time.perf_counter()
             methods[name]()
             times[name].append(time.perf_counter() - started)
+            tick(f"round {number + 1}/{rounds} {name}")
     return times
 
 
@@ -155,25 +178,52 @@ def _diffusers_call(reference: Any, image: np.ndarray, mask: np.ndarray, size: i
 
 
 def _perf_sweep(
-    name: str, grpc_url: str, plan: BenchPlan, data_file: Path, out: Path
+    name: str,
+    grpc_url: str,
+    plan: BenchPlan,
+    data_file: Path,
+    out: Path,
+    tick: Callable[[str], None] = lambda _: None,
 ) -> list[dict[str, Any]]:
-    """perf_analyzer at each concurrency, with how many requests each UNet call carried (Triton's own
-    statistics, before and after)."""
-    sweep = []
-    for level in plan.concurrency:
-        _log(f"{name}: perf_analyzer at concurrency {level}")
-        before = perf.model_statistics(grpc_url)
-        figures = perf.run_perf_analyzer(
-            f"inpaint_{name}", grpc_url, data_file, level,
-            max(plan.requests_per_window, 2 * level), out / f"perf_{name}_c{level}.csv", timeout=1800,
-        )  # fmt: skip
-        models = perf.statistics_delta(before, perf.model_statistics(grpc_url))
-        unet = models.get(f"{name}_unet", {})
-        rows_per_request = 2 if GUIDANCE > 1 else 1  # classifier-free guidance: two rows an image
-        figures["unet_rows_per_call"] = unet.get("batch_per_execution", float("nan"))
-        figures["requests_per_unet_call"] = figures["unet_rows_per_call"] / rows_per_request
-        sweep.append({"concurrency": level, **figures, "models": models})
-    return sweep
+    """perf_analyzer at each concurrency in ``plan.sweep_rounds`` rounds, the levels' order rotating,
+    with how many requests each UNet call carried (Triton's own statistics around every run, summed
+    over a level's runs)."""
+    runs: dict[int, list[dict[str, Any]]] = {level: [] for level in plan.concurrency}
+    counted: dict[int, dict[str, dict[str, int]]] = {level: {} for level in plan.concurrency}
+    for number in range(plan.sweep_rounds):
+        for level in rotated(plan.concurrency, number):
+            before = perf.model_statistics(grpc_url)
+            runs[level].append(
+                perf.run_perf_analyzer(
+                    f"inpaint_{name}",
+                    grpc_url,
+                    data_file,
+                    level,
+                    max(plan.requests_per_window, 2 * level),
+                    out / f"perf_{name}_c{level}_r{number + 1}.csv",
+                    timeout=1800,
+                )  # fmt: skip
+            )
+            perf.add_counts(counted[level], before, perf.model_statistics(grpc_url))
+            tick(f"round {number + 1}/{plan.sweep_rounds} perf_analyzer at concurrency {level}")
+    return [_sweep_level(name, level, runs[level], counted[level]) for level in plan.concurrency]
+
+
+def _sweep_level(
+    name: str, level: int, runs: list[dict[str, Any]], counted: dict[str, dict[str, int]]
+) -> dict[str, Any]:
+    """One level's figures: each the median of its runs, with the range of the headline ones."""
+    figures: dict[str, Any] = {
+        key: statistics.median(run[key] for run in runs) for key in runs[0] if key != "stable"
+    }
+    figures["stable"] = all(run["stable"] for run in runs)
+    models = perf.statistics_delta({}, counted)
+    unet = models.get(f"{name}_unet", {})
+    rows_per_request = 2 if GUIDANCE > 1 else 1  # classifier-free guidance: two rows an image
+    figures["unet_rows_per_call"] = unet.get("batch_per_execution", float("nan"))
+    figures["requests_per_unet_call"] = figures["unet_rows_per_call"] / rows_per_request
+    figures["spread"] = {key: spread([run[key] for run in runs]) for key in SPREAD_FIGURES}
+    return {"concurrency": level, **figures, "runs": runs, "models": models}
 
 
 def _ratios(medians: dict[str, float], sweep: list[dict[str, Any]]) -> dict[str, float]:
@@ -188,7 +238,7 @@ def _ratios(medians: dict[str, float], sweep: list[dict[str, Any]]) -> dict[str,
     }
 
 
-def bench_model(size: str, plan: BenchPlan, work: Path, out: Path) -> dict[str, Any]:
+def bench_model(size: str, plan: BenchPlan, work: Path, out: Path, quiet: bool = False) -> dict[str, Any]:
     from diffusers import StableDiffusionInpaintPipeline
 
     from triton_inpaint.api.params import DenoiseParams
@@ -242,7 +292,14 @@ def bench_model(size: str, plan: BenchPlan, work: Path, out: Path) -> dict[str, 
             ),
         }
         _log(f"{name}: {plan.rounds} interleaved rounds of {', '.join(methods)} ({plan.steps} steps)")
-        times = interleaved(methods, plan.rounds)
+        units = len(methods) * (plan.rounds + 1) + len(plan.concurrency) * plan.sweep_rounds
+        bar = progress(units, name, unit="run", quiet=quiet)
+
+        def tick(what: str) -> None:
+            bar.set_postfix_str(what)
+            bar.update()
+
+        times = interleaved(methods, plan.rounds, tick)
         medians = {key: _median(values) for key, values in times.items()}
         memory = measure_memory(server.pid, gateway.pid, repository, name)
 
@@ -251,7 +308,9 @@ def bench_model(size: str, plan: BenchPlan, work: Path, out: Path) -> dict[str, 
             {"image": image_png, "mask": mask_png, "prompt": PROMPT, "steps": plan.steps,
              "guidance_scale": GUIDANCE, "seed": SEED, "strength": 1.0, "scheduler": scheduler},
         )  # fmt: skip
-        sweep = _perf_sweep(name, server.grpc_url, plan, data_file, out)
+        _log(f"{name}: perf_analyzer at {plan.concurrency} in {plan.sweep_rounds} rotating rounds")
+        sweep = _perf_sweep(name, server.grpc_url, plan, data_file, out, tick)
+        bar.close()
         client.close()
     finally:
         if gateway is not None:
@@ -267,6 +326,7 @@ def bench_model(size: str, plan: BenchPlan, work: Path, out: Path) -> dict[str, 
         "cold_start_s": cold_start,
         "seconds": times,
         "median_s": medians,
+        "spread_s": {key: spread(values) for key, values in times.items()},
         "ratios": _ratios(medians, sweep),
         "memory": memory,
         "sweep": sweep,
@@ -281,15 +341,28 @@ def machine() -> dict[str, Any]:
         except metadata.PackageNotFoundError:
             versions[package] = None
     return {
-        "cpu": platform.processor() or platform.machine(),
+        "cpu": cpu_model(),
         "cores": os.cpu_count(),
+        "usable_cores": len(os.sched_getaffinity(0)),
+        "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
         "python": platform.python_version(),
         "platform": platform.platform(),
         "versions": versions,
     }
 
 
-def run(plan: BenchPlan, work: Path, out: Path) -> dict[str, Any]:
+def cpu_model() -> str:
+    """The processor's name as the kernel reports it (``platform.processor()`` is empty on Linux)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def run(plan: BenchPlan, work: Path, out: Path, quiet: bool = False) -> dict[str, Any]:
     from triton_inpaint.tools.bench_report import write_report
 
     out.mkdir(parents=True, exist_ok=True)
@@ -297,7 +370,7 @@ def run(plan: BenchPlan, work: Path, out: Path) -> dict[str, Any]:
     started = time.perf_counter()
     results = {"machine": machine(), "plan": plan.__dict__, "models": []}
     for size in plan.sizes:
-        results["models"].append(bench_model(size, plan, work, out))
+        results["models"].append(bench_model(size, plan, work, out, quiet))
     results["duration_s"] = time.perf_counter() - started
     (out / "bench.json").write_text(json.dumps(results, indent=2, default=list))
     write_report(results, out)
@@ -306,7 +379,8 @@ def run(plan: BenchPlan, work: Path, out: Path) -> dict[str, Any]:
 
 def _command(args: argparse.Namespace) -> int:
     plan = QUICK if args.quick else FULL
-    results = run(plan, args.work, args.out)  # a PerfAnalyzerError ends the command with its exit code
+    # a PerfAnalyzerError ends the command with its exit code
+    results = run(plan, args.work, args.out, quiet=args.quiet)
     _log(f"wrote bench.json, bench.md and plots to {args.out} in {results['duration_s']:.0f} s")
     print((args.out / "bench.md").read_text())
     return 0
@@ -328,6 +402,9 @@ def add_subcommands(subparsers: Any) -> None:
     bench.add_argument(
         "--quick",
         action="store_true",
-        help="tiny model only, one round, 4 steps, concurrency 1 and 2 (keeps the command working in tests)",
+        help="tiny model only, two rounds, 4 steps, concurrency 1 and 2 (keeps the command working in tests)",
+    )
+    bench.add_argument(
+        "--quiet", action="store_true", help="no progress bars (they show only on a terminal anyway)"
     )
     bench.set_defaults(handler=_command)

@@ -33,10 +33,11 @@ def run_demo(
     serve: bool = False,
     host: str = "127.0.0.1",
     port: int | None = None,
+    quiet: bool = False,
 ) -> Path:
     from triton_inpaint.client import GatewayClient
     from triton_inpaint.client.cli import write_whole
-    from triton_inpaint.export.repository import export_checkpoint
+    from triton_inpaint.export.repository import ExportOptions, export_checkpoint
     from triton_inpaint.export.tiny import write_tiny_checkpoint
     from triton_inpaint.gateway.launcher import GatewayServer
     from triton_inpaint.server.process import TritonServer, builtin_repository, free_port
@@ -53,7 +54,11 @@ def run_demo(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         checks = export_checkpoint(
-            checkpoint, "tiny", repository, log=lambda m: print(f"      {m}", flush=True)
+            checkpoint,
+            "tiny",
+            repository,
+            ExportOptions(quiet=quiet),
+            log=lambda m: print(f"      {m}", flush=True),
         )
     for check in checks:
         print(f"      {check.submodel:<13} max |onnx - torch| = {check.max_abs_diff:.1e}")
@@ -123,7 +128,8 @@ def _wait_for_interrupt(*processes: object) -> None:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    run_demo(args.workdir, args.seed, args.steps, serve=args.serve, host=args.host, port=args.port)
+    where = {"host": args.host, "port": args.port}
+    run_demo(args.workdir, args.seed, args.steps, serve=args.serve, quiet=args.quiet, **where)
     return 0
 
 
@@ -145,5 +151,8 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="with --serve: the gateway's listen address")
     parser.add_argument(
         "--port", type=int, default=None, help="with --serve: the gateway's port (default: a free one)"
+    )
+    parser.add_argument(
+        "--quiet", action="store_true", help="no progress bars (they show only on a terminal anyway)"
     )
     parser.set_defaults(handler=_demo)

@@ -161,6 +161,17 @@ def model_statistics(grpc_url: str) -> dict[str, dict[str, int]]:
     return result
 
 
+def add_counts(
+    total: dict[str, dict[str, int]], before: dict[str, dict[str, int]], after: dict[str, dict[str, int]]
+) -> None:
+    """Add what each model counted between two snapshots to ``total`` (several runs of one level)."""
+    for name, now in after.items():
+        was = before.get(name, {})
+        into = total.setdefault(name, dict.fromkeys(now, 0))
+        for key, value in now.items():
+            into[key] += value - was.get(key, 0)
+
+
 def statistics_delta(
     before: dict[str, dict[str, int]], after: dict[str, dict[str, int]]
 ) -> dict[str, dict[str, float]]:
