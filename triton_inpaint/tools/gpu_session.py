@@ -32,6 +32,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from triton_inpaint.api.commands import CommandError, ExitCode
+
 PYTHON = "3.12"  # the GPU machine's interpreter
 # What the GPU machine lacks, for the gpu-torch runtime's benchmark: pinned as pyproject.toml pins them
 # (protobuf 4.25: tritonclient 2.51's generated code; numpy 1.26: the Python backend's stubs).
@@ -123,10 +125,17 @@ def split(files: list[Path], limit: int = PART_LIMIT) -> list[list[Path]]:
 
 def working_tree_bytes(source: Path) -> int:
     """What a device call sends besides its carried paths: tracked and untracked-not-ignored files."""
-    listed = subprocess.run(
-        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-        cwd=source, capture_output=True, check=True,
-    ).stdout  # fmt: skip
+    git = shutil.which("git")
+    if git is None:
+        raise CommandError(
+            "--prepare needs git: it sizes the working tree the device calls send", ExitCode.NOT_INSTALLED
+        )
+    done = subprocess.run(
+        [git, "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=source, capture_output=True
+    )
+    if done.returncode != 0:
+        raise CommandError(f"--prepare runs from a git checkout of triton-inpaint; {source} is not one")
+    listed = done.stdout
     files = (source / name for name in listed.decode().split("\0") if name)
     return sum(path.stat().st_size for path in files if path.is_file())
 
