@@ -238,21 +238,32 @@ def _ratios(medians: dict[str, float], sweep: list[dict[str, Any]]) -> dict[str,
     }
 
 
-def bench_model(size: str, plan: BenchPlan, work: Path, out: Path, quiet: bool = False) -> dict[str, Any]:
+@dataclass
+class _Contest:
+    """What every method of one model runs: the sample request and the two in-process pipelines."""
+
+    name: str
+    repository: Path
+    native: int
+    scheduler: str
+    controls: dict[str, Any]
+    image_png: bytes
+    mask_png: bytes
+    unet_parameters_m: float
+    in_process: dict[str, Callable[[], Any]]
+
+
+def _contest(size: str, plan: BenchPlan, work: Path) -> _Contest:
     from diffusers import StableDiffusionInpaintPipeline
 
     from triton_inpaint.api.params import DenoiseParams
-    from triton_inpaint.client import GatewayClient, InpaintClient
-    from triton_inpaint.gateway.launcher import GatewayServer
     from triton_inpaint.networks.runners import SD_TENSORS, RunnerComponents, onnx_runner
     from triton_inpaint.pipelines.schedulers import build_scheduler
     from triton_inpaint.pipelines.sd_inpaint import SDInpaintPipeline
-    from triton_inpaint.server.process import TritonServer, free_port, with_builtin
 
     name, checkpoint, repository = prepare_model(size, work)
-    denoise_dir = repository / f"{name}_denoise" / "1"
     ours = SDInpaintPipeline.from_directory(
-        denoise_dir,
+        repository / f"{name}_denoise" / "1",
         RunnerComponents(
             onnx_runner({r: repository / f"{name}_{r}" / "1" / "model.onnx" for r in SD_TENSORS})
         ),
@@ -260,15 +271,38 @@ def bench_model(size: str, plan: BenchPlan, work: Path, out: Path, quiet: bool =
     native = ours.spec.native_resolution
     scheduler = ours.spec.default_scheduler or "PNDM"
     image, mask = sample_request(native)
-    image_png, mask_png = encode_image(image), encode_mask(mask)
     controls = {"steps": plan.steps, "guidance_scale": GUIDANCE, "seed": SEED, "strength": 1.0}
     params = DenoiseParams.from_inputs(PROMPT, width=native, height=native, scheduler=scheduler, **controls)
     reference = StableDiffusionInpaintPipeline.from_pretrained(checkpoint, safety_checker=None)
     reference.scheduler = build_scheduler(scheduler, ours.scheduler_config)
     reference.set_progress_bar_config(disable=True)
     soft_mask = mask.astype(np.float32) / 255.0
-    run_diffusers = _diffusers_call(reference, image, mask, native, plan.steps)
+    return _Contest(
+        name=name,
+        repository=repository,
+        native=native,
+        scheduler=scheduler,
+        controls=controls,
+        image_png=encode_image(image),
+        mask_png=encode_mask(mask),
+        unet_parameters_m=round(sum(p.numel() for p in reference.unet.parameters()) / 1e6, 1),
+        in_process={
+            "diffusers": _diffusers_call(reference, image, mask, native, plan.steps),
+            "ours_in_process": lambda: ours(image, soft_mask, params),
+        },
+    )
 
+
+def bench_model(size: str, plan: BenchPlan, work: Path, out: Path, quiet: bool = False) -> dict[str, Any]:
+    from triton_inpaint.client import GatewayClient, InpaintClient
+    from triton_inpaint.gateway.launcher import GatewayServer
+    from triton_inpaint.networks.runners import SD_TENSORS
+    from triton_inpaint.server.process import TritonServer, free_port, with_builtin
+
+    contest = _contest(size, plan, work)
+    name, repository, scheduler = contest.name, contest.repository, contest.scheduler
+    request = (contest.image_png, contest.mask_png, PROMPT)
+    controls = {"scheduler": scheduler, **contest.controls}
     _log(f"{name}: starting Triton with only this model (cold start)")
     # The ensemble brings its steps; the networks the denoise model calls through BLS are named too.
     models = [f"inpaint_{name}", *(f"{name}_{role}" for role in SD_TENSORS)]
@@ -282,14 +316,9 @@ def bench_model(size: str, plan: BenchPlan, work: Path, out: Path, quiet: bool =
         client = InpaintClient(server.grpc_url, "grpc")
         gateway_client = GatewayClient(gateway.url)
         methods = {
-            "diffusers": run_diffusers,
-            "ours_in_process": lambda: ours(image, soft_mask, params),
-            "served_grpc": lambda: client.inpaint(
-                name, image_png, mask_png, PROMPT, scheduler=scheduler, **controls
-            ),
-            "gateway": lambda: gateway_client.inpaint(
-                name, image_png, mask_png, PROMPT, scheduler=scheduler, **controls
-            ),
+            **contest.in_process,
+            "served_grpc": lambda: client.inpaint(name, *request, **controls),
+            "gateway": lambda: gateway_client.inpaint(name, *request, **controls),
         }
         _log(f"{name}: {plan.rounds} interleaved rounds of {', '.join(methods)} ({plan.steps} steps)")
         units = len(methods) * (plan.rounds + 1) + len(plan.concurrency) * plan.sweep_rounds
@@ -305,9 +334,8 @@ def bench_model(size: str, plan: BenchPlan, work: Path, out: Path, quiet: bool =
 
         data_file = perf.write_input_data(
             out / f"perf_input_{name}.json",
-            {"image": image_png, "mask": mask_png, "prompt": PROMPT, "steps": plan.steps,
-             "guidance_scale": GUIDANCE, "seed": SEED, "strength": 1.0, "scheduler": scheduler},
-        )  # fmt: skip
+            {"image": contest.image_png, "mask": contest.mask_png, "prompt": PROMPT, **controls},
+        )
         _log(f"{name}: perf_analyzer at {plan.concurrency} in {plan.sweep_rounds} rotating rounds")
         sweep = _perf_sweep(name, server.grpc_url, plan, data_file, out, tick)
         bar.close()
@@ -318,11 +346,11 @@ def bench_model(size: str, plan: BenchPlan, work: Path, out: Path, quiet: bool =
         server.stop()
     return {
         "model": name,
-        "native_resolution": native,
+        "native_resolution": contest.native,
         "steps": plan.steps,
         "scheduler": scheduler,
         "guidance_scale": GUIDANCE,
-        "unet_parameters_m": round(sum(p.numel() for p in reference.unet.parameters()) / 1e6, 1),
+        "unet_parameters_m": contest.unet_parameters_m,
         "cold_start_s": cold_start,
         "seconds": times,
         "median_s": medians,
