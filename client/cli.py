@@ -140,14 +140,27 @@ def control_help(control: Control) -> str:
 
 
 def add_controls(
-    parser: argparse.ArgumentParser, schema: RequestSchema, exclusive: tuple[str, ...], **help_overrides: str
+    parser: argparse.ArgumentParser,
+    schema: RequestSchema,
+    exclusive: tuple[str, ...],
+    one_required: bool = True,
+    **help_overrides: str,
 ) -> None:
-    """One flag per control of ``schema``; the ``exclusive`` controls form a required either-or group.
+    """One flag per control of ``schema``; the ``exclusive`` controls form an either-or group (one of
+    them required unless ``one_required`` is false). Controls that share a flag (the outpainting sides)
+    take one comma-separated value each, in their declared order.
 
     Absent flags stay out of the namespace (``argparse.SUPPRESS``), so the server's defaults apply.
     """
-    group = parser.add_mutually_exclusive_group(required=True)
+    group = parser.add_mutually_exclusive_group(required=one_required)
+    sharing: dict[str, list[Control]] = {}
     for control in schema:
+        sharing.setdefault(control.cli_flag, []).append(control)
+    for flag, controls in sharing.items():
+        if len(controls) > 1:
+            parser.add_argument(flag, action=_Together, controls=controls, help=_together_help(controls))
+            continue
+        (control,) = controls
         target = group if control.name in exclusive else parser
         options: dict[str, Any] = {"dest": control.name, "default": argparse.SUPPRESS}
         options["help"] = help_overrides.get(control.name, control_help(control))
@@ -159,7 +172,41 @@ def add_controls(
                 options["choices"] = control.choices
             if control.required:
                 options["required"] = True
-        target.add_argument(control.cli_flag, **options)
+        target.add_argument(flag, **options)
+
+
+_KIND_NAMES = {int: "an integer", float: "a number", str: "text"}
+
+
+class _Together(argparse.Action):
+    """One flag for several controls: ``--outpaint 64,0,64,0`` sets outpaint_top... outpaint_left."""
+
+    def __init__(self, option_strings: list[str], dest: str, controls: list[Control], **kwargs: Any) -> None:
+        self.controls = controls
+        names = ",".join(control.name.rsplit("_", 1)[-1].upper() for control in controls)
+        super().__init__(option_strings, dest, default=argparse.SUPPRESS, metavar=names, **kwargs)
+
+    def __call__(self, parser: Any, namespace: Any, values: Any, option_string: str | None = None) -> None:
+        parts = str(values).split(",")
+        if len(parts) != len(self.controls):
+            raise argparse.ArgumentError(
+                self, f"takes {len(self.controls)} comma-separated values ({self.metavar}), got {values!r}"
+            )
+        for control, part in zip(self.controls, parts, strict=True):
+            try:
+                setattr(namespace, control.name, control.kind(part.strip()))
+            except ValueError:
+                raise argparse.ArgumentError(
+                    self, f"{control.name} must be {_KIND_NAMES[control.kind]}, got {part!r}"
+                ) from None
+
+
+def _together_help(controls: list[Control]) -> str:
+    first = controls[0]
+    allowed = f"; each {first.allowed}" if first.allowed else ""
+    default = f" (default: {first.shown_default} each)" if first.default is not None else ""
+    side = first.name.rsplit("_", 1)[-1]
+    return f"{first.description.replace(f'the {side}', 'each side')}{allowed}{default}"
 
 
 def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
@@ -193,7 +240,7 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
         required=True,
         help="model name given at export (e.g. 'tiny') or registry id (e.g. 'local:sd15-inpaint@1')",
     )
-    add_controls(parser, INPAINT, MASK_SOURCES)
+    add_controls(parser, INPAINT, MASK_SOURCES, one_required=False)  # outpainting needs no mask
     parser.add_argument("--mask-out", type=Path, default=None, help="also write the mask used (PNG) here")
     parser.add_argument(
         "--out",

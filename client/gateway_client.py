@@ -107,15 +107,18 @@ class GatewayClient:
 
 
 def _fields(schema: RequestSchema, values: dict[str, Any]) -> dict[str, Any]:
-    """The task's fields: each control under its Runware-style name, images as base64."""
-    fields = {}
+    """The task's fields: each control under its Runware-style name (``a.b``: in the object ``a``),
+    images as base64."""
+    fields: dict[str, Any] = {}
     for name, value in values.items():
         control = schema[name]
         if value is None:
             continue
         if control.runware is None:
             raise InpaintError(f"{name}: is not offered by the gateway's task API")
-        fields[control.runware] = _b64(value) if control.kind is bytes else value
+        owner, _, leaf = control.runware.rpartition(".")
+        target = fields.setdefault(owner, {}) if owner else fields
+        target[leaf] = _b64(value) if control.kind is bytes else value
     return fields
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 import annotated_types
-from pydantic import AfterValidator, BaseModel, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from triton_inpaint.api.schema import Control, RequestSchema
 
@@ -75,8 +75,13 @@ def _field_type(control: Control) -> Any:
 def control_fields(
     schema: RequestSchema, style: str, types: dict[str, Any], skip: tuple[str, ...] = ()
 ) -> dict[str, Any]:
-    """pydantic field definitions for the controls offered in ``style`` ("runware" or "eden")."""
+    """pydantic field definitions for the controls offered in ``style`` ("runware" or "eden").
+
+    A dotted name (``outpaint.top``) is a field of an optional object (``outpaint``), whose model is
+    made here from the controls that share its name.
+    """
     fields: dict[str, Any] = {}
+    nested: dict[str, dict[str, Any]] = {}
     for control in schema:
         name = getattr(control, style)
         if name is None or name in skip:
@@ -85,7 +90,12 @@ def control_fields(
         default = control.default
         if style == "eden" and control.eden_default is not None:
             default = control.eden_default
-        fields[name] = (annotation, ...) if control.required else (annotation | None, default)
+        field = (annotation, ...) if control.required else (annotation | None, default)
+        owner, _, leaf = name.rpartition(".")
+        (nested.setdefault(owner, {}) if owner else fields)[leaf or name] = field
+    for owner, members in nested.items():
+        model = create_model(owner.title(), __config__=ConfigDict(extra="forbid"), **members)
+        fields[owner] = (model | None, None)
     return fields
 
 
@@ -109,9 +119,11 @@ def _owner(model: type[BaseModel], path: list[str]) -> type[BaseModel]:
     for part in path:
         info = model.model_fields.get(part)
         annotation = getattr(info, "annotation", None)
-        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+        members = getattr(annotation, "__args__", None) or (annotation,)  # an optional object: X | None
+        inner = next((m for m in members if isinstance(m, type) and issubclass(m, BaseModel)), None)
+        if inner is None:
             break
-        model = annotation
+        model = inner
     return model
 
 

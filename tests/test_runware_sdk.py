@@ -8,8 +8,9 @@ import asyncio
 import base64
 import json
 
+import numpy as np
 import pytest
-from runware import IImageInference, Runware
+from runware import IImageInference, IOutpaint, Runware
 from runware.utils import RunwareAPIError
 
 from tests.conftest import MODEL
@@ -101,6 +102,29 @@ def test_a_result_feeds_the_next_edit_and_inline_masks_work(gateway):
 
     first, second = _run(scenario())
     assert first[0].imageUUID != second[0].imageUUID and second[0].seed == 6
+
+
+def test_the_sdks_outpaint_extends_the_canvas(gateway):
+    """The SDK's own IOutpaint, sent as the hosted API documents it: width and height are the seed
+    image's plus the extensions, and no mask is needed."""
+    image = make_image(64, 64, seed=3)
+
+    async def scenario():
+        sdk = await _connected(gateway)
+        try:
+            request = IImageInference(
+                model=MODEL, positivePrompt=PROMPT, seedImage=base64.b64encode(png_bytes(image)).decode(),
+                outpaint=IOutpaint(top=64, right=0, bottom=0, left=64, blur=0), width=128, height=128,
+                steps=3, seed=8, outputType="base64Data", outputFormat="PNG",
+            )  # fmt: skip
+            return await sdk.imageInference(requestImage=request)
+        finally:
+            await sdk.disconnect()
+
+    (result,) = _run(scenario())
+    served = decode_rgb(base64.b64decode(result.imageBase64Data))
+    assert served.shape == (128, 128, 3) and result.seed == 8
+    assert np.array_equal(served[64:, 64:], image)  # the seed image, exactly, in its place on the canvas
 
 
 def test_an_out_of_range_value_is_the_sdks_error_naming_the_parameter(gateway):

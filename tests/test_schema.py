@@ -78,10 +78,14 @@ def test_gateway_task_fields_are_the_declared_names_and_ranges():
 
     from triton_inpaint.gateway.eden.protocol import InpaintingArgs
     from triton_inpaint.gateway.runware.protocol import ImageInferenceTask
-    from triton_inpaint.gateway.validation import field_errors
+    from triton_inpaint.gateway.validation import field_bounds, field_errors
 
-    offered = {c.runware for c in INPAINT if c.runware}
+    offered = {c.runware for c in INPAINT if c.runware and "." not in c.runware}
     assert offered <= set(ImageInferenceTask.model_fields)
+    nested = {c.runware for c in INPAINT if c.runware and "." in c.runware}  # object.field
+    outpaint = ImageInferenceTask.model_fields["outpaint"].annotation.__args__[0]
+    assert nested == {f"outpaint.{name}" for name in outpaint.model_fields}
+    assert field_bounds(outpaint, "blur") == INPAINT["outpaint_blur"].bounds
     assert {c.eden for c in INPAINT if c.eden} <= set(InpaintingArgs.model_fields)
     assert InpaintingArgs.model_fields["mask_blur"].default == INPAINT["mask_blur"].eden_default
     base = {"taskType": "imageInference", "taskUUID": "3738f7ee-392d-4fae-927d-604abf2de01b", "model": "m"}
@@ -89,6 +93,10 @@ def test_gateway_task_fields_are_the_declared_names_and_ranges():
     with pytest.raises(ValidationError) as info:
         ImageInferenceTask.model_validate(task)
     assert field_errors(ImageInferenceTask, info.value) == [("outputQuality", "must be in [1, 100], got 0")]
+    with pytest.raises(ValidationError) as info:
+        ImageInferenceTask.model_validate({**task, "outputQuality": 90, "outpaint": {"top": 64, "up": 64}})
+    ((field, message),) = field_errors(ImageInferenceTask, info.value)
+    assert field == "outpaint.up" and message.endswith("its fields are: top, right, bottom, left, blur")
 
 
 def test_docs_tables_are_current():

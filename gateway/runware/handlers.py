@@ -11,7 +11,15 @@ from typing import Any
 
 import numpy as np
 
-from triton_inpaint.api.imaging import cut_out, decode_image, decode_mask, encode_image, mask_pixels
+from triton_inpaint.api.imaging import (
+    Outpaint,
+    cut_out,
+    decode_image,
+    decode_mask,
+    encode_image,
+    mask_pixels,
+    probe,
+)
 from triton_inpaint.api.schema import INPAINT, MASK, MASK_SOURCES, RequestSchema
 from triton_inpaint.gateway.errors import TaskFailed
 from triton_inpaint.gateway.inference import TaskRunner
@@ -38,10 +46,14 @@ class RunwareTasks:
 
     def image_inference(self, task: ImageInferenceTask, base_url: str) -> list[dict[str, Any]]:
         inputs_once(task)
-        _one_of(task, tuple(INFERENCE_FIELDS[name] for name in MASK_SOURCES))
+        controls = runware_controls(INPAINT, task)
+        outpaint = Outpaint.from_values(controls)
+        if not outpaint.extends:  # outpainting masks the new border; a mask is then optional
+            _one_of(task, tuple(INFERENCE_FIELDS[name] for name in MASK_SOURCES))
         image = self.runner.image(task.seedImage, "seedImage")
         mask = None if task.maskImage is None else self.runner.image(task.maskImage, "maskImage")
-        controls = runware_controls(INPAINT, task)
+        if outpaint.extends:
+            outpainted_size(image, outpaint, controls)
         prompt = controls.pop("prompt")
         result = self.runner.call(
             INFERENCE_FIELDS, lambda client: client.inpaint(task.model, image, mask, prompt, **controls)
@@ -116,12 +128,36 @@ class RunwareTasks:
 
 
 def runware_controls(schema: RequestSchema, task: Any) -> dict[str, Any]:
-    """The task's control fields by control name, images left out (they are resolved first)."""
-    return {
-        control.name: getattr(task, control.runware)
-        for control in schema
-        if control.runware is not None and control.kind is not bytes
-    }
+    """The task's control fields by control name, images left out (they are resolved first). A dotted
+    field (``outpaint.top``) is read from its object; an absent object gives its fields' defaults."""
+    values = {}
+    for control in schema:
+        if control.runware is None or control.kind is bytes:
+            continue
+        value: Any = task
+        for part in control.runware.split("."):
+            value = getattr(value, part)
+            if value is None:
+                break
+        values[control.name] = value
+    return values
+
+
+def outpainted_size(image: bytes, outpaint: Outpaint, controls: dict[str, Any]) -> None:
+    """The hosted API's rule: with ``outpaint``, width and height (when sent) are the seed image's size
+    plus the extensions, so the canvas is processed at its own size."""
+    _, width, height = probe(image, "seedImage")
+    canvas = outpaint.canvas_size(width, height)
+    for field, given, want, sides in (
+        ("width", controls["width"], canvas[0], "left + right"),
+        ("height", controls["height"], canvas[1], "top + bottom"),
+    ):
+        if given is not None and given != want:
+            raise TaskFailed(
+                f"{field}: with outpaint it must be the seedImage's {field} plus outpaint's {sides}: "
+                f"{want}, got {given}",
+                field,
+            )
 
 
 def inputs_once(task: Any) -> None:

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import io
 import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -15,6 +18,40 @@ ACCEPTED_FORMATS = ("PNG", "JPEG", "WEBP")
 # A decompression bomb is refused before decoding: Pillow checks the header's size against this.
 MAX_PIXELS = 4096 * 4096
 Box = tuple[int, int, int, int]  # a region of an image: x1, y1, x2, y2 (x2, y2 exclusive)
+OUTPAINT_SIDES = ("top", "right", "bottom", "left")
+
+
+@dataclass(frozen=True)
+class Outpaint:
+    """How far an outpainted canvas grows on each side (pixels), and how far its seam is feathered into
+    the image (``masks/outpainting.py`` makes the canvas and its mask)."""
+
+    top: int = 0
+    right: int = 0
+    bottom: int = 0
+    left: int = 0
+    blur: int = 0
+
+    @classmethod
+    def from_values(cls, values: Mapping[str, Any]) -> Outpaint:
+        """From a request's checked controls (``outpaint_top``... ``outpaint_blur``; absent: 0)."""
+        return cls(*(int(values.get(f"outpaint_{name}") or 0) for name in (*OUTPAINT_SIDES, "blur")))
+
+    @property
+    def extends(self) -> bool:
+        return any(getattr(self, side) for side in OUTPAINT_SIDES)
+
+    def canvas_size(self, width: int, height: int) -> tuple[int, int]:
+        """The canvas (width, height) for an image of ``width`` x ``height``; refused past the largest
+        image the service decodes, naming the side that grew most."""
+        canvas = (width + self.left + self.right, height + self.top + self.bottom)
+        if canvas[0] * canvas[1] > MAX_PIXELS:
+            side = max(OUTPAINT_SIDES, key=lambda name: getattr(self, name))
+            raise InvalidInputError(
+                f"outpaint_{side}",
+                f"the canvas would be {canvas[0]}x{canvas[1]}, more than {MAX_PIXELS} pixels; extend less",
+            )
+        return canvas
 
 
 def _header(data: bytes, field: str, max_pixels: int) -> Image.Image:

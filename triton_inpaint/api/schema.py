@@ -41,8 +41,10 @@ class Control:
 
     ``default`` is what an absent value means where that is fixed; ``default_text`` says it in words
     where the served model decides (``the model's``). ``runware``/``eden`` are the field's names in the
-    gateway's two task styles (None: not offered there); ``flag`` is the CLI option (``--`` + the name
-    with dashes unless given); ``eden_default`` is the Eden-style task's own default where it differs.
+    gateway's two task styles (None: not offered there; ``a.b``: field ``b`` of the object ``a``);
+    ``flag`` is the CLI option (``--`` + the name with dashes unless given; controls that share a flag
+    take one comma-separated value each, in their order here); ``eden_default`` is the Eden-style
+    task's own default where it differs.
     """
 
     name: str
@@ -176,7 +178,8 @@ INPAINT = RequestSchema(
     (
         Control("image", bytes, "the image: encoded PNG, JPEG or WEBP", PREPROCESS, required=True,
                 runware="seedImage", eden="image"),
-        Control("mask", bytes, "the mask, same size: white regenerates, black keeps", PREPROCESS,
+        Control("mask", bytes, "the mask, same size: white regenerates, black keeps (optional when "
+                "outpainting: the new border is masked)", PREPROCESS,
                 runware="maskImage", eden="mask"),
         Control("mask_model", str, "instead of a mask: the server masks what this detector finds",
                 PREPROCESS, choices=MASKING_MODELS, runware="maskModel"),
@@ -189,6 +192,12 @@ INPAINT = RequestSchema(
                 default=0, runware="maskExpand", eden="mask_expand", eden_default=12),
         Control("mask_blur", int, "feather the mask edge over this many pixels", PREPROCESS,
                 bounds=_MASK_BLUR, default=0, runware="maskBlur", eden="mask_blur", eden_default=24),
+        *(Control(f"outpaint_{side}", int, f"outpainting: grow the canvas by this many pixels at the {side} "
+                  "and generate the new border", PREPROCESS, bounds=(0, 2048), multiple_of=64, default=0,
+                  runware=f"outpaint.{side}", flag="--outpaint")
+          for side in ("top", "right", "bottom", "left")),
+        Control("outpaint_blur", int, "outpainting: feather the seam this many pixels into the image",
+                PREPROCESS, bounds=(0, 32), default=0, runware="outpaint.blur"),
         Control("prompt", str, "what to paint into the masked area (UTF-8)", DENOISE, required=True,
                 runware="positivePrompt", eden="inpainting_prompt"),
         Control("negative_prompt", str, "what to steer away from (UTF-8)", DENOISE,

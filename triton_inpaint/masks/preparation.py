@@ -15,9 +15,10 @@ import numpy as np
 
 from triton_inpaint.api.contract import MASKING_MODEL, Runner
 from triton_inpaint.api.errors import InvalidInputError, ModelCallError, split_field
-from triton_inpaint.api.imaging import decode_image, decode_mask, encode_mask
+from triton_inpaint.api.imaging import Outpaint, decode_image, decode_mask, encode_mask
 from triton_inpaint.api.schema import MASK_SOURCES
 from triton_inpaint.masks.detectors import MaskingParams
+from triton_inpaint.masks.outpainting import canvas_mask, extend_image
 from triton_inpaint.masks.shaping import MaskParams, prepare_mask
 
 # image_masking's field names -> this request's, for errors only image_masking can find.
@@ -31,17 +32,18 @@ class Preprocessed:
     mask_png: bytes  # the soft mask as PNG, returned to the caller
 
 
-def mask_source(values: Mapping[str, Any]) -> str:
+def mask_source(values: Mapping[str, Any], optional: bool = False) -> str | None:
     """Which of ``mask``, ``mask_model`` and ``mask_prompt`` the request uses: exactly one (empty
-    counts as absent)."""
+    counts as absent), or none where ``optional`` (outpainting masks the new border by itself)."""
     sources = [name for name in MASK_SOURCES if values.get(name)]
-    if len(sources) != 1:
-        raise InvalidInputError(
-            "mask",
-            "send exactly one of mask (an image), mask_model or mask_prompt"
-            + (f"; got {', '.join(sources)}" if sources else ""),
-        )
-    return sources[0]
+    if len(sources) == 1 or (optional and not sources):
+        return sources[0] if sources else None
+    choices = "mask (an image), mask_model or mask_prompt"
+    if not sources:
+        raise InvalidInputError("mask", f"send exactly one of {choices} (or outpaint the image)")
+    raise InvalidInputError(
+        "mask", f"send {'at most' if optional else 'exactly'} one of {choices}; got {', '.join(sources)}"
+    )
 
 
 def generated_mask(
@@ -79,8 +81,23 @@ def generated_mask(
 def preprocess(values: Mapping[str, Any], run: Runner, ready: Callable[[str], bool]) -> Preprocessed:
     """``values``: the request's preprocess controls, checked (``INPAINT.check(..., PREPROCESS)``)."""
     params = MaskParams.from_inputs(values["mask_invert"], values["mask_expand"], values["mask_blur"])
-    source = mask_source(values)
+    outpaint = Outpaint.from_values(values)
+    source = mask_source(values, optional=outpaint.extends)
     image = decode_image(values["image"], "image")
+    if outpaint.extends:
+        outpaint.canvas_size(image.shape[1], image.shape[0])
+    soft_mask = None if source is None else prepare_mask(_mask(values, source, image, run, ready), params)
+    if outpaint.extends:
+        soft_mask = canvas_mask(soft_mask, image.shape, outpaint)
+        image = extend_image(image, outpaint)
+    assert soft_mask is not None  # a source, or the outpainted border
+    return Preprocessed(image, soft_mask, encode_mask(soft_mask))
+
+
+def _mask(
+    values: Mapping[str, Any], source: str, image: np.ndarray, run: Runner, ready: Callable[[str], bool]
+) -> np.ndarray:
+    """The request's mask, uploaded or made from a model or prompt, at the image's size."""
     if source == "mask":
         mask = decode_mask(values["mask"], "mask")
     else:
@@ -96,5 +113,4 @@ def preprocess(values: Mapping[str, Any], run: Runner, ready: Callable[[str], bo
             f"size {mask.shape[1]}x{mask.shape[0]} does not match the image's "
             f"{image.shape[1]}x{image.shape[0]}; send a mask of the same width and height",
         )
-    soft_mask = prepare_mask(mask, params)
-    return Preprocessed(image, soft_mask, encode_mask(soft_mask))
+    return mask
