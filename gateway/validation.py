@@ -100,6 +100,9 @@ def control_fields(
 
 
 def field_bounds(model: type[BaseModel], name: str) -> tuple[Any, Any] | None:
+    """A number field's (min, max); ``a.b`` names field ``b`` of the object field ``a``."""
+    *path, name = name.split(".")
+    model = _owner(model, path)
     info = model.model_fields.get(name)
     if info is None:
         return None

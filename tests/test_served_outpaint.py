@@ -150,3 +150,11 @@ def test_the_cli_outpaints_without_a_mask(triton_server, tmp_path):
     served = decode_rgb(out.read_bytes())
     assert served.shape == (64, 192, 3)
     assert np.array_equal(served[:, 64 + 4 : 128 - 4], image[:, 4:-4])  # beyond the 4 px feather: exact
+
+
+def test_the_openapi_document_lists_the_outpaint_object(gateway):
+    status, document = gateway.get_json("/openapi.json")
+    assert status == 200
+    outpaint = document["components"]["schemas"]["Outpaint"]
+    assert list(outpaint["properties"]) == ["top", "right", "bottom", "left", "blur"]
+    assert outpaint["properties"]["blur"]["anyOf"][0]["maximum"] == 32

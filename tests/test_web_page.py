@@ -226,6 +226,8 @@ REFUSED = [
     ("#f-seed", "-3", {"seed": -3}),
     ("#f-positivePrompt", "a", {"positivePrompt": "a"}),
     ("#f-width", "100", {"width": 100}),  # checked by the model on the server: a multiple of 8
+    ("#f-outpaint-blur", "40", {"outpaint": {"blur": 40}}),
+    ("#f-outpaint-left", "100", {"outpaint": {"left": 100}}),  # checked by the server: a multiple of 64
 ]
 
 
@@ -250,6 +252,8 @@ def test_a_refused_value_shows_the_apis_message(page, gateway, selector, typed, 
         page.uncheck("#f-seed-random")
     if selector == "#f-width":
         page.click("summary:has-text('More')")
+    if selector.startswith("#f-outpaint"):
+        page.click("summary:has-text('Outpainting')")
     sent = []
     page.on("request", lambda request: sent.append(request.url) if request.method == "POST" else None)
     page.fill(selector, typed)
@@ -260,6 +264,56 @@ def test_a_refused_value_shows_the_apis_message(page, gateway, selector, typed, 
     assert not sent, f"the page sent a refused task: {sent}"
     if typed == "500":
         screenshot(page, "web-page-refused.png")
+
+
+def test_outpaint_by_dragging_the_edges_equals_the_api(page, gateway):
+    """Drag the image's right edge out and move the top one with the keyboard: the fields follow in the
+    API's 64 px steps, the task needs no mask, and the result is the API's for the same outpaint."""
+    open_page(page, gateway)
+    page.click("#open-sample")
+    page.wait_for_selector("#stage.has-image")
+    page.click("summary:has-text('Outpainting')")
+    scale = (
+        page.evaluate("parseFloat(getComputedStyle(document.getElementById('mask-layer')).width)")
+        / pixels(SAMPLE).shape[1]
+    )
+    edge = page.locator("#outpaint-frame .edge-right").bounding_box()
+    x, y = edge["x"] + edge["width"] / 2, edge["y"] + edge["height"] / 2
+    page.mouse.move(x, y)
+    page.mouse.down()
+    page.mouse.move(x + 140 * scale, y, steps=8)  # 140 image pixels: the nearest step is 128
+    page.mouse.up()
+    assert page.input_value("#f-outpaint-right") == "128"
+    page.focus("#outpaint-frame .edge-top")
+    page.keyboard.press("ArrowUp")  # the top edge moves up: one step
+    assert page.input_value("#f-outpaint-top") == "64"
+    assert page.get_attribute("#outpaint-frame .edge-top", "aria-valuenow") == "64"
+    grown = page.evaluate("parseFloat(getComputedStyle(document.getElementById('mask-layer')).marginRight)")
+    assert (
+        abs(
+            grown
+            - 128
+            * page.evaluate("document.getElementById('mask-layer').clientWidth")
+            / pixels(SAMPLE).shape[1]
+        )
+        <= 1
+    ), "the stage shows the border it asks for"
+    fill_settings(page, seed=99, steps=2)
+    screenshot(page, "web-page-outpaint.png")
+    run_and_wait(page)
+    served = pixels(download(page, ".result a[download]"))
+    sample = pixels(SAMPLE)
+    assert served.shape == (sample.shape[0] + 64, sample.shape[1] + 128, 3)
+    assert np.array_equal(served[64:, : sample.shape[1]], sample), "the image itself comes back exactly"
+    task = {
+        "taskType": "imageInference", "taskUUID": str(uuid.uuid4()), "model": MODEL_IDS[MODEL],
+        "seedImage": base64.b64encode(SAMPLE).decode(), "positivePrompt": "a red door", "seed": 99,
+        "steps": 2, "outpaint": {"top": 64, "right": 128, "bottom": 0, "left": 0, "blur": 0},
+        "outputType": "base64Data",
+    }  # fmt: skip
+    status, body = gateway.post("/v1", [task], key=KEY)
+    assert status == 200, body
+    assert np.array_equal(served, pixels(base64.b64decode(body["data"][0]["imageBase64Data"])))
 
 
 def test_labels_shortcuts_and_mask_tools(page, gateway):

@@ -4,6 +4,7 @@
 import { ApiError, apiKey, models, readiness, runTask, sameOrigin, setApiKey } from "./api.js";
 import { MaskEditor } from "./mask-editor.js";
 import { SettingsForm } from "./controls.js";
+import { OutpaintFrame } from "./outpaint-frame.js";
 
 const $ = (id) => document.getElementById(id);
 
@@ -11,6 +12,7 @@ const editor = new MaskEditor($("stage"), $("image-layer"), $("mask-layer"));
 const state = {
   image: null, // {url, uuid (once uploaded or when it is a result), name, bytes (a Blob, until uploaded)}
   form: null,
+  outpaint: null, // the frame around the image, once the form holds the outpainting fields
   catalog: null,
   running: false,
   history: [],
@@ -32,6 +34,8 @@ async function loadCatalog() {
     return false;
   }
   state.form = new SettingsForm($("settings"), state.catalog);
+  const sides = Object.fromEntries(["top", "right", "bottom", "left"].map((s) => [s, state.form.inputs.get(`outpaint.${s}`)]));
+  state.outpaint = new OutpaintFrame($("outpaint-frame"), editor, sides);
   const detectors = $("mask-detector");
   detectors.replaceChildren(new Option("a detector…", ""));
   for (const name of state.catalog.masking.detectors) detectors.append(new Option(name, name));
@@ -186,18 +190,22 @@ async function run(event) {
     return;
   }
   if (!state.image) return void ($("form-error").textContent = "seedImage: open an image first");
-  if (!editor.hasMask()) {
-    return void ($("form-error").textContent = "maskImage: paint the area to regenerate, or make a mask automatically");
+  const outpainting = state.outpaint?.extends();
+  if (!editor.hasMask() && !outpainting) {
+    return void ($("form-error").textContent =
+      "maskImage: paint the area to regenerate, make a mask automatically, or extend the canvas (Outpainting)");
   }
   const before = state.image.url;
-  const mask = editor.maskDataURL();
+  const mask = editor.hasMask() ? editor.maskDataURL() : undefined; // outpainting needs none
   setBusy(true);
   $("run-error").textContent = "";
   startProgress(state.image.uuid ? "Inpainting" : "Uploading the image");
   try {
     const seedImage = await imageUUID();
     setProgress(`Inpainting (${values.steps ?? "default"} steps, ${values.numberResults ?? 1} result(s))`);
-    const items = await runTask({ taskType: "imageInference", seedImage, maskImage: mask, outputType: "URL", ...values });
+    const task = { taskType: "imageInference", seedImage, outputType: "URL", ...values };
+    if (mask) task.maskImage = mask;
+    const items = await runTask(task);
     const entry = { before, values, items, mask, when: new Date() };
     state.history.unshift(entry);
     showResults(entry);

@@ -7,6 +7,7 @@
 const LAYOUT = {
   main: ["positivePrompt", "negativePrompt", "strength", "steps", "CFGScale", "seed", "scheduler", "numberResults"],
   mask: ["maskBlur", "maskExpand", "maskMargin"],
+  outpaint: ["outpaint.top", "outpaint.right", "outpaint.bottom", "outpaint.left", "outpaint.blur"],
 };
 const LABELS = {
   positivePrompt: "Prompt",
@@ -25,6 +26,11 @@ const LABELS = {
   height: "Height",
   outputFormat: "Output format",
   outputQuality: "Output quality",
+  "outpaint.top": "Extend top",
+  "outpaint.right": "Extend right",
+  "outpaint.bottom": "Extend bottom",
+  "outpaint.left": "Extend left",
+  "outpaint.blur": "Seam blur",
 };
 // Values the page starts with where the API's own default is not the best first try.
 const PAGE_DEFAULTS = { positivePrompt: "" };
@@ -60,6 +66,18 @@ export function refusal(control, value) {
   return null;
 }
 
+// The page's id of a field: task names may hold a dot (outpaint.top), which a CSS selector would misread.
+export function fieldId(name) {
+  return `f-${name.replace(/\./g, "-")}`;
+}
+
+// A value into the task: "outpaint.top" goes to task.outpaint.top.
+function put(task, name, value) {
+  const [owner, leaf] = name.includes(".") ? name.split(".") : [null, name];
+  if (owner) task[owner] = { ...task[owner], [leaf]: value };
+  else task[leaf] = value;
+}
+
 export class SettingsForm {
   constructor(form, catalog) {
     this.form = form;
@@ -73,11 +91,12 @@ export class SettingsForm {
     const sections = {
       main: this.form.querySelector("[data-section=main]"),
       mask: this.form.querySelector("[data-section=mask]"),
+      outpaint: this.form.querySelector("[data-section=outpaint]"),
       more: this.form.querySelector("[data-section=more]"),
     };
     for (const section of Object.values(sections)) section.replaceChildren();
     sections.main.append(this.#modelField());
-    const placed = new Set([...LAYOUT.main, ...LAYOUT.mask]);
+    const placed = new Set(Object.values(LAYOUT).flat());
     for (const [section, names] of Object.entries(LAYOUT)) {
       for (const name of names) if (this.controls.has(name)) sections[section].append(this.#field(this.controls.get(name)));
     }
@@ -113,7 +132,7 @@ export class SettingsForm {
   }
 
   #field(control) {
-    const id = `f-${control.name}`;
+    const id = fieldId(control.name);
     const wrap = document.createElement("div");
     wrap.className = `field field-${control.type}`;
     const label = document.createElement("label");
@@ -248,7 +267,7 @@ export class SettingsForm {
       }
       const message = refusal(control, value);
       if (message) problems.push({ name, message });
-      else if (value !== undefined) values[name] = value;
+      else if (value !== undefined) put(values, name, value);
     }
     for (const [name, input] of this.inputs) input.setAttribute("aria-invalid", problems.some((p) => p.name === name));
     return { values, problems };

@@ -63,20 +63,31 @@ export class MaskEditor extends EventTarget {
     this.#layout();
   }
 
+  // Room around the image, in image pixels (the outpainting border): shown, and counted when fitting.
+  setPadding(padding) {
+    this.padding = padding;
+    this.#layout();
+  }
+
   // The displayed size: fitted into the stage, or the chosen scale (the stage then scrolls).
   #layout() {
     if (!this.image) return;
+    const { top = 0, right = 0, bottom = 0, left = 0 } = this.padding ?? {};
     let scale = Number(this.zoom);
     if (this.zoom === "fit") {
       const width = this.stage.clientWidth - 2;
       // Small images are shown larger (up to 4x), large ones shrunk to the stage.
-      scale = Math.min(4, width / this.width, (window.innerHeight * 0.72 - 4) / this.height);
+      const outer = [this.width + left + right, this.height + top + bottom];
+      scale = Math.min(4, width / outer[0], (window.innerHeight * 0.72 - 4) / outer[1]);
     }
+    const px = (value) => `${Math.round(value * scale)}px`;
     for (const canvas of [this.imageCanvas, this.maskCanvas]) {
-      canvas.style.width = `${Math.round(this.width * scale)}px`;
-      canvas.style.height = `${Math.round(this.height * scale)}px`;
+      canvas.style.width = px(this.width);
+      canvas.style.height = px(this.height);
+      canvas.style.margin = [top, right, bottom, left].map(px).join(" ");
     }
     this.scale = scale;
+    this.dispatchEvent(new Event("layout"));
   }
 
   // -- painting -------------------------------------------------------------------------------------
