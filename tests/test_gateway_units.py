@@ -222,7 +222,10 @@ def test_field_messages_split_into_field_and_reason(message, parts):
 
 def _refusals(**fields):
     task = {"taskType": "imageInference", "taskUUID": "3738f7ee-392d-4fae-927d-604abf2de01b",
-            "model": "m", "seedImage": "x", "positivePrompt": "a door", **fields}  # fmt: skip
+            "model": "m", "seedImage": "x", "positivePrompt": "a door"}  # fmt: skip
+    for name, value in fields.items():  # "outpaint.top" is the field top of the object outpaint
+        owner, _, leaf = name.rpartition(".")
+        (task.setdefault(owner, {}) if owner else task)[leaf] = value
     with pytest.raises(ValidationError) as caught:
         ImageInferenceTask.model_validate(task)
     return dict(field_errors(ImageInferenceTask, caught.value))
@@ -259,7 +262,11 @@ def test_the_catalog_declares_each_control_as_the_task_schema_checks_it():
         True, 2, 3000, "__BLANK__",
     )  # fmt: skip
     assert controls["negativePrompt"]["maxLength"] == 3000
-    # Every declared range is the one a refusal of that field prints.
+    assert controls["outpaint.left"] | {"description": ""} == {
+        "name": "outpaint.left", "type": "integer", "description": "", "required": False, "default": 0,
+        "defaultText": "0", "min": 0, "max": 2048, "range": "[0, 2048]", "multipleOf": 64,
+    }  # fmt: skip
+    # Every declared range is the one a refusal of that field prints (nested fields too).
     for name, control in controls.items():
         if "range" in control:
             too_big = control["max"] + 1
