@@ -299,6 +299,10 @@ def bench_model(size: str, plan: BenchPlan, work: Path, out: Path, quiet: bool =
     from triton_inpaint.networks.runners import SD_TENSORS
     from triton_inpaint.server.process import TritonServer, free_port, with_builtin
 
+    if quiet:  # diffusers' own bar while loading the reference pipeline
+        from diffusers.utils import logging as diffusers_logging
+
+        diffusers_logging.disable_progress_bar()
     contest = _contest(size, plan, work)
     name, repository, scheduler = contest.name, contest.repository, contest.scheduler
     request = (contest.image_png, contest.mask_png, PROMPT)
