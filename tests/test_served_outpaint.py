@@ -120,6 +120,11 @@ def test_the_gateway_takes_the_hosted_apis_outpaint_object(gateway):
         ({"outpaint": {"left": 100}}, "outpaint.left", "must be a multiple of 64, got 100"),
         ({"outpaint": {"left": 64, "up": 64}}, "outpaint.up", "is not a field of this task"),
         ({"outpaint": {"blur": 4}}, "maskImage", "send exactly one of maskImage, maskModel, maskPrompt"),
+        (
+            {"outpaint": {"top": 2048, "right": 2048, "bottom": 2048, "left": 2048}},
+            "outpaint.top",
+            "the canvas would be 4160x4160, more than 16777216 pixels; extend less",
+        ),
     ],
 )
 def test_outpaint_refusals_name_the_field(gateway, fields, parameter, words):

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from triton_inpaint.api.errors import InvalidInputError
 from triton_inpaint.api.imaging import (
     Outpaint,
     cut_out,
@@ -147,7 +148,11 @@ def outpainted_size(image: bytes, outpaint: Outpaint, controls: dict[str, Any]) 
     """The hosted API's rule: with ``outpaint``, width and height (when sent) are the seed image's size
     plus the extensions, so the canvas is processed at its own size."""
     _, width, height = probe(image, "seedImage")
-    canvas = outpaint.canvas_size(width, height)
+    try:
+        canvas = outpaint.canvas_size(width, height)
+    except InvalidInputError as exc:  # named as the task names it: outpaint.top
+        field = INFERENCE_FIELDS[exc.field]
+        raise TaskFailed(f"{field}: {exc.reason}", field) from None
     for field, given, want, sides in (
         ("width", controls["width"], canvas[0], "left + right"),
         ("height", controls["height"], canvas[1], "top + bottom"),
