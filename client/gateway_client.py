@@ -9,6 +9,7 @@ from typing import Any
 
 import urllib3
 
+from triton_inpaint.api.lora import lora_items, lora_text
 from triton_inpaint.api.schema import INPAINT, MASK, Control, RequestSchema, with_controls
 from triton_inpaint.client.inpaint_client import (
     NOT_SERVED,
@@ -118,6 +119,8 @@ def _fields(schema: RequestSchema, values: dict[str, Any]) -> dict[str, Any]:
             raise InpaintError(f"{name}: is not offered by the gateway's task API")
         owner, _, leaf = control.runware.rpartition(".")
         target = fields.setdefault(owner, {}) if owner else fields
+        if name == "lora":  # the hosted API's list of {model, weight}
+            value = lora_items(lora_text(value))
         target[leaf] = _b64(value) if control.kind is bytes else value
     return fields
 

@@ -20,6 +20,7 @@ from triton_inpaint.api.contract import (
     ensemble_name,
 )
 from triton_inpaint.api.errors import split_field
+from triton_inpaint.api.lora import lora_text
 from triton_inpaint.api.schema import INPAINT, MASK, with_controls
 
 PROTOCOLS = ("grpc", "http")
@@ -120,6 +121,7 @@ class ModelInfo:
     default_scheduler: str | None
     default_strength: float = 0.8
     aliases: tuple[str, ...] = ()  # other ids the registry gave it (e.g. a hosted API's model id)
+    adapters: tuple[str, ...] = ()  # the LoRA adapters requests may apply (``lora``)
 
 
 @dataclass(frozen=True)
@@ -216,6 +218,7 @@ class InpaintClient:
                     default_scheduler=params.get("default_scheduler") or None,
                     default_strength=float(params.get("default_strength", 0.8)),
                     aliases=tuple(alias for alias in params.get("model_aliases", "").split(",") if alias),
+                    adapters=tuple(item for item in params.get("lora_adapters", "").split(",") if item),
                 )
             )
         return models
@@ -293,6 +296,7 @@ class InpaintClient:
         mask, sizes, the memory budget, scheduler, strength) and answers with no images.
         """
         values = {"image": image, "mask": mask, "prompt": prompt, **INPAINT.keywords(controls, "inpaint")}
+        values["lora"] = lora_text(values.get("lora"))  # also as (model, weight) pairs or {model, weight}
         result = self._infer(self.resolve_model(model), values, RESPONSE_OUTPUTS, model)
         images = [bytes(image) for image in result.as_numpy("output_image").reshape(-1)]
         seeds = [int(seed) for seed in result.as_numpy("output_seed").reshape(-1)]

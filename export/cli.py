@@ -20,6 +20,24 @@ def _tiny(args: argparse.Namespace) -> int:
     return 0
 
 
+def _tiny_lora(args: argparse.Namespace) -> int:
+    from triton_inpaint.export.adapters import write_tiny_lora
+    from triton_inpaint.export.repository import load_pipeline
+
+    out = write_tiny_lora(load_pipeline(args.checkpoint), args.out, seed=args.seed, rank=args.rank)
+    print(f"wrote a rank-{args.rank} random LoRA (seed {args.seed}) for {args.checkpoint} to {out}")
+    return 0
+
+
+def _lora_pair(text: str) -> tuple[str, Path]:
+    model_id, separator, file = text.partition("=")
+    if not separator or not model_id or not file:
+        raise argparse.ArgumentTypeError(
+            f"expected ID=FILE, e.g. local:watercolor@1=loras/w.safetensors; got {text!r}"
+        )
+    return model_id, Path(file)
+
+
 def _onnx(args: argparse.Namespace) -> int:
     from triton_inpaint.export.repository import ExportOptions, export_checkpoint
 
@@ -32,7 +50,7 @@ def _onnx(args: argparse.Namespace) -> int:
             args.checkpoint,
             args.name,
             args.repository,
-            ExportOptions(**_batching_options(args)),
+            ExportOptions(**_batching_options(args), lora=tuple(args.lora)),
             log=lambda message: print(message, flush=True),
         )
     for check in checks:
@@ -241,9 +259,12 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
         "export", help="build tiny checkpoints; export checkpoints to Triton models"
     )
     commands = export.add_subparsers(
-        dest="export_command", required=True, metavar="{tiny,onnx,registry,tensorrt,detectors,clipseg}"
+        dest="export_command",
+        required=True,
+        metavar="{tiny,tiny-lora,onnx,registry,tensorrt,detectors,clipseg}",
     )
     _add_tiny(commands)
+    _add_tiny_lora(commands)
     _add_onnx(commands)
     _add_registry(commands)
     _add_tensorrt(commands)
@@ -278,6 +299,19 @@ def _add_tiny(commands: argparse._SubParsersAction) -> None:
     tiny.set_defaults(handler=_tiny)
 
 
+def _add_tiny_lora(commands: argparse._SubParsersAction) -> None:
+    tiny = commands.add_parser(
+        "tiny-lora",
+        help="write a small LoRA with seeded random weights for a checkpoint (offline; tests and demos)",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    tiny.add_argument("--checkpoint", type=Path, required=True, help="the diffusers checkpoint it adapts")
+    tiny.add_argument("--out", type=Path, required=True, help=".safetensors file to write (diffusers format)")
+    tiny.add_argument("--seed", type=int, default=0, help="weights seed; same seed, same weights")
+    tiny.add_argument("--rank", type=int, default=4, help="the adapter's rank")
+    tiny.set_defaults(handler=_tiny_lora)
+
+
 def _add_onnx(commands: argparse._SubParsersAction) -> None:
     onnx = commands.add_parser(
         "onnx",
@@ -289,6 +323,15 @@ def _add_onnx(commands: argparse._SubParsersAction) -> None:
         "--name", required=True, help="model name: models are '<name>_*', the ensemble 'inpaint_<name>'"
     )
     onnx.add_argument("--repository", type=Path, required=True, help="Triton model repository to write into")
+    onnx.add_argument(
+        "--lora",
+        type=_lora_pair,
+        action="append",
+        default=[],
+        metavar="ID=FILE",
+        help="serve this LoRA adapter (a diffusers or kohya .safetensors) under ID, e.g. "
+        "local:watercolor@1=loras/watercolor.safetensors; repeatable (docs/lora.md)",
+    )
     _add_batching_options(onnx)
     _add_runtime_options(onnx)
     onnx.set_defaults(handler=_onnx)

@@ -23,6 +23,7 @@ import torch
 
 from triton_inpaint.api.contract import Runner
 from triton_inpaint.export import attention
+from triton_inpaint.networks.lora import LoraNetwork
 from triton_inpaint.networks.runners import (
     TEXT_ENCODER,
     TEXT_ENCODER_2,
@@ -111,6 +112,23 @@ def is_sdxl(pipeline: object) -> bool:
 
 def _modules(pipeline: object) -> dict[str, torch.nn.Module]:
     return role_modules(pipeline, architecture(pipeline))
+
+
+def _lora_roles(modules: dict[str, torch.nn.Module]) -> tuple[str, ...]:
+    return tuple(role for role, module in modules.items() if isinstance(module, LoraNetwork))
+
+
+def _with_lora_scales(
+    modules: dict[str, torch.nn.Module], examples: dict[str, tuple], batch: int
+) -> dict[str, tuple]:
+    """Each banked network's example inputs with random adapter weights last (nonzero, so that the
+    check below sees the banks at work)."""
+    generator = torch.Generator().manual_seed(4321)
+    for role, module in modules.items():
+        if isinstance(module, LoraNetwork):
+            weights = torch.rand(batch, module.scales.adapters, generator=generator) * 2 - 1
+            examples[role] = (*examples[role], weights)
+    return examples
 
 
 def _odd_latent_size(pipeline: object) -> int:
@@ -234,7 +252,8 @@ def export_onnx(
     modules = _modules(pipeline)
     odd = _odd_latent_size(pipeline)
     examples = _example_inputs(pipeline, batch=2, latent_h=odd, latent_w=odd + 2)
-    tensors = network_tensors(architecture(pipeline))
+    examples = _with_lora_scales(modules, examples, 2)
+    tensors = network_tensors(architecture(pipeline), _lora_roles(modules))
     for name, module in modules.items():
         input_names, output_names = tensors[name]
         path = paths[name]
@@ -281,10 +300,11 @@ def verify_saved_networks(pipeline: object, directories: dict[str, Path]) -> lis
 def _verify(
     pipeline: object, run: Runner, paths: dict[str, Path], each: Callable[[str, Path], None] | None = None
 ) -> list[ExportCheck]:
-    examples = _example_inputs(pipeline, 1, *_verify_latent_size(pipeline))
-    tensors = network_tensors(architecture(pipeline))
+    modules = _modules(pipeline)
+    examples = _with_lora_scales(modules, _example_inputs(pipeline, 1, *_verify_latent_size(pipeline)), 1)
+    tensors = network_tensors(architecture(pipeline), _lora_roles(modules))
     checks = []
-    for name, module in _modules(pipeline).items():
+    for name, module in modules.items():
         input_names, output_names = tensors[name]
         with torch.no_grad():
             expected = module(*examples[name])

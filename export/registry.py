@@ -11,6 +11,10 @@
     # name = "sd15"                        # optional Triton name; derived from the id otherwise
     # aliases = ["runware:100@1"]          # optional: other ids requests may use for this model
 
+    [[models.lora]]                        # optional, repeatable: LoRA adapters requests may apply
+    id = "local:watercolor@1"              # the id requests name it by (lora: [{model, weight}])
+    file = "/models/loras/watercolor.safetensors"  # diffusers or kohya format, as diffusers loads it
+
 ``triton-inpaint export registry`` builds every entry into one model repository; the id, family,
 native resolution and defaults are written into each ensemble's config, where clients read them.
 """
@@ -41,7 +45,9 @@ KEYS = {
     "default_guidance",
     "default_scheduler",
     "aliases",
+    "lora",
 }
+LORA_KEYS = {"id", "file"}
 
 
 class RegistryError(ValueError):
@@ -59,6 +65,7 @@ class RegistryEntry:
     default_guidance: float | None
     default_scheduler: str | None
     aliases: tuple[str, ...] = ()
+    lora: tuple[tuple[str, Path], ...] = ()  # (id, file) per adapter, in the order declared
 
 
 def name_for(model_id: str) -> str:
@@ -107,6 +114,7 @@ def _entry(raw: dict, where: str, base: Path) -> RegistryEntry:
     if not isinstance(aliases, list) or not all(isinstance(a, str) and ID_PATTERN.match(a) for a in aliases):
         raise fail("aliases", f"must be a list of ids like 'runware:100@1', got {aliases!r}")
     checkpoint = raw.get("checkpoint")
+    lora = _adapters(raw.get("lora", []), fail, base)
     return RegistryEntry(
         id=model_id,
         name=name,
@@ -117,7 +125,33 @@ def _entry(raw: dict, where: str, base: Path) -> RegistryEntry:
         default_guidance=None if raw.get("default_guidance") is None else float(raw["default_guidance"]),
         default_scheduler=scheduler,
         aliases=tuple(aliases),
+        lora=lora,
     )
+
+
+def _adapters(
+    raw: object, fail: Callable[[str, str], RegistryError], base: Path
+) -> tuple[tuple[str, Path], ...]:
+    """The entry's ``[[models.lora]]`` tables: ids unique, files present."""
+    if not isinstance(raw, list) or not all(isinstance(item, dict) for item in raw):
+        raise fail("lora", "must be [[models.lora]] tables with id and file")
+    adapters: list[tuple[str, Path]] = []
+    for number, item in enumerate(raw, 1):
+        where = f"lora #{number}"
+        unknown = sorted(set(item) - LORA_KEYS)
+        if unknown:
+            raise fail(where, f"unknown key {unknown[0]!r}; allowed: id, file")
+        adapter_id, file = item.get("id"), item.get("file")
+        if not isinstance(adapter_id, str) or not ID_PATTERN.match(adapter_id):
+            raise fail(f"{where}: id", f"must look like 'local:watercolor@1', got {adapter_id!r}")
+        if adapter_id in {known for known, _ in adapters}:
+            raise fail(f"{where}: id", f"{adapter_id!r} appears twice")
+        if not isinstance(file, str) or not (base / file).is_file():
+            raise fail(f"{where}: file", f"no such file: {file!r} (relative paths are from the registry)")
+        adapters.append((adapter_id, (base / file).resolve()))
+    if len(adapters) > 16:
+        raise fail("lora", f"at most 16 adapters a model, got {len(adapters)}")
+    return tuple(adapters)
 
 
 def load_registry(path: Path) -> list[RegistryEntry]:
@@ -172,6 +206,7 @@ def export_registry(
             default_scheduler=entry.default_scheduler,
             family=entry.family,
             model_aliases=entry.aliases,
+            lora=entry.lora,
             **options,
         )
         export_checkpoint(checkpoint, entry.name, repository, export_options, log=lambda m: log(f"      {m}"))

@@ -22,6 +22,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 from triton_inpaint.api import contract
 from triton_inpaint.api.commands import progress
 from triton_inpaint.api.contract import TensorSpec
+from triton_inpaint.export.adapters import load_adapters
 from triton_inpaint.export.onnx_cleanup import clean_onnx
 from triton_inpaint.export.onnx_export import (
     ExportCheck,
@@ -91,6 +92,9 @@ class ExportOptions:
     quiet: bool = False  # no progress bar (one shows only when stderr is a terminal anyway)
     default_scheduler: str | None = None
     family: str | None = None  # when given, the checkpoint must be of this family
+    # LoRA adapters served with the model: (id, safetensors file), banked into its networks
+    # (triton_inpaint.networks.lora); requests weight them per call.
+    lora: tuple[tuple[str, Path], ...] = ()
 
 
 def runtime_options(options: ExportOptions) -> RuntimeOptions:
@@ -178,11 +182,18 @@ def _flux_shapes(pipeline: object) -> dict[str, tuple[list, list]]:
     }
 
 
-def _network_tensors(pipeline: object) -> dict[str, tuple[list[TensorSpec], list[TensorSpec]]]:
+def _network_tensors(
+    pipeline: object, spec: PipelineSpec
+) -> dict[str, tuple[list[TensorSpec], list[TensorSpec]]]:
     """Per-network (inputs, outputs), dims without the batch axis."""
+    shapes = _flux_shapes(pipeline) if spec.flux else _sd_shapes(pipeline)
+    for role in spec.lora_roles:
+        shapes[role][0].append(("TYPE_FP32", (len(spec.adapters),)))
+    return _with_names(shapes, spec.architecture, spec.lora_roles)
+
+
+def _sd_shapes(pipeline: object) -> dict[str, tuple[list, list]]:
     kind = architecture(pipeline)
-    if kind == "flux":
-        return _with_names(_flux_shapes(pipeline), kind)
     seq = pipeline.tokenizer.model_max_length
     latent = pipeline.vae.config.latent_channels
     states = pipeline.unet.config.cross_attention_dim
@@ -211,15 +222,15 @@ def _network_tensors(pipeline: object) -> dict[str, tuple[list[TensorSpec], list
             [("TYPE_FP32", (seq, hidden_2)), ("TYPE_FP32", (pooled,))],
         )
         shapes[UNET][0].extend([("TYPE_FP32", (pooled,)), ("TYPE_FP32", (time_ids,))])
-    return _with_names(shapes, kind)
+    return shapes
 
 
 def _with_names(
-    shapes: dict[str, tuple[list, list]], kind: str
+    shapes: dict[str, tuple[list, list]], kind: str, lora_roles: tuple[str, ...]
 ) -> dict[str, tuple[list[TensorSpec], list[TensorSpec]]]:
     result = {}
     for role, (inputs, outputs) in shapes.items():
-        input_names, output_names = network_tensors(kind)[role]
+        input_names, output_names = network_tensors(kind, lora_roles)[role]
         result[role] = (
             [TensorSpec(n, t, d) for n, (t, d) in zip(input_names, inputs, strict=True)],
             [TensorSpec(n, t, d) for n, (t, d) in zip(output_names, outputs, strict=True)],
@@ -256,6 +267,7 @@ def _ensemble_config(
         "default_scheduler": spec.default_scheduler or "",
         "default_strength": str(spec.default_strength),
         "model_aliases": ",".join(aliases),
+        "lora_adapters": ",".join(spec.adapters),
     }
     for key, value in described.items():
         config.parameters[key].string_value = value
@@ -295,6 +307,23 @@ def check_name(name: str) -> str:
     return name
 
 
+def load_pipeline(checkpoint: Path) -> object:
+    """The diffusers inpainting pipeline of a checkpoint folder (SD 1.5/2, SDXL or FLUX Fill)."""
+    from diffusers import FluxFillPipeline, StableDiffusionInpaintPipeline, StableDiffusionXLInpaintPipeline
+    from diffusers.utils import logging as diffusers_logging
+
+    diffusers_logging.disable_progress_bar()
+    if not (checkpoint / "model_index.json").is_file():
+        raise FileNotFoundError(
+            f"--checkpoint {checkpoint}: no model_index.json; expected a diffusers folder"
+        )
+    if (checkpoint / "transformer").is_dir():
+        return FluxFillPipeline.from_pretrained(checkpoint)
+    if (checkpoint / "text_encoder_2").is_dir():
+        return StableDiffusionXLInpaintPipeline.from_pretrained(checkpoint, add_watermarker=False)
+    return StableDiffusionInpaintPipeline.from_pretrained(checkpoint, safety_checker=None)
+
+
 def export_checkpoint(
     checkpoint: Path,
     name: str,
@@ -304,24 +333,22 @@ def export_checkpoint(
 ) -> list[ExportCheck]:
     """Export ``checkpoint`` (a diffusers SD 1.5/2 or SDXL folder, base or inpainting, or FLUX Fill) as
     Triton models named ``name``."""
-    from diffusers import FluxFillPipeline, StableDiffusionInpaintPipeline, StableDiffusionXLInpaintPipeline
-    from diffusers.utils import logging as diffusers_logging
-
-    diffusers_logging.disable_progress_bar()
     options = options or ExportOptions()
     check_name(name)
     runtime = runtime_options(options)  # a bad flag combination fails before the checkpoint loads
-    if not (checkpoint / "model_index.json").is_file():
-        raise FileNotFoundError(
-            f"--checkpoint {checkpoint}: no model_index.json; expected a diffusers folder"
+    if options.lora and runtime.runtime == "gpu-torch":
+        raise ValueError(
+            "LoRA adapters are served by the cpu, gpu-onnxruntime and gpu-tensorrt runtimes, not yet by "
+            "gpu-torch; export without --lora or with another --runtime"
         )
-    if (checkpoint / "transformer").is_dir():
-        pipeline = FluxFillPipeline.from_pretrained(checkpoint)
-    elif (checkpoint / "text_encoder_2").is_dir():
-        pipeline = StableDiffusionXLInpaintPipeline.from_pretrained(checkpoint, add_watermarker=False)
-    else:
-        pipeline = StableDiffusionInpaintPipeline.from_pretrained(checkpoint, safety_checker=None)
+    pipeline = load_pipeline(checkpoint)
     spec = PipelineSpec.from_diffusers(pipeline)
+    if options.lora:
+        spec = replace(
+            spec,
+            adapters=tuple(model_id for model_id, _ in options.lora),
+            lora_roles=load_adapters(pipeline, options.lora),
+        )
     overrides = {
         "default_steps": options.default_steps,
         "default_guidance": options.default_guidance,
@@ -400,7 +427,7 @@ def _write_networks(
 ) -> list[ExportCheck]:
     """Each network model's files and config for ``runtime``, checked against torch."""
     roles = list(model_dirs)
-    tensors = _network_tensors(pipeline)
+    tensors = _network_tensors(pipeline, spec)
     if runtime.runtime == "gpu-torch":
         log(f"saving {', '.join(roles)} for torch ({runtime.precision}) ...")
         for role, model_dir in model_dirs.items():

@@ -76,6 +76,9 @@ class TaskRunner:
             raise TritonUnavailable(str(exc)) from None
         except InpaintError as exc:
             raise refusal(exc, names) from None
+        except InvalidInputError as exc:  # refused by the client library before it asked Triton
+            public = names.get(exc.field, exc.field)
+            raise TaskFailed(f"{public}: {exc.reason}", public) from None
 
     def store(self, images: list[tuple[bytes, str]]) -> list[str]:
         """Store every (data, ext) or none of them: a task that fails half-way leaves no orphans."""

@@ -6,6 +6,7 @@ range.
 
 from __future__ import annotations
 
+import typing
 from typing import Annotated, Any, Literal
 
 import annotated_types
@@ -121,13 +122,22 @@ def _owner(model: type[BaseModel], path: list[str]) -> type[BaseModel]:
     """The (nested) model that holds the field at ``path`` + leaf, e.g. InpaintingArgs for args.x."""
     for part in path:
         info = model.model_fields.get(part)
-        annotation = getattr(info, "annotation", None)
-        members = getattr(annotation, "__args__", None) or (annotation,)  # an optional object: X | None
-        inner = next((m for m in members if isinstance(m, type) and issubclass(m, BaseModel)), None)
+        inner = _inner_model(getattr(info, "annotation", None))
         if inner is None:
             break
         model = inner
     return model
+
+
+def _inner_model(annotation: Any) -> type[BaseModel] | None:
+    """The object model inside a field's type: ``X``, ``X | None``, ``list[X]``, ``Annotated[...]``."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for member in typing.get_args(annotation):
+        found = _inner_model(member)
+        if found is not None:
+            return found
+    return None
 
 
 # pydantic's error types for a value that is not the field's kind of number, and what it must be.
@@ -145,7 +155,8 @@ def field_errors(model: type[BaseModel], error: ValidationError) -> list[tuple[s
     problems = []
     for item in error.errors(include_url=False):
         location = [str(part) for part in item["loc"] if not isinstance(part, int)]
-        name = ".".join(location) or "body"
+        # named as the server names them: lora[0].weight
+        name = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in item["loc"]).lstrip(".") or "body"
         leaf = location[-1] if location else ""
         owner = _owner(model, location[:-1])
         got = item.get("input")

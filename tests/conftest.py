@@ -33,6 +33,9 @@ MODEL_IDS = {
 }
 BASE_ALIASES = ("runware:100@1",)  # a hosted API's model id, mapped to tinybase by the registry
 BASE_DEFAULTS = {"default_steps": 6, "default_guidance": 6.5, "default_scheduler": "Euler a"}
+# LoRA adapters the registry declares (tiny random ones, written by export/adapters.py): two on tinybase
+# (ink also adapts the text encoder, glow only the UNet), one on tinyxl (both text encoders and the UNet).
+LORA_ADAPTERS = {BASE_MODEL: ("local:ink@1", "local:glow@1"), "tinyxl": ("local:xl-ink@1",)}
 
 
 @pytest.fixture(scope="session")
@@ -89,11 +92,37 @@ def flux_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def lora_files(
+    tiny_base_checkpoint: Path, sdxl_checkpoints: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, Path]:
+    """Each adapter of :data:`LORA_ADAPTERS` by id: a seeded random LoRA in diffusers' format."""
+    from triton_inpaint.export.adapters import write_tiny_lora
+    from triton_inpaint.export.repository import load_pipeline
+
+    root = tmp_path_factory.mktemp("lora")
+    base = load_pipeline(tiny_base_checkpoint)
+    xl = load_pipeline(sdxl_checkpoints["sdxl-inpaint"])
+    return {
+        "local:ink@1": write_tiny_lora(base, root / "ink.safetensors", seed=1),
+        "local:glow@1": write_tiny_lora(base, root / "glow.safetensors", seed=2, text_encoders=False),
+        "local:xl-ink@1": write_tiny_lora(xl, root / "xl-ink.safetensors", seed=3),
+    }
+
+
+def _lora_tables(name: str, files: dict[str, Path]) -> str:
+    return "".join(
+        f'\n[[models.lora]]\nid = "{adapter}"\nfile = "{files[adapter]}"\n'
+        for adapter in LORA_ADAPTERS.get(name, ())
+    )
+
+
+@pytest.fixture(scope="session")
 def exported_repository(
     tiny_checkpoint: Path,
     tiny_base_checkpoint: Path,
     sdxl_checkpoints: dict[str, Path],
     flux_checkpoint: Path,
+    lora_files: dict[str, Path],
     tmp_path_factory: pytest.TempPathFactory,
 ):
     """One repository holding every family, served by one Triton; returns the SD 1.5 inpainting checks."""
@@ -108,12 +137,12 @@ def exported_repository(
         f"default_steps = {BASE_DEFAULTS['default_steps']}\n"
         f"default_guidance = {BASE_DEFAULTS['default_guidance']}\n"
         f'default_scheduler = "{BASE_DEFAULTS["default_scheduler"]}"\n'
-        f"aliases = {json.dumps(list(BASE_ALIASES))}\n"
+        f"aliases = {json.dumps(list(BASE_ALIASES))}\n" + _lora_tables(BASE_MODEL, lora_files)
     ]
     for family, name in SDXL_MODELS.items():
         entries.append(
             f'[[models]]\nid = "{MODEL_IDS[name]}"\nname = "{name}"\n'
-            f'checkpoint = "{sdxl_checkpoints[family]}"\n'
+            f'checkpoint = "{sdxl_checkpoints[family]}"\n' + _lora_tables(name, lora_files)
         )
     entries.append(
         f'[[models]]\nid = "{MODEL_IDS[FLUX_MODEL]}"\nname = "{FLUX_MODEL}"\n'
@@ -207,7 +236,7 @@ def database_url(postgres_server) -> str:
 _MODEL_FIXTURES = {
     "tiny_checkpoint", "tiny_base_checkpoint", "sdxl_checkpoints", "flux_checkpoint", "exported_repository",
     "detector_repository", "clipseg_weights", "clipseg_repository", "reference_pipeline",
-    "reference_base_pipeline", "scheduler_config",
+    "reference_base_pipeline", "scheduler_config", "lora_files",
 }  # fmt: skip
 # Files whose tests build or run networks through helpers rather than the fixtures above.
 _MODEL_FILES = {"test_memory.py", "test_tiny_checkpoint.py", "test_detector_masks.py", "test_detection.py"}
@@ -229,7 +258,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             continue
         if item.get_closest_marker("server") or "triton_server" in item.fixturenames:
             item.add_marker(pytest.mark.server)
-        elif _MODEL_FIXTURES & set(item.fixturenames) or item.path.name in _MODEL_FILES:
+        elif (
+            item.get_closest_marker("parity")
+            or _MODEL_FIXTURES & set(item.fixturenames)
+            or item.path.name in _MODEL_FILES
+        ):
             item.add_marker(pytest.mark.parity)
         else:
             item.add_marker(pytest.mark.unit)

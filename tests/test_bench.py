@@ -64,8 +64,13 @@ def test_quick_bench_writes_every_figure(tmp_path, work):
     memory = model["memory"]
     assert memory["served_stack_mib"] > memory["weights_mib"] > 0 and memory["gateway_mib"] > 0
     assert {"tritonserver", "benchtiny_unet", "benchtiny_denoise"} <= set(memory["processes_mib"])
+    lora = model["lora"]  # the banked adapters' cost, in-process, side by side
+    assert (lora["adapters"], lora["rank"]) == (2, 16) and set(lora["median_s"]) == {"plain", "lora"}
+    assert _finite_positive(lora["lora_over_plain"])
+    assert lora["spread_s"]["lora"]["min"] <= lora["median_s"]["lora"] <= lora["spread_s"]["lora"]["max"]
     report = (out / "bench.md").read_text()
     assert "| benchtiny | 2 |" in report and "served / in-process" in report
+    assert "## LoRA adapters' cost" in report and "| benchtiny | 2 x 16 |" in report
     assert machine["cpu"] in report and "median of its runs, with their range" in report
     for plot in ("throughput.png", "latency.png", "time_breakdown.png"):
         assert (out / plot).read_bytes().startswith(b"\x89PNG")

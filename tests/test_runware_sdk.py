@@ -10,10 +10,10 @@ import json
 
 import numpy as np
 import pytest
-from runware import IImageInference, IOutpaint, Runware
+from runware import IImageInference, ILora, IOutpaint, Runware
 from runware.utils import RunwareAPIError
 
-from tests.conftest import MODEL
+from tests.conftest import BASE_MODEL, LORA_ADAPTERS, MODEL
 from tests.gateway_process import GatewayProcess
 from tests.helpers import decode_rgb, irregular_mask, make_image, png_bytes
 
@@ -125,6 +125,43 @@ def test_the_sdks_outpaint_extends_the_canvas(gateway):
     served = decode_rgb(base64.b64decode(result.imageBase64Data))
     assert served.shape == (128, 128, 3) and result.seed == 8
     assert np.array_equal(served[64:, 64:], image)  # the seed image, exactly, in its place on the canvas
+
+
+def test_the_sdks_lora_list_applies_the_adapters_at_their_weights(gateway, triton_server):
+    """The SDK's own ILora items, sent as the hosted API documents them, give what the Triton client
+    gets with the same adapters and weights; an adapter the model lacks is the SDK's error naming it."""
+    from triton_inpaint.client import InpaintClient
+
+    image, mask = make_image(64, 64, seed=4), irregular_mask(64, 64)
+    ink, glow = LORA_ADAPTERS[BASE_MODEL]
+    settings = {"steps": 3, "seed": 12, "width": 64, "height": 64}
+
+    async def scenario():
+        sdk = await _connected(gateway)
+        try:
+            request = IImageInference(
+                model=BASE_MODEL, positivePrompt=PROMPT, outputType="base64Data",
+                seedImage=base64.b64encode(png_bytes(image)).decode(),
+                maskImage=base64.b64encode(png_bytes(mask)).decode(),
+                outputFormat="PNG", lora=[ILora(model=ink, weight=1.5), ILora(model=glow, weight=-0.5)],
+                **settings,
+            )  # fmt: skip
+            result = await sdk.imageInference(requestImage=request)
+            request.lora = [ILora(model="local:absent@1", weight=1.0)]
+            with pytest.raises(RunwareAPIError) as raised:
+                await sdk.imageInference(requestImage=request)
+            return result, raised.value
+        finally:
+            await sdk.disconnect()
+
+    (result,), error = _run(scenario())
+    with InpaintClient(triton_server.grpc_url, "grpc") as client:
+        direct = client.inpaint(
+            BASE_MODEL, png_bytes(image), png_bytes(mask), PROMPT, lora=[(ink, 1.5), (glow, -0.5)], **settings
+        )
+    assert np.array_equal(decode_rgb(base64.b64decode(result.imageBase64Data)), decode_rgb(direct.image))
+    assert error.error_data["parameter"] == "lora[0].model"
+    assert ink in error.error_data["message"] and "local:absent@1" in error.error_data["message"]
 
 
 def test_an_out_of_range_value_is_the_sdks_error_naming_the_parameter(gateway):

@@ -17,7 +17,7 @@ import pytest
 import skimage.data
 from PIL import Image
 
-from tests.conftest import BUILTIN_REPOSITORY, MODEL, MODEL_IDS
+from tests.conftest import BASE_MODEL, BUILTIN_REPOSITORY, LORA_ADAPTERS, MODEL, MODEL_IDS
 from tests.gateway_process import GatewayProcess
 from tests.helpers import png_bytes
 from tests.test_detector_masks import ASTRONAUT_FACE, iou
@@ -310,6 +310,39 @@ def test_outpaint_by_dragging_the_edges_equals_the_api(page, gateway):
         "seedImage": base64.b64encode(SAMPLE).decode(), "positivePrompt": "a red door", "seed": 99,
         "steps": 2, "outpaint": {"top": 64, "right": 128, "bottom": 0, "left": 0, "blur": 0},
         "outputType": "base64Data",
+    }  # fmt: skip
+    status, body = gateway.post("/v1", [task], key=KEY)
+    assert status == 200, body
+    assert np.array_equal(served, pixels(base64.b64decode(body["data"][0]["imageBase64Data"])))
+
+
+def test_lora_adapters_of_the_chosen_model_equal_the_api(page, gateway):
+    """The LoRA section lists the chosen model's adapters; two checked, one at its own weight, give the
+    API's image for the same lora list; an out-of-range weight is refused as the API words it."""
+    ink, glow = LORA_ADAPTERS[BASE_MODEL]
+    open_page(page, gateway)
+    page.click("#open-sample")
+    page.wait_for_selector("#stage.has-image")
+    paint(page)
+    page.click("summary:has-text('LoRA adapters')")
+    assert "serves no LoRA adapters" in page.inner_text("[data-section=lora]")  # the first model: tiny
+    page.select_option("#f-model", MODEL_IDS[BASE_MODEL])
+    assert page.locator(".lora-row label").all_inner_texts() == [ink, glow]
+    page.check("#f-lora-0")
+    page.fill("#f-lora-0-weight", "5")
+    page.check("#f-lora-1")
+    fill_settings(page, seed=11, steps=2)
+    page.click("#run")
+    assert page.inner_text("#form-error") == "lora[0].weight: must be in [-4.0, 4.0], got 5"
+    page.fill("#f-lora-0-weight", "0.75")
+    run_and_wait(page)
+    served = pixels(download(page, ".result a[download]"))
+    mask = download(page, "#download-mask")
+    task = {
+        "taskType": "imageInference", "taskUUID": str(uuid.uuid4()), "model": MODEL_IDS[BASE_MODEL],
+        "seedImage": base64.b64encode(SAMPLE).decode(), "maskImage": base64.b64encode(mask).decode(),
+        "positivePrompt": "a red door", "seed": 11, "steps": 2, "outputType": "base64Data",
+        "lora": [{"model": ink, "weight": 0.75}, {"model": glow, "weight": 1.0}],
     }  # fmt: skip
     status, body = gateway.post("/v1", [task], key=KEY)
     assert status == 200, body

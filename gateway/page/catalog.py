@@ -11,6 +11,7 @@ from typing import Any
 
 import annotated_types
 
+from triton_inpaint.api import lora
 from triton_inpaint.api.contract import MASKING_MODEL, TEXT_SEGMENTATION_MODEL
 from triton_inpaint.api.schema import INPAINT, MASKING_MODELS
 from triton_inpaint.client import InpaintClient, ModelInfo
@@ -53,6 +54,15 @@ def inference_controls() -> list[dict[str, Any]]:
             "default": control.default,
             "defaultText": control.shown_default,
         }
+        if name == "lora":  # a list of {model, weight}; which models: each model's "lora"
+            low, high = lora.WEIGHT_RANGE
+            entry.update(
+                type="lora",
+                maxItems=lora.MAX_PER_REQUEST,
+                weight={"min": low, "max": high, "default": lora.DEFAULT_WEIGHT, "range": f"[{low}, {high}]"},
+            )
+            controls.append(entry)
+            continue
         bounds = field_bounds(ImageInferenceTask, name)
         if bounds is not None:
             entry.update(min=bounds[0], max=bounds[1], range=f"[{bounds[0]}, {bounds[1]}]")
@@ -75,6 +85,7 @@ def model_entry(info: ModelInfo) -> dict[str, Any]:
         "id": info.id,
         "name": info.name,
         "aliases": list(info.aliases),
+        "lora": list(info.adapters),  # the LoRA adapters its requests may name
         "family": info.family,
         "nativeResolution": info.native_resolution,
         "defaults": {

@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 import annotated_types
 from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator, model_validator
 
+from triton_inpaint.api import lora
 from triton_inpaint.api.schema import INPAINT, MASK
 from triton_inpaint.gateway.validation import PROMPT_LENGTH, MaskPrompt, Name, Text, between, control_fields
 
@@ -58,10 +59,20 @@ class _Output(BaseModel):
 
 
 # The Runware style's own rules for some control fields, beyond the declared type and range.
+class Lora(BaseModel):
+    """One item of the hosted API's ``lora`` list: an adapter the model serves, and its weight."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: Name
+    weight: Annotated[float, *between(lora.WEIGHT_RANGE)] = lora.DEFAULT_WEIGHT
+
+
 RUNWARE_TYPES: dict[str, Any] = {
     "negativePrompt": Annotated[Text, Field(max_length=PROMPT_LENGTH[1])],
     "maskPrompt": MaskPrompt,
     "scheduler": Name,
+    "lora": Annotated[list[Lora], Field(max_length=lora.MAX_PER_REQUEST)],
 }
 
 

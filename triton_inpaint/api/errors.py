@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-_FIELD = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*")
+_FIELD = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*(\[\d+\][A-Za-z0-9_.]*)*")  # lora[0].model too
 
 
 class InvalidInputError(ValueError):

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from triton_inpaint.api.errors import InvalidInputError
+from triton_inpaint.api.lora import LoraUse, parse_lora
 from triton_inpaint.api.schema import DENOISE, INPAINT, SEED_MAX
 
 SEED_RANGE = (0, SEED_MAX)
@@ -52,6 +53,7 @@ class DenoiseParams:
     num_images: int = 1
     mask_margin: int | None = None
     dry_run: bool = False
+    lora: tuple[LoraUse, ...] = ()  # adapters and weights, checked on their own (the model: plan)
 
     @property
     def seeds(self) -> list[int]:
@@ -98,4 +100,5 @@ class DenoiseParams:
             num_images=num_images,
             mask_margin=values["mask_margin"],
             dry_run=values["dry_run"],
+            lora=parse_lora(values["lora"]),
         )

@@ -51,7 +51,21 @@ FLUX_TENSORS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
 _TENSORS = {"sd": SD_TENSORS, "sdxl": SDXL_TENSORS, "flux": FLUX_TENSORS}
 
 
-def network_tensors(architecture: str) -> dict[str, tuple[tuple[str, ...], tuple[str, ...]]]:
+# The last input of a network exported with LoRA adapters: (B, adapters), each row's weight of each
+# adapter (triton_inpaint.networks.lora).
+LORA_SCALES = "lora_scales"
+
+
+def network_tensors(
+    architecture: str, lora_roles: tuple[str, ...] = ()
+) -> dict[str, tuple[tuple[str, ...], tuple[str, ...]]]:
     """Per network role, its (input names, output names); ``architecture`` is ``sd``, ``sdxl`` or
-    ``flux`` (:attr:`PipelineSpec.architecture`)."""
-    return _TENSORS[architecture]
+    ``flux`` (:attr:`PipelineSpec.architecture`); the roles in ``lora_roles`` (the spec's) also take
+    :data:`LORA_SCALES`."""
+    tensors = _TENSORS[architecture]
+    if not lora_roles:
+        return tensors
+    return {
+        role: ((*inputs, LORA_SCALES), outputs) if role in lora_roles else (inputs, outputs)
+        for role, (inputs, outputs) in tensors.items()
+    }

@@ -213,6 +213,9 @@ INPAINT = RequestSchema(
                 triton_type="TYPE_INT64"),
         Control("scheduler", str, "the sampler (any case; aliases such as 'Euler ancestral' work)", DENOISE,
                 choices=SCHEDULER_NAMES, open_choices=True, default_text="the model's", runware="scheduler"),
+        Control("lora", str, "LoRA adapters of the model and their weights: ID=WEIGHT items joined by "
+                "commas, weights in [-4, 4], an ID alone is weight 1 (the model's registry entry declares "
+                "its adapters)", DENOISE, default_text="none", runware="lora"),
         Control("width", int, "processing width", DENOISE, bounds=(64, 2048), multiple_of=8,
                 default_text="the model's native size", runware="width"),
         Control("height", int, "processing height", DENOISE, bounds=(64, 2048), multiple_of=8,

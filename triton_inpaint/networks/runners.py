@@ -31,8 +31,11 @@ from triton_inpaint.api.roles import (  # noqa: F401 - the names every runner us
 
 
 class SDComponents(Protocol):
-    def encode_text(self, input_ids: torch.Tensor, encoder: str = TEXT_ENCODER) -> tuple[torch.Tensor, ...]:
-        """Token ids (B, 77) -> the encoder's outputs, in the order its tensor list names them."""
+    def encode_text(
+        self, input_ids: torch.Tensor, encoder: str = TEXT_ENCODER, lora_scales: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, ...]:
+        """Token ids (B, 77) -> the encoder's outputs, in the order its tensor list names them;
+        ``lora_scales`` (B, adapters) for an encoder exported with LoRA adapters."""
 
     def encode_image(self, image: torch.Tensor) -> torch.Tensor:
         """Image (B, 3, H, W) in [-1, 1] -> latent distribution parameters (B, 2C, h, w)."""
@@ -46,7 +49,9 @@ class SDComponents(Protocol):
 
 
 class FluxComponents(Protocol):
-    def encode_text(self, input_ids: torch.Tensor, encoder: str = TEXT_ENCODER) -> tuple[torch.Tensor, ...]:
+    def encode_text(
+        self, input_ids: torch.Tensor, encoder: str = TEXT_ENCODER, lora_scales: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, ...]:
         """CLIP ids (B, 77) -> (pooled (B, D),); T5 ids (B, L) -> (states (B, L, D),)."""
 
     def encode_image(self, image: torch.Tensor) -> torch.Tensor:
@@ -69,10 +74,12 @@ class RunnerComponents:
     networks by name.
 
     ``model_names`` maps the roles to the names the runner knows them by (the Triton model names,
-    e.g. ``tiny_unet``); by default the role is the name. Without ``device`` the runner takes and
-    returns numpy arrays (onnxruntime, BLS on the CPU runtime). With one it is a *tensor runner*: torch
-    tensors in and out, so that on a GPU the latents and embeddings stay on ``device`` between calls
-    (BLS over DLPack, or the torch modules themselves); the pipelines then work on that device.
+    e.g. ``tiny_unet``); by default the role is the name. ``lora_roles``: the networks exported with
+    LoRA adapters, which take the ``lora_scales`` input (:attr:`PipelineSpec.lora_roles`). Without
+    ``device`` the runner takes and returns numpy arrays (onnxruntime, BLS on the CPU runtime). With
+    one it is a *tensor runner*: torch tensors in and out, so that on a GPU the latents and
+    embeddings stay on ``device`` between calls (BLS over DLPack, or the torch modules themselves);
+    the pipelines then work on that device.
     """
 
     def __init__(
@@ -81,9 +88,11 @@ class RunnerComponents:
         model_names: dict[str, str] | None = None,
         architecture: str = "sd",
         device: str | torch.device | None = None,
+        lora_roles: tuple[str, ...] = (),
     ) -> None:
         self._run = run
-        self._tensors = network_tensors(architecture)
+        self._tensors = network_tensors(architecture, lora_roles)
+        self._lora_roles = lora_roles
         self._names = model_names or {role: role for role in self._tensors}
         self._tensor_runner = device is not None
         self.device = torch.device("cpu" if device is None else device)
@@ -102,8 +111,14 @@ class RunnerComponents:
             return tuple(result.to(self.device) for result in results)
         return tuple(torch.from_numpy(np.asarray(result)) for result in results)
 
-    def encode_text(self, input_ids: torch.Tensor, encoder: str = TEXT_ENCODER) -> tuple[torch.Tensor, ...]:
-        return self._call(encoder, [input_ids])
+    def encode_text(
+        self, input_ids: torch.Tensor, encoder: str = TEXT_ENCODER, lora_scales: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, ...]:
+        if encoder not in self._lora_roles:
+            return self._call(encoder, [input_ids])
+        if lora_scales is None:
+            raise ValueError(f"{encoder} was exported with LoRA adapters: it needs lora_scales")
+        return self._call(encoder, [input_ids, lora_scales])
 
     def encode_image(self, image: torch.Tensor) -> torch.Tensor:
         return self._call(VAE_ENCODER, [image])[0]

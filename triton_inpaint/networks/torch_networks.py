@@ -27,6 +27,7 @@ from triton_inpaint.api.roles import (
     VAE_ENCODER,
     network_tensors,
 )
+from triton_inpaint.networks.lora import LoraNetwork, lora_scales_of
 
 NETWORK_FILE = "network.json"
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16}
@@ -169,6 +170,10 @@ def role_module(source: Any, architecture: str, role: str) -> torch.nn.Module:
         module = FluxTransformer(source.transformer)
     else:
         raise ValueError(f"unknown network role {role!r}")
+    # A network exported with LoRA adapters takes their weights as its last input.
+    scales = lora_scales_of(getattr(source, ROLE_SOURCES[role][0]))
+    if scales is not None:
+        module = LoraNetwork(module, scales)
     return module.eval()
 
 

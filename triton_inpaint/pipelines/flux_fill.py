@@ -32,10 +32,11 @@ from transformers import CLIPTokenizer, PreTrainedTokenizerBase, T5TokenizerFast
 from triton_inpaint.api.errors import InvalidInputError
 from triton_inpaint.api.imaging import Box, mask_to_pil
 from triton_inpaint.api.params import DenoiseParams
-from triton_inpaint.networks.runners import TEXT_ENCODER, TEXT_ENCODER_2, FluxComponents
+from triton_inpaint.api.roles import LORA_SCALES
+from triton_inpaint.networks.runners import TEXT_ENCODER, TEXT_ENCODER_2, TRANSFORMER, FluxComponents
 from triton_inpaint.pipelines import vae_tiling
 from triton_inpaint.pipelines.batching import SteppedJob, run_alone
-from triton_inpaint.pipelines.planning import Plan, processing_size, token_ids
+from triton_inpaint.pipelines.planning import Plan, lora_row, processing_size, token_ids
 from triton_inpaint.pipelines.planning import plan as make_plan
 from triton_inpaint.pipelines.spec import PipelineSpec
 
@@ -107,12 +108,15 @@ class FluxFillInpaintPipeline:
 
     # -- steps, named after diffusers' ---------------------------------------------------------------
 
-    def encode_prompt(self, prompt: str, num_images: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(T5 states (n, L, D), CLIP pooled (n, D')) for the same prompt (FluxFill's prompt_2 default)."""
+    def encode_prompt(
+        self, prompt: str, num_images: int, lora: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(T5 states (n, L, D), CLIP pooled (n, D')) for the same prompt (FluxFill's prompt_2 default);
+        ``lora``: the adapters' weights (1, adapters), for encoders exported with adapters."""
         clip_ids = token_ids(self.tokenizer, prompt)
         t5_ids = token_ids(self.tokenizer_2, prompt, self.spec.max_sequence_length)
-        (pooled,) = self.components.encode_text(clip_ids, TEXT_ENCODER)
-        (states,) = self.components.encode_text(t5_ids, TEXT_ENCODER_2)
+        (pooled,) = self.components.encode_text(clip_ids, TEXT_ENCODER, lora)
+        (states,) = self.components.encode_text(t5_ids, TEXT_ENCODER_2, lora)
         return states.repeat(num_images, 1, 1), pooled.repeat(num_images, 1)
 
     def prepare_timesteps(self, scheduler: Any, steps: int, strength: float, width: int, height: int):
@@ -224,7 +228,8 @@ class FluxFillInpaintPipeline:
         width, height, scheduler, timesteps = plan.width, plan.height, plan.scheduler, plan.timesteps
         image_height, image_width = mask.shape
         generators = [torch.Generator("cpu").manual_seed(seed) for seed in params.seeds]
-        states, pooled = self.encode_prompt(params.prompt, params.num_images)
+        lora = lora_row(plan, self.device)
+        states, pooled = self.encode_prompt(params.prompt, params.num_images, lora)
         init_image = self.image_processor.preprocess(
             Image.fromarray(image, mode="RGB"), height=height, width=width
         ).to(device=self.device, dtype=torch.float32)
@@ -247,6 +252,8 @@ class FluxFillInpaintPipeline:
             "txt_ids": torch.zeros(batch, states.shape[1], 3, device=self.device),
             "img_ids": image_ids.unsqueeze(0).repeat(batch, 1, 1),
         }
+        if lora is not None and TRANSFORMER in self.spec.lora_roles:
+            conditions[LORA_SCALES] = lora.repeat(batch, 1)
         return FluxJob(
             self, scheduler, timesteps, latents, condition, conditions, width, height,
             (0, 0, image_width, image_height), tile,

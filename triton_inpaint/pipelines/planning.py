@@ -14,6 +14,7 @@ from transformers import PreTrainedTokenizerBase
 
 from triton_inpaint.api.errors import InvalidInputError
 from triton_inpaint.api.imaging import Box
+from triton_inpaint.api.lora import adapter_scales
 from triton_inpaint.api.params import SIZE_MULTIPLE, DenoiseParams
 from triton_inpaint.pipelines.memory import Need, check_request
 from triton_inpaint.pipelines.schedulers import build_scheduler
@@ -30,6 +31,7 @@ class Plan:
     scheduler: Any
     timesteps: torch.Tensor
     need: Need = Need(0)  # memory for the networks' work, and whether the VAE runs in tiles
+    lora_scales: tuple[float, ...] = ()  # the weight of each of the model's adapters (spec.adapters)
 
 
 def processing_size(
@@ -88,6 +90,7 @@ def plan(
     ``guidance_rows``: whether classifier-free guidance doubles the denoiser's rows (its memory);
     ``timesteps(scheduler)``: the family's own schedule for ``params.steps`` and ``params.strength``.
     """
+    lora_scales = adapter_scales(params.lora, spec.adapters)
     width, height = size
     check_engine_sides(width, height, max_side)
     need = check_request(
@@ -101,7 +104,15 @@ def plan(
             "strength",
             f"{params.strength} with steps={params.steps} leaves no denoising step; raise strength or steps",
         )
-    return Plan(width, height, crop, scheduler, steps, need)
+    return Plan(width, height, crop, scheduler, steps, need, lora_scales)
+
+
+def lora_row(plan: Plan, device: torch.device) -> torch.Tensor | None:
+    """The request's adapter weights as one ``lora_scales`` row (1, adapters); None for a model
+    exported without adapters."""
+    if not plan.lora_scales:
+        return None
+    return torch.tensor([plan.lora_scales], dtype=torch.float32, device=device)
 
 
 def token_ids(tokenizer: PreTrainedTokenizerBase, text: str, length: int | None = None) -> torch.Tensor:

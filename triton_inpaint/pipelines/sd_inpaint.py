@@ -32,11 +32,12 @@ from transformers import CLIPTokenizer
 
 from triton_inpaint.api.imaging import Box, mask_to_pil
 from triton_inpaint.api.params import DenoiseParams
+from triton_inpaint.api.roles import LORA_SCALES, UNET
 from triton_inpaint.masks.shaping import mask_bounds
 from triton_inpaint.networks.runners import TEXT_ENCODER, TEXT_ENCODER_2, SDComponents
 from triton_inpaint.pipelines import vae_tiling
 from triton_inpaint.pipelines.batching import SteppedJob, run_alone
-from triton_inpaint.pipelines.planning import Plan, processing_size, token_ids
+from triton_inpaint.pipelines.planning import Plan, lora_row, processing_size, token_ids
 from triton_inpaint.pipelines.planning import plan as make_plan
 from triton_inpaint.pipelines.spec import PipelineSpec
 
@@ -106,15 +107,22 @@ class SDInpaintPipeline:
     # -- steps, named after diffusers' ---------------------------------------------------------------
 
     def encode_prompt(
-        self, prompt: str, negative_prompt: str | None, do_cfg: bool, num_images: int
+        self,
+        prompt: str,
+        negative_prompt: str | None,
+        do_cfg: bool,
+        num_images: int,
+        lora: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Text states for the UNet and, for SDXL, the pooled embeddings; the unconditional half first
-        when guiding, so both halves go through the UNet in one batched call per step as in diffusers."""
+        when guiding, so both halves go through the UNet in one batched call per step as in diffusers.
+        ``lora``: the adapters' weights (1, adapters), for text encoders exported with adapters."""
         if self.spec.sdxl:
-            return self._encode_prompt_sdxl(prompt, negative_prompt, do_cfg, num_images)
+            return self._encode_prompt_sdxl(prompt, negative_prompt, do_cfg, num_images, lora)
 
         def embed(text: str) -> torch.Tensor:
-            return self.components.encode_text(token_ids(self.tokenizer, text))[0].repeat(num_images, 1, 1)
+            ids = token_ids(self.tokenizer, text)
+            return self.components.encode_text(ids, TEXT_ENCODER, lora)[0].repeat(num_images, 1, 1)
 
         prompt_embeds = embed(prompt)
         if not do_cfg:
@@ -122,11 +130,18 @@ class SDInpaintPipeline:
         return torch.cat([embed(negative_prompt or ""), prompt_embeds]), None
 
     def _encode_prompt_sdxl(
-        self, prompt: str, negative_prompt: str | None, do_cfg: bool, num_images: int
+        self,
+        prompt: str,
+        negative_prompt: str | None,
+        do_cfg: bool,
+        num_images: int,
+        lora: torch.Tensor | None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         def embed(text: str) -> tuple[torch.Tensor, torch.Tensor]:
-            (states_1,) = self.components.encode_text(token_ids(self.tokenizer, text), TEXT_ENCODER)
-            states_2, pooled = self.components.encode_text(token_ids(self.tokenizer_2, text), TEXT_ENCODER_2)
+            (states_1,) = self.components.encode_text(token_ids(self.tokenizer, text), TEXT_ENCODER, lora)
+            states_2, pooled = self.components.encode_text(
+                token_ids(self.tokenizer_2, text), TEXT_ENCODER_2, lora
+            )
             return torch.cat([states_1, states_2], dim=-1), pooled
 
         prompt_embeds, pooled = embed(prompt)
@@ -304,10 +319,13 @@ class SDInpaintPipeline:
         )  # fmt: skip
         do_cfg = params.guidance_scale > 1.0
         generators = [torch.Generator("cpu").manual_seed(seed) for seed in params.seeds]
+        lora = lora_row(plan, self.device)
         prompt_embeds, pooled = self.encode_prompt(
-            params.prompt, params.negative_prompt, do_cfg, params.num_images
+            params.prompt, params.negative_prompt, do_cfg, params.num_images, lora
         )
         conditions = {"encoder_hidden_states": prompt_embeds}
+        if lora is not None and UNET in self.spec.lora_roles:
+            conditions[LORA_SCALES] = lora.repeat(len(prompt_embeds), 1)
         if self.spec.sdxl:
             conditions["text_embeds"] = pooled
             conditions["time_ids"] = self.time_ids(width, height, params.num_images, do_cfg)

@@ -46,6 +46,10 @@ class PipelineSpec:
     # The VAE's own sample size: the tile side diffusers' enable_tiling() uses, and so do we when an
     # untiled VAE call would not fit the memory budget; None in exports made before tiling existed.
     vae_tile_size: int | None = None
+    # LoRA adapters exported with the networks (their ids, in the order of the ``lora_scales`` input's
+    # columns) and the networks that take that input (see triton_inpaint.networks.lora).
+    adapters: tuple[str, ...] = ()
+    lora_roles: tuple[str, ...] = ()
 
     @classmethod
     def from_diffusers(cls, pipeline: Any) -> PipelineSpec:
@@ -113,4 +117,6 @@ class PipelineSpec:
         data = json.loads((directory / SPEC_FILE).read_text())
         if "unet_in_channels" in data:  # the name before FLUX's transformer: repositories exported then
             data["denoiser_in_channels"] = data.pop("unet_in_channels")
+        for key in ("adapters", "lora_roles"):
+            data[key] = tuple(data.get(key, ()))
         return cls(**data)

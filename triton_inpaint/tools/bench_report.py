@@ -39,7 +39,7 @@ def markdown(results: dict[str, Any]) -> str:
         "of the perf_analyzer sweep, the order rotating each round.",
         "",
     ]
-    for section in (_side_by_side, _perf_table, _time_table, _memory_table, _targets_table):
+    for section in (_side_by_side, _lora_table, _perf_table, _time_table, _memory_table, _targets_table):
         lines += section(results)
     lines += ["", "Plots: `throughput.png`, `latency.png`, `time_breakdown.png`.", ""]
     return "\n".join(lines)
@@ -69,6 +69,24 @@ def _side_by_side(results: dict[str, Any]) -> list[str]:
                 ]
             )  # fmt: skip
         )
+    return lines
+
+
+def _lora_table(results: dict[str, Any]) -> list[str]:
+    """What banked LoRA adapters cost: our pipeline in-process, plain export against the banked one."""
+    measured = [model for model in results["models"] if "lora" in model]
+    if not measured:
+        return []
+    lines = ["", "## LoRA adapters' cost (in-process, interleaved rounds)", ""]
+    lines += [_row(["model", "adapters x rank", "plain", "with adapters", "with / plain"]), _row(["---"] * 5)]
+    for model in measured:
+        lora = model["lora"]
+        m, s = lora["median_s"], lora["spread_s"]
+        lines.append(
+            _row([model["model"], f"{lora['adapters']} x {lora['rank']}",
+                  _ranged(m["plain"], s["plain"], ".3f", " s"), _ranged(m["lora"], s["lora"], ".3f", " s"),
+                  f"{lora['lora_over_plain']:.3f}"])
+        )  # fmt: skip
     return lines
 
 

@@ -105,6 +105,76 @@ def prepare_model(size: str, work: Path) -> tuple[str, Path, Path]:
     return name, checkpoint, repository
 
 
+LORA_RANK = 16  # a common rank for SD 1.5 style LoRAs
+LORA_WEIGHTS = (0.8, -0.5)
+
+
+def prepare_lora_model(size: str, work: Path) -> tuple[str, Path]:
+    """(name, repository) of the ``size`` benchmark model exported again with two random LoRA
+    adapters (rank :data:`LORA_RANK`) banked in, built unless already there."""
+    from triton_inpaint.export.adapters import write_tiny_lora
+    from triton_inpaint.export.repository import ExportOptions, export_checkpoint, load_pipeline
+
+    name, checkpoint, repository = prepare_model(size, work)
+    lora_name = f"{name}lora"
+    if not (repository / f"inpaint_{lora_name}" / "config.pbtxt").is_file():
+        _log(f"exporting {lora_name}: {name} with {len(LORA_WEIGHTS)} rank-{LORA_RANK} LoRA adapters")
+        pipeline = load_pipeline(checkpoint)
+        files = tuple(
+            (
+                f"local:bench{index}@1",
+                write_tiny_lora(pipeline, work / "lora" / f"{name}-{index}.safetensors", index, LORA_RANK),
+            )
+            for index in range(len(LORA_WEIGHTS))
+        )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            options = ExportOptions(lora=files)
+            export_checkpoint(checkpoint, lora_name, repository, options, log=lambda m: _log(f"  {m}"))
+    return lora_name, repository
+
+
+def lora_cost(size: str, plan: BenchPlan, work: Path, tick: Callable[[str], None]) -> dict[str, Any]:
+    """Our pipeline in-process on the same request, interleaved: the plain export against the one
+    with adapters banked in and weighted. The ratio is what serving adapters costs per request."""
+    from triton_inpaint.api.lora import LoraUse, format_lora
+    from triton_inpaint.api.params import DenoiseParams
+    from triton_inpaint.networks.runners import SD_TENSORS, RunnerComponents, onnx_runner
+    from triton_inpaint.pipelines.sd_inpaint import SDInpaintPipeline
+    from triton_inpaint.pipelines.spec import PipelineSpec
+
+    name, _, repository = prepare_model(size, work)
+    lora_name, _ = prepare_lora_model(size, work)
+
+    def pipeline(model: str) -> SDInpaintPipeline:
+        directory = repository / f"{model}_denoise" / "1"
+        roles = PipelineSpec.load(directory).lora_roles
+        paths = {r: repository / f"{model}_{r}" / "1" / "model.onnx" for r in SD_TENSORS}
+        components = RunnerComponents(onnx_runner(paths), lora_roles=roles)
+        return SDInpaintPipeline.from_directory(directory, components)
+
+    plain, banked = pipeline(name), pipeline(lora_name)
+    native = plain.spec.native_resolution
+    image, mask = sample_request(native)
+    soft = mask.astype(np.float32) / 255.0
+    common = {"steps": plan.steps, "guidance_scale": GUIDANCE, "seed": SEED, "width": native,
+              "height": native}  # fmt: skip
+    uses = format_lora(LoraUse(a, w) for a, w in zip(banked.spec.adapters, LORA_WEIGHTS, strict=True))
+    methods = {
+        "plain": lambda: plain(image, soft, DenoiseParams.from_inputs(PROMPT, **common)),
+        "lora": lambda: banked(image, soft, DenoiseParams.from_inputs(PROMPT, lora=uses, **common)),
+    }
+    times = interleaved(methods, plan.rounds, tick)
+    medians = {key: _median(values) for key, values in times.items()}
+    return {
+        "adapters": len(LORA_WEIGHTS),
+        "rank": LORA_RANK,
+        "median_s": medians,
+        "spread_s": {key: spread(values) for key, values in times.items()},
+        "lora_over_plain": medians["lora"] / medians["plain"],
+    }
+
+
 def sample_request(native: int) -> tuple[np.ndarray, np.ndarray]:
     """An image and a mask at the model's native size: a gradient with noise, an ellipse to fill."""
     rng = np.random.default_rng(0)
@@ -403,6 +473,9 @@ def run(plan: BenchPlan, work: Path, out: Path, quiet: bool = False) -> dict[str
     results = {"machine": machine(), "plan": plan.__dict__, "models": []}
     for size in plan.sizes:
         results["models"].append(bench_model(size, plan, work, out, quiet))
+        _log(f"{size}: LoRA adapters' cost, {plan.rounds} interleaved rounds in-process")
+        with progress(2 * (plan.rounds + 1), f"{size} lora", unit="run", quiet=quiet) as bar:
+            results["models"][-1]["lora"] = lora_cost(size, plan, work, lambda _: bar.update())
     results["duration_s"] = time.perf_counter() - started
     (out / "bench.json").write_text(json.dumps(results, indent=2, default=list))
     write_report(results, out)

@@ -55,9 +55,11 @@ class TritonPythonModel:
             from triton_inpaint.triton.dlpack import instance_device, tensor_bls_runner
 
             device = instance_device(args)
-            components = RunnerComponents(tensor_bls_runner(device), names, spec.architecture, device)
+            components = RunnerComponents(
+                tensor_bls_runner(device), names, spec.architecture, device, spec.lora_roles
+            )
         else:
-            components = RunnerComponents(bls_run, names, architecture=spec.architecture)
+            components = RunnerComponents(bls_run, names, spec.architecture, lora_roles=spec.lora_roles)
         pipeline_class = FluxFillInpaintPipeline if spec.flux else SDInpaintPipeline
         self.pipeline = pipeline_class.from_directory(directory, components)
         max_inflight = config_parameter(config, "max_inflight", DEFAULT_MAX_INFLIGHT)

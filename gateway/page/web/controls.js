@@ -78,6 +78,8 @@ function put(task, name, value) {
   else task[leaf] = value;
 }
 
+import { LoraPicker } from "./lora-picker.js";
+
 export class SettingsForm {
   constructor(form, catalog) {
     this.form = form;
@@ -94,6 +96,9 @@ export class SettingsForm {
       outpaint: this.form.querySelector("[data-section=outpaint]"),
       more: this.form.querySelector("[data-section=more]"),
     };
+    const lora = this.controls.get("lora");
+    this.controls.delete("lora"); // not a field of its own: the picker's rows for the chosen model
+    this.lora = lora ? new LoraPicker(this.form.querySelector("[data-section=lora]"), lora) : null;
     for (const section of Object.values(sections)) section.replaceChildren();
     sections.main.append(this.#modelField());
     const placed = new Set(Object.values(LAYOUT).flat());
@@ -218,6 +223,7 @@ export class SettingsForm {
   #showModelDefaults() {
     const model = this.models.find((m) => m.id === this.modelSelect.value);
     if (!model) return;
+    this.lora?.show(model.lora ?? []);
     for (const [name, value] of Object.entries(model.defaults)) {
       const input = this.inputs.get(name);
       if (!input || value === null || value === undefined) continue;
@@ -270,10 +276,16 @@ export class SettingsForm {
       else if (value !== undefined) put(values, name, value);
     }
     for (const [name, input] of this.inputs) input.setAttribute("aria-invalid", problems.some((p) => p.name === name));
+    if (this.lora) {
+      const lora = this.lora.read();
+      problems.push(...lora.problems);
+      if (lora.items) values.lora = lora.items;
+    }
     return { values, problems };
   }
 
   focus(name) {
+    if (name === "lora" || name.startsWith("lora[")) return this.lora?.focus();
     this.inputs.get(name)?.focus();
   }
 }
