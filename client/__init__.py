@@ -11,6 +11,7 @@ from triton_inpaint.client.inpaint_client import (
     ModelUnavailableError,
     ServerUnreachableError,
 )
+from triton_inpaint.client.streaming import Progress
 
 __all__ = [
     "GatewayClient",
@@ -21,5 +22,6 @@ __all__ = [
     "ModelInfo",
     "ModelNotServedError",
     "ModelUnavailableError",
+    "Progress",
     "ServerUnreachableError",
 ]

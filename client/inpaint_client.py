@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import queue
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,14 +18,18 @@ from triton_inpaint.api.contract import (
     MASKING_OUTPUTS,
     REQUEST_INPUTS,
     RESPONSE_OUTPUTS,
+    STREAM_INPUTS,
+    STREAM_OUTPUTS,
+    STREAM_SUFFIX,
     ensemble_name,
 )
 from triton_inpaint.api.errors import split_field
 from triton_inpaint.api.lora import lora_text
 from triton_inpaint.api.schema import INPAINT, MASK, with_controls
+from triton_inpaint.client.streaming import Progress, stream_infer
 
 PROTOCOLS = ("grpc", "http")
-_SPECS = {spec.name: spec for spec in (*REQUEST_INPUTS, *MASKING_INPUTS)}
+_SPECS = {spec.name: spec for spec in (*REQUEST_INPUTS, *MASKING_INPUTS, *STREAM_INPUTS)}
 
 
 class InpaintError(RuntimeError):
@@ -267,6 +272,7 @@ class InpaintClient:
                 for entry in stats
                 if entry["name"].startswith(prefix)
                 and entry["name"] not in ("inpaint_preprocess", "inpaint_postprocess")
+                and not entry["name"].endswith(STREAM_SUFFIX)  # a model's streaming twin
             }
         )
 
@@ -285,7 +291,15 @@ class InpaintClient:
 
     @with_controls(INPAINT, skip=("image", "mask", "prompt"))
     def inpaint(
-        self, model: str, image: bytes, mask: bytes | None, prompt: str, **controls: Any
+        self,
+        model: str,
+        image: bytes,
+        mask: bytes | None,
+        prompt: str,
+        on_progress: Callable[[Progress], None] | None = None,
+        progress_every: int = 1,
+        previews: bool = False,
+        **controls: Any,
     ) -> InpaintResult:
         """Inpaint ``image`` where ``mask`` is white; an absent or ``None`` control takes its default.
 
@@ -294,10 +308,18 @@ class InpaintClient:
         or ``mask_prompt`` (``"eyes"``, ``"hair"``) has the server make the mask in the same request.
         ``dry_run`` checks everything a request can be refused for without running a network (images,
         mask, sizes, the memory budget, scheduler, strength) and answers with no images.
+
+        ``on_progress`` (gRPC only) is called with a :class:`Progress` every ``progress_every`` steps
+        while the request denoises, with a small JPEG preview of each image when ``previews``; the
+        result is the same as without it.
         """
         values = {"image": image, "mask": mask, "prompt": prompt, **INPAINT.keywords(controls, "inpaint")}
         values["lora"] = lora_text(values.get("lora"))  # also as (model, weight) pairs or {model, weight}
-        result = self._infer(self.resolve_model(model), values, RESPONSE_OUTPUTS, model)
+        if on_progress is None:
+            result = self._infer(self.resolve_model(model), values, RESPONSE_OUTPUTS, model)
+        else:
+            streamed = {**values, "progress_every": progress_every, "with_previews": previews}
+            result = self._stream(self.resolve_model(model), streamed, on_progress, model)
         images = [bytes(image) for image in result.as_numpy("output_image").reshape(-1)]
         seeds = [int(seed) for seed in result.as_numpy("output_seed").reshape(-1)]
         mask_used = bytes(result.as_numpy("output_mask").reshape(-1)[0])
@@ -329,6 +351,24 @@ class InpaintClient:
             raise self._refusal(exc, model_name, requested) from None
         except OSError as exc:  # HTTP: connection refused or reset
             raise ServerUnreachableError(str(exc)) from None
+
+    def _stream(
+        self, model_name: str, values: dict[str, Any], on_progress: Callable[[Progress], None], requested: str
+    ) -> Any:
+        """One request through the model's stream ensemble (see :mod:`triton_inpaint.client.streaming`)."""
+        if self.protocol != "grpc":
+            raise ValueError("on_progress: progress is streamed over gRPC only; use protocol='grpc'")
+        from tritonclient.utils import InferenceServerException
+
+        inputs = [self._input(name, value) for name, value in values.items() if value is not None]
+        wanted = [self._module.InferRequestedOutput(s.name) for s in (*RESPONSE_OUTPUTS, *STREAM_OUTPUTS)]
+        stream_name = model_name + STREAM_SUFFIX
+        try:
+            return stream_infer(self._client, stream_name, inputs, wanted, on_progress, self.timeout)
+        except InferenceServerException as exc:
+            raise self._refusal(exc, stream_name, requested) from None
+        except queue.Empty:
+            raise ServerUnreachableError(f"{stream_name}: no answer within {self.timeout} s") from None
 
     @contextlib.contextmanager
     def _answers(self) -> Iterator[None]:

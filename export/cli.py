@@ -165,6 +165,13 @@ def _add_batching_options(parser: argparse.ArgumentParser) -> None:
         "that work at every server start, at twice the disk)",
     )
     parser.add_argument(
+        "--no-stream",
+        dest="stream",
+        action="store_false",
+        help="leave out inpaint_<NAME>_stream and its denoise twin (progress and previews while a request "
+        "runs): one model process less, about 250 MiB",
+    )
+    parser.add_argument(
         "--quiet", action="store_true", help="no progress bar (one shows only on a terminal anyway)"
     )
 
@@ -241,7 +248,7 @@ def _threads(text: str) -> int:
 
 def _batching_options(args: argparse.Namespace) -> dict[str, object]:
     names = ("denoise_instances", "max_inflight", "ort_threads", "cpu_graphs", "runtime", "precision")
-    names += ("quiet",)
+    names += ("quiet", "stream")
     options = {name: getattr(args, name) for name in names}
     options |= {
         "gpu_instances": args.instance_kind == "gpu",

@@ -52,6 +52,7 @@ from triton_inpaint.networks.runners import (
 )
 from triton_inpaint.networks.torch_networks import save_network
 from triton_inpaint.pipelines.memory import VAE_ROLES, for_runtime
+from triton_inpaint.pipelines.previews import fit_preview_factors
 from triton_inpaint.pipelines.spec import PipelineSpec
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]{0,62}$")
@@ -90,6 +91,8 @@ class ExportOptions:
     default_steps: int | None = None
     default_guidance: float | None = None
     quiet: bool = False  # no progress bar (one shows only when stderr is a terminal anyway)
+    # inpaint_<NAME>_stream and <NAME>_denoise_stream: progress and previews while a request runs.
+    stream: bool = True
     default_scheduler: str | None = None
     family: str | None = None  # when given, the checkpoint must be of this family
     # LoRA adapters served with the model: (id, safetensors file), banked into its networks
@@ -239,24 +242,40 @@ def _with_names(
 
 
 def _denoise_config(
-    name: str, checkpoint_name: str, options: ExportOptions, runtime: RuntimeOptions, spec: PipelineSpec
+    name: str,
+    checkpoint_name: str,
+    options: ExportOptions,
+    runtime: RuntimeOptions,
+    spec: PipelineSpec,
+    stream: bool = False,
 ) -> mc.ModelConfig:
-    config = python_model_config(
-        name, contract.DENOISE_INPUTS, contract.DENOISE_OUTPUTS, options.denoise_instances
-    )
+    """``<NAME>_denoise``, or with ``stream`` its decoupled twin ``<NAME>_denoise_stream``, which answers
+    with progress before its result (a model's transaction policy is fixed, and Triton serves a model
+    that may be decoupled only over gRPC streams: the plain one keeps every client working)."""
+    inputs = contract.DENOISE_STREAM_INPUTS if stream else contract.DENOISE_INPUTS
+    outputs = contract.DENOISE_STREAM_OUTPUTS if stream else contract.DENOISE_OUTPUTS
+    config = python_model_config(name, inputs, outputs, options.denoise_instances)
     denoise_runtime_parameters(config, runtime, spec)
     config.parameters["submodel_prefix"].string_value = checkpoint_name
     config.parameters["max_inflight"].string_value = str(options.max_inflight)
     config.parameters["denoiser_max_batch"].string_value = str(contract.NETWORK_MAX_BATCH)
+    if stream:
+        config.parameters["stream"].string_value = "1"
+        config.model_transaction_policy.decoupled = True
     return config
 
 
 def _ensemble_config(
-    checkpoint_name: str, spec: PipelineSpec, model_id: str, aliases: tuple[str, ...] = ()
+    checkpoint_name: str,
+    spec: PipelineSpec,
+    model_id: str,
+    aliases: tuple[str, ...] = (),
+    stream: bool = False,
 ) -> mc.ModelConfig:
-    config = mc.ModelConfig(
-        name=contract.ensemble_name(checkpoint_name), platform="ensemble", max_batch_size=0
-    )
+    """``inpaint_<NAME>``, or with ``stream`` its decoupled twin that also answers with progress."""
+    named = contract.stream_ensemble_name if stream else contract.ensemble_name
+    name = named(checkpoint_name)
+    config = mc.ModelConfig(name=name, platform="ensemble", max_batch_size=0)
     # What a client needs to pick a model, readable from the server (the client's list_models).
     described = {
         "model_id": model_id,
@@ -271,21 +290,16 @@ def _ensemble_config(
     }
     for key, value in described.items():
         config.parameters[key].string_value = value
-    add_tensors(config.input, contract.REQUEST_INPUTS)
-    add_tensors(config.output, contract.RESPONSE_OUTPUTS)
-    steps = (
-        (contract.PREPROCESS_MODEL, contract.PREPROCESS_INPUTS, contract.PREPROCESS_OUTPUTS),
-        (contract.denoise_name(checkpoint_name), contract.DENOISE_INPUTS, contract.DENOISE_OUTPUTS),
-        (contract.POSTPROCESS_MODEL, contract.POSTPROCESS_INPUTS, contract.POSTPROCESS_OUTPUTS),
-    )
-    for model_name, inputs, outputs in steps:
+    add_tensors(config.input, (*contract.REQUEST_INPUTS, *(contract.STREAM_INPUTS if stream else ())))
+    add_tensors(config.output, (*contract.RESPONSE_OUTPUTS, *(contract.STREAM_OUTPUTS if stream else ())))
+    if stream:
+        config.model_transaction_policy.decoupled = True
+    for model_name, inputs, outputs in contract.ensemble_steps(checkpoint_name, stream):
         step = config.ensemble_scheduling.step.add()
         step.model_name = model_name
         step.model_version = -1
-        for spec in inputs:
-            step.input_map[spec.name] = spec.name
-        for spec in outputs:
-            step.output_map[spec.name] = spec.name
+        step.input_map.update(inputs)
+        step.output_map.update(outputs)
     return config
 
 
@@ -295,6 +309,11 @@ def check_name(name: str) -> str:
     if not NAME_PATTERN.match(name):
         raise ValueError(
             f"--name {name!r}: use 1-63 letters, digits, '_' or '-', starting with a letter or digit"
+        )
+    if name.endswith(contract.STREAM_SUFFIX):
+        raise ValueError(
+            f"--name {name!r}: a name may not end in {contract.STREAM_SUFFIX!r} (inpaint_NAME_stream is each "
+            "model's streaming twin)"
         )
     roles = {role for architecture in ("sd", "sdxl", "flux") for role in network_tensors(architecture)}
     written = {contract.ensemble_name(name), contract.denoise_name(name), *(f"{name}_{r}" for r in roles)}
@@ -342,7 +361,7 @@ def export_checkpoint(
             "gpu-torch; export without --lora or with another --runtime"
         )
     pipeline = load_pipeline(checkpoint)
-    spec = PipelineSpec.from_diffusers(pipeline)
+    spec = replace(PipelineSpec.from_diffusers(pipeline), preview_factors=fit_preview_factors(pipeline))
     if options.lora:
         spec = replace(
             spec,
@@ -379,20 +398,23 @@ def export_checkpoint(
         model_dirs = {role: scratch / f"{name}_{role}" for role in network_tensors(spec.architecture)}
         checks = _write_networks(pipeline, spec, model_dirs, options, runtime, log)
 
-        denoise_dir = scratch / contract.denoise_name(name)
-        version = denoise_dir / "1"
-        write_model_py(version, "triton_inpaint.triton.denoise")
-        pipeline.tokenizer.save_pretrained(version / "tokenizer")
-        if spec.sdxl or spec.flux:
-            pipeline.tokenizer_2.save_pretrained(version / "tokenizer_2")
-        pipeline.scheduler.save_pretrained(version / "scheduler")
-        spec.save(version)
-        write_config(denoise_dir, _denoise_config(denoise_dir.name, name, options, runtime, spec))
+        streams = (False, True) if options.stream else (False,)
+        for stream in streams:
+            denoise_dir = scratch / (contract.denoise_name(name) + (contract.STREAM_SUFFIX if stream else ""))
+            version = denoise_dir / "1"
+            write_model_py(version, "triton_inpaint.triton.denoise")
+            pipeline.tokenizer.save_pretrained(version / "tokenizer")
+            if spec.sdxl or spec.flux:
+                pipeline.tokenizer_2.save_pretrained(version / "tokenizer_2")
+            pipeline.scheduler.save_pretrained(version / "scheduler")
+            spec.save(version)
+            write_config(denoise_dir, _denoise_config(denoise_dir.name, name, options, runtime, spec, stream))
 
-        ensemble_dir = scratch / contract.ensemble_name(name)
-        (ensemble_dir / "1").mkdir(parents=True)
         model_id = options.model_id or f"local:{name}@1"
-        write_config(ensemble_dir, _ensemble_config(name, spec, model_id, options.model_aliases))
+        for stream in streams:
+            config = _ensemble_config(name, spec, model_id, options.model_aliases, stream)
+            (scratch / config.name / "1").mkdir(parents=True)
+            write_config(scratch / config.name, config)
 
         move_into(scratch, repository)
         return [replace(check, path=repository / check.path.relative_to(scratch)) for check in checks]

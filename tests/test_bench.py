@@ -40,7 +40,8 @@ def test_quick_bench_writes_every_figure(tmp_path, work):
     assert results["machine"]["versions"]["tritonclient"] == "2.51.0"
     (model,) = results["models"]
     assert model["model"] == "benchtiny"
-    assert set(model["median_s"]) == {"diffusers", "ours_in_process", "served_grpc", "gateway"}
+    methods = {"diffusers", "ours_in_process", "served_grpc", "served_grpc_stream", "gateway"}
+    assert set(model["median_s"]) == methods
     assert all(_finite_positive(value) for value in model["median_s"].values())
     assert all(_finite_positive(value) for value in model["ratios"].values())
     assert _finite_positive(model["cold_start_s"])

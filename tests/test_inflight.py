@@ -53,7 +53,7 @@ def served(request, exported_repository):
     repository, _ = exported_repository
     name = request.param
     spec = PipelineSpec.load(repository / f"{name}_denoise" / "1")
-    roles = network_tensors(spec.architecture)
+    roles = network_tensors(spec.architecture)  # tinybase and tinyxl hold LoRA banks: lora_roles
     run = onnx_runner({role: repository / f"{name}_{role}" / "1" / "model.onnx" for role in roles})
     calls: list[int] = []
 
@@ -62,7 +62,7 @@ def served(request, exported_repository):
             calls.append(next(iter(inputs.values())).shape[0])
         return run(model, inputs, outputs)
 
-    components = RunnerComponents(recording, architecture=spec.architecture)
+    components = RunnerComponents(recording, architecture=spec.architecture, lora_roles=spec.lora_roles)
     pipeline_class = FluxFillInpaintPipeline if spec.flux else SDInpaintPipeline
     pipeline = pipeline_class.from_directory(repository / f"{name}_denoise" / "1", components)
     requests = [_params(r) for r in (FLUX_REQUESTS if spec.flux else SD_REQUESTS)]

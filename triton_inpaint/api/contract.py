@@ -72,10 +72,47 @@ SOFT_MASK = TensorSpec("soft_mask", "TYPE_FP32", (-1, -1))
 GENERATED_IMAGE = TensorSpec("generated_image", "TYPE_UINT8", (-1, -1, -1, 3))
 CROP_BOX = TensorSpec("crop_box", "TYPE_INT32", (4,))
 
+OUTPUT_MASK = RESPONSE_OUTPUTS[2]
+PROGRESS = TensorSpec("progress", "TYPE_INT32", (2,))
+PREVIEW = TensorSpec("preview", "TYPE_STRING", (-1,))
+
+# What only the streaming ensemble (``inpaint_<NAME>_stream``) takes: how often the denoise model
+# answers with its progress before the result, and whether with previews.
+STREAM_INPUTS: tuple[TensorSpec, ...] = (
+    TensorSpec("progress_every", "TYPE_INT32", (1,), optional=True,
+               description="a progress response every this many steps; 0 (the default): only the result"),
+    TensorSpec("with_previews", "TYPE_BOOL", (1,), optional=True,
+               description="progress responses carry a small JPEG preview of each image"),
+)  # fmt: skip
+
+# What the streaming ensemble answers besides the result's outputs.
+STREAM_OUTPUTS: tuple[TensorSpec, ...] = (
+    TensorSpec("output_progress", "TYPE_INT32", (2,),
+               description="denoising steps taken and in all (the result: all of them)"),
+    TensorSpec("output_preview", "TYPE_STRING", (-1,),
+               description="progress responses with previews: a small JPEG of each image so far; else empty"),
+)  # fmt: skip
+
+# The streaming denoise model is decoupled (it answers with progress before its result), and Triton's
+# ensembles take every input of a later step from that one model: so it passes on, renamed ``kept_*``,
+# the tensors postprocess and the ensemble's outputs need from earlier (checked values of the output
+# controls included).
+KEPT_FROM_EARLIER = (ORIGINAL_IMAGE, SOFT_MASK, OUTPUT_MASK, *stage_inputs(POSTPROCESS))
+KEPT_PREFIX = "kept_"
+
+
+def kept(spec: TensorSpec) -> TensorSpec:
+    """The denoise model's output that passes ``spec`` on."""
+    return TensorSpec(KEPT_PREFIX + spec.name, spec.data_type, spec.dims)
+
+
 PREPROCESS_INPUTS = stage_inputs(PREPROCESS)
-PREPROCESS_OUTPUTS = (ORIGINAL_IMAGE, SOFT_MASK, RESPONSE_OUTPUTS[2])
+PREPROCESS_OUTPUTS = (ORIGINAL_IMAGE, SOFT_MASK, OUTPUT_MASK)
 DENOISE_INPUTS = (ORIGINAL_IMAGE, SOFT_MASK, *stage_inputs(DENOISE))
 DENOISE_OUTPUTS = (GENERATED_IMAGE, CROP_BOX, RESPONSE_OUTPUTS[1])
+# ``<NAME>_denoise_stream``: the same model, decoupled, in the streaming ensemble.
+DENOISE_STREAM_INPUTS = (*DENOISE_INPUTS, OUTPUT_MASK, *stage_inputs(POSTPROCESS), *STREAM_INPUTS)
+DENOISE_STREAM_OUTPUTS = (*DENOISE_OUTPUTS, PROGRESS, PREVIEW, *(kept(spec) for spec in KEPT_FROM_EARLIER))
 POSTPROCESS_INPUTS = (GENERATED_IMAGE, CROP_BOX, ORIGINAL_IMAGE, SOFT_MASK, *stage_inputs(POSTPROCESS))
 POSTPROCESS_OUTPUTS = (RESPONSE_OUTPUTS[0],)
 
@@ -91,6 +128,47 @@ POSTPROCESS_MODEL = "inpaint_postprocess"
 
 def ensemble_name(checkpoint_name: str) -> str:
     return f"inpaint_{checkpoint_name}"
+
+
+STREAM_SUFFIX = "_stream"
+
+
+def stream_ensemble_name(checkpoint_name: str) -> str:
+    """The decoupled twin of ``inpaint_<NAME>``: the same steps, answered with progress before the result
+    (gRPC streaming only, as every decoupled model)."""
+    return ensemble_name(checkpoint_name) + STREAM_SUFFIX
+
+
+Wiring = tuple[str, dict[str, str], dict[str, str]]  # model, {its input: tensor}, {its output: tensor}
+
+
+def ensemble_steps(checkpoint_name: str, stream: bool = False) -> list[Wiring]:
+    """Each step of ``inpaint_<NAME>`` (or its stream twin) with its inputs and outputs mapped to the
+    ensemble's tensors. Names stay the same from step to step; in the stream twin, what passes through
+    its denoise model (``kept_*``, see :data:`KEPT_FROM_EARLIER`) is what the later steps read."""
+
+    def same(specs: tuple[TensorSpec, ...]) -> dict[str, str]:
+        return {spec.name: spec.name for spec in specs}
+
+    denoise = denoise_name(checkpoint_name)
+    if not stream:
+        return [
+            (PREPROCESS_MODEL, same(PREPROCESS_INPUTS), same(PREPROCESS_OUTPUTS)),
+            (denoise, same(DENOISE_INPUTS), same(DENOISE_OUTPUTS)),
+            (POSTPROCESS_MODEL, same(POSTPROCESS_INPUTS), same(POSTPROCESS_OUTPUTS)),
+        ]
+    mask = {OUTPUT_MASK.name: "preprocessed_mask"}
+    denoise_outputs = same(DENOISE_STREAM_OUTPUTS) | {
+        PROGRESS.name: STREAM_OUTPUTS[0].name,
+        PREVIEW.name: STREAM_OUTPUTS[1].name,
+        kept(OUTPUT_MASK).name: OUTPUT_MASK.name,
+    }
+    passed_on = {spec.name: kept(spec).name for spec in KEPT_FROM_EARLIER if spec is not OUTPUT_MASK}
+    return [
+        (PREPROCESS_MODEL, same(PREPROCESS_INPUTS), same(PREPROCESS_OUTPUTS) | mask),
+        (denoise + STREAM_SUFFIX, same(DENOISE_STREAM_INPUTS) | mask, denoise_outputs),
+        (POSTPROCESS_MODEL, same(POSTPROCESS_INPUTS) | passed_on, same(POSTPROCESS_OUTPUTS)),
+    ]
 
 
 def denoise_name(checkpoint_name: str) -> str:

@@ -18,10 +18,16 @@ responses; tests drive the same code with onnxruntime.
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
+import json
+import os
+import tempfile
 import threading
 import traceback
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
@@ -130,17 +136,87 @@ def advance_together(jobs: list[DenoiseJob], max_rows: int) -> list[tuple[Denois
 
 
 Callback = Callable[[Result | None, BaseException | None], None]
+Progress = Callable[[DenoiseJob], None]  # told of a job's step, on the worker thread
+
+
+class SharedLedger:
+    """The memory every denoise process of one checkpoint on one host has reserved: the plain model and
+    its streaming twin each batch their own requests, and together they must stay within one budget.
+
+    A small JSON file, ``{pid: [requests, bytes]}``, read and written under an exclusive ``flock``;
+    entries of processes that are gone (a model reloaded, a stub killed) are dropped on every read.
+    Written by hand: the standard library's multiprocessing shares memory only between a parent and
+    the processes it starts, and Triton starts each model's process itself."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def _change(self, change: Callable[[dict[str, list[int]]], bool]) -> bool:
+        with open(self.path, "a+") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            handle.seek(0)
+            text = handle.read()
+            entries = {pid: value for pid, value in (json.loads(text) if text else {}).items() if _alive(pid)}
+            changed = change(entries)
+            if changed:
+                handle.seek(0)
+                handle.truncate()
+                handle.write(json.dumps(entries))
+            return changed
+
+    def reserve(self, cost: int, budget: int | None) -> bool:
+        """Reserve ``cost`` bytes if they fit ``budget`` with everyone's (alone, a request always fits)."""
+
+        def change(entries: dict[str, list[int]]) -> bool:
+            active = sum(requests for requests, _ in entries.values())
+            reserved = sum(used for _, used in entries.values())
+            if active and budget is not None and reserved + cost > budget:
+                return False
+            mine = entries.setdefault(str(os.getpid()), [0, 0])
+            mine[0], mine[1] = mine[0] + 1, mine[1] + cost
+            return True
+
+        return self._change(change)
+
+    def release(self, cost: int) -> None:
+        def change(entries: dict[str, list[int]]) -> bool:
+            mine = entries.setdefault(str(os.getpid()), [0, 0])
+            mine[0], mine[1] = max(0, mine[0] - 1), max(0, mine[1] - cost)
+            return True
+
+        self._change(change)
+
+
+def ledger_path(repository: Path, checkpoint: str, device: object = None) -> Path:
+    """Where the denoise processes of ``checkpoint`` served from ``repository`` on ``device`` keep
+    their :class:`SharedLedger` (the system's temporary folder)."""
+    key = hashlib.sha1(f"{repository.resolve()}|{checkpoint}|{device}".encode()).hexdigest()[:16]
+    return Path(tempfile.gettempdir()) / f"triton-inpaint-budget-{key}.json"
+
+
+def _alive(pid: str) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's, but there
+        return True
+    return True
 
 
 class Admission:
     """Who may start: at most ``max_active`` requests in flight, whose memory (bytes each declares when
     it enters) stays within ``budget``. A request that does not fit now waits for others to finish;
     one alone is always let in (a request larger than the budget is refused before it asks). Callers
-    enter one at a time (the model's ``execute``), so they are let in in arrival order."""
+    enter one at a time (the model's ``execute``), so they are let in in arrival order. With a
+    ``ledger``, the budget is shared with the other processes that keep it (:class:`SharedLedger`)."""
 
-    def __init__(self, max_active: int, budget: int | None = None) -> None:
+    def __init__(
+        self, max_active: int, budget: int | None = None, ledger: SharedLedger | None = None
+    ) -> None:
         self.max_active = max_active
         self.budget = budget  # None: memory is not counted
+        self.ledger = ledger
         self.active = 0
         self.reserved = 0
         self._condition = threading.Condition()
@@ -148,11 +224,15 @@ class Admission:
     def _fits(self, cost: int) -> bool:
         if self.active >= self.max_active:
             return False
+        if self.ledger is not None:  # everyone's reservations, this process's included; reserves on success
+            return self.ledger.reserve(cost, self.budget)
         return self.active == 0 or self.budget is None or self.reserved + cost <= self.budget
 
     def enter(self, cost: int = 0) -> None:
         with self._condition:
-            self._condition.wait_for(lambda: self._fits(cost))
+            # Another process's request leaving is not notified here: look again every 20 ms.
+            while not self._fits(cost):
+                self._condition.wait(timeout=None if self.ledger is None else 0.02)
             self.active += 1
             self.reserved += cost
 
@@ -160,6 +240,8 @@ class Admission:
         with self._condition:
             self.active -= 1
             self.reserved -= cost
+            if self.ledger is not None:
+                self.ledger.release(cost)
             self._condition.notify_all()
 
 
@@ -173,15 +255,22 @@ class InflightBatcher:
     Each submitted job's ``callback`` is called exactly once, with its result or its error.
     """
 
-    def __init__(self, max_rows: int, max_active: int, log: Callable[[str], None] | None = None) -> None:
+    def __init__(
+        self,
+        max_rows: int,
+        max_active: int,
+        log: Callable[[str], None] | None = None,
+        ledger: SharedLedger | None = None,
+    ) -> None:
         if max_active < 1 or max_rows < 1:
             raise ValueError(f"max_active and max_rows must be at least 1, got {max_active}, {max_rows}")
         self.max_rows = max_rows
         self._log = log or (lambda message: None)
-        self.admission = Admission(max_active)
+        self.admission = Admission(max_active, ledger=ledger)
         self._condition = threading.Condition()
         self._incoming: list[tuple[DenoiseJob, Callback]] = []
         self._costs: dict[int, int] = {}  # id(job) -> the memory its slot holds
+        self._progress: dict[int, Progress] = {}  # id(job) -> told after each of its steps but the last
         self._closed = False
         # Decoding runs beside the next ticks rather than stalling every other request's loop.
         self._finisher = ThreadPoolExecutor(1, thread_name_prefix="denoise-finish")
@@ -197,14 +286,19 @@ class InflightBatcher:
         """Give back a slot taken for a job that was never submitted (e.g. it failed to start)."""
         self.admission.leave(cost)
 
-    def submit(self, job: DenoiseJob, callback: Callback, cost: int = 0) -> None:
-        """Add a started job (its slot already acquired with ``cost``); it joins at the next tick."""
+    def submit(
+        self, job: DenoiseJob, callback: Callback, cost: int = 0, progress: Progress | None = None
+    ) -> None:
+        """Add a started job (its slot already acquired with ``cost``); it joins at the next tick.
+        ``progress`` is told after each step but the last (which ``callback``'s result follows)."""
         with self._condition:
             if self._closed:
                 self.admission.leave(cost)
                 callback(None, RuntimeError("the model is shutting down"))
                 return
             self._costs[id(job)] = cost
+            if progress is not None:
+                self._progress[id(job)] = progress
             self._incoming.append((job, callback))
             self._condition.notify()
 
@@ -226,6 +320,7 @@ class InflightBatcher:
         finally:
             with self._condition:  # an RLock: the loop may hold it already
                 cost = self._costs.pop(id(job), 0)
+                self._progress.pop(id(job), None)
             self.admission.leave(cost)
 
     def _finish(self, job: DenoiseJob, callback: Callback) -> None:
@@ -261,5 +356,15 @@ class InflightBatcher:
                 if job.done:
                     self._finisher.submit(self._finish, job, callback)
                 else:
+                    self._tell(job)
                     remaining.append((job, callback))
             active = remaining
+
+    def _tell(self, job: DenoiseJob) -> None:
+        progress = self._progress.get(id(job))
+        if progress is None:
+            return
+        try:
+            progress(job)
+        except Exception:  # noqa: BLE001 - a failed progress report must not fail the request
+            self._log(f"reporting progress failed: {traceback.format_exc()}")

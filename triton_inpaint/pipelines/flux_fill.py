@@ -310,8 +310,18 @@ class FluxJob(SteppedJob):
 
     def advance(self, prediction: torch.Tensor) -> None:
         t = self.timesteps[self.index]
-        self.latents = self.scheduler.step(prediction, t, self.latents, return_dict=False)[0]
+        noisy = self.latents
+        self.latents = self.scheduler.step(prediction, t, noisy, return_dict=False)[0]
+        # Flow matching: the clean estimate is x_t - sigma_t * v (what a progress preview shows).
+        self.sigma = float(self.scheduler.sigmas[self.scheduler.step_index - 1])
+        self.velocity, self.noisy = prediction, noisy
         self.index += 1
+
+    def preview_latents(self) -> torch.Tensor:
+        """The clean estimate after the last step taken, unpacked to (B, C, h, w)."""
+        estimate = self.noisy - self.sigma * self.velocity if hasattr(self, "sigma") else self.latents
+        factor = self.pipeline.spec.vae_scale_factor
+        return FluxFillPipeline._unpack_latents(estimate, self.height, self.width, factor)
 
     def finish(self) -> tuple[np.ndarray, Box]:
         return self.pipeline.decode(self.latents, self.width, self.height, self.vae_tile), self.box

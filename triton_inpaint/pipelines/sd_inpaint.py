@@ -413,7 +413,11 @@ class SDJob(SteppedJob):
         if self.do_cfg:
             noise_pred_uncond, noise_pred_text = noise_pred.chunk(2)
             noise_pred = noise_pred_uncond + self.guidance_scale * (noise_pred_text - noise_pred_uncond)
-        latents = self.scheduler.step(noise_pred, t, self.latents, **self.step_kwargs, return_dict=False)[0]
+        stepped = self.scheduler.step(noise_pred, t, self.latents, **self.step_kwargs, return_dict=False)
+        latents = stepped[0]
+        # The scheduler's estimate of the clean latents where it gives one (DDIM, Euler, LMS...): what a
+        # preview shows; otherwise the latents themselves.
+        self.denoised = stepped[1] if len(stepped) > 1 and stepped[1] is not None else latents
         if self.pipeline.blends_latents:
             # Base UNets: the known region is the original, noised to the next timestep.
             init_latents_proper = self.image_latents
@@ -424,6 +428,10 @@ class SDJob(SteppedJob):
             latents = (1 - init_mask) * init_latents_proper + init_mask * latents
         self.latents = latents
         self.index += 1
+
+    def preview_latents(self) -> torch.Tensor:
+        """The latents a progress preview shows: the clean estimate after the last step taken."""
+        return getattr(self, "denoised", self.latents)
 
     def finish(self) -> tuple[np.ndarray, Box]:
         return self.pipeline.decode(self.latents, self.vae_tile), self.box

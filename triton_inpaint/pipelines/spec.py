@@ -50,6 +50,8 @@ class PipelineSpec:
     # columns) and the networks that take that input (see triton_inpaint.networks.lora).
     adapters: tuple[str, ...] = ()
     lora_roles: tuple[str, ...] = ()
+    # RGB from denoiser latents, fitted to the VAE (triton_inpaint.pipelines.previews); None: no previews.
+    preview_factors: list[list[float]] | None = None
 
     @classmethod
     def from_diffusers(cls, pipeline: Any) -> PipelineSpec:

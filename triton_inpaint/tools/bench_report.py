@@ -9,6 +9,8 @@ from typing import Any
 TARGETS = {
     "served_over_in_process": {"benchtiny": 1.10, "benchsmall": 1.03},
     "ours_over_diffusers": {"benchtiny": 0.65, "benchsmall": 0.65},
+    # progress and a preview every step cost at most a few percent where steps take real work
+    "stream_over_served": {"benchtiny": None, "benchsmall": 1.05},
     "throughput_c4_over_c1": {"benchtiny": 1.5, "benchsmall": 1.2},
 }
 
@@ -48,9 +50,9 @@ def markdown(results: dict[str, Any]) -> str:
 def _side_by_side(results: dict[str, Any]) -> list[str]:
     """One request timed each way."""
     lines = ["## One request, side by side (interleaved rounds)", ""]
-    lines += [_row(["model", "px", "steps", "diffusers", "ours in-process", "served gRPC", "gateway",
-                    "served / in-process", "ours / diffusers", "cold start"]),
-              _row(["---"] * 10)]  # fmt: skip
+    lines += [_row(["model", "px", "steps", "diffusers", "ours in-process", "served gRPC", "streamed gRPC",
+                    "gateway", "served / in-process", "streamed / served", "ours / diffusers", "cold start"]),
+              _row(["---"] * 12)]  # fmt: skip
     for model in results["models"]:
         m, r, s = model["median_s"], model["ratios"], model.get("spread_s", {})
         lines.append(
@@ -61,9 +63,16 @@ def _side_by_side(results: dict[str, Any]) -> list[str]:
                     model["steps"],
                     *(
                         _ranged(m[method], s.get(method), ".3f", " s")
-                        for method in ("diffusers", "ours_in_process", "served_grpc", "gateway")
+                        for method in (
+                            "diffusers",
+                            "ours_in_process",
+                            "served_grpc",
+                            "served_grpc_stream",
+                            "gateway",
+                        )
                     ),
                     f"{r['served_over_in_process']:.3f}",
+                    f"{r['stream_over_served']:.3f}",
                     f"{r['ours_over_diffusers']:.3f}",
                     f"{model['cold_start_s']:.1f} s",
                 ]

@@ -43,7 +43,8 @@ from triton_inpaint.tools import perf
 PROMPT = "a red brick wall"
 SEED = 7
 GUIDANCE = 7.0
-METHODS = ("diffusers", "ours_in_process", "served_grpc", "gateway")
+# served_grpc_stream: the same request through inpaint_<NAME>_stream, with progress and a preview every step.
+METHODS = ("diffusers", "ours_in_process", "served_grpc", "served_grpc_stream", "gateway")
 
 
 @dataclass(frozen=True)
@@ -302,6 +303,7 @@ def _ratios(medians: dict[str, float], sweep: list[dict[str, Any]]) -> dict[str,
         "served_over_in_process": medians["served_grpc"] / medians["ours_in_process"],
         "gateway_over_in_process": medians["gateway"] / medians["ours_in_process"],
         "ours_over_diffusers": medians["ours_in_process"] / medians["diffusers"],
+        "stream_over_served": medians["served_grpc_stream"] / medians["served_grpc"],
         **{
             f"throughput_c{entry['concurrency']}_over_c1": entry["throughput_rps"] / c1 for entry in sweep[1:]
         },
@@ -379,7 +381,7 @@ def bench_model(size: str, plan: BenchPlan, work: Path, out: Path, quiet: bool =
     controls = {"scheduler": scheduler, **contest.controls}
     _log(f"{name}: starting Triton with only this model (cold start)")
     # The ensemble brings its steps; the networks the denoise model calls through BLS are named too.
-    models = [f"inpaint_{name}", *(f"{name}_{role}" for role in SD_TENSORS)]
+    models = [f"inpaint_{name}", f"inpaint_{name}_stream", *(f"{name}_{role}" for role in SD_TENSORS)]
     server = TritonServer(with_builtin([repository]), free_port(), free_port(), free_port(), models=models)
     started = time.perf_counter()
     server.start(timeout=600)
@@ -392,6 +394,9 @@ def bench_model(size: str, plan: BenchPlan, work: Path, out: Path, quiet: bool =
         methods = {
             **contest.in_process,
             "served_grpc": lambda: client.inpaint(name, *request, **controls),
+            "served_grpc_stream": lambda: client.inpaint(
+                name, *request, on_progress=lambda _: None, previews=True, **controls
+            ),
             "gateway": lambda: gateway_client.inpaint(name, *request, **controls),
         }
         _log(f"{name}: {plan.rounds} interleaved rounds of {', '.join(methods)} ({plan.steps} steps)")

@@ -86,6 +86,8 @@ TABLES: dict[str, Callable[[], str]] = {
     "ensemble-inputs": lambda: tensors_table(contract.REQUEST_INPUTS),
     "ensemble-outputs": lambda: tensors_table(contract.RESPONSE_OUTPUTS, "output"),
     "ensemble-steps": steps_table,
+    "stream-inputs": lambda: tensors_table(contract.STREAM_INPUTS),
+    "stream-outputs": lambda: tensors_table(contract.STREAM_OUTPUTS, "output"),
     "masking-inputs": lambda: tensors_table(contract.MASKING_INPUTS),
     "masking-outputs": lambda: tensors_table(contract.MASKING_OUTPUTS, "output"),
 }

@@ -26,7 +26,7 @@ from triton_inpaint.api.params import DenoiseParams
 from triton_inpaint.api.schema import DENOISE, INPAINT
 from triton_inpaint.api.sizes import BUDGET_ENV, gib
 from triton_inpaint.networks.runners import RunnerComponents, network_tensors
-from triton_inpaint.pipelines.batching import InflightBatcher
+from triton_inpaint.pipelines.batching import InflightBatcher, SharedLedger, ledger_path
 from triton_inpaint.pipelines.flux_fill import FluxFillInpaintPipeline
 from triton_inpaint.pipelines.memory import device_budget, host_budget
 from triton_inpaint.pipelines.sd_inpaint import SDInpaintPipeline
@@ -39,6 +39,7 @@ from triton_inpaint.triton.io import (
     send_final,
     tensor,
 )
+from triton_inpaint.triton.progress import denoise_outputs, passed_on, progress_reporter, read_stream
 
 
 class TritonPythonModel:
@@ -65,7 +66,11 @@ class TritonPythonModel:
         max_inflight = config_parameter(config, "max_inflight", DEFAULT_MAX_INFLIGHT)
         max_rows = config_parameter(config, "denoiser_max_batch", NETWORK_MAX_BATCH)
         self.pipeline.max_side = config_parameter(config, "max_side", 0) or None
-        self.batcher = InflightBatcher(max_rows, max_inflight, log=self.logger.log_error)
+        # The decoupled twin in inpaint_<NAME>_stream: progress responses, and what postprocess reads.
+        self.stream = bool(config_parameter(config, "stream", 0))
+        # The plain model and its streaming twin (each its own process) keep one memory budget.
+        ledger = SharedLedger(ledger_path(Path(args["model_repository"]).parent, prefix, device))
+        self.batcher = InflightBatcher(max_rows, max_inflight, log=self.logger.log_error, ledger=ledger)
         self.name = args["model_name"]
         # The memory budget is what is left once every model is loaded: read at the first request, when
         # Triton has loaded them all (on this instance's GPU for the GPU runtimes).
@@ -105,13 +110,15 @@ class TritonPythonModel:
         for request in requests:
             try:
                 params, image, mask, plan = self._plan(request)
+                kept = passed_on(request) if self.stream else None
+                stream = read_stream(request, self.pipeline.spec) if self.stream else None
             except Exception as exc:  # noqa: BLE001 - this request's refusal; the others go on
                 send_final(request, error_response(exc, request, self.logger))
                 continue
             if params.dry_run:  # every check passed: answer with no images
                 generated = np.zeros((0, plan.height, plan.width, 3), np.uint8)
                 box = plan.crop or (0, 0, mask.shape[1], mask.shape[0])
-                outputs = _outputs(generated, box, params)
+                outputs = denoise_outputs(generated, box, params, kept, done(plan))
                 send_final(request, pb_utils.InferenceResponse(output_tensors=outputs))
                 continue
             self.batcher.acquire(plan.need.bytes)  # waits for a slot and for the memory it needs
@@ -121,16 +128,20 @@ class TritonPythonModel:
                 self.batcher.release(plan.need.bytes)
                 send_final(request, error_response(exc, request, self.logger))
                 continue
-            self.batcher.submit(started, self._answer(request, params), plan.need.bytes)
+            progress = None if stream is None else progress_reporter(request, params, kept, stream)
+            self.batcher.submit(started, self._answer(request, params, kept, plan), plan.need.bytes, progress)
         return None
 
-    def _answer(self, request: Any, params: DenoiseParams) -> Any:
+    def _answer(
+        self, request: Any, params: DenoiseParams, kept: dict[str, np.ndarray] | None, plan: Any
+    ) -> Any:
         def answer(result: tuple[np.ndarray, Any] | None, error: BaseException | None) -> None:
             if error is not None:
                 send_final(request, error_response(error, request, self.logger))
                 return
             generated, box = result
-            send_final(request, pb_utils.InferenceResponse(output_tensors=_outputs(generated, box, params)))
+            outputs = denoise_outputs(generated, box, params, kept, done(plan))
+            send_final(request, pb_utils.InferenceResponse(output_tensors=outputs))
 
         return answer
 
@@ -138,9 +149,6 @@ class TritonPythonModel:
         self.batcher.close()
 
 
-def _outputs(generated: np.ndarray, box: Any, params: DenoiseParams) -> list[Any]:
-    return [
-        pb_utils.Tensor("generated_image", generated),
-        pb_utils.Tensor("crop_box", np.array(box, dtype=np.int32)),
-        pb_utils.Tensor("output_seed", np.array(params.seeds, dtype=np.int64)),
-    ]
+def done(plan: Any) -> tuple[int, int]:
+    """A result's progress: every step taken."""
+    return len(plan.timesteps), len(plan.timesteps)
