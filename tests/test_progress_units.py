@@ -107,3 +107,22 @@ def test_the_fitted_projection_inverts_the_vaes_own_map():
     (preview,) = preview_images(latents, factors)
     recovered = preview.reshape(-1, 3).mean(axis=0) / 127.5 - 1
     assert np.abs(recovered - [0.6, -0.4, 0.2]).max() < 1 / 100
+
+
+def test_the_ledger_lives_in_dev_shm_and_an_unwritable_place_means_no_ledger(tmp_path):
+    """The Helm chart's Triton pods have a read-only root file system and a writable /dev/shm."""
+    from pathlib import Path
+
+    from triton_inpaint.pipelines.batching import ledger_path, open_ledger
+
+    path = ledger_path(tmp_path, "tiny")
+    import os
+    import tempfile
+
+    shm = Path("/dev/shm")
+    assert path.parent == (shm if os.access(shm, os.W_OK) else Path(tempfile.gettempdir()))
+    assert path == ledger_path(tmp_path, "tiny") != ledger_path(tmp_path, "x")
+    warnings: list[str] = []
+    assert open_ledger(tmp_path / "missing" / "budget.json", warnings.append) is None
+    assert "not shared with the streaming twin" in warnings[0]
+    assert open_ledger(tmp_path / "budget.json", warnings.append) is not None

@@ -189,9 +189,24 @@ class SharedLedger:
 
 def ledger_path(repository: Path, checkpoint: str, device: object = None) -> Path:
     """Where the denoise processes of ``checkpoint`` served from ``repository`` on ``device`` keep
-    their :class:`SharedLedger` (the system's temporary folder)."""
+    their :class:`SharedLedger`: ``/dev/shm`` where it is writable (the Helm chart's Triton pods have a
+    read-only root file system and a memory-backed ``/dev/shm``), else the temporary folder."""
     key = hashlib.sha1(f"{repository.resolve()}|{checkpoint}|{device}".encode()).hexdigest()[:16]
-    return Path(tempfile.gettempdir()) / f"triton-inpaint-budget-{key}.json"
+    shm = Path("/dev/shm")
+    folder = shm if shm.is_dir() and os.access(shm, os.W_OK) else Path(tempfile.gettempdir())
+    return folder / f"triton-inpaint-budget-{key}.json"
+
+
+def open_ledger(path: Path, log: Callable[[str], None]) -> SharedLedger | None:
+    """The ledger at ``path``, or None (and a warning: each process then keeps the budget alone) where
+    no file can be written there."""
+    try:
+        with open(path, "a"):
+            pass
+    except OSError as exc:
+        log(f"the memory budget is not shared with the streaming twin: {path}: {exc.strerror}")
+        return None
+    return SharedLedger(path)
 
 
 def _alive(pid: str) -> bool:

@@ -26,7 +26,7 @@ from triton_inpaint.api.params import DenoiseParams
 from triton_inpaint.api.schema import DENOISE, INPAINT
 from triton_inpaint.api.sizes import BUDGET_ENV, gib
 from triton_inpaint.networks.runners import RunnerComponents, network_tensors
-from triton_inpaint.pipelines.batching import InflightBatcher, SharedLedger, ledger_path
+from triton_inpaint.pipelines.batching import InflightBatcher, ledger_path, open_ledger
 from triton_inpaint.pipelines.flux_fill import FluxFillInpaintPipeline
 from triton_inpaint.pipelines.memory import device_budget, host_budget
 from triton_inpaint.pipelines.sd_inpaint import SDInpaintPipeline
@@ -69,7 +69,9 @@ class TritonPythonModel:
         # The decoupled twin in inpaint_<NAME>_stream: progress responses, and what postprocess reads.
         self.stream = bool(config_parameter(config, "stream", 0))
         # The plain model and its streaming twin (each its own process) keep one memory budget.
-        ledger = SharedLedger(ledger_path(Path(args["model_repository"]).parent, prefix, device))
+        ledger = open_ledger(
+            ledger_path(Path(args["model_repository"]).parent, prefix, device), self.logger.log_warn
+        )
         self.batcher = InflightBatcher(max_rows, max_inflight, log=self.logger.log_error, ledger=ledger)
         self.name = args["model_name"]
         # The memory budget is what is left once every model is loaded: read at the first request, when
