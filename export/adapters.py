@@ -7,6 +7,7 @@ converts), so an adapter means here what it means in diffusers.
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -73,12 +74,22 @@ def load_adapters(pipeline: object, adapters: Sequence[tuple[str, Path]]) -> tup
     return tuple(roles)
 
 
+def _std(name: str, parameter: torch.Tensor) -> float:
+    """A trained adapter's scale at any size: ``A`` keeps its input's magnitude, ``B`` makes the update
+    about a third of the layer's own output at weight 1. (Larger random updates make real-size networks
+    numerically chaotic: torch and onnxruntime then disagree for reasons that are not the export's.)"""
+    if "lora_A" in name:
+        return 1 / math.sqrt(math.prod(parameter.shape[1:]))
+    return 0.075 / math.sqrt(parameter.shape[1])
+
+
 def write_tiny_lora(
     pipeline: object, path: Path, seed: int = 0, rank: int = 4, text_encoders: bool = True
 ) -> Path:
     """A random LoRA for ``pipeline``'s family in diffusers' format (with its alpha in the metadata):
-    the attention projections of the denoiser and, with ``text_encoders``, of the CLIP text encoders.
-    Same seed, same weights. The pipeline's modules get the adapter and lose it again."""
+    the attention projections of the denoiser and, with ``text_encoders``, of the CLIP text encoders,
+    at a trained adapter's scale (:func:`_std`). Same seed, same weights. The pipeline's modules get
+    the adapter and lose it again."""
     from peft import LoraConfig
     from peft.utils import get_peft_model_state_dict
 
@@ -99,9 +110,9 @@ def write_tiny_lora(
         with _quiet():
             module.add_adapter(config, adapter_name="tiny")
         for name, parameter in module.named_parameters():
-            if "lora_" in name:
+            if "lora_A" in name or "lora_B" in name:
                 with torch.no_grad():
-                    parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.2)
+                    parameter.copy_(torch.randn(parameter.shape, generator=generator) * _std(name, parameter))
         layers[f"{attribute}_lora_layers"] = get_peft_model_state_dict(module, adapter_name="tiny")
         metadata[f"{attribute}_lora_adapter_metadata"] = config.to_dict()
         # diffusers' models and transformers' models name the method differently
