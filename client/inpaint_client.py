@@ -366,7 +366,13 @@ class InpaintClient:
         try:
             return stream_infer(self._client, stream_name, inputs, wanted, on_progress, self.timeout)
         except InferenceServerException as exc:
-            raise self._refusal(exc, stream_name, requested) from None
+            refused = self._refusal(exc, stream_name, requested)
+            if isinstance(refused, ModelNotServedError) and self.model_ready(model_name):
+                raise ModelNotServedError(
+                    f"model: {requested!r} is served without progress: {stream_name} is not loaded (exported "
+                    "with --no-stream, or left out of the server's models); call inpaint without on_progress"
+                ) from None
+            raise refused from None
         except queue.Empty:
             raise ServerUnreachableError(f"{stream_name}: no answer within {self.timeout} s") from None
 

@@ -452,3 +452,15 @@ def test_stalled_uploads_hold_no_slot_of_their_key(triton_server, tmp_path):
         for sock in stalled:
             sock.close()
         gateway.stop()
+
+
+def test_progress_from_a_server_without_the_streaming_twin_says_so(budgeted):
+    """This server loads inpaint_tiny without inpaint_tiny_stream: asking for progress names what is
+    missing instead of calling the model unknown."""
+    from triton_inpaint.client import InpaintClient, ModelNotServedError
+
+    triton_server, _ = budgeted
+    with InpaintClient(triton_server.grpc_url) as client:
+        with pytest.raises(ModelNotServedError, match="served without progress: inpaint_tiny_stream is not"):
+            client.inpaint(MODEL, png_bytes(IMAGE), png_bytes(MASK), "a hat", steps=2, on_progress=print)
+        assert client.inpaint(MODEL, png_bytes(IMAGE), png_bytes(MASK), "a hat", steps=2).images

@@ -115,13 +115,14 @@ def test_the_ledger_lives_in_dev_shm_and_an_unwritable_place_means_no_ledger(tmp
 
     from triton_inpaint.pipelines.batching import ledger_path, open_ledger
 
-    path = ledger_path(tmp_path, "tiny")
+    path = ledger_path("tiny", server=1234)
     import os
     import tempfile
 
     shm = Path("/dev/shm")
     assert path.parent == (shm if os.access(shm, os.W_OK) else Path(tempfile.gettempdir()))
-    assert path == ledger_path(tmp_path, "tiny") != ledger_path(tmp_path, "x")
+    assert path == ledger_path("tiny", server=1234) != ledger_path("x", server=1234)
+    assert path != ledger_path("tiny", server=1235) != ledger_path("tiny", "cuda:0", server=1235)
     warnings: list[str] = []
     assert open_ledger(tmp_path / "missing" / "budget.json", warnings.append) is None
     assert "not shared with the streaming twin" in warnings[0]

@@ -187,11 +187,13 @@ class SharedLedger:
         self._change(change)
 
 
-def ledger_path(repository: Path, checkpoint: str, device: object = None) -> Path:
-    """Where the denoise processes of ``checkpoint`` served from ``repository`` on ``device`` keep
-    their :class:`SharedLedger`: ``/dev/shm`` where it is writable (the Helm chart's Triton pods have a
-    read-only root file system and a memory-backed ``/dev/shm``), else the temporary folder."""
-    key = hashlib.sha1(f"{repository.resolve()}|{checkpoint}|{device}".encode()).hexdigest()[:16]
+def ledger_path(checkpoint: str, device: object = None, server: int | None = None) -> Path:
+    """Where the denoise processes of ``checkpoint`` on ``device`` in one Triton server (by default
+    the parent of this process: Triton starts each model's process) keep their :class:`SharedLedger`:
+    ``/dev/shm`` where it is writable (the Helm chart's Triton pods have a read-only root file system
+    and a memory-backed ``/dev/shm``), else the temporary folder."""
+    server = os.getppid() if server is None else server
+    key = hashlib.sha1(f"{server}|{checkpoint}|{device}".encode()).hexdigest()[:16]
     shm = Path("/dev/shm")
     folder = shm if shm.is_dir() and os.access(shm, os.W_OK) else Path(tempfile.gettempdir())
     return folder / f"triton-inpaint-budget-{key}.json"

@@ -69,9 +69,7 @@ class TritonPythonModel:
         # The decoupled twin in inpaint_<NAME>_stream: progress responses, and what postprocess reads.
         self.stream = bool(config_parameter(config, "stream", 0))
         # The plain model and its streaming twin (each its own process) keep one memory budget.
-        ledger = open_ledger(
-            ledger_path(Path(args["model_repository"]).parent, prefix, device), self.logger.log_warn
-        )
+        ledger = open_ledger(ledger_path(prefix, device), self.logger.log_warn)
         self.batcher = InflightBatcher(max_rows, max_inflight, log=self.logger.log_error, ledger=ledger)
         self.name = args["model_name"]
         # The memory budget is what is left once every model is loaded: read at the first request, when
