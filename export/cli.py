@@ -169,7 +169,7 @@ def _add_batching_options(parser: argparse.ArgumentParser) -> None:
         dest="stream",
         action="store_false",
         help="leave out inpaint_<NAME>_stream and its denoise twin (progress and previews while a request "
-        "runs): one model process less, about 250 MiB",
+        "runs): one model process less, about 370 MiB",
     )
     parser.add_argument(
         "--quiet", action="store_true", help="no progress bar (one shows only on a terminal anyway)"
