@@ -289,6 +289,10 @@ class FluxJob(SteppedJob):
         self.scheduler = scheduler
         self.timesteps = timesteps
         self.latents = latents
+        # The last step's noisy latents, velocity and sigma: its clean estimate, for progress previews.
+        self.noisy: torch.Tensor | None = None
+        self.velocity: torch.Tensor | None = None
+        self.sigma = 0.0
         self.condition = condition
         self.conditions = conditions
         self.width = width
@@ -319,7 +323,7 @@ class FluxJob(SteppedJob):
 
     def preview_latents(self) -> torch.Tensor:
         """The clean estimate after the last step taken, unpacked to (B, C, h, w)."""
-        estimate = self.noisy - self.sigma * self.velocity if hasattr(self, "sigma") else self.latents
+        estimate = self.latents if self.noisy is None else self.noisy - self.sigma * self.velocity
         factor = self.pipeline.spec.vae_scale_factor
         return FluxFillPipeline._unpack_latents(estimate, self.height, self.width, factor)
 

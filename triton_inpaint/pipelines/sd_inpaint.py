@@ -379,6 +379,7 @@ class SDJob(SteppedJob):
         self.scheduler = scheduler
         self.timesteps = timesteps
         self.latents = latents
+        self.denoised = latents  # the clean estimate a progress preview shows (see advance)
         self.mask = mask
         self.masked_image_latents = masked_image_latents
         self.conditions = conditions
@@ -431,7 +432,7 @@ class SDJob(SteppedJob):
 
     def preview_latents(self) -> torch.Tensor:
         """The latents a progress preview shows: the clean estimate after the last step taken."""
-        return getattr(self, "denoised", self.latents)
+        return self.denoised
 
     def finish(self) -> tuple[np.ndarray, Box]:
         return self.pipeline.decode(self.latents, self.vae_tile), self.box
