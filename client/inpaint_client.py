@@ -369,8 +369,9 @@ class InpaintClient:
             refused = self._refusal(exc, stream_name, requested)
             if isinstance(refused, ModelNotServedError) and self.model_ready(model_name):
                 raise ModelNotServedError(
-                    f"model: {requested!r} is served without progress: {stream_name} is not loaded (exported "
-                    "with --no-stream, or left out of the server's models); call inpaint without on_progress"
+                    f"on_progress: model {requested!r} is served without progress: {stream_name} is not "
+                    "loaded (exported with --no-stream, or left out of the server's models); call inpaint "
+                    "without on_progress"
                 ) from None
             raise refused from None
         except queue.Empty:

@@ -25,8 +25,11 @@ from triton_inpaint.gateway.errors import TaskFailed, Unavailable, logger
 from triton_inpaint.gateway.store.records import MAX_ATTEMPTS, TaskRecord
 from triton_inpaint.gateway.store.storage import GatewayStorage
 
-# tool -> run(stored args) -> the result to store; it raises TaskFailed (refused), Unavailable (retry).
-Handler = Callable[[dict[str, Any]], dict[str, Any]]
+# What a handler calls while it runs: (progress 0-1, what to show of it, e.g. a progress item).
+Report = Callable[[float, dict[str, Any] | None], None]
+# tool -> run(stored args, report) -> the result to store; it raises TaskFailed (refused), Unavailable
+# (retry).
+Handler = Callable[[dict[str, Any], Report], dict[str, Any]]
 # tool -> the stored result of a refused task (None: only its message), in that style's error shape.
 Failure = Callable[[TaskFailed], dict[str, Any] | None]
 
@@ -35,6 +38,7 @@ class TaskWorker:
     RETRY_SECONDS = 5.0
     GIVE_UP_SECONDS = 600.0  # Triton unreachable this long: the task fails
     POLL_SECONDS = 1.0  # how often an idle worker looks for due tasks it was not told of
+    REPORT_SECONDS = 0.5  # a running task's progress is written at most this often
 
     def __init__(
         self,
@@ -129,7 +133,12 @@ class TaskWorker:
             handler = self.handlers.get(task.tool)
             if handler is None:
                 raise TaskFailed(f"this gateway runs no {task.tool!r} tasks", code="inferenceFailed")
-            outcome: tuple[str, dict[str, Any] | None, str | None] = ("completed", handler(task.args), None)
+            report = self._reporter(task, owner)
+            outcome: tuple[str, dict[str, Any] | None, str | None] = (
+                "completed",
+                handler(task.args, report),
+                None,
+            )
         except TaskFailed as exc:
             failure = self.failures.get(task.tool)
             outcome = ("failed", failure(exc) if failure else None, exc.message)
@@ -143,6 +152,23 @@ class TaskWorker:
             logger.exception("async task %s failed", task.id)
             outcome = ("failed", None, f"internal error: {type(exc).__name__}: {exc}")
         self._finish(task, owner, *outcome)
+
+    def _reporter(self, task: TaskRecord, owner: str) -> Report:
+        """The task's progress written to the store (for getResponse, from any replica), at most every
+        REPORT_SECONDS: a store that does not answer costs the task its progress, never its run."""
+        last = [0.0]
+
+        def report(progress: float, live: dict[str, Any] | None) -> None:
+            now = time.monotonic()
+            if now - last[0] < self.REPORT_SECONDS:
+                return
+            last[0] = now
+            try:
+                self.tasks.report_progress(task.id, owner, progress, live)
+            except OSError as exc:
+                logger.warning("async task %s: progress not stored: %s", task.id, exc)
+
+        return report
 
     def _finish(
         self, task: TaskRecord, owner: str, status: str, result: dict[str, Any] | None, error: str | None

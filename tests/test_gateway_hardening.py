@@ -464,3 +464,26 @@ def test_progress_from_a_server_without_the_streaming_twin_says_so(budgeted):
         with pytest.raises(ModelNotServedError, match="served without progress: inpaint_tiny_stream is not"):
             client.inpaint(MODEL, png_bytes(IMAGE), png_bytes(MASK), "a hat", steps=2, on_progress=print)
         assert client.inpaint(MODEL, png_bytes(IMAGE), png_bytes(MASK), "a hat", steps=2).images
+
+
+def test_a_task_asking_progress_of_a_model_served_without_it_is_refused_naming_include_progress(budgeted):
+    """The gateway in front of that server: over server-sent events the task that asked for progress
+    gets a 400-style error naming includeProgress; the same task without it runs."""
+    import httpx
+
+    _, gateway = budgeted
+    task = {
+        "taskType": "imageInference", "taskUUID": str(uuid.uuid4()), "model": MODEL, "steps": 2,
+        "positivePrompt": "a hat", "seedImage": base64.b64encode(png_bytes(IMAGE)).decode(), "width": 96,
+        "maskImage": base64.b64encode(png_bytes(MASK)).decode(), "height": 64, "includeProgress": True,
+    }  # fmt: skip
+    headers = {"Authorization": f"Bearer {KEY}", "Accept": "text/event-stream"}
+    with httpx.stream("POST", gateway.url + "/v1", json=[task], headers=headers, timeout=120) as response:
+        lines = [line for line in response.iter_lines() if line.startswith("data: ")]
+    assert lines[-1] == "data: [DONE]"
+    (error,) = json.loads(lines[0].removeprefix("data: "))["errors"]
+    assert error["parameter"] == "includeProgress" and error["taskUUID"] == task["taskUUID"], error
+    assert "served without progress" in error["message"] and "--no-stream" in error["message"]
+    task["includeProgress"] = False
+    status, body = gateway.post("/v1", [{**task, "taskUUID": str(uuid.uuid4())}], key=KEY)
+    assert status == 200 and body["data"][0]["imageURL"], body

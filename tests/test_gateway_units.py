@@ -355,3 +355,22 @@ def test_a_router_serves_alone_on_an_app_of_its_own(tmp_path):
     assert refused.status_code == 400
     assert {"parameter": "args.resolution"}.items() <= refused.json()["errors"][0].items()
     assert "must be in [512, 1536], got 99" in refused.json()["errors"][0]["message"]
+
+
+def test_progress_items_have_the_hosted_apis_shape_and_no_result_keys():
+    from triton_inpaint.client import Progress
+    from triton_inpaint.gateway.runware.progress import percent, progress_item, wants_progress
+
+    task = ImageInferenceTask.model_validate(
+        {"taskType": "imageInference", "taskUUID": "3738f7ee-392d-4fae-927d-604abf2de01b", "model": "tiny",
+         "positivePrompt": "a hat", "seedImage": "x", "maskImage": "y", "includePreviews": True}
+    )  # fmt: skip
+    assert wants_progress(task) and not wants_progress(task.model_copy(update={"includePreviews": None}))
+    item = progress_item(task, Progress(step=3, total=8, previews=[b"\xff\xd8jpeg"]))
+    preview = "data:image/jpeg;base64," + base64.b64encode(b"\xff\xd8jpeg").decode()
+    assert item == {
+        "taskType": "imageInference", "taskUUID": task.taskUUID, "status": "processing", "progress": 37,
+        "step": 3, "steps": 8, "previewImages": [preview],
+    }  # fmt: skip
+    assert "previewImages" not in progress_item(task, Progress(step=1, total=2))
+    assert [percent(step, 4) for step in range(5)] == [0, 25, 50, 75, 99] and percent(1, 0) == 0

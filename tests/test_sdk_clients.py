@@ -39,12 +39,15 @@ def gateway(triton_server, tmp_path_factory):
 def _inputs(gateway: GatewayProcess, path: Path) -> Path:
     image, mask = png_bytes(make_image(128, 96)), png_bytes(irregular_mask(128, 96))
     mask_b64 = base64.b64encode(mask).decode()
+    image256, mask256 = png_bytes(make_image(256, 256)), png_bytes(irregular_mask(256, 256))
     ws = gateway.url.replace("http://", "ws://") + "/v1"
     values = {
         "url": ws, "ws_url": ws, "http_url": gateway.url + "/v1", "key": KEY, "model": MODEL,
         "prompt": "a red apple on a wooden table", "width": 128, "height": 96,
         "image_b64": base64.b64encode(image).decode(), "mask_b64": mask_b64,
         "mask_data_uri": f"data:image/png;base64,{mask_b64}", "idle_seconds": IDLE_SECONDS,
+        "image256_b64": base64.b64encode(image256).decode(),
+        "mask256_b64": base64.b64encode(mask256).decode(),
     }  # fmt: skip
     path.write_text(json.dumps(values))
     return path
@@ -100,6 +103,16 @@ def test_runware_sdk_over_rest_and_websocket(gateway, runware_sdk_python, tmp_pa
         assert step["out_of_range"]["error"]["parameter"] == "steps", step["out_of_range"]
         assert step["out_of_range"]["error"]["code"] == "validation"  # the SDK's category for a refused value
         assert step["wrong_key"]["error"]["code"] == "auth", step["wrong_key"]
+        # includeProgress: the SDK's on_progress gets the gateway's progress items, its result the image.
+        progress = step["progress"]
+        assert progress["ok"][0]["seed"] == 3 and progress["ok"][0]["imageURL"], progress
+        assert progress["seen"], f"{transport}: on_progress was never called"
+        for item in progress["seen"]:
+            assert item["status"] == "processing" and 0 <= item["progress"] < 100, item
+            assert 1 <= item["step"] < item["steps"]
+        if transport == "websocket":  # every step's frame, with its preview
+            assert [item["step"] for item in progress["seen"]] == list(range(1, progress["seen"][0]["steps"]))
+            assert {item["previews"] for item in progress["seen"]} == {1}
 
 
 def test_js_sdk_over_websocket_including_a_minute_idle_on_heartbeats(gateway, js_sdk, tmp_path):

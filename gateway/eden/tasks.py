@@ -18,6 +18,7 @@ from triton_inpaint.gateway.errors import StorageUnavailable, TaskFailed, Triton
 from triton_inpaint.gateway.inference import TaskRunner
 from triton_inpaint.gateway.inputs.images import image_extension
 from triton_inpaint.gateway.store.records import TaskRecord
+from triton_inpaint.gateway.worker import Report
 
 
 class EdenTasks:
@@ -59,8 +60,9 @@ class EdenTasks:
         self.wake()
         return record
 
-    def inpaint(self, args: dict[str, Any]) -> dict[str, Any]:
-        """The worker's handler: run an accepted task from its stored images."""
+    def inpaint(self, args: dict[str, Any], report: Report) -> dict[str, Any]:
+        """The worker's handler: run an accepted task from its stored images. (Its status shows the
+        worker's coarse progress: ``report`` is not called, the task runs without streaming.)"""
         try:
             image = self.storage.get_image(args["image"])
             mask = self.storage.get_image(args["mask"]) if args.get("mask") else None

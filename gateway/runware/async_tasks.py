@@ -16,6 +16,7 @@ from triton_inpaint.gateway.inputs.images import image_extension
 from triton_inpaint.gateway.runware.handlers import RunwareTasks, inputs_once
 from triton_inpaint.gateway.runware.protocol import ASYNC_IMAGE_FIELDS, TASK_TYPES
 from triton_inpaint.gateway.store.records import TaskExists, TaskRecord
+from triton_inpaint.gateway.worker import Report
 
 RUNWARE_TOOL = "runware"  # the task store's name for these tasks (Eden's: its tool name)
 MAX_PENDING_PER_CALLER = 64  # async tasks one key may have waiting or running at once
@@ -87,7 +88,9 @@ class RunwareAsync:
             )
         task_type = record.args["task"]["taskType"]
         if record.status in ("pending", "running"):
-            return [{"taskType": task_type, "taskUUID": task_uuid, "status": "processing"}]
+            # A task that asked for progress shows its last progress item (as sent, with this taskUUID).
+            live = record.live if record.status == "running" and record.live else {}
+            return [{**live, "taskType": task_type, "taskUUID": task_uuid, "status": "processing"}]
         if record.status == "failed":
             stored = (record.result or {}).get("errors") or [
                 {"message": record.error, "code": "inferenceFailed"}
@@ -105,12 +108,17 @@ class RunwareAsync:
             return False
         return record is None or record.status in ("completed", "failed")
 
-    def run_stored(self, args: dict[str, Any]) -> dict[str, Any]:
-        """The worker's handler: run an accepted task as it was sent."""
+    def run_stored(self, args: dict[str, Any], report: Report) -> dict[str, Any]:
+        """The worker's handler: run an accepted task as it was sent; the progress items of a task
+        that asked for them are reported to the task store, where getResponse reads them."""
         stored = args["task"]
         # Validated when it was accepted; rebuilt as it was (validators ran then, e.g. __BLANK__ -> "").
         task = TASK_TYPES[stored["taskType"]].model_construct(**stored)
-        return {"data": self.handlers.run(task, args["base_url"])}
+
+        def progress(item: dict[str, Any]) -> None:
+            report(item["step"] / max(1, item["steps"]), item)
+
+        return {"data": self.handlers.run(task, args["base_url"], progress)}
 
     @staticmethod
     def failure(exc: TaskFailed) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from triton_inpaint.gateway.errors import TaskFailed, Unavailable, error_item, l
 from triton_inpaint.gateway.inputs.images import UUID_PATTERN
 from triton_inpaint.gateway.runware.async_tasks import RunwareAsync
 from triton_inpaint.gateway.runware.handlers import RunwareTasks
+from triton_inpaint.gateway.runware.progress import ProgressSink
 from triton_inpaint.gateway.runware.protocol import ASYNC_IMAGE_FIELDS, MAX_TASKS, TASK_TYPES
 from triton_inpaint.gateway.validation import field_errors, quoted
 
@@ -74,9 +75,10 @@ class RunwareDispatch:
                 for name, message in field_errors(schema, exc)
             ]
 
-    def dispatch(self, task: Any, url: str, caller: str) -> list[dict]:
+    def dispatch(self, task: Any, url: str, caller: str, progress: ProgressSink | None = None) -> list[dict]:
         """Run a task now, accept it for later (deliveryMethod "async": acknowledged "processing"), or
-        read an async task's results (getResponse)."""
+        read an async task's results (getResponse). ``progress`` takes the progress items of a task run
+        now (an async task's go to the task store, for getResponse)."""
         if task.taskType == "getResponse":
             return self.async_tasks.response(caller, task.taskUUID)
         if task.deliveryMethod == "async" and task.taskType in ASYNC_IMAGE_FIELDS:
@@ -84,14 +86,14 @@ class RunwareDispatch:
             if record.status in ("completed", "failed"):  # a resend of a finished task: its outcome
                 return self.async_tasks.response(caller, task.taskUUID)
             return [{"taskType": task.taskType, "taskUUID": task.taskUUID, "status": "processing"}]
-        return self.handlers.run(task, url)
+        return self.handlers.run(task, url, progress)
 
-    async def run(self, task: Any, url: str, caller: str) -> Outcome:
+    async def run(self, task: Any, url: str, caller: str, progress: ProgressSink | None = None) -> Outcome:
         """The task's answer, whatever happened: one task's failure never takes the others' down."""
         started = time.monotonic()
         count = self.metrics.tasks_total
         try:
-            items = await run_in_threadpool(self.dispatch, task, url, caller)
+            items = await run_in_threadpool(self.dispatch, task, url, caller, progress)
             count.labels(task.taskType, "ok").inc()
             return items, None, 200
         except TaskFailed as exc:

@@ -25,10 +25,14 @@ from triton_inpaint.api.schema import INPAINT, MASK, MASK_SOURCES, RequestSchema
 from triton_inpaint.gateway.errors import TaskFailed
 from triton_inpaint.gateway.inference import TaskRunner
 from triton_inpaint.gateway.inputs.images import image_extension, output_fields
+from triton_inpaint.gateway.runware.progress import ProgressSink, progress_item, wants_progress
 from triton_inpaint.gateway.runware.protocol import ImageInferenceTask, ImageMaskingTask, ImageUploadTask
 
 # Triton's input names -> the reference's field names, so a refusal names what the caller sent.
 INFERENCE_FIELDS = {control.name: control.runware for control in INPAINT if control.runware}
+# The client's streaming keywords, as the task names them (a model served without progress is refused
+# naming on_progress).
+STREAM_FIELDS = {"on_progress": "includeProgress", "previews": "includePreviews"}
 MASKING_FIELDS = {control.name: control.runware for control in MASK if control.runware}
 EXTENSIONS = {"PNG": "png", "JPG": "jpg", "WEBP": "webp"}
 
@@ -45,7 +49,11 @@ class RunwareTasks:
         item = {"taskType": task.taskType, "taskUUID": task.taskUUID}
         return [item | output_fields("image", image_uuid, data, ext, "URL", base_url)]
 
-    def image_inference(self, task: ImageInferenceTask, base_url: str) -> list[dict[str, Any]]:
+    def image_inference(
+        self, task: ImageInferenceTask, base_url: str, progress: ProgressSink | None = None
+    ) -> list[dict[str, Any]]:
+        """Inpaint; with a ``progress`` sink (a WebSocket, server-sent events, the async task store)
+        and the task's includeProgress or includePreviews, its progress items go there as it denoises."""
         inputs_once(task)
         controls = runware_controls(INPAINT, task)
         outpaint = Outpaint.from_values(controls)
@@ -56,8 +64,13 @@ class RunwareTasks:
         if outpaint.extends:
             outpainted_size(image, outpaint, controls)
         prompt = controls.pop("prompt")
+        if progress is not None and wants_progress(task):
+            sink = progress  # bound here: the lambda below runs with the narrowed type
+            controls["on_progress"] = lambda step: sink(progress_item(task, step))
+            controls["previews"] = bool(task.includePreviews)
         result = self.runner.call(
-            INFERENCE_FIELDS, lambda client: client.inpaint(task.model, image, mask, prompt, **controls)
+            INFERENCE_FIELDS | STREAM_FIELDS,
+            lambda client: client.inpaint(task.model, image, mask, prompt, **controls),
         )
         ext = EXTENSIONS[task.outputFormat]
         made_mask = task.maskImage is None  # a mask made on the server: the caller sees which
@@ -117,10 +130,12 @@ class RunwareTasks:
         item.update(output_fields("image", image_uuid, output, ext, task.outputType, base_url))
         return [item]
 
-    def run(self, task: Any, base_url: str) -> list[dict[str, Any]]:
+    def run(self, task: Any, base_url: str, progress: ProgressSink | None = None) -> list[dict[str, Any]]:
+        """Run a task now; ``progress`` receives an inference task's progress items if it asked."""
+        if task.taskType == "imageInference":
+            return self.image_inference(task, base_url, progress)
         handler = {
             "imageUpload": self.image_upload,
-            "imageInference": self.image_inference,
             "imageMasking": self.image_masking,
             "imageBackgroundRemoval": self.image_background_removal,
             "removeBackground": self.image_background_removal,

@@ -90,6 +90,12 @@ class _InferenceTask(_Task, _Output):
     taskType: Literal["imageInference"]
     model: Name
     inputs: InferenceInputs | None = None
+    # Beyond the reference: progress items (``status: "processing"``, ``progress`` in percent, as the
+    # hosted API's getResponse answers) while the task denoises, over the WebSocket, as server-sent
+    # events, and from getResponse for async tasks; with previews, each item carries small JPEGs of the
+    # images so far. Off by default: older SDKs take any item of their task for a result.
+    includeProgress: bool | None = None
+    includePreviews: bool | None = None  # implies includeProgress
 
     @model_validator(mode="before")
     @classmethod

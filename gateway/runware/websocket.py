@@ -14,6 +14,9 @@ correlated by ``taskUUID``, so a slow inpainting never holds back a quick upload
   One bad task gets its own ``errors`` frame and never closes the connection or fails the others.
 - A message is capped at the gateway's body limit (uvicorn refuses larger frames), and results
   default to URLs, as over REST.
+- An imageInference task sent with includeProgress (or includePreviews) gets its progress items
+  (gateway/runware/progress.py) in ``data`` frames of their own while it denoises, all before its
+  result frame.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from triton_inpaint.gateway.access.limits import Limits, acquire, matching_key, 
 from triton_inpaint.gateway.errors import error_item
 from triton_inpaint.gateway.inputs.images import UUID_PATTERN
 from triton_inpaint.gateway.runware.dispatch import RunwareDispatch
+from triton_inpaint.gateway.runware.progress import sink_from_thread, wants_progress
 from triton_inpaint.gateway.runware.protocol import GetResponseTask
 
 
@@ -144,8 +148,11 @@ class TaskSocket:
             error = error_item(message, None, task.taskUUID, "rateLimited", task.taskType)
             await self.send({"errors": [error]})
             return
+        progress = None
+        if wants_progress(task):
+            progress = sink_from_thread(asyncio.get_running_loop(), self._progress_frame)
         try:
-            items, error, _ = await self.tasks.run(task, self.base_url, self.caller)
+            items, error, _ = await self.tasks.run(task, self.base_url, self.caller, progress)
         finally:
             await release(self.limits, self.caller)
         await self.send({"data": items} if error is None else {"errors": [error]})
@@ -158,6 +165,9 @@ class TaskSocket:
             fetch = GetResponseTask.model_construct(taskType="getResponse", taskUUID=task.taskUUID)
             items, error, _ = await self.tasks.run(fetch, self.base_url, self.caller)
             await self.send({"data": items} if error is None else {"errors": [error]})
+
+    async def _progress_frame(self, item: dict[str, Any]) -> None:
+        await self.send({"data": [item]})
 
     async def send(self, frame: dict[str, Any]) -> None:
         """One JSON frame; sends from concurrent tasks are serialised (a frame is never interleaved)."""

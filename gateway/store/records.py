@@ -41,6 +41,7 @@ class TaskRecord:
     updated: float
     attempts: int = 0
     digest: str | None = None  # of the request that created it: a resend is told from a reuse
+    live: dict[str, Any] | None = None  # what its handler last reported while running (progress items)
 
 
 class TaskExists(Exception):
@@ -55,7 +56,7 @@ class TaskStoreUnavailable(OSError):
     """The task database did not answer (a restart, a network failure); the caller retries later."""
 
 
-_COLUMNS = "id, tool, args, status, progress, result, error, created, updated, attempts, digest"
+_COLUMNS = "id, tool, args, status, progress, result, error, created, updated, attempts, digest, live"
 
 
 class SqlTaskStore:
@@ -152,7 +153,7 @@ class SqlTaskStore:
         with self.transaction() as execute:
             row = execute(
                 f"UPDATE tasks SET status = 'running', owner = %s, lease_until = {now} + %s, "  # noqa: S608
-                f"attempts = attempts + 1, progress = 0.1, updated = {now} "
+                f"attempts = attempts + 1, progress = 0.1, live = NULL, updated = {now} "
                 f"WHERE id = (SELECT id FROM tasks WHERE {due} ORDER BY created LIMIT 1{self.skip_locked}) "
                 f"RETURNING {_COLUMNS}",
                 (owner, lease_seconds),
@@ -174,12 +175,23 @@ class SqlTaskStore:
             )
             return cursor.rowcount
 
+    def report_progress(self, task_id: str, owner: str, progress: float, live: dict[str, Any] | None) -> bool:
+        """A running task's progress (0-1) and what its handler says of it, while ``owner`` holds it;
+        False when it no longer does."""
+        with self.transaction() as execute:
+            cursor = execute(
+                f"UPDATE tasks SET progress = %s, live = %s, updated = {self.now} "  # noqa: S608
+                "WHERE id = %s AND owner = %s AND status = 'running'",
+                (progress, None if live is None else json.dumps(live), task_id, owner),
+            )
+            return cursor.rowcount == 1
+
     def release_task(self, task_id: str, owner: str, error: str, delay: float) -> bool:
         """Put a task back to wait ``delay`` seconds (a service it needs is down), its attempt given
         back; False when ``owner`` no longer held it."""
         with self.transaction() as execute:
             cursor = execute(
-                f"UPDATE tasks SET status = 'pending', owner = NULL, progress = 0, error = %s, "  # noqa: S608
+                "UPDATE tasks SET status = 'pending', owner = NULL, progress = 0, live = NULL, error = %s, "
                 f"attempts = attempts - 1, not_before = {self.now} + %s, updated = {self.now} "
                 "WHERE id = %s AND owner = %s AND status = 'running'",
                 (error, delay, task_id, owner),
@@ -190,7 +202,7 @@ class SqlTaskStore:
         """Give back at once whatever ``owner`` runs (a gateway shutting down), attempts given back."""
         with self.transaction() as execute:
             cursor = execute(
-                f"UPDATE tasks SET status = 'pending', owner = NULL, progress = 0, "  # noqa: S608
+                f"UPDATE tasks SET status = 'pending', owner = NULL, progress = 0, live = NULL, "  # noqa: S608
                 f"attempts = attempts - 1, updated = {self.now} WHERE owner = %s AND status = 'running'",
                 (owner,),
             )
@@ -205,8 +217,8 @@ class SqlTaskStore:
             raise ValueError(f"a task finishes completed or failed, not {status!r}")
         with self.transaction() as execute:
             cursor = execute(
-                f"UPDATE tasks SET status = %s, progress = 1, result = %s, error = %s, owner = NULL, "  # noqa: S608
-                f"updated = {self.now} WHERE id = %s AND owner = %s AND status = 'running'",
+                "UPDATE tasks SET status = %s, progress = 1, live = NULL, result = %s, error = %s, "
+                f"owner = NULL, updated = {self.now} WHERE id = %s AND owner = %s AND status = 'running'",
                 (status, None if result is None else json.dumps(result), error, task_id, owner),
             )
             return cursor.rowcount == 1
@@ -233,6 +245,7 @@ def _task(row: Any) -> TaskRecord:
         updated=float(row["updated"]),
         attempts=int(row["attempts"]),
         digest=row["digest"],
+        live=None if row["live"] is None else json.loads(row["live"]),
     )
 
 
@@ -252,6 +265,7 @@ _SQLITE_ADDED = {
     "not_before": "REAL NOT NULL DEFAULT 0",
     "attempts": "INTEGER NOT NULL DEFAULT 0",
     "digest": "TEXT",
+    "live": "TEXT",
 }
 
 

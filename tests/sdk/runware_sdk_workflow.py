@@ -10,7 +10,7 @@ import asyncio
 import json
 import sys
 
-from runware import Runware, RunwareError
+from runware import RunOptions, Runware, RunwareError
 
 INPUT = json.loads(open(sys.argv[1]).read())  # noqa: SIM115 - a one-shot script
 REPORT: dict[str, dict] = {}
@@ -58,6 +58,7 @@ async def workflow(transport: str) -> None:
             ),
         )
         await attempt(prefix + "out_of_range", client.run(inference(steps=500)))
+        await progress(client, prefix)
 
     async def wrong_key() -> list:
         # Over WebSocket the SDK authenticates when it connects; over REST, with each request.
@@ -65,6 +66,25 @@ async def workflow(transport: str) -> None:
             return await wrong.run(inference())
 
     await attempt(prefix + "wrong_key", wrong_key())
+
+
+async def progress(client: Runware, prefix: str) -> None:
+    """The SDK's own on_progress, fed by the gateway's progress items: over the WebSocket as frames of
+    a sync task, over REST from the getResponse polls of an async task (the SDK's default delivery; a
+    task long enough for the polls to find it running)."""
+    seen: list[dict] = []
+    options = RunOptions(on_progress=seen.append)
+    if prefix == "websocket_":
+        task = inference(includePreviews=True, seed=3, deliveryMethod="sync")
+    else:
+        task = inference(includeProgress=True, seed=3, steps=60, width=256, height=256)
+        task["seedImage"], task["maskImage"] = INPUT["image256_b64"], INPUT["mask256_b64"]
+    await attempt(prefix + "progress", client.run(task, options))
+    REPORT[prefix + "progress"]["seen"] = [
+        {key: value for key, value in item.items() if key != "previewImages"}
+        | {"previews": len(item.get("previewImages", []))}
+        for item in seen
+    ]
 
 
 async def restart() -> None:
