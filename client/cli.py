@@ -22,6 +22,7 @@ from triton_inpaint.client.inpaint_client import (
     ModelUnavailableError,
     ServerUnreachableError,
 )
+from triton_inpaint.client.streaming import Progress
 
 API_KEY_ENV = "TRITON_INPAINT_API_KEY"
 
@@ -46,7 +47,12 @@ def _controls(args: argparse.Namespace, schema: RequestSchema) -> dict[str, Any]
 def _inpaint(args: argparse.Namespace) -> int:
     controls = _controls(args, INPAINT)
     image, mask, prompt = (controls.pop(name, None) for name in ("image", "mask", "prompt"))
-    result = _ask(args, lambda client: client.inpaint(args.model, image, mask, prompt, **controls))
+    streamed = {"on_progress": _show_progress} if args.progress else {}
+    result = _ask(
+        args, lambda client: client.inpaint(args.model, image, mask, prompt, **streamed, **controls)
+    )
+    if args.progress:
+        print(file=sys.stderr)  # ends the progress line
     if args.mask_out is not None and result.mask:
         write_whole(args.mask_out, result.mask)
         print(f"mask -> {args.mask_out}")
@@ -61,6 +67,15 @@ def _inpaint(args: argparse.Namespace) -> int:
         write_whole(path, data)
         print(f"seed {seed} -> {path}")
     return 0
+
+
+def _show_progress(progress: Progress) -> None:
+    """One line on stderr, rewritten in place on a terminal, one line per step elsewhere (a log)."""
+    text = f"step {progress.step} of {progress.total}"
+    if sys.stderr.isatty():
+        print(f"\r{text}", end="", file=sys.stderr, flush=True)
+    else:
+        print(text, file=sys.stderr, flush=True)
 
 
 def _ask(args: argparse.Namespace, call: Callable[[Any], Any]) -> Any:
@@ -83,6 +98,8 @@ def _ask(args: argparse.Namespace, call: Callable[[Any], Any]) -> Any:
         raise CommandError(f"{exc} (see `triton-inpaint models`)", ExitCode.NOT_SERVED) from None
     except InpaintError as exc:
         raise CommandError(f"refused by {target}: {exc}", ExitCode.BAD_INPUT) from None
+    except ValueError as exc:  # a call the client refuses to make, e.g. progress over Triton's HTTP
+        raise CommandError(str(exc), ExitCode.BAD_INPUT) from None
 
 
 def _add_target(parser: argparse.ArgumentParser) -> None:
@@ -242,6 +259,12 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
     )
     add_controls(parser, INPAINT, MASK_SOURCES, one_required=False)  # outpainting needs no mask
     parser.add_argument("--mask-out", type=Path, default=None, help="also write the mask used (PNG) here")
+    parser.add_argument(
+        "--progress",
+        action="store_true",
+        help="show the denoising steps on stderr as they run (the model's streaming twin: over gRPC, or "
+        "the gateway's server-sent events)",
+    )
     parser.add_argument(
         "--out",
         type=Path,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import urllib3
@@ -19,6 +20,7 @@ from triton_inpaint.client.inpaint_client import (
     ModelNotServedError,
     ServerUnreachableError,
 )
+from triton_inpaint.client.streaming import Progress
 
 
 def _offered(control: Control) -> bool:
@@ -46,19 +48,34 @@ class GatewayClient:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _post(self, tasks: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    def _post(
+        self, tasks: list[dict[str, Any]], on_progress: Callable[[dict[str, Any]], None] | None = None
+    ) -> list[dict[str, Any]]:
+        """POST /v1; with ``on_progress``, as server-sent events, each progress item handed to it."""
         headers = {"Content-Type": "application/json"}
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"
+        if on_progress is not None:
+            headers["Accept"] = "text/event-stream"
         try:
             payload = json.dumps(tasks).encode()
-            response = self._pool.request("POST", f"{self.url}/v1", body=payload, headers=headers)
+            response = self._pool.request(
+                "POST", f"{self.url}/v1", body=payload, headers=headers, preload_content=False
+            )
         except (urllib3.exceptions.HTTPError, OSError) as exc:
             raise ServerUnreachableError(str(exc)) from None
-        try:
-            body = json.loads(response.data)
-        except ValueError:
-            body = {"errors": [{"message": f"HTTP {response.status}"}]}
+        try:  # events: read as they come (a refusal before any event is a JSON body, as without)
+            if on_progress is not None and response.status == 200:
+                body = _events(response, on_progress)
+            else:
+                body = _json(response.read(), response.status)
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise ServerUnreachableError(str(exc)) from None
+        finally:
+            response.release_conn()
+        unavailable = [item for item in body.get("errors", []) if item.get("code") == "serviceUnavailable"]
+        if unavailable and not body.get("data"):  # as a 503: Triton did not answer the gateway
+            raise ServerUnreachableError("; ".join(item.get("message", "") for item in unavailable))
         if response.status >= 400:
             errors = body.get("errors", [])
             messages = "; ".join(item.get("message", "") for item in errors) or f"HTTP {response.status}"
@@ -81,12 +98,25 @@ class GatewayClient:
 
     @with_controls(INPAINT, skip=("image", "mask", "prompt"), include=_offered)
     def inpaint(
-        self, model: str, image: bytes, mask: bytes | None, prompt: str, **controls: Any
+        self,
+        model: str,
+        image: bytes,
+        mask: bytes | None,
+        prompt: str,
+        on_progress: Callable[[Progress], None] | None = None,
+        previews: bool = False,
+        **controls: Any,
     ) -> InpaintResult:
-        """As :meth:`InpaintClient.inpaint`: one ``imageInference`` task, images returned as base64."""
+        """As :meth:`InpaintClient.inpaint`: one ``imageInference`` task, images returned as base64;
+        ``on_progress`` gets each step (with ``previews``, JPEGs of the images so far), sent by the
+        gateway as server-sent events."""
         values = {"image": image, "mask": mask, "prompt": prompt, **INPAINT.keywords(controls, "inpaint")}
         task = self._task("imageInference", model=model, outputType="base64Data", **_fields(INPAINT, values))
-        items = self._post([task])
+        if on_progress is None:
+            items = self._post([task])
+        else:
+            task["includePreviews" if previews else "includeProgress"] = True
+            items = self._post([task], lambda item: on_progress(_progress(item)))
         mask_used = (
             base64.b64decode(items[0]["maskImageBase64Data"]) if "maskImageBase64Data" in items[0] else b""
         )
@@ -123,6 +153,36 @@ def _fields(schema: RequestSchema, values: dict[str, Any]) -> dict[str, Any]:
             value = lora_items(lora_text(value))
         target[leaf] = _b64(value) if control.kind is bytes else value
     return fields
+
+
+def _json(data: bytes, status: int) -> dict[str, Any]:
+    try:
+        return json.loads(data)
+    except ValueError:
+        return {"errors": [{"message": f"HTTP {status}"}]}
+
+
+def _events(response: Any, on_progress: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+    """The frames of a server-sent-events answer gathered as one body; progress items go to
+    ``on_progress`` as they come."""
+    body: dict[str, Any] = {"data": [], "errors": []}
+    for raw in response:
+        line = raw.decode("utf-8").rstrip("\r\n")
+        if not line.startswith("data: ") or line == "data: [DONE]":
+            continue  # blank separators, keep-alive comments, the end
+        frame = json.loads(line.removeprefix("data: "))
+        body["errors"].extend(frame.get("errors", []))
+        for item in frame.get("data", []):
+            if item.get("status") == "processing":
+                on_progress(item)
+            else:
+                body["data"].append(item)
+    return body
+
+
+def _progress(item: dict[str, Any]) -> Progress:
+    previews = [base64.b64decode(uri.split(",", 1)[1]) for uri in item.get("previewImages", [])]
+    return Progress(step=int(item["step"]), total=int(item["steps"]), previews=previews)
 
 
 def _refused(message: str) -> InpaintError:

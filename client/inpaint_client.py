@@ -127,6 +127,7 @@ class ModelInfo:
     default_strength: float = 0.8
     aliases: tuple[str, ...] = ()  # other ids the registry gave it (e.g. a hosted API's model id)
     adapters: tuple[str, ...] = ()  # the LoRA adapters requests may apply (``lora``)
+    progress: bool = False  # its streaming twin is loaded: inpaint(on_progress=...) works
 
 
 @dataclass(frozen=True)
@@ -202,7 +203,8 @@ class InpaintClient:
 
     def _list_models(self) -> list[ModelInfo]:
         models = []
-        for name in self.served_models():
+        loaded = self._loaded()
+        for name in _inpainting_models(loaded):
             if self.protocol == "grpc":
                 config = self._client.get_model_config(ensemble_name(name), as_json=True)["config"]
             else:
@@ -224,6 +226,7 @@ class InpaintClient:
                     default_strength=float(params.get("default_strength", 0.8)),
                     aliases=tuple(alias for alias in params.get("model_aliases", "").split(",") if alias),
                     adapters=tuple(item for item in params.get("lora_adapters", "").split(",") if item),
+                    progress=ensemble_name(name) + STREAM_SUFFIX in loaded,
                 )
             )
         return models
@@ -260,21 +263,16 @@ class InpaintClient:
 
         Read from the server's statistics, which list the loaded models: the repository index is an
         admin API the server restricts (see triton_inpaint.server.process.RESTRICTED_APIS)."""
+        return _inpainting_models(self._loaded())
+
+    def _loaded(self) -> set[str]:
+        """The names of every model the server has loaded."""
         with self._answers():
             if self.protocol == "grpc":
                 stats = self._client.get_inference_statistics(as_json=True).get("model_stats", [])
             else:
                 stats = self._client.get_inference_statistics().get("model_stats", [])
-        prefix = "inpaint_"
-        return sorted(
-            {
-                entry["name"][len(prefix) :]
-                for entry in stats
-                if entry["name"].startswith(prefix)
-                and entry["name"] not in ("inpaint_preprocess", "inpaint_postprocess")
-                and not entry["name"].endswith(STREAM_SUFFIX)  # a model's streaming twin
-            }
-        )
+        return {entry["name"] for entry in stats}
 
     def _input(self, name: str, value: Any) -> Any:
         spec = _SPECS[name]
@@ -404,3 +402,16 @@ class InpaintClient:
             served = ", ".join(f"{m.id} ({m.name})" for m in self.list_models()) or "none"
             return ModelNotServedError(f"model: {requested!r} {NOT_SERVED}; served models: {served}")
         return InpaintError(message)
+
+
+def _inpainting_models(loaded: set[str]) -> list[str]:
+    """The ``NAME`` of each loaded ``inpaint_NAME`` ensemble (not the pre/postprocess steps nor a
+    model's streaming twin)."""
+    prefix = "inpaint_"
+    return sorted(
+        name[len(prefix) :]
+        for name in loaded
+        if name.startswith(prefix)
+        and name not in ("inpaint_preprocess", "inpaint_postprocess")
+        and not name.endswith(STREAM_SUFFIX)
+    )

@@ -472,6 +472,8 @@ def test_a_task_asking_progress_of_a_model_served_without_it_is_refused_naming_i
     import httpx
 
     _, gateway = budgeted
+    status, catalog = gateway.get_json("/v1/models", key=KEY)
+    assert status == 200 and [entry["progress"] for entry in catalog["models"]] == [False], catalog
     task = {
         "taskType": "imageInference", "taskUUID": str(uuid.uuid4()), "model": MODEL, "steps": 2,
         "positivePrompt": "a hat", "seedImage": base64.b64encode(png_bytes(IMAGE)).decode(), "width": 96,

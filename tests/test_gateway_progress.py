@@ -150,6 +150,17 @@ def test_server_sent_events_carry_progress_results_and_errors_then_done(gateway)
     assert status == 200 and np.array_equal(_image(result), _image(plain["data"][0]))
 
 
+def test_the_catalog_says_which_models_serve_progress(gateway, triton_server):
+    from triton_inpaint.client import InpaintClient
+
+    status, catalog = gateway.get_json("/v1/models", key=KEY)
+    assert status == 200
+    with InpaintClient(triton_server.grpc_url) as client:
+        loaded = {info.name: info.progress for info in client.list_models()}
+    assert {entry["name"]: entry["progress"] for entry in catalog["models"]} == loaded
+    assert loaded[MODEL] is True  # the suite exports every model with its streaming twin
+
+
 def test_a_plain_json_post_ignores_include_progress(gateway):
     """Without a stream to send them on, a task that asks for progress runs and answers as usual."""
     status, body = gateway.post("/v1", [_task(includeProgress=True)], key=KEY)
@@ -213,3 +224,59 @@ def test_the_older_sdk_takes_only_its_images_when_progress_frames_come(gateway):
     assert [image.seed for image in streamed] == [41, 42] == [image.seed for image in plain]
     for got, want in zip(streamed, plain, strict=True):
         assert got.imageBase64Data == want.imageBase64Data
+
+
+def test_the_gateway_client_streams_progress_as_the_triton_client_does(gateway, triton_server):
+    """GatewayClient.inpaint(on_progress=...) reads the gateway's server-sent events: the same steps and
+    result as InpaintClient over Triton's gRPC stream."""
+    from triton_inpaint.client import GatewayClient, InpaintClient
+
+    image, mask = png_bytes(make_image(96, 64, seed=4)), png_bytes(irregular_mask(96, 64))
+    settings = {"steps": 6, "strength": 1.0, "scheduler": "DDIM", "seed": 8}
+    over_gateway, over_triton = [], []
+    with GatewayClient(gateway.url, KEY) as client:
+        streamed = client.inpaint(
+            MODEL, image, mask, PROMPT, on_progress=over_gateway.append, previews=True, **settings
+        )
+        plain = client.inpaint(MODEL, image, mask, PROMPT, **settings)
+    with InpaintClient(triton_server.grpc_url) as client:
+        direct = client.inpaint(
+            MODEL, image, mask, PROMPT, on_progress=over_triton.append, previews=True, **settings
+        )
+    assert (
+        [(p.step, p.total) for p in over_gateway]
+        == [(p.step, p.total) for p in over_triton]
+        == [(step, 6) for step in range(1, 6)]
+    )
+    assert [p.previews for p in over_gateway] == [p.previews for p in over_triton]  # the same JPEGs
+    assert np.array_equal(decode_rgb(streamed.images[0]), decode_rgb(plain.images[0]))
+    assert np.array_equal(decode_rgb(streamed.images[0]), decode_rgb(direct.images[0]))
+
+
+@pytest.mark.parametrize("target", ["gateway", "grpc", "http"])
+def test_the_cli_shows_the_steps_with_progress(gateway, triton_server, tmp_path, target):
+    import subprocess
+    import sys
+
+    (tmp_path / "in.png").write_bytes(png_bytes(make_image(96, 64, seed=4)))
+    (tmp_path / "mask.png").write_bytes(png_bytes(irregular_mask(96, 64)))
+    where = {
+        "gateway": ["--gateway", gateway.url, "--api-key", KEY],
+        "grpc": ["--url", triton_server.grpc_url],
+        "http": ["--url", triton_server.http_url, "--protocol", "http"],
+    }[target]
+    command = [
+        sys.executable, "-m", "triton_inpaint.cli", "inpaint", *where, "--model", MODEL, "--progress",
+        "--image", str(tmp_path / "in.png"), "--mask", str(tmp_path / "mask.png"), "--prompt", PROMPT,
+        "--steps", "4", "--strength", "1", "--scheduler", "DDIM", "--out", str(tmp_path / "out.png"),
+    ]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    if target == "http":  # Triton streams only over gRPC: said in one line, nothing written
+        assert done.returncode == 2 and "progress is streamed over gRPC only" in done.stderr, done.stderr
+        assert not (tmp_path / "out.png").exists()
+        return
+    assert done.returncode == 0, done.stderr
+    assert [line for line in done.stderr.splitlines() if line.startswith("step")] == [
+        "step 1 of 4", "step 2 of 4", "step 3 of 4"
+    ]  # fmt: skip
+    assert decode_rgb((tmp_path / "out.png").read_bytes()).shape == (64, 96, 3)

@@ -183,6 +183,44 @@ def test_paint_a_mask_run_and_download_equals_the_api(page, gateway):
     assert np.array_equal(second[second_mask == 0], served[second_mask == 0])
 
 
+# Records what the progress area shows at every change while a task runs.
+WATCH_PROGRESS = """() => {
+  window.progressSeen = [];
+  const bar = document.getElementById("progress-bar"), img = document.getElementById("progress-preview");
+  new MutationObserver(() => window.progressSeen.push({
+    value: bar.getAttribute("value"), max: bar.getAttribute("max"),
+    preview: img.hidden ? "" : (img.getAttribute("src") || ""),
+    text: document.getElementById("progress-text").textContent,
+  })).observe(document.getElementById("progress"), {attributes: true, subtree: true, childList: true});
+}"""
+
+
+def test_a_running_task_fills_the_progress_bar_and_shows_previews(page, gateway):
+    """The page asks a model served with progress for its progress and previews (server-sent events):
+    the bar counts the steps, a thumbnail shows the result so far, and the result is the API's."""
+    open_page(page, gateway)
+    page.click("#open-sample")
+    page.wait_for_selector("#stage.has-image")
+    paint(page)
+    fill_settings(page, seed=77, steps=8)
+    page.evaluate(WATCH_PROGRESS)
+    run_and_wait(page)
+    seen = page.evaluate("window.progressSeen")
+    # Steps that arrive in one network read are drawn once: the bar shows some of them, in order,
+    # up to the last step before the result.
+    steps = [int(entry["value"]) for entry in seen if entry["value"] is not None]
+    total = int(next(entry["max"] for entry in seen if entry["value"] is not None))
+    assert steps and steps == sorted(steps) and steps[0] >= 1 and steps[-1] == total - 1, seen
+    previews = [entry["preview"] for entry in seen if entry["preview"]]
+    assert previews and all(uri.startswith("data:image/jpeg;base64,") for uri in previews)
+    assert any(f"step {total - 1} of {total}" in entry["text"] for entry in seen)
+    assert page.locator("#progress").is_hidden() and page.locator("#progress-preview").is_hidden()
+    mask = download(page, "#download-mask")
+    served = pixels(download(page, ".result a[download]"))
+    api = pixels(api_inference(gateway, SAMPLE, mask, seed=77, steps=8, prompt="a red door"))
+    assert np.array_equal(served, api), "the streamed result differs from the API's"
+
+
 def test_face_detector_mask_then_edit_with_the_brush(page, gateway, tmp_path):
     photo = tmp_path / "astronaut.png"
     photo.write_bytes(png_bytes(skimage.data.astronaut()))

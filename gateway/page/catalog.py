@@ -86,6 +86,7 @@ def model_entry(info: ModelInfo) -> dict[str, Any]:
         "name": info.name,
         "aliases": list(info.aliases),
         "lora": list(info.adapters),  # the LoRA adapters its requests may name
+        "progress": info.progress,  # its tasks may ask includeProgress / includePreviews
         "family": info.family,
         "nativeResolution": info.native_resolution,
         "defaults": {

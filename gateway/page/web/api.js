@@ -98,6 +98,58 @@ export async function runTask(task) {
   return runTasks([{ taskUUID: uuid(), ...task }]);
 }
 
+// Run one task with POST /v1 as server-sent events (Accept: text/event-stream): onProgress gets each
+// progress item (status "processing": step, steps, previewImages) while it runs. Answers its result
+// items, or throws ApiError with its errors, as runTask does.
+export async function runTaskWithProgress(task, onProgress) {
+  const body = stringifyWithSeeds([{ taskUUID: uuid(), ...task }]);
+  let response;
+  try {
+    const h = { ...headers(), Accept: "text/event-stream" };
+    response = await fetch("/v1", { method: "POST", headers: h, body, cache: "no-store" });
+  } catch (error) {
+    throw new ApiError(0, [{ message: String(error.message || error) }]);
+  }
+  if (!response.ok) {
+    // Refused before any event (a key, a limit, a body too large): a JSON body, as without events.
+    let content = null;
+    try {
+      content = JSON.parse(await response.text());
+    } catch {
+      content = null;
+    }
+    const errors = content?.errors ?? [{ message: `HTTP ${response.status} ${response.statusText}` }];
+    throw new ApiError(response.status, errors, response.headers.get("Retry-After"));
+  }
+  const data = [];
+  const errors = [];
+  const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+  let buffer = "";
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) break;
+    buffer += value;
+    let end;
+    while ((end = buffer.indexOf("\n\n")) >= 0) {
+      const lines = buffer.slice(0, end).split("\n");
+      buffer = buffer.slice(end + 2);
+      const payload = lines.filter((l) => l.startsWith("data: ")).map((l) => l.slice(6)).join("\n");
+      if (!payload || payload === "[DONE]") continue; // a keep-alive comment, or the end
+      const frame = parseKeepingSeeds(payload);
+      errors.push(...(frame.errors ?? []));
+      for (const item of frame.data ?? []) {
+        if (item.status === "processing") onProgress(item);
+        else data.push(item);
+      }
+    }
+  }
+  if (errors.length) {
+    const unavailable = errors.some((e) => e.code === "serviceUnavailable");
+    throw new ApiError(unavailable ? 503 : 400, errors);
+  }
+  return data;
+}
+
 export async function models() {
   return request("GET", "/v1/models");
 }

@@ -1,7 +1,7 @@
 // The page: open an image, paint or make a mask, set the controls, run imageInference through the
 // gateway's /v1 API, and show, compare, download and reuse the results.
 
-import { ApiError, apiKey, models, readiness, runTask, sameOrigin, setApiKey } from "./api.js";
+import { ApiError, apiKey, models, readiness, runTask, runTaskWithProgress, sameOrigin, setApiKey } from "./api.js";
 import { MaskEditor } from "./mask-editor.js";
 import { SettingsForm } from "./controls.js";
 import { OutpaintFrame } from "./outpaint-frame.js";
@@ -109,25 +109,44 @@ async function imageUUID() {
 
 let ticker = null;
 let progressLabel = "";
+let progressStarted = 0;
+
+function showProgressText() {
+  $("progress-text").textContent = `${progressLabel} · ${((performance.now() - progressStarted) / 1000).toFixed(1)} s`;
+}
 
 function startProgress(text) {
-  const started = performance.now();
+  progressStarted = performance.now();
   $("progress").hidden = false;
-  const show = () => {
-    $("progress-text").textContent = `${progressLabel} · ${((performance.now() - started) / 1000).toFixed(1)} s`;
-  };
   progressLabel = text;
-  show();
-  ticker = setInterval(show, 200);
+  showProgressText();
+  ticker = setInterval(showProgressText, 200);
 }
 
 function setProgress(text) {
   progressLabel = text;
+  showProgressText();
+}
+
+// A progress item of the running task: the bar shows its step, the thumbnail its first preview.
+function showStep(item) {
+  const bar = $("progress-bar");
+  bar.max = item.steps;
+  bar.value = item.step;
+  setProgress(`Inpainting: step ${item.step} of ${item.steps}`);
+  const preview = item.previewImages?.[0];
+  if (preview) {
+    $("progress-preview").src = preview;
+    $("progress-preview").hidden = false;
+  }
 }
 
 function stopProgress() {
   clearInterval(ticker);
   $("progress").hidden = true;
+  $("progress-bar").removeAttribute("value"); // back to indeterminate for the next task
+  $("progress-preview").hidden = true;
+  $("progress-preview").removeAttribute("src");
 }
 
 function showRunError(message) {
@@ -205,7 +224,11 @@ async function run(event) {
     setProgress(`Inpainting (${values.steps ?? "default"} steps, ${values.numberResults ?? 1} result(s))`);
     const task = { taskType: "imageInference", seedImage, outputType: "URL", ...values };
     if (mask) task.maskImage = mask;
-    const items = await runTask(task);
+    // Models served with progress stream it (server-sent events): the bar fills and a preview shows.
+    const model = state.catalog.models.find((m) => m.id === values.model);
+    const items = model?.progress
+      ? await runTaskWithProgress({ ...task, includePreviews: true }, showStep)
+      : await runTask(task);
     const entry = { before, values, items, mask, when: new Date() };
     state.history.unshift(entry);
     showResults(entry);
