@@ -80,6 +80,72 @@ def diffusers_inpaint(
     return np.asarray(result)
 
 
+def diffusers_soft_inpaint(
+    pipe,
+    scheduler_config: dict,
+    image: np.ndarray,
+    mask: np.ndarray,
+    prompt: str,
+    scheduler: str,
+    *,
+    steps: int,
+    strength: float,
+    guidance: float,
+    seed: int,
+) -> np.ndarray:
+    """The soft inpainting reference: diffusers' own inpainting pipeline, its loop untouched, with
+    differential diffusion's per-step rule applied through the pipeline's ``callback_on_step_end``
+    hook (diffusers ships the rule only as community example code, which no installed package holds):
+    after step i, the pixels still held before step i+1 (``1 - c > (i+1) / steps``, c the mask's grey
+    level at the latents' size) are the image's latents noised to step i+1's timestep.
+
+    The image latents and noise are drawn again, in the pipeline's order, from a second generator with
+    the same seed (the pipeline keeps its own to itself); an inpainting UNet at strength 1 draws no
+    image latents, so the distribution's mean stands for them. A base UNet's own blend is switched off
+    by an all-white ``mask_image`` (it conditions nothing); an inpainting UNet gets the soft mask, which
+    the pipeline binarises for its conditioning as always."""
+    import torch
+    from diffusers.image_processor import VaeImageProcessor
+    from diffusers.utils.torch_utils import randn_tensor
+
+    from triton_inpaint.pipelines.soft_inpainting import change_map, held
+
+    height, width = mask.shape
+    base = pipe.unet.config.in_channels == 4
+    scale = pipe.vae_scale_factor
+    replay = torch.Generator().manual_seed(seed)
+    init_image = pipe.image_processor.preprocess(Image.fromarray(image), height=height, width=width).float()
+    distribution = pipe.vae.encode(init_image).latent_dist
+    drawn = base or strength < 1.0
+    image_latents = distribution.sample(replay) if drawn else distribution.mode()
+    image_latents = image_latents * pipe.vae.config.scaling_factor
+    noise = randn_tensor(image_latents.shape, generator=replay, dtype=torch.float32)
+    grey = VaeImageProcessor(vae_scale_factor=scale, do_normalize=False, do_convert_grayscale=True)
+    soft = grey.preprocess(Image.fromarray(mask), height=height, width=width)
+    change = change_map(soft, height // scale, width // scale)
+    run = {}
+
+    def hold(pipeline, i, t, tensors):
+        if not run:  # the schedule this call runs: diffusers' get_timesteps, as the pipeline cut it
+            full = pipeline.scheduler.timesteps
+            start = max(steps - min(int(steps * strength), steps), 0) * pipeline.scheduler.order
+            run.update(timesteps=full[start:], total=len(full))
+        following = i + 1
+        if following >= len(run["timesteps"]):
+            return {}
+        t_next = run["timesteps"][following : following + 1]
+        original = pipeline.scheduler.add_noise(image_latents, noise, t_next)
+        keep = held(change, following, run["total"])
+        return {"latents": original * keep + tensors["latents"] * (1 - keep)}
+
+    mask_image = np.full_like(mask, 255) if base else mask
+    return diffusers_inpaint(
+        pipe, scheduler_config, image, mask_image, prompt, scheduler, steps=steps, strength=strength,
+        guidance=guidance, seed=seed, callback_on_step_end=hold,
+        callback_on_step_end_tensor_inputs=["latents"],
+    )  # fmt: skip
+
+
 def assert_served_parity(
     label: str, served: np.ndarray, want: np.ndarray, mask: np.ndarray, image: np.ndarray, tolerance: int = 3
 ) -> None:

@@ -103,6 +103,7 @@ def test_each_image_replays_alone_with_its_seed(reference, ours):
     [
         ({"mask_margin": 32}, "mask_margin", "not supported by FLUX Fill"),
         ({"negative_prompt": "blurry"}, "negative_prompt", "not supported by FLUX Fill"),
+        ({"soft_inpainting": True}, "soft_inpainting", "not available for FLUX Fill models yet"),
         ({"width": 72, "height": 64}, "width", "must be a multiple of 16 for FLUX Fill, got 72"),
         ({"scheduler": "DDIM"}, "scheduler", "choose one of: FlowMatch Euler"),
     ],
@@ -180,6 +181,7 @@ def test_served_flux_fill_default_size_is_native(client):
     [
         (FLUX_MODEL, {"mask_margin": 32}, "mask_margin: is not supported by FLUX Fill models"),
         (FLUX_MODEL, {"negative_prompt": "blurry"}, "negative_prompt: is not supported by FLUX Fill"),
+        (FLUX_MODEL, {"soft_inpainting": True}, "soft_inpainting: is not available for FLUX Fill models yet"),
         (FLUX_MODEL, {"width": 88}, "width: must be a multiple of 16 for FLUX Fill, got 88"),
         (FLUX_MODEL, {"scheduler": "Euler a"}, "scheduler: 'Euler a' does not work with this flow-matching"),
         (MODEL, {"scheduler": "FlowMatch Euler"}, "scheduler: 'FlowMatch Euler' does not work with this"),

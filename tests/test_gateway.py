@@ -425,3 +425,19 @@ def test_gateway_client_and_cli_make_the_same_calls(gateway, tmp_path):
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert done.returncode == 2 and "missing or invalid API key" in done.stderr  # no key given
+
+
+def test_soft_inpainting_through_the_gateway_equals_triton(gateway, triton_server):
+    """softInpainting (and --soft-inpainting) reach the denoise model unchanged: the gateway's image is
+    Triton's, and not the one without it."""
+    from triton_inpaint.client import GatewayClient, InpaintClient
+
+    image = png_bytes(make_image(96, 64, seed=2))
+    settings = {"steps": 4, "seed": 12, "mask_blur": 16, "width": 96, "height": 64}
+    mask = png_bytes(irregular_mask(96, 64))
+    with GatewayClient(gateway.url, KEYS[0]) as client:
+        over_gateway = client.inpaint(MODEL, image, mask, "a statue", soft_inpainting=True, **settings)
+    with InpaintClient(triton_server.grpc_url) as client:
+        soft = client.inpaint(MODEL, image, mask, "a statue", soft_inpainting=True, **settings)
+        plain = client.inpaint(MODEL, image, mask, "a statue", **settings)
+    assert over_gateway.images == soft.images and soft.images != plain.images

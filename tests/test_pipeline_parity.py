@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from tests.helpers import diffusers_inpaint, irregular_mask, make_image
+from tests.helpers import diffusers_inpaint, diffusers_soft_inpaint, irregular_mask, make_image
 from triton_inpaint.api.params import DenoiseParams
 from triton_inpaint.networks.runners import SD_TENSORS, RunnerComponents, TorchComponents, onnx_runner
 from triton_inpaint.pipelines.planning import processing_size
@@ -28,7 +28,7 @@ def reference(pipe, config, image, mask, scheduler, strength, steps=8, guidance=
     )
 
 
-def ours(pipeline, image, mask, scheduler, strength, steps=8, guidance=7.0, seed=7):
+def ours(pipeline, image, mask, scheduler, strength, steps=8, guidance=7.0, seed=7, **controls):
     params = DenoiseParams.from_inputs(
         PROMPT,
         steps=steps,
@@ -38,6 +38,7 @@ def ours(pipeline, image, mask, scheduler, strength, steps=8, guidance=7.0, seed
         scheduler=scheduler,
         width=image.shape[1],
         height=image.shape[0],
+        **controls,
     )
     images, box = pipeline(image, mask.astype(np.float32) / 255.0, params)
     assert box == (0, 0, image.shape[1], image.shape[0])
@@ -155,3 +156,45 @@ def test_a_request_whose_untiled_vae_does_not_fit_is_tiled_as_diffusers_tiles(
     )
     assert diff.max() <= 1
     assert np.abs(untiled.astype(int) - want.astype(int)).max() > 1  # the tiles really change the image
+
+
+def soft_mask(width: int = 160, height: int = 96) -> np.ndarray:
+    """A mask with every grey level: the irregular mask feathered over 24 pixels, as mask_blur does."""
+    from PIL import Image, ImageFilter
+
+    blurred = Image.fromarray(irregular_mask(width, height)).filter(ImageFilter.GaussianBlur(8))
+    return np.asarray(blurred)
+
+
+@pytest.fixture(scope="module")
+def torch_base_pipeline(reference_base_pipeline, scheduler_config):
+    pipe = reference_base_pipeline
+    return SDInpaintPipeline(
+        TorchComponents(pipe), pipe.tokenizer, scheduler_config, PipelineSpec.from_diffusers(pipe)
+    )
+
+
+@pytest.mark.parametrize("scheduler", ["DDIM", "Euler a", "DPM++ 2M"])
+@pytest.mark.parametrize("strength", [1.0, 0.6])
+@pytest.mark.parametrize("unet", ["inpainting", "base"])
+def test_soft_inpainting_matches_differential_diffusion_on_diffusers(
+    request, scheduler_config, scheduler, strength, unet
+):
+    """Per-step grey levels on either UNet equal diffusers' pipeline with differential diffusion's
+    rule applied at each step (tests/helpers.py, diffusers_soft_inpaint); and it is not plain
+    inpainting: the grey seam comes out otherwise."""
+    suffix = "" if unet == "inpainting" else "_base"
+    pipeline = request.getfixturevalue(f"torch{suffix}_pipeline")
+    pipe = request.getfixturevalue(f"reference{suffix}_pipeline")
+    image, mask = make_image(), soft_mask()
+    assert len(np.unique(mask)) > 100  # every grey level, not a binary mask
+    got = ours(pipeline, image, mask, scheduler, strength, soft_inpainting=True)
+    want = diffusers_soft_inpaint(
+        pipe, scheduler_config, image, mask, PROMPT, scheduler,
+        steps=8, strength=strength, guidance=7.0, seed=7,
+    )  # fmt: skip
+    diff = np.abs(got.astype(int) - want.astype(int))
+    print(f"soft {unet} {scheduler} strength={strength}: max {diff.max()}/255 mean {diff.mean():.4f}/255")
+    assert diff.max() <= 1
+    plain = ours(pipeline, image, mask, scheduler, strength)
+    assert np.abs(plain.astype(int) - got.astype(int)).max() > 8, "soft inpainting changed nothing"

@@ -10,6 +10,7 @@ from tests.helpers import (
     assert_served_parity,
     decode_rgb,
     diffusers_inpaint,
+    diffusers_soft_inpaint,
     irregular_mask,
     make_image,
     png_bytes,
@@ -79,6 +80,31 @@ def test_pipeline_logic_matches_diffusers(references, family, scheduler, strengt
     want = reference(pipe, config, image, mask, scheduler, strength, negative_prompt)
     diff = np.abs(got.astype(int) - want.astype(int))
     print(f"{family} torch modules {scheduler} strength={strength}: max {diff.max()}/255")
+    assert diff.max() <= 1
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize(("scheduler", "strength"), [("Euler a", 1.0), ("DPM++ 2M", 0.7)])
+def test_soft_inpainting_matches_differential_diffusion_on_diffusers(references, family, scheduler, strength):
+    """SDXL inpainting and base UNets, soft inpainting on a feathered mask, against diffusers' SDXL
+    pipeline with differential diffusion's per-step rule (tests/helpers.py)."""
+    from PIL import Image, ImageFilter
+
+    pipe, config = references[family]
+    ours = SDInpaintPipeline(TorchComponents(pipe), pipe.tokenizer, config, PipelineSpec.from_diffusers(pipe),
+                             pipe.tokenizer_2)  # fmt: skip
+    image = make_image(96, 64)
+    mask = np.asarray(Image.fromarray(irregular_mask(96, 64)).filter(ImageFilter.GaussianBlur(5)))
+    params = DenoiseParams.from_inputs(
+        PROMPT, steps=10, strength=strength, guidance_scale=5.0, seed=8, scheduler=scheduler, width=96,
+        height=64, soft_inpainting=True,
+    )  # fmt: skip
+    got = ours(image, mask / 255.0, params)[0][0]
+    want = diffusers_soft_inpaint(
+        pipe, config, image, mask, PROMPT, scheduler, steps=10, strength=strength, guidance=5.0, seed=8
+    )
+    diff = np.abs(got.astype(int) - want.astype(int))
+    print(f"{family} soft {scheduler} strength={strength}: max {diff.max()}/255")
     assert diff.max() <= 1
 
 

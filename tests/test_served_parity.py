@@ -3,11 +3,12 @@
 import numpy as np
 import pytest
 
-from tests.conftest import MODEL
+from tests.conftest import BASE_MODEL, MODEL
 from tests.helpers import (
     assert_served_parity,
     decode_rgb,
     diffusers_inpaint,
+    diffusers_soft_inpaint,
     irregular_mask,
     make_image,
     png_bytes,
@@ -87,3 +88,44 @@ def test_default_processing_size_returns_input_size(client):
     )
     assert served.shape == image.shape
     assert np.array_equal(served[mask == 0], image[mask == 0])
+
+
+@pytest.mark.parametrize(
+    ("model", "reference"), [(MODEL, "reference_pipeline"), (BASE_MODEL, "reference_base_pipeline")]
+)
+def test_served_soft_inpainting_matches_differential_diffusion(
+    request, client, scheduler_config, model, reference
+):
+    """soft_inpainting with a feathered mask, served, against diffusers' pipeline with differential
+    diffusion's per-step rule (tests/helpers.py): equal where the mask is white, the input where it
+    is black; in between the served result is the soft composite of the two."""
+    from PIL import Image, ImageFilter
+
+    image = make_image(160, 96)
+    mask = np.asarray(Image.fromarray(irregular_mask(160, 96)).filter(ImageFilter.GaussianBlur(6)))
+    settings = {"steps": 10, "strength": 1.0, "guidance_scale": 7.5, "seed": 77, "scheduler": "Euler a"}
+    result = client.inpaint(
+        model,
+        png_bytes(image),
+        png_bytes(mask),
+        PROMPT,
+        soft_inpainting=True,
+        width=160,
+        height=96,
+        **settings,
+    )
+    served = decode_rgb(result.image)
+    want = diffusers_soft_inpaint(
+        request.getfixturevalue(reference), scheduler_config, image, mask, PROMPT, "Euler a",
+        steps=10, strength=1.0, guidance=7.5, seed=77,
+    )  # fmt: skip
+    white, black = mask == 255, mask == 0
+    diff = np.abs(served.astype(int) - want.astype(int))[white]
+    print(f"{client.protocol} soft {model}: where the mask is white max {diff.max()}/255")
+    assert diff.max() <= TOLERANCE
+    assert np.array_equal(served[black], image[black]), "pixels the mask keeps must be the input's"
+    # The grey band: the generated image composited into the input by the mask's grey level.
+    weight = (mask.astype(np.float32) / 255.0)[..., None]
+    blended = weight * want.astype(np.float32) + (1.0 - weight) * image.astype(np.float32)
+    band = ~white & ~black
+    assert band.sum() > 1000 and np.abs(served.astype(np.float32) - blended)[band].max() <= TOLERANCE + 1

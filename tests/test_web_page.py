@@ -125,11 +125,11 @@ def run_and_wait(page, results: int = 1) -> None:
     page.wait_for_function("() => [...document.querySelectorAll('.result img')].every(i => i.complete)")
 
 
-def api_inference(gateway, image: bytes, mask: bytes, seed: int, steps: int, prompt: str) -> bytes:
+def api_inference(gateway, image: bytes, mask: bytes, seed: int, steps: int, prompt: str, **fields) -> bytes:
     task = {
         "taskType": "imageInference", "taskUUID": str(uuid.uuid4()), "model": MODEL_IDS[MODEL],
         "seedImage": base64.b64encode(image).decode(), "maskImage": base64.b64encode(mask).decode(),
-        "positivePrompt": prompt, "seed": seed, "steps": steps, "outputType": "base64Data",
+        "positivePrompt": prompt, "seed": seed, "steps": steps, "outputType": "base64Data", **fields,
     }  # fmt: skip
     status, body = gateway.post("/v1", [task], key=KEY)
     assert status == 200, body
@@ -197,12 +197,15 @@ WATCH_PROGRESS = """() => {
 
 def test_a_running_task_fills_the_progress_bar_and_shows_previews(page, gateway):
     """The page asks a model served with progress for its progress and previews (server-sent events):
-    the bar counts the steps, a thumbnail shows the result so far, and the result is the API's."""
+    the bar counts the steps, a thumbnail shows the result so far, and the result is the API's; here
+    with a soft brush and soft inpainting ticked, which the API's softInpainting equals."""
     open_page(page, gateway)
     page.click("#open-sample")
     page.wait_for_selector("#stage.has-image")
+    page.check("#brush-soft")
     paint(page)
     fill_settings(page, seed=77, steps=8)
+    page.check("#f-softInpainting")
     page.evaluate(WATCH_PROGRESS)
     run_and_wait(page)
     seen = page.evaluate("window.progressSeen")
@@ -216,9 +219,12 @@ def test_a_running_task_fills_the_progress_bar_and_shows_previews(page, gateway)
     assert any(f"step {total - 1} of {total}" in entry["text"] for entry in seen)
     assert page.locator("#progress").is_hidden() and page.locator("#progress-preview").is_hidden()
     mask = download(page, "#download-mask")
+    assert len(np.unique(pixels(mask, "L"))) > 10, "the soft brush paints grey levels"
     served = pixels(download(page, ".result a[download]"))
-    api = pixels(api_inference(gateway, SAMPLE, mask, seed=77, steps=8, prompt="a red door"))
+    api = pixels(api_inference(gateway, SAMPLE, mask, 77, 8, "a red door", softInpainting=True))
     assert np.array_equal(served, api), "the streamed result differs from the API's"
+    plain = pixels(api_inference(gateway, SAMPLE, mask, 77, 8, "a red door"))
+    assert not np.array_equal(served, plain), "soft inpainting was not sent"
 
 
 def test_face_detector_mask_then_edit_with_the_brush(page, gateway, tmp_path):

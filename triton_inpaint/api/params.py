@@ -54,6 +54,7 @@ class DenoiseParams:
     mask_margin: int | None = None
     dry_run: bool = False
     lora: tuple[LoraUse, ...] = ()  # adapters and weights, checked on their own (the model: plan)
+    soft_inpainting: bool = False  # the mask's grey levels applied per step (differential diffusion)
 
     @property
     def seeds(self) -> list[int]:
@@ -101,4 +102,5 @@ class DenoiseParams:
             mask_margin=values["mask_margin"],
             dry_run=values["dry_run"],
             lora=parse_lora(values["lora"]),
+            soft_inpainting=values["soft_inpainting"],
         )

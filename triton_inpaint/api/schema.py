@@ -222,6 +222,9 @@ INPAINT = RequestSchema(
                 default_text="the model's native size", runware="height"),
         Control("mask_margin", int, "inpaint only a crop this many pixels around the mask, at full "
                 "model resolution", DENOISE, bounds=(32, 128), default_text="off", runware="maskMargin"),
+        Control("soft_inpainting", bool, "soft inpainting (differential diffusion): a grey mask value sets "
+                "how much each pixel may change, step by step, instead of only in the final blend; use "
+                "with mask_blur for seams that blend", DENOISE, default=False, runware="softInpainting"),
         Control("num_images", int, "images to make, with seeds seed, seed+1, ...", DENOISE, bounds=(1, 4),
                 default=1, runware="numberResults", eden="n_samples"),
         Control("dry_run", bool, "check everything a request can be refused for (images, mask, sizes, "

@@ -94,6 +94,12 @@ class FluxFillInpaintPipeline:
                 "mask_margin",
                 "is not supported by FLUX Fill models (they always see the whole image); leave it out",
             )
+        if params.soft_inpainting:
+            raise InvalidInputError(
+                "soft_inpainting",
+                "is not available for FLUX Fill models yet (Stable Diffusion 1.5/2 and SDXL models have it); "
+                "leave it out, and feather the seam with mask_blur",
+            )
         if params.negative_prompt:
             raise InvalidInputError(
                 "negative_prompt",

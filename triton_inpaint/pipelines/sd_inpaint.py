@@ -35,7 +35,7 @@ from triton_inpaint.api.params import DenoiseParams
 from triton_inpaint.api.roles import LORA_SCALES, UNET
 from triton_inpaint.masks.shaping import mask_bounds
 from triton_inpaint.networks.runners import TEXT_ENCODER, TEXT_ENCODER_2, SDComponents
-from triton_inpaint.pipelines import vae_tiling
+from triton_inpaint.pipelines import soft_inpainting, vae_tiling
 from triton_inpaint.pipelines.batching import SteppedJob, run_alone
 from triton_inpaint.pipelines.planning import Plan, lora_row, processing_size, token_ids
 from triton_inpaint.pipelines.planning import plan as make_plan
@@ -87,6 +87,10 @@ class SDInpaintPipeline:
             do_normalize=False,
             do_binarize=True,
             do_convert_grayscale=True,
+        )
+        # Soft inpainting keeps the mask's grey levels (resized and cropped as the binary one).
+        self.soft_mask_processor = VaeImageProcessor(
+            vae_scale_factor=spec.vae_scale_factor, do_normalize=False, do_convert_grayscale=True
         )
 
     @property
@@ -202,12 +206,32 @@ class SDInpaintPipeline:
         """Encode once (in tiles of ``vae_tile`` pixels when given), then sample one latent per
         generator: each image's random stream is exactly that of a single-image diffusers call with its
         own seed."""
-        components = self.components
-        parameters = vae_tiling.encode(
-            components.encode_image, components.decode_latents, image, vae_tile, self.spec.vae_scale_factor
-        ).repeat(len(generators), 1, 1, 1)
+        parameters = self._vae_parameters(image, vae_tile).repeat(len(generators), 1, 1, 1)
         latents = DiagonalGaussianDistribution(parameters).sample(generators)
         return self.spec.vae_scaling_factor * latents
+
+    def _vae_parameters(self, image: torch.Tensor, vae_tile: int | None) -> torch.Tensor:
+        components = self.components
+        return vae_tiling.encode(
+            components.encode_image, components.decode_latents, image, vae_tile, self.spec.vae_scale_factor
+        )
+
+    def soft_change_map(self, mask: np.ndarray, width: int, height: int, crop: Box | None) -> torch.Tensor:
+        """Soft inpainting's change map at the latents' size: the mask as the request shaped it
+        (feathered by mask_blur), cropped and resized as the binary mask is, grey levels kept."""
+        resize_mode = "default" if crop is None else "fill"
+        soft = self.soft_mask_processor.preprocess(
+            mask_to_pil(mask), height=height, width=width, crops_coords=crop, resize_mode=resize_mode
+        ).to(device=self.device, dtype=torch.float32)
+        scale = self.spec.vae_scale_factor
+        return soft_inpainting.change_map(soft, height // scale, width // scale)
+
+    def image_latents_mean(self, init_image: torch.Tensor, vae_tile: int | None = None) -> torch.Tensor:
+        """The image's latents without a random draw (the distribution's mean): what soft inpainting
+        holds pixels to where diffusers encodes no image latents (inpainting UNets at strength 1), so
+        the request's random stream stays diffusers'."""
+        parameters = self._vae_parameters(init_image, vae_tile)
+        return self.spec.vae_scaling_factor * DiagonalGaussianDistribution(parameters).mode()
 
     def prepare_latents(
         self,
@@ -338,9 +362,16 @@ class SDInpaintPipeline:
             init_image, mask_condition, generators, do_cfg, tile
         )
         box = crop if crop is not None else (0, 0, image.shape[1], image.shape[0])
+        soft = None
+        if params.soft_inpainting:
+            # Thresholds over the whole schedule (diffusers' community pipelines: the steps asked),
+            # indexed from the first step run, so strength below 1 starts some pixels already free.
+            soft = SoftInpainting(self.soft_change_map(mask, width, height, crop), len(scheduler.timesteps))
+            if image_latents is None:
+                image_latents = self.image_latents_mean(init_image, tile).repeat(len(generators), 1, 1, 1)
         return SDJob(
             self, scheduler, timesteps, latents, mask_latents, masked_image_latents, conditions,
-            params.guidance_scale, generators, noise, image_latents, box, tile,
+            params.guidance_scale, generators, noise, image_latents, box, tile, soft,
         )  # fmt: skip
 
     def __call__(self, image: np.ndarray, mask: np.ndarray, params: DenoiseParams) -> tuple[np.ndarray, Box]:
@@ -350,6 +381,17 @@ class SDInpaintPipeline:
         and the box of the input they belong to (the whole image unless ``mask_margin`` cropped).
         """
         return run_alone(self.start(image, mask, params))
+
+
+class SoftInpainting:
+    """A request's change map (latent size) and the length of its whole schedule."""
+
+    def __init__(self, change: torch.Tensor, total: int) -> None:
+        self.change = change
+        self.total = total
+
+    def held(self, index: int) -> torch.Tensor:
+        return soft_inpainting.held(self.change, index, self.total)
 
 
 class SDJob(SteppedJob):
@@ -373,8 +415,10 @@ class SDJob(SteppedJob):
         image_latents: torch.Tensor | None,
         box: Box,
         vae_tile: int | None = None,
+        soft: SoftInpainting | None = None,
     ) -> None:
         self.pipeline = pipeline
+        self.soft = soft
         self.vae_tile = vae_tile
         self.scheduler = scheduler
         self.timesteps = timesteps
@@ -419,7 +463,16 @@ class SDJob(SteppedJob):
         # The scheduler's estimate of the clean latents where it gives one (DDIM, Euler, LMS...): what a
         # preview shows; otherwise the latents themselves.
         self.denoised = stepped[1] if len(stepped) > 1 and stepped[1] is not None else latents
-        if self.pipeline.blends_latents:
+        if self.soft is not None:
+            # Soft inpainting, either UNet: before the next step, the pixels it still holds are the
+            # original noised to that step's timestep (none after the last step).
+            following = self.index + 1
+            if following < len(self.timesteps):
+                t = self.timesteps[following : following + 1]
+                original = self.scheduler.add_noise(self.image_latents, self.noise, t)
+                held = self.soft.held(following)
+                latents = original * held + latents * (1 - held)
+        elif self.pipeline.blends_latents:
             # Base UNets: the known region is the original, noised to the next timestep.
             init_latents_proper = self.image_latents
             if self.index < len(self.timesteps) - 1:

@@ -6,7 +6,7 @@
 // Where each field goes and what it is called on the page; fields not listed go under "More".
 const LAYOUT = {
   main: ["positivePrompt", "negativePrompt", "strength", "steps", "CFGScale", "seed", "scheduler", "numberResults"],
-  mask: ["maskBlur", "maskExpand", "maskMargin"],
+  mask: ["maskBlur", "maskExpand", "maskMargin", "softInpainting"],
   outpaint: ["outpaint.top", "outpaint.right", "outpaint.bottom", "outpaint.left", "outpaint.blur"],
 };
 const LABELS = {
@@ -22,6 +22,7 @@ const LABELS = {
   maskExpand: "Mask expand",
   maskMargin: "Mask margin (crop)",
   maskInvert: "Invert mask",
+  softInpainting: "Soft inpainting",
   width: "Width",
   height: "Height",
   outputFormat: "Output format",
