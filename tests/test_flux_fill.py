@@ -84,6 +84,75 @@ def test_pipeline_logic_matches_diffusers(reference, ours, strength):
     assert np.abs(got.astype(int) - image.astype(int))[mask == 255].mean() > 5
 
 
+def diffusers_soft_fill(reference, image, mask, *, steps, strength, seed):
+    """FluxFillPipeline, its loop untouched, with differential diffusion's per-step rule applied through
+    its ``callback_on_step_end`` (as tests/helpers.py's diffusers_soft_inpaint for SD): after step i,
+    the positions still held before step i+1 are the image latents moved along the flow to step i+1's
+    timestep. The image latents and noise are drawn again, in the pipeline's order, from a second
+    generator with the same seed."""
+    import torch
+    from diffusers.image_processor import VaeImageProcessor
+    from diffusers.utils.torch_utils import randn_tensor
+    from PIL import Image
+
+    from triton_inpaint.pipelines.soft_inpainting import change_map, held
+
+    pipe, config = reference
+    height, width = mask.shape
+    factor = pipe.vae_scale_factor
+    replay = torch.Generator().manual_seed(seed)
+    init = pipe.image_processor.preprocess(Image.fromarray(image), height=height, width=width).float()
+    sampled = pipe.vae.encode(init).latent_dist.sample(replay)
+    image_latents = (sampled - pipe.vae.config.shift_factor) * pipe.vae.config.scaling_factor
+    noise = randn_tensor(image_latents.shape, generator=replay, dtype=torch.float32)
+    batch, channels, rows, columns = image_latents.shape
+    grey = VaeImageProcessor(vae_scale_factor=factor * 2, do_normalize=False, do_convert_grayscale=True)
+    change = change_map(grey.preprocess(Image.fromarray(mask), height=height, width=width), rows, columns)
+    packed_change = pipe._pack_latents(change.expand(batch, channels, -1, -1), batch, channels, rows, columns)
+    run = {}
+
+    def hold(pipeline, i, t, tensors):
+        if not run:  # the schedule this call runs, as FluxFillPipeline.get_timesteps cut it
+            full = pipeline.scheduler.timesteps
+            start = int(max(steps - steps * strength, 0)) * pipeline.scheduler.order
+            run.update(timesteps=full[start:], total=len(full))
+        following = i + 1
+        if following >= len(run["timesteps"]):
+            return {}
+        t_next = run["timesteps"][following : following + 1]
+        moved = pipeline.scheduler.scale_noise(image_latents, t_next, noise)
+        original = pipeline._pack_latents(moved, batch, channels, rows, columns)
+        keep = held(packed_change, following, run["total"])
+        return {"latents": original * keep + tensors["latents"] * (1 - keep)}
+
+    return diffusers_inpaint(
+        pipe, config, image, mask, PROMPT, None, steps=steps, strength=strength, guidance=GUIDANCE, seed=seed,
+        max_sequence_length=PipelineSpec.from_diffusers(pipe).max_sequence_length,
+        callback_on_step_end=hold, callback_on_step_end_tensor_inputs=["latents"],
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("strength", [1.0, 0.6])
+def test_soft_inpainting_matches_differential_diffusion_on_diffusers(reference, ours, strength):
+    from PIL import Image, ImageFilter
+
+    image = make_image(96, 64)
+    mask = np.asarray(Image.fromarray(irregular_mask(96, 64)).filter(ImageFilter.GaussianBlur(5)))
+    params = DenoiseParams.from_inputs(
+        PROMPT, steps=8, strength=strength, guidance_scale=GUIDANCE, seed=3, width=96, height=64,
+        soft_inpainting=True,
+    )  # fmt: skip
+    got = ours(image, mask / 255.0, params)[0][0]
+    want = diffusers_soft_fill(reference, image, mask, steps=8, strength=strength, seed=3)
+    diff = np.abs(got.astype(int) - want.astype(int))
+    print(f"flux-fill soft strength={strength}: max {diff.max()}/255")
+    assert diff.max() <= 1
+    plain = ours(image, mask / 255.0, DenoiseParams.from_inputs(
+        PROMPT, steps=8, strength=strength, guidance_scale=GUIDANCE, seed=3, width=96, height=64,
+    ))[0][0]  # fmt: skip
+    assert np.abs(plain.astype(int) - got.astype(int)).max() > 8, "soft inpainting changed nothing"
+
+
 def test_each_image_replays_alone_with_its_seed(reference, ours):
     image, mask = make_image(96, 64, seed=2), irregular_mask(96, 64)
     params = DenoiseParams.from_inputs(
@@ -103,7 +172,6 @@ def test_each_image_replays_alone_with_its_seed(reference, ours):
     [
         ({"mask_margin": 32}, "mask_margin", "not supported by FLUX Fill"),
         ({"negative_prompt": "blurry"}, "negative_prompt", "not supported by FLUX Fill"),
-        ({"soft_inpainting": True}, "soft_inpainting", "not available for FLUX Fill models yet"),
         ({"width": 72, "height": 64}, "width", "must be a multiple of 16 for FLUX Fill, got 72"),
         ({"scheduler": "DDIM"}, "scheduler", "choose one of: FlowMatch Euler"),
     ],
@@ -145,6 +213,24 @@ def test_served_flux_fill_matches_diffusers(client, reference, strength):
 
 
 @pytest.mark.server
+def test_served_flux_fill_soft_inpainting_matches_differential_diffusion(client, reference):
+    from PIL import Image, ImageFilter
+
+    image = make_image(96, 64, seed=4)
+    mask = np.asarray(Image.fromarray(irregular_mask(96, 64)).filter(ImageFilter.GaussianBlur(2)))
+    result = client.inpaint(
+        FLUX_MODEL, png_bytes(image), png_bytes(mask), PROMPT, steps=6, strength=1.0, guidance_scale=GUIDANCE,
+        seed=9, width=96, height=64, soft_inpainting=True,
+    )  # fmt: skip
+    served = decode_rgb(result.image)
+    want = diffusers_soft_fill(reference, image, mask, steps=6, strength=1.0, seed=9)
+    white, black = mask == 255, mask == 0
+    diff = np.abs(served.astype(int) - want.astype(int))[white]
+    print(f"served flux-fill soft: where the mask is white max {diff.max()}/255")
+    assert diff.max() <= 3 and np.array_equal(served[black], image[black])
+
+
+@pytest.mark.server
 def test_served_flux_fill_several_images_and_default_strength(client, reference):
     image, mask = make_image(96, 64, seed=5), irregular_mask(96, 64)
     result = client.inpaint(
@@ -181,7 +267,6 @@ def test_served_flux_fill_default_size_is_native(client):
     [
         (FLUX_MODEL, {"mask_margin": 32}, "mask_margin: is not supported by FLUX Fill models"),
         (FLUX_MODEL, {"negative_prompt": "blurry"}, "negative_prompt: is not supported by FLUX Fill"),
-        (FLUX_MODEL, {"soft_inpainting": True}, "soft_inpainting: is not available for FLUX Fill models yet"),
         (FLUX_MODEL, {"width": 88}, "width: must be a multiple of 16 for FLUX Fill, got 88"),
         (FLUX_MODEL, {"scheduler": "Euler a"}, "scheduler: 'Euler a' does not work with this flow-matching"),
         (MODEL, {"scheduler": "FlowMatch Euler"}, "scheduler: 'FlowMatch Euler' does not work with this"),

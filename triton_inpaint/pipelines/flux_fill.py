@@ -34,10 +34,11 @@ from triton_inpaint.api.imaging import Box, mask_to_pil
 from triton_inpaint.api.params import DenoiseParams
 from triton_inpaint.api.roles import LORA_SCALES
 from triton_inpaint.networks.runners import TEXT_ENCODER, TEXT_ENCODER_2, TRANSFORMER, FluxComponents
-from triton_inpaint.pipelines import vae_tiling
+from triton_inpaint.pipelines import soft_inpainting, vae_tiling
 from triton_inpaint.pipelines.batching import SteppedJob, run_alone
 from triton_inpaint.pipelines.planning import Plan, lora_row, processing_size, token_ids
 from triton_inpaint.pipelines.planning import plan as make_plan
+from triton_inpaint.pipelines.soft_inpainting import SoftInpainting
 from triton_inpaint.pipelines.spec import PipelineSpec
 
 
@@ -73,6 +74,13 @@ class FluxFillInpaintPipeline:
             do_binarize=True,
             do_convert_grayscale=True,
         )
+        # Soft inpainting keeps the mask's grey levels (resized as the binary one).
+        self.soft_mask_processor = VaeImageProcessor(
+            vae_scale_factor=spec.size_multiple,
+            vae_latent_channels=spec.latent_channels,
+            do_normalize=False,
+            do_convert_grayscale=True,
+        )
 
     @classmethod
     def from_directory(cls, directory: Path, components: FluxComponents) -> FluxFillInpaintPipeline:
@@ -93,12 +101,6 @@ class FluxFillInpaintPipeline:
             raise InvalidInputError(
                 "mask_margin",
                 "is not supported by FLUX Fill models (they always see the whole image); leave it out",
-            )
-        if params.soft_inpainting:
-            raise InvalidInputError(
-                "soft_inpainting",
-                "is not available for FLUX Fill models yet (Stable Diffusion 1.5/2 and SDXL models have it); "
-                "leave it out, and feather the seam with mask_blur",
             )
         if params.negative_prompt:
             raise InvalidInputError(
@@ -169,14 +171,15 @@ class FluxFillInpaintPipeline:
         timestep: torch.Tensor,
         generators: list[torch.Generator],
         vae_tile: int | None = None,
-    ) -> torch.Tensor:
-        """Packed initial latents: the image latents moved along the flow to the first timestep."""
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Packed initial latents (the image latents moved along the flow to the first timestep), and
+        the image latents and noise they were made of (unpacked; soft inpainting moves them again)."""
         image_latents = self._encode_vae_image(init_image, generators, vae_tile)
         noise = randn_tensor(
             image_latents.shape, generator=generators, device=self.device, dtype=torch.float32
         )
         latents = scheduler.scale_noise(image_latents, timestep.repeat(len(generators)), noise)
-        return self._pack(latents)
+        return self._pack(latents), image_latents, noise
 
     def prepare_mask_latents(
         self,
@@ -242,10 +245,19 @@ class FluxFillInpaintPipeline:
         mask_image = self.mask_processor.preprocess(mask_to_pil(mask), height=height, width=width)
         mask_image = mask_image.to(self.device)
         tile = plan.need.vae_tile
-        latents = self.prepare_latents(scheduler, init_image, timesteps[:1], generators, tile)
+        latents, image_latents, noise = self.prepare_latents(
+            scheduler, init_image, timesteps[:1], generators, tile
+        )
         condition = self.prepare_mask_latents(init_image, mask_image, generators, tile)
         factor = self.spec.vae_scale_factor
         batch = latents.shape[0]
+        soft = None
+        if params.soft_inpainting:
+            # The change map at the latents' size, packed as they are (each position's 2 x 2 block).
+            grey = self.soft_mask_processor.preprocess(mask_to_pil(mask), height=height, width=width)
+            change = soft_inpainting.change_map(grey.to(self.device), height // factor, width // factor)
+            packed = self._pack(change.expand(batch, self.spec.latent_channels, -1, -1).contiguous())
+            soft = (SoftInpainting(packed, len(scheduler.timesteps)), image_latents, noise)
         image_ids = FluxFillPipeline._prepare_latent_image_ids(
             batch, height // factor // 2, width // factor // 2, self.device, torch.float32
         )
@@ -262,7 +274,7 @@ class FluxFillInpaintPipeline:
             conditions[LORA_SCALES] = lora.repeat(batch, 1)
         return FluxJob(
             self, scheduler, timesteps, latents, condition, conditions, width, height,
-            (0, 0, image_width, image_height), tile,
+            (0, 0, image_width, image_height), tile, soft,
         )  # fmt: skip
 
     def __call__(self, image: np.ndarray, mask: np.ndarray, params: DenoiseParams) -> tuple[np.ndarray, Box]:
@@ -289,8 +301,10 @@ class FluxJob(SteppedJob):
         height: int,
         box: Box,
         vae_tile: int | None = None,
+        soft: tuple[SoftInpainting, torch.Tensor, torch.Tensor] | None = None,
     ) -> None:
         self.pipeline = pipeline
+        self.soft = soft  # soft inpainting's change map, with the image latents and noise (unpacked)
         self.vae_tile = vae_tile
         self.scheduler = scheduler
         self.timesteps = timesteps
@@ -325,6 +339,15 @@ class FluxJob(SteppedJob):
         # Flow matching: the clean estimate is x_t - sigma_t * v (what a progress preview shows).
         self.sigma = float(self.scheduler.sigmas[self.scheduler.step_index - 1])
         self.velocity, self.noisy = prediction, noisy
+        following = self.index + 1
+        if self.soft is not None and following < len(self.timesteps):
+            # Soft inpainting: the pixels still held before the next step are the image latents moved
+            # along the flow to that step's timestep (FLUX Fill itself never blends).
+            soft, image_latents, noise = self.soft
+            t = self.timesteps[following : following + 1].repeat(image_latents.shape[0])
+            original = self.pipeline._pack(self.scheduler.scale_noise(image_latents, t, noise))
+            held = soft.held(following)
+            self.latents = original * held + self.latents * (1 - held)
         self.index += 1
 
     def preview_latents(self) -> torch.Tensor:

@@ -39,6 +39,7 @@ from triton_inpaint.pipelines import soft_inpainting, vae_tiling
 from triton_inpaint.pipelines.batching import SteppedJob, run_alone
 from triton_inpaint.pipelines.planning import Plan, lora_row, processing_size, token_ids
 from triton_inpaint.pipelines.planning import plan as make_plan
+from triton_inpaint.pipelines.soft_inpainting import SoftInpainting
 from triton_inpaint.pipelines.spec import PipelineSpec
 
 
@@ -364,8 +365,6 @@ class SDInpaintPipeline:
         box = crop if crop is not None else (0, 0, image.shape[1], image.shape[0])
         soft = None
         if params.soft_inpainting:
-            # Thresholds over the whole schedule (diffusers' community pipelines: the steps asked),
-            # indexed from the first step run, so strength below 1 starts some pixels already free.
             soft = SoftInpainting(self.soft_change_map(mask, width, height, crop), len(scheduler.timesteps))
             if image_latents is None:
                 image_latents = self.image_latents_mean(init_image, tile).repeat(len(generators), 1, 1, 1)
@@ -381,17 +380,6 @@ class SDInpaintPipeline:
         and the box of the input they belong to (the whole image unless ``mask_margin`` cropped).
         """
         return run_alone(self.start(image, mask, params))
-
-
-class SoftInpainting:
-    """A request's change map (latent size) and the length of its whole schedule."""
-
-    def __init__(self, change: torch.Tensor, total: int) -> None:
-        self.change = change
-        self.total = total
-
-    def held(self, index: int) -> torch.Tensor:
-        return soft_inpainting.held(self.change, index, self.total)
 
 
 class SDJob(SteppedJob):

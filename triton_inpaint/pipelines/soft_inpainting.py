@@ -27,3 +27,16 @@ def held(change: torch.Tensor, index: int, total: int) -> torch.Tensor:
     """1 where a pixel still follows the original before step ``index`` of ``total``, 0 where it is
     free; the same dtype as ``change``."""
     return ((1.0 - change) > index / total).to(change.dtype)
+
+
+class SoftInpainting:
+    """A request's change map, shaped as its latents, and the length of its whole schedule: the
+    thresholds run over every step asked (as diffusers' community pipelines count them), indexed from
+    the first step run, so below strength 1 some pixels are free from the start."""
+
+    def __init__(self, change: torch.Tensor, total: int) -> None:
+        self.change = change
+        self.total = total
+
+    def held(self, index: int) -> torch.Tensor:
+        return held(self.change, index, self.total)
