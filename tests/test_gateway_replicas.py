@@ -85,9 +85,9 @@ def test_two_replicas_share_the_queue_survive_a_sigkill_and_a_database_restart(
     try:
         sent = []
 
-        def send(tasks: list[dict]) -> None:
-            for index, task in enumerate(tasks):  # across both replicas
-                status, body = (first, second)[index % 2].post("/v1", [task])
+        def send(tasks: list[dict], replicas: tuple = (first, second)) -> None:
+            for index, task in enumerate(tasks):  # across the replicas
+                status, body = replicas[index % len(replicas)].post("/v1", [task])
                 assert status == 200 and body["data"][0]["status"] == "processing", body
             sent.extend(tasks)
 
@@ -119,22 +119,28 @@ def test_two_replicas_share_the_queue_survive_a_sigkill_and_a_database_restart(
             wait_for(lambda replica=replica: replica.get_json("/readyz")[0] == 200, 30, "readiness")
 
         # One replica is killed while it holds a task: the other takes that task over after its lease.
-        # New, longer tasks, so that there is work to be killed in however fast the first batch went. The
-        # replica is stopped (SIGSTOP) before its tasks are read, so that what it holds cannot change
-        # between that read and the SIGKILL.
-        send([inference(seed, steps=6) for seed in range(BEFORE_RESTART, TASKS)])
-        mine = f"%:{first.pid}:%"
-        held_now = "SELECT id FROM tasks WHERE status = 'running' AND owner LIKE %s"
-        held: list[str] = []
-        while not held:
-            wait_for(lambda: rows(database_url, held_now, mine), 120, "the first replica to run a task",
-                     explain)  # fmt: skip
-            first.process.send_signal(signal.SIGSTOP)
-            held = [row[0] for row in rows(database_url, held_now, mine)]
-            if not held:  # it finished between the two reads: let it claim the next one
-                first.process.send_signal(signal.SIGCONT)
-        first.process.send_signal(signal.SIGKILL)
-        first.process.wait(timeout=10)
+        # New, longer tasks, so that there is work to be killed in however fast the first batch went.
+        # The second replica is paused (SIGSTOP) meanwhile: after the restart the first one's workers
+        # may still be in their back-off, and the second would otherwise run the whole batch first. The
+        # first is stopped too before its tasks are read, so that what it holds cannot change between
+        # that read and the SIGKILL.
+        second.process.send_signal(signal.SIGSTOP)
+        try:
+            send([inference(seed, steps=6) for seed in range(BEFORE_RESTART, TASKS)], (first,))
+            mine = f"%:{first.pid}:%"
+            held_now = "SELECT id FROM tasks WHERE status = 'running' AND owner LIKE %s"
+            held: list[str] = []
+            while not held:
+                wait_for(lambda: rows(database_url, held_now, mine), 120, "the first replica to run a task",
+                         explain)  # fmt: skip
+                first.process.send_signal(signal.SIGSTOP)
+                held = [row[0] for row in rows(database_url, held_now, mine)]
+                if not held:  # it finished between the two reads: let it claim the next one
+                    first.process.send_signal(signal.SIGCONT)
+            first.process.send_signal(signal.SIGKILL)
+            first.process.wait(timeout=10)
+        finally:
+            second.process.send_signal(signal.SIGCONT)
         killed_at = time.monotonic()
 
         unfinished = "SELECT count(*) FROM tasks WHERE status IN ('pending', 'running')"
