@@ -108,7 +108,7 @@ def diffusers_soft_inpaint(
     from diffusers.image_processor import VaeImageProcessor
     from diffusers.utils.torch_utils import randn_tensor
 
-    from triton_inpaint.pipelines.soft_inpainting import change_map, held
+    from triton_inpaint.pipelines.soft_inpainting import change_map
 
     height, width = mask.shape
     base = pipe.unet.config.in_channels == 4
@@ -123,27 +123,40 @@ def diffusers_soft_inpaint(
     grey = VaeImageProcessor(vae_scale_factor=scale, do_normalize=False, do_convert_grayscale=True)
     soft = grey.preprocess(Image.fromarray(mask), height=height, width=width)
     change = change_map(soft, height // scale, width // scale)
-    run = {}
-
-    def hold(pipeline, i, t, tensors):
-        if not run:  # the schedule this call runs: diffusers' get_timesteps, as the pipeline cut it
-            full = pipeline.scheduler.timesteps
-            start = max(steps - min(int(steps * strength), steps), 0) * pipeline.scheduler.order
-            run.update(timesteps=full[start:], total=len(full))
-        following = i + 1
-        if following >= len(run["timesteps"]):
-            return {}
-        t_next = run["timesteps"][following : following + 1]
-        original = pipeline.scheduler.add_noise(image_latents, noise, t_next)
-        keep = held(change, following, run["total"])
-        return {"latents": original * keep + tensors["latents"] * (1 - keep)}
-
+    # diffusers' get_timesteps: the schedule is cut at int(steps * strength) steps.
+    first = max(steps - min(int(steps * strength), steps), 0)
+    hold = differential_diffusion_hook(
+        first, change, lambda pipeline, t: pipeline.scheduler.add_noise(image_latents, noise, t)
+    )
     mask_image = np.full_like(mask, 255) if base else mask
     return diffusers_inpaint(
         pipe, scheduler_config, image, mask_image, prompt, scheduler, steps=steps, strength=strength,
         guidance=guidance, seed=seed, callback_on_step_end=hold,
         callback_on_step_end_tensor_inputs=["latents"],
     )  # fmt: skip
+
+
+def differential_diffusion_hook(first_step: int, change, original_at):
+    """A ``callback_on_step_end`` applying differential diffusion's rule to a diffusers pipeline run:
+    after step i, the positions still held before step i+1 (``held(change, i+1, all steps)``) take
+    ``original_at(pipeline, t)``, the image latents brought to step i+1's timestep ``t``; nothing after
+    the last step. ``first_step``: where the pipeline's strength cut the schedule."""
+    from triton_inpaint.pipelines.soft_inpainting import held
+
+    run = {}
+
+    def hold(pipeline, i, t, tensors):
+        if not run:  # the schedule this call runs
+            full = pipeline.scheduler.timesteps
+            run.update(timesteps=full[first_step * pipeline.scheduler.order :], total=len(full))
+        following = i + 1
+        if following >= len(run["timesteps"]):
+            return {}
+        original = original_at(pipeline, run["timesteps"][following : following + 1])
+        keep = held(change, following, run["total"])
+        return {"latents": original * keep + tensors["latents"] * (1 - keep)}
+
+    return hold
 
 
 def assert_served_parity(

@@ -10,6 +10,7 @@ from tests.conftest import FLUX_MODEL, MODEL, MODEL_IDS
 from tests.helpers import (
     assert_served_parity,
     decode_rgb,
+    differential_diffusion_hook,
     diffusers_inpaint,
     irregular_mask,
     make_image,
@@ -95,7 +96,7 @@ def diffusers_soft_fill(reference, image, mask, *, steps, strength, seed):
     from diffusers.utils.torch_utils import randn_tensor
     from PIL import Image
 
-    from triton_inpaint.pipelines.soft_inpainting import change_map, held
+    from triton_inpaint.pipelines.soft_inpainting import change_map
 
     pipe, config = reference
     height, width = mask.shape
@@ -109,21 +110,13 @@ def diffusers_soft_fill(reference, image, mask, *, steps, strength, seed):
     grey = VaeImageProcessor(vae_scale_factor=factor * 2, do_normalize=False, do_convert_grayscale=True)
     change = change_map(grey.preprocess(Image.fromarray(mask), height=height, width=width), rows, columns)
     packed_change = pipe._pack_latents(change.expand(batch, channels, -1, -1), batch, channels, rows, columns)
-    run = {}
 
-    def hold(pipeline, i, t, tensors):
-        if not run:  # the schedule this call runs, as FluxFillPipeline.get_timesteps cut it
-            full = pipeline.scheduler.timesteps
-            start = int(max(steps - steps * strength, 0)) * pipeline.scheduler.order
-            run.update(timesteps=full[start:], total=len(full))
-        following = i + 1
-        if following >= len(run["timesteps"]):
-            return {}
-        t_next = run["timesteps"][following : following + 1]
-        moved = pipeline.scheduler.scale_noise(image_latents, t_next, noise)
-        original = pipeline._pack_latents(moved, batch, channels, rows, columns)
-        keep = held(packed_change, following, run["total"])
-        return {"latents": original * keep + tensors["latents"] * (1 - keep)}
+    def moved(pipeline, t):  # along the flow to t, packed
+        flowed = pipeline.scheduler.scale_noise(image_latents, t, noise)
+        return pipeline._pack_latents(flowed, batch, channels, rows, columns)
+
+    # FluxFillPipeline.get_timesteps cuts the schedule at steps * strength (a float product).
+    hold = differential_diffusion_hook(int(max(steps - steps * strength, 0)), packed_change, moved)
 
     return diffusers_inpaint(
         pipe, config, image, mask, PROMPT, None, steps=steps, strength=strength, guidance=GUIDANCE, seed=seed,
