@@ -321,6 +321,9 @@ def test_outpaint_by_dragging_the_edges_equals_the_api(page, gateway):
         page.evaluate("parseFloat(getComputedStyle(document.getElementById('mask-layer')).width)")
         / pixels(SAMPLE).shape[1]
     )
+    # Opening the section scrolled the page down to it (the settings column is taller than the
+    # window): bring the stage back into view before the mouse grabs its edge.
+    page.locator("#stage").scroll_into_view_if_needed()
     edge = page.locator("#outpaint-frame .edge-right").bounding_box()
     x, y = edge["x"] + edge["width"] / 2, edge["y"] + edge["height"] / 2
     page.mouse.move(x, y)
