@@ -128,6 +128,10 @@ class ModelInfo:
     aliases: tuple[str, ...] = ()  # other ids the registry gave it (e.g. a hosted API's model id)
     adapters: tuple[str, ...] = ()  # the LoRA adapters requests may apply (``lora``)
     progress: bool = False  # its streaming twin is loaded: inpaint(on_progress=...) works
+    # Step caching it serves: DeepCache's branches (UNet models; deep_cache_branch_id is one of them) and
+    # the first-block cache (FLUX, fbcache). Empty/False: exported before step caching, or without.
+    deep_cache_branches: tuple[int, ...] = ()
+    first_block_cache: bool = False
 
 
 @dataclass(frozen=True)
@@ -227,6 +231,10 @@ class InpaintClient:
                     aliases=tuple(alias for alias in params.get("model_aliases", "").split(",") if alias),
                     adapters=tuple(item for item in params.get("lora_adapters", "").split(",") if item),
                     progress=ensemble_name(name) + STREAM_SUFFIX in loaded,
+                    deep_cache_branches=tuple(
+                        int(item) for item in params.get("deep_cache_branches", "").split(",") if item
+                    ),
+                    first_block_cache=params.get("first_block_cache") == "1",
                 )
             )
         return models

@@ -8,6 +8,7 @@ import warnings
 from pathlib import Path
 
 from triton_inpaint.api.contract import DEFAULT_MAX_INFLIGHT
+from triton_inpaint.api.roles import DEFAULT_DEEP_CACHE_BRANCHES
 from triton_inpaint.export.runtimes import PRECISIONS, RUNTIMES
 from triton_inpaint.pipelines.spec import TINY_MODELS, TINY_SIZES
 
@@ -172,6 +173,15 @@ def _add_batching_options(parser: argparse.ArgumentParser) -> None:
         "runs): one model process less, about 370 MiB",
     )
     parser.add_argument(
+        "--deep-cache-branches",
+        type=_branches,
+        default=DEFAULT_DEEP_CACHE_BRANCHES,
+        metavar="LIST",
+        help="UNet models: the DeepCache branches served (comma-separated, 0 the shallowest; 'none' for "
+        "none), each a shallow UNet beside the full one (docs/controls.md#step-caching; default: "
+        + ",".join(map(str, DEFAULT_DEEP_CACHE_BRANCHES)) + ")",
+    )
+    parser.add_argument(
         "--quiet", action="store_true", help="no progress bar (one shows only on a terminal anyway)"
     )
 
@@ -246,9 +256,22 @@ def _threads(text: str) -> int:
     return value
 
 
+def _branches(text: str) -> tuple[int, ...]:
+    """``--deep-cache-branches``: ``0,1,2`` or ``none``."""
+    if text.strip().lower() in ("none", ""):
+        return ()
+    try:
+        branches = tuple(sorted({int(part) for part in text.split(",")}))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give branch numbers such as 0,1,2, or none") from None
+    if any(not 0 <= branch <= 11 for branch in branches):
+        raise argparse.ArgumentTypeError(f"{text!r}: branches are 0-11 (SD 1.5/2: 0-11, SDXL: 0-8)")
+    return branches
+
+
 def _batching_options(args: argparse.Namespace) -> dict[str, object]:
     names = ("denoise_instances", "max_inflight", "ort_threads", "cpu_graphs", "runtime", "precision")
-    names += ("quiet", "stream")
+    names += ("quiet", "stream", "deep_cache_branches")
     options = {name: getattr(args, name) for name in names}
     options |= {
         "gpu_instances": args.instance_kind == "gpu",

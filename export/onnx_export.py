@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from triton_inpaint.api.contract import Runner
+from triton_inpaint.api.roles import base_role, shallow_role
 from triton_inpaint.export import attention
 from triton_inpaint.networks.lora import LoraNetwork
 from triton_inpaint.networks.runners import (
@@ -110,8 +111,61 @@ def is_sdxl(pipeline: object) -> bool:
     return architecture(pipeline) == "sdxl"
 
 
-def _modules(pipeline: object) -> dict[str, torch.nn.Module]:
-    return role_modules(pipeline, architecture(pipeline))
+def _modules(pipeline: object, deep_cache_branches: tuple[int, ...] = ()) -> dict[str, torch.nn.Module]:
+    return role_modules(pipeline, architecture(pipeline), deep_cache_branches)
+
+
+def _with_deep_features(
+    modules: dict[str, torch.nn.Module], examples: dict[str, tuple], branches: tuple[int, ...]
+) -> dict[str, tuple]:
+    """Each DeepCache shallow UNet's example: the UNet's inputs and the feature the full UNet returns
+    for them (before the adapter weights, which stay last)."""
+    if not branches:
+        return examples
+    unet_example = examples[UNET]
+    with torch.no_grad():
+        _, *features = modules[UNET](*unet_example)
+    banked = isinstance(modules[UNET], LoraNetwork)
+    for branch, feature in zip(branches, features, strict=True):
+        if banked:
+            examples[shallow_role(branch)] = (*unet_example[:-1], feature, unet_example[-1])
+        else:
+            examples[shallow_role(branch)] = (*unet_example, feature)
+    return examples
+
+
+class _EveryInput(torch.nn.Module):
+    """A shallow UNet as exported: its output plus an exact zero made from every input. The layers a
+    shallow branch runs may read no text state (no cross-attention among them) or no adapter weight,
+    and the graph exporter drops inputs nothing reads; but every UNet call sends them all (the same
+    inputs as the full UNet, which is what lets the caller switch networks), and a graph, a Triton
+    config and a TensorRT profile must name the same inputs."""
+
+    def __init__(self, module: torch.nn.Module) -> None:
+        super().__init__()
+        self.module = module
+
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        output = self.module(*inputs)
+        rows = output.shape[0]
+        tie = sum(value.reshape(rows, -1)[:, :1].to(output.dtype) for value in inputs)
+        return output + 0.0 * tie.reshape(rows, *([1] * (output.dim() - 1)))
+
+
+def check_shallow_networks(
+    modules: dict[str, torch.nn.Module], examples: dict[str, tuple], branches: tuple[int, ...]
+) -> None:
+    """Each shallow UNet started from the full UNet's own feature must give the full UNet's prediction:
+    the proof that its hand-written forward is diffusers' (networks/deep_cache.py)."""
+    if not branches:
+        return
+    with torch.no_grad():
+        noise, *_ = modules[UNET](*examples[UNET])
+        for branch in branches:
+            role = shallow_role(branch)
+            diff = float((modules[role](*examples[role]) - noise).abs().max())
+            if not diff <= 1e-4 * max(1.0, float(noise.abs().max())):
+                raise RuntimeError(f"{role}: the shallow UNet differs from the full one by {diff}")
 
 
 def _lora_roles(modules: dict[str, torch.nn.Module]) -> tuple[str, ...]:
@@ -125,7 +179,8 @@ def _with_lora_scales(
     check below sees the banks at work)."""
     generator = torch.Generator().manual_seed(4321)
     for role, module in modules.items():
-        if isinstance(module, LoraNetwork):
+        # A shallow UNet's example is the UNet's, adapter weights included (_with_deep_features).
+        if isinstance(module, LoraNetwork) and role in examples:
             weights = torch.rand(batch, module.scales.adapters, generator=generator) * 2 - 1
             examples[role] = (*examples[role], weights)
     return examples
@@ -228,12 +283,14 @@ def _example_inputs(pipeline: object, batch: int, latent_h: int, latent_w: int) 
 
 
 def _dynamic_axes(names: tuple[str, ...], role: str) -> dict[str, dict[int, str]]:
-    spatial = {VAE_ENCODER, VAE_DECODER, UNET}
+    spatial = base_role(role) in (VAE_ENCODER, VAE_DECODER, UNET)
     axes = {}
     for name in names:
         axes[name] = {0: "batch"}
-        if role in spatial and name in ("sample", "latent_sample", "latent_parameters", "noise_pred"):
+        if spatial and name in ("sample", "latent_sample", "latent_parameters", "noise_pred"):
             axes[name] |= {2: "height", 3: "width"}
+        if name.startswith("deep_feature_"):  # at 1/2^block of the latents
+            axes[name] |= {2: f"{name}_height", 3: f"{name}_width"}
         if role == TRANSFORMER and name in ("hidden_states", "img_ids", "noise_pred"):
             axes[name] |= {1: "image_tokens"}
     return axes
@@ -244,24 +301,28 @@ def export_onnx(
     paths: dict[str, Path],
     fused_attention: bool = False,
     each: Callable[[str, Path], None] | None = None,
+    deep_cache_branches: tuple[int, ...] = (),
 ) -> dict[str, Path]:
     """Write the networks to the given ``.onnx`` paths (one folder each: a graph over 2 GB keeps its
     weights in external data files beside it). ``fused_attention``: attention as onnxruntime's
     ``MultiHeadAttention`` (:mod:`triton_inpaint.export.attention`), for the CPU runtime. ``each`` is
-    told of every network written (progress)."""
-    modules = _modules(pipeline)
+    told of every network written (progress). ``deep_cache_branches``: the UNet also returns their
+    features, and each has its shallow UNet (:mod:`triton_inpaint.networks.deep_cache`)."""
+    modules = _modules(pipeline, deep_cache_branches)
     odd = _odd_latent_size(pipeline)
     examples = _example_inputs(pipeline, batch=2, latent_h=odd, latent_w=odd + 2)
     examples = _with_lora_scales(modules, examples, 2)
-    tensors = network_tensors(architecture(pipeline), _lora_roles(modules))
+    examples = _with_deep_features(modules, examples, deep_cache_branches)
+    tensors = network_tensors(architecture(pipeline), _lora_roles(modules), deep_cache_branches)
     for name, module in modules.items():
         input_names, output_names = tensors[name]
         path = paths[name]
         path.parent.mkdir(parents=True, exist_ok=True)
         exportable = _exportable_flux(module.transformer) if name == TRANSFORMER else nullcontext()
+        traced = _EveryInput(module) if base_role(name) == UNET and name != UNET else module
         with torch.no_grad(), exportable, attention.fused_attention(fused_attention):
             torch.onnx.export(
-                module,
+                traced,
                 examples[name],
                 str(path),
                 input_names=list(input_names),
@@ -276,13 +337,18 @@ def export_onnx(
 
 
 def verify_onnx(
-    pipeline: object, paths: dict[str, Path], each: Callable[[str, Path], None] | None = None
+    pipeline: object,
+    paths: dict[str, Path],
+    each: Callable[[str, Path], None] | None = None,
+    deep_cache_branches: tuple[int, ...] = (),
 ) -> list[ExportCheck]:
     """Run each graph and its torch module on a batch size and spatial size other than the traced ones."""
-    return _verify(pipeline, onnx_runner(paths), paths, each)
+    return _verify(pipeline, onnx_runner(paths), paths, each, deep_cache_branches)
 
 
-def verify_saved_networks(pipeline: object, directories: dict[str, Path]) -> list[ExportCheck]:
+def verify_saved_networks(
+    pipeline: object, directories: dict[str, Path], deep_cache_branches: tuple[int, ...] = ()
+) -> list[ExportCheck]:
     """Load each network the ``gpu-torch`` runtime will serve back from disk (in float32 on the CPU:
     weights saved in fp16 show their rounding here) and run it against the pipeline's own module."""
     loaded = {
@@ -294,15 +360,21 @@ def verify_saved_networks(pipeline: object, directories: dict[str, Path]) -> lis
         feeds = {name: torch.from_numpy(value) for name, value in inputs.items()}
         return [value.numpy() for value in run(model, feeds, outputs)]
 
-    return _verify(pipeline, run_numpy, directories)
+    return _verify(pipeline, run_numpy, directories, deep_cache_branches=deep_cache_branches)
 
 
 def _verify(
-    pipeline: object, run: Runner, paths: dict[str, Path], each: Callable[[str, Path], None] | None = None
+    pipeline: object,
+    run: Runner,
+    paths: dict[str, Path],
+    each: Callable[[str, Path], None] | None = None,
+    deep_cache_branches: tuple[int, ...] = (),
 ) -> list[ExportCheck]:
-    modules = _modules(pipeline)
+    modules = _modules(pipeline, deep_cache_branches)
     examples = _with_lora_scales(modules, _example_inputs(pipeline, 1, *_verify_latent_size(pipeline)), 1)
-    tensors = network_tensors(architecture(pipeline), _lora_roles(modules))
+    examples = _with_deep_features(modules, examples, deep_cache_branches)
+    check_shallow_networks(modules, examples, deep_cache_branches)
+    tensors = network_tensors(architecture(pipeline), _lora_roles(modules), deep_cache_branches)
     checks = []
     for name, module in modules.items():
         input_names, output_names = tensors[name]

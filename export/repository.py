@@ -22,6 +22,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 from triton_inpaint.api import contract
 from triton_inpaint.api.commands import progress
 from triton_inpaint.api.contract import TensorSpec
+from triton_inpaint.api.roles import DEFAULT_DEEP_CACHE_BRANCHES, base_role, shallow_role
 from triton_inpaint.export.adapters import load_adapters
 from triton_inpaint.export.onnx_cleanup import clean_onnx
 from triton_inpaint.export.onnx_export import (
@@ -40,6 +41,7 @@ from triton_inpaint.export.runtimes import (
     network_config,
     shape_profile,
 )
+from triton_inpaint.networks.deep_cache import feature_shapes
 from triton_inpaint.networks.ort_sessions import optimize_for_cpu
 from triton_inpaint.networks.runners import (
     TEXT_ENCODER,
@@ -98,6 +100,11 @@ class ExportOptions:
     # LoRA adapters served with the model: (id, safetensors file), banked into its networks
     # (triton_inpaint.networks.lora); requests weight them per call.
     lora: tuple[tuple[str, Path], ...] = ()
+    # Step caching (docs/controls.md#step-caching). UNet families: the DeepCache branches served, each a
+    # shallow UNet beside the full one (the first block's three: the fastest, and small networks).
+    # FLUX: the transformer's two halves for the first-block cache.
+    deep_cache_branches: tuple[int, ...] = DEFAULT_DEEP_CACHE_BRANCHES
+    first_block_cache: bool = False  # not yet served: the FLUX split lands next
 
 
 def runtime_options(options: ExportOptions) -> RuntimeOptions:
@@ -190,9 +197,16 @@ def _network_tensors(
 ) -> dict[str, tuple[list[TensorSpec], list[TensorSpec]]]:
     """Per-network (inputs, outputs), dims without the batch axis."""
     shapes = _flux_shapes(pipeline) if spec.flux else _sd_shapes(pipeline)
-    for role in spec.lora_roles:
-        shapes[role][0].append(("TYPE_FP32", (len(spec.adapters),)))
-    return _with_names(shapes, spec.architecture, spec.lora_roles)
+    if spec.deep_cache_features:  # the UNet returns each branch's feature; a shallow UNet takes it
+        unet_inputs, unet_outputs = shapes[UNET]
+        features = [("TYPE_FP32", (channels, -1, -1)) for _, channels, _ in spec.deep_cache_features]
+        shapes[UNET] = (unet_inputs, [*unet_outputs, *features])
+        for (branch, _, _), feature in zip(spec.deep_cache_features, features, strict=True):
+            shapes[shallow_role(branch)] = ([*unet_inputs, feature], list(unet_outputs))
+    for role in shapes:
+        if base_role(role) in spec.lora_roles:
+            shapes[role][0].append(("TYPE_FP32", (len(spec.adapters),)))
+    return _with_names(shapes, spec)
 
 
 def _sd_shapes(pipeline: object) -> dict[str, tuple[list, list]]:
@@ -229,11 +243,11 @@ def _sd_shapes(pipeline: object) -> dict[str, tuple[list, list]]:
 
 
 def _with_names(
-    shapes: dict[str, tuple[list, list]], kind: str, lora_roles: tuple[str, ...]
+    shapes: dict[str, tuple[list, list]], spec: PipelineSpec
 ) -> dict[str, tuple[list[TensorSpec], list[TensorSpec]]]:
     result = {}
     for role, (inputs, outputs) in shapes.items():
-        input_names, output_names = network_tensors(kind, lora_roles)[role]
+        input_names, output_names = spec.network_tensors()[role]
         result[role] = (
             [TensorSpec(n, t, d) for n, (t, d) in zip(input_names, inputs, strict=True)],
             [TensorSpec(n, t, d) for n, (t, d) in zip(output_names, outputs, strict=True)],
@@ -287,6 +301,8 @@ def _ensemble_config(
         "default_strength": str(spec.default_strength),
         "model_aliases": ",".join(aliases),
         "lora_adapters": ",".join(spec.adapters),
+        "deep_cache_branches": ",".join(map(str, spec.deep_cache_branches)),
+        "first_block_cache": "1" if spec.first_block_cache else "0",
     }
     for key, value in described.items():
         config.parameters[key].string_value = value
@@ -375,6 +391,7 @@ def export_checkpoint(
     }
     spec = replace(spec, **{key: value for key, value in overrides.items() if value is not None})
     spec = replace(spec, networks=_served_network_shapes(pipeline, spec, runtime))
+    spec = _with_step_caches(pipeline, spec, options)
     if options.family is not None and options.family != spec.family:
         raise ValueError(
             f"--checkpoint {checkpoint}: expected family {options.family}, the checkpoint is {spec.family}"
@@ -395,7 +412,7 @@ def export_checkpoint(
     repository.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=f".export-{name}-", dir=repository.parent))
     try:
-        model_dirs = {role: scratch / f"{name}_{role}" for role in network_tensors(spec.architecture)}
+        model_dirs = {role: scratch / f"{name}_{role}" for role in spec.network_tensors()}
         checks = _write_networks(pipeline, spec, model_dirs, options, runtime, log)
 
         streams = (False, True) if options.stream else (False,)
@@ -420,6 +437,14 @@ def export_checkpoint(
         return [replace(check, path=repository / check.path.relative_to(scratch)) for check in checks]
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _with_step_caches(pipeline: object, spec: PipelineSpec, options: ExportOptions) -> PipelineSpec:
+    """The step-caching networks this export writes (docs/controls.md#step-caching)."""
+    if spec.flux:
+        return replace(spec, first_block_cache=options.first_block_cache)
+    branches = options.deep_cache_branches
+    return replace(spec, deep_cache_features=feature_shapes(pipeline.unet, branches) if branches else ())
 
 
 def _folder_mib(folder: Path) -> float:
@@ -452,9 +477,15 @@ def _write_networks(
     tensors = _network_tensors(pipeline, spec)
     if runtime.runtime == "gpu-torch":
         log(f"saving {', '.join(roles)} for torch ({runtime.precision}) ...")
+        branches = spec.deep_cache_branches
         for role, model_dir in model_dirs.items():
-            save_network(pipeline, spec.architecture, role, model_dir / "1", runtime.precision)
-        checks = verify_saved_networks(pipeline, {role: d / "1" for role, d in model_dirs.items()})
+            # A shallow UNet loads the UNet's saved weights (and keeps only the layers it runs).
+            shared = model_dirs[UNET] / "1" if base_role(role) == UNET and role != UNET else None
+            save_network(
+                pipeline, spec.architecture, role, model_dir / "1", runtime.precision, branches, shared
+            )
+        directories = {role: d / "1" for role, d in model_dirs.items()}
+        checks = verify_saved_networks(pipeline, directories, branches)
         model_py = "triton_inpaint.triton.torch_model"
     else:
         log(f"exporting {', '.join(roles)} to ONNX ...")
@@ -474,6 +505,7 @@ def _write_networks(
                 {role: d / "1" / "model.onnx" for role, d in model_dirs.items()},
                 fused_attention=runtime.runtime == "cpu" and runtime.fused_attention,
                 each=step("exported"),
+                deep_cache_branches=spec.deep_cache_branches,
             )
             if runtime.runtime == "cpu" and options.cpu_graphs:
                 log("optimising the graphs for onnxruntime's CPU provider ...")
@@ -486,7 +518,7 @@ def _write_networks(
                     clean_onnx(path)
                     step("cleaned")(role, path)
             # the graphs as served, on onnxruntime's CPU provider
-            checks = verify_onnx(pipeline, paths, each=step("checked"))
+            checks = verify_onnx(pipeline, paths, step("checked"), spec.deep_cache_branches)
         model_py = "triton_inpaint.triton.onnx_model" if runtime.runtime == "cpu" else None
     for role, (inputs, outputs) in tensors.items():
         model_dir = model_dirs[role]

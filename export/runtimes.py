@@ -22,7 +22,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from triton_inpaint.api import contract
 from triton_inpaint.api.contract import TensorSpec
-from triton_inpaint.api.roles import TRANSFORMER, UNET, VAE_ENCODER
+from triton_inpaint.api.roles import TRANSFORMER, UNET, VAE_ENCODER, base_role
 from triton_inpaint.api.schema import INPAINT
 from triton_inpaint.pipelines.spec import PipelineSpec
 
@@ -39,7 +39,7 @@ def max_batch(role: str) -> int:
     """The largest batch a network is called with: the denoiser carries every request in flight (with
     classifier-free guidance, two rows per image); the pipelines call text encoders once per prompt and
     the VAE once per image. An engine built for more would reserve memory for batches that never come."""
-    return contract.NETWORK_MAX_BATCH if role in DENOISERS else 1
+    return contract.NETWORK_MAX_BATCH if base_role(role) in DENOISERS else 1
 
 
 @dataclass(frozen=True)
@@ -88,20 +88,25 @@ def shape_profile(
     native = spec.native_resolution
     factor = spec.vae_scale_factor
 
-    def sized(side: int) -> int:
+    # A DeepCache feature is at 1/2^block of the latents (its scale: spec.deep_cache_features).
+    feature_scales = {f"deep_feature_{branch}": scale for branch, _, scale in spec.deep_cache_features}
+
+    def sized(side: int, tensor: str) -> int:
         if role == VAE_ENCODER:
             return side
-        if role == TRANSFORMER:
+        if base_role(role) == TRANSFORMER:
             return (side // factor // 2) ** 2  # a square of that side, in image tokens
-        return side // factor
+        return -(-side // factor // feature_scales.get(tensor, 1))  # the feature's side rounds up
 
     # Classifier-free guidance doubles the UNet's rows; FLUX embeds guidance (one row per image).
-    batches = {"min": 1, "opt": 2 if role == UNET else 1, "max": max_batch(role)}
+    batches = {"min": 1, "opt": 2 if base_role(role) == UNET else 1, "max": max_batch(role)}
     sides = {"min": low, "opt": min(native, high), "max": high}
     profile: dict[str, dict[str, tuple[int, ...]]] = {}
     for which in ("min", "opt", "max"):
         profile[which] = {
-            tensor.name: (batches[which], *(sized(sides[which]) if d == -1 else d for d in tensor.dims))
+            tensor.name: (
+                batches[which], *(sized(sides[which], tensor.name) if d == -1 else d for d in tensor.dims)
+            )
             for tensor in inputs
         }
     return ShapeProfile(**profile)
@@ -202,7 +207,7 @@ def network_config(
     add_tensors(config.output, outputs)
     group = config.instance_group.add()
     group.kind = options.kind
-    denoiser = role in DENOISERS
+    denoiser = base_role(role) in DENOISERS
     group.count = options.denoiser_instances if denoiser else 1
     if denoiser:
         config.dynamic_batching.max_queue_delay_microseconds = options.denoiser_queue_delay_us

@@ -95,7 +95,8 @@ def control_fields(
         owner, _, leaf = name.rpartition(".")
         (nested.setdefault(owner, {}) if owner else fields)[leaf or name] = field
     for owner, members in nested.items():
-        model = create_model(owner.title(), __config__=ConfigDict(extra="forbid"), **members)
+        title = owner[0].upper() + owner[1:]  # acceleratorOptions -> AcceleratorOptions
+        model = create_model(title, __config__=ConfigDict(extra="forbid"), **members)
         fields[owner] = (model | None, None)
     return fields
 

@@ -108,7 +108,7 @@ def diffusers_soft_inpaint(
     from diffusers.image_processor import VaeImageProcessor
     from diffusers.utils.torch_utils import randn_tensor
 
-    from triton_inpaint.pipelines.soft_inpainting import change_map
+    from triton_inpaint.pipelines.steps.soft_inpainting import change_map
 
     height, width = mask.shape
     base = pipe.unet.config.in_channels == 4
@@ -141,7 +141,7 @@ def differential_diffusion_hook(first_step: int, change, original_at):
     after step i, the positions still held before step i+1 (``held(change, i+1, all steps)``) take
     ``original_at(pipeline, t)``, the image latents brought to step i+1's timestep ``t``; nothing after
     the last step. ``first_step``: where the pipeline's strength cut the schedule."""
-    from triton_inpaint.pipelines.soft_inpainting import held
+    from triton_inpaint.pipelines.steps.soft_inpainting import held
 
     run = {}
 

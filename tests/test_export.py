@@ -28,7 +28,8 @@ def _specs(specs) -> list[tuple[str, str, tuple[int, ...]]]:
 
 def test_onnx_graphs_match_torch(exported_repository):
     _, checks = exported_repository
-    assert [c.submodel for c in checks] == list(SD_TENSORS)
+    # The networks, and a DeepCache shallow UNet per default branch (acceleratorOptions.deepCache).
+    assert [c.submodel for c in checks] == [*SD_TENSORS, *(f"unet_shallow_{b}" for b in (0, 1, 2))]
     for check in checks:
         print(f"{check.submodel}: max |onnx - torch| = {check.max_abs_diff:.2e}")
         assert check.max_abs_diff < 1e-4

@@ -96,7 +96,7 @@ def diffusers_soft_fill(reference, image, mask, *, steps, strength, seed):
     from diffusers.utils.torch_utils import randn_tensor
     from PIL import Image
 
-    from triton_inpaint.pipelines.soft_inpainting import change_map
+    from triton_inpaint.pipelines.steps.soft_inpainting import change_map
 
     pipe, config = reference
     height, width = mask.shape

@@ -90,18 +90,18 @@ def test_guidance_at_most_one_skips_the_unconditional_half(
     torch_pipeline, reference_pipeline, scheduler_config
 ):
     calls = []
-    unet = torch_pipeline.components.predict_noise
+    run = torch_pipeline.components.run_network
 
-    def counting(inputs):
+    def counting(role, inputs, outputs):
         calls.append(inputs["sample"].shape[0])
-        return unet(inputs)
+        return run(role, inputs, outputs)
 
-    torch_pipeline.components.predict_noise = counting
+    torch_pipeline.components.run_network = counting
     try:
         image, mask = make_image(), irregular_mask()
         got = ours(torch_pipeline, image, mask, "DDIM", 1.0, steps=3, guidance=1.0)
     finally:
-        del torch_pipeline.components.predict_noise
+        del torch_pipeline.components.run_network
     assert calls == [1, 1, 1]
     want = reference(reference_pipeline, scheduler_config, image, mask, "DDIM", 1.0, steps=3, guidance=1.0)
     assert np.abs(got.astype(int) - want.astype(int)).max() <= 1

@@ -34,6 +34,7 @@ from triton_inpaint.api.commands import ExitCode
 from triton_inpaint.api.contract import TensorSpec
 from triton_inpaint.api.errors import InvalidInputError
 from triton_inpaint.api.params import DenoiseParams
+from triton_inpaint.api.roles import shallow_role
 from triton_inpaint.api.schema import INPAINT
 from triton_inpaint.cli import main as cli_main
 from triton_inpaint.export.repository import ExportOptions, export_checkpoint
@@ -156,7 +157,17 @@ def test_gpu_torch_configs_are_python_models_on_the_gpu(runtime_repositories):
         "precision": "fp16",
         "modules": {"unet": "diffusers.UNet2DConditionModel"},
         "dtypes": {"unet": "float16"},
+        "deep_cache_branches": [0, 1, 2],
     }
+    # A DeepCache shallow UNet reads the UNet's saved weights (kept once on disk) and, loaded, holds
+    # only the blocks it runs.
+    shallow = repository / f"{NAME}_{shallow_role(0)}" / "1"
+    assert json.loads((shallow / "network.json").read_text())["weights_from"] == f"../../{NAME}_unet/1"
+    assert not list(shallow.rglob("*.safetensors"))
+    _, module = load_network(shallow)
+    assert module.unet.mid_block is None
+    full = load_network(version)[1]
+    assert sum(p.numel() for p in module.parameters()) < sum(p.numel() for p in full.parameters())
     # Loaded as stored: fp16 for the UNet, fp32 for a VAE whose config says force_upcast (diffusers').
     assert next(load_network(version)[1].parameters()).dtype == torch.float16
     vae = json.loads((repository / f"{NAME}_vae_decoder" / "1" / "network.json").read_text())
@@ -169,7 +180,9 @@ def test_gpu_torch_configs_are_python_models_on_the_gpu(runtime_repositories):
         assert {str(weights.get_tensor(key).dtype) for key in weights.keys()} == {"torch.float16"}  # noqa: SIM118
     # Export loaded every saved network back and ran it against the pipeline's module: fp16 weights
     # round at about 1e-3 on these tiny random networks, nothing more.
-    assert {check.submodel for check in checks} == {TEXT_ENCODER, VAE_ENCODER, VAE_DECODER, UNET}
+    assert {check.submodel for check in checks} == {
+        TEXT_ENCODER, VAE_ENCODER, VAE_DECODER, UNET, *(shallow_role(b) for b in (0, 1, 2))
+    }  # fmt: skip
     assert all(check.max_abs_diff < 1e-2 for check in checks), checks
 
 
@@ -190,7 +203,9 @@ def test_cpu_runtime_configs_are_unchanged_python_onnxruntime_models(exported_re
 def test_cleaned_gpu_graphs_still_match_torch(runtime_repositories):
     for runtime in ("gpu-onnxruntime", "gpu-tensorrt"):
         _, checks = runtime_repositories[runtime]
-        assert {check.submodel for check in checks} == {TEXT_ENCODER, VAE_ENCODER, VAE_DECODER, UNET}
+        assert {check.submodel for check in checks} == {
+        TEXT_ENCODER, VAE_ENCODER, VAE_DECODER, UNET, *(shallow_role(b) for b in (0, 1, 2))
+    }  # fmt: skip
         for check in checks:
             print(f"{runtime} {check.submodel}: max |onnx - torch| = {check.max_abs_diff:.2e}")
             assert check.max_abs_diff < 1e-4

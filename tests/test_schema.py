@@ -83,9 +83,12 @@ def test_gateway_task_fields_are_the_declared_names_and_ranges():
     offered = {c.runware for c in INPAINT if c.runware and "." not in c.runware}
     assert offered <= set(ImageInferenceTask.model_fields)
     nested = {c.runware for c in INPAINT if c.runware and "." in c.runware}  # object.field
-    outpaint = ImageInferenceTask.model_fields["outpaint"].annotation.__args__[0]
-    assert nested == {f"outpaint.{name}" for name in outpaint.model_fields}
-    assert field_bounds(outpaint, "blur") == INPAINT["outpaint_blur"].bounds
+    objects = {owner: ImageInferenceTask.model_fields[owner].annotation.__args__[0] for owner in
+               ("outpaint", "acceleratorOptions")}  # fmt: skip
+    assert nested == {f"{owner}.{name}" for owner, model in objects.items() for name in model.model_fields}
+    assert field_bounds(objects["outpaint"], "blur") == INPAINT["outpaint_blur"].bounds
+    assert field_bounds(objects["acceleratorOptions"], "deepCacheInterval") == (1, 20)
+    assert objects["acceleratorOptions"].__name__ == "AcceleratorOptions"  # as the SDKs name it
     assert {c.eden for c in INPAINT if c.eden} <= set(InpaintingArgs.model_fields)
     assert InpaintingArgs.model_fields["mask_blur"].default == INPAINT["mask_blur"].eden_default
     base = {"taskType": "imageInference", "taskUUID": "3738f7ee-392d-4fae-927d-604abf2de01b", "model": "m"}

@@ -87,6 +87,13 @@ def model_entry(info: ModelInfo) -> dict[str, Any]:
         "aliases": list(info.aliases),
         "lora": list(info.adapters),  # the LoRA adapters its requests may name
         "progress": info.progress,  # its tasks may ask includeProgress / includePreviews
+        # The step caches its tasks may ask for in acceleratorOptions (and through acceleration presets).
+        "acceleration": {
+            "deepCache": bool(info.deep_cache_branches),
+            "deepCacheBranchIds": list(info.deep_cache_branches),
+            "fbcache": info.first_block_cache,
+            "teaCache": False,
+        },
         "family": info.family,
         "nativeResolution": info.native_resolution,
         "defaults": {

@@ -38,6 +38,35 @@ def random_seed(count: int = 1) -> int:
 
 
 @dataclass(frozen=True)
+class CacheSettings:
+    """The step-caching fields of a request as sent (the hosted API's ``acceleration`` and
+    ``acceleratorOptions``; None: not sent), each checked against its declaration; what they mean for
+    a model is :func:`triton_inpaint.pipelines.steps.step_cache.plan_cache`'s question."""
+
+    acceleration: str | None = None
+    deep_cache: bool | None = None
+    deep_cache_interval: int | None = None
+    deep_cache_branch_id: int | None = None
+    deep_cache_skip_mode: str | None = None
+    fbcache: bool | None = None
+    cache_distance: float | None = None
+    tea_cache: bool | None = None
+    tea_cache_distance: float | None = None
+    cache_start_step: int | None = None
+    cache_stop_step: int | None = None
+    cache_start_step_percentage: int | None = None
+    cache_end_step_percentage: int | None = None
+    cache_max_consecutive_steps: int | None = None
+
+    @property
+    def given(self) -> dict[str, object]:
+        return {name: value for name, value in self.__dict__.items() if value is not None}
+
+
+CACHE_FIELDS = tuple(CacheSettings.__dataclass_fields__)
+
+
+@dataclass(frozen=True)
 class DenoiseParams:
     """Controls of the denoising loop, validated; absent inputs take the model's defaults."""
 
@@ -55,6 +84,7 @@ class DenoiseParams:
     dry_run: bool = False
     lora: tuple[LoraUse, ...] = ()  # adapters and weights, checked on their own (the model: plan)
     soft_inpainting: bool = False  # the mask's grey levels applied per step (differential diffusion)
+    cache: CacheSettings = CacheSettings()  # step caching as asked (the model decides: plan)
 
     @property
     def seeds(self) -> list[int]:
@@ -103,4 +133,5 @@ class DenoiseParams:
             dry_run=values["dry_run"],
             lora=parse_lora(values["lora"]),
             soft_inpainting=values["soft_inpainting"],
+            cache=CacheSettings(**{name: values[name] for name in CACHE_FIELDS}),
         )

@@ -55,17 +55,71 @@ _TENSORS = {"sd": SD_TENSORS, "sdxl": SDXL_TENSORS, "flux": FLUX_TENSORS}
 # adapter (triton_inpaint.networks.lora).
 LORA_SCALES = "lora_scales"
 
+# Step caching (triton_inpaint.networks.step_cache_networks). DeepCache: a UNet exported with branches
+# also returns, per branch, the feature its shallow network starts from, and each branch has a shallow
+# network (``unet_shallow_<branch>``) that takes that feature. First-block cache (FLUX): the transformer
+# split in two, its first block (with the step's output were the rest skipped) and the rest.
+# The DeepCache branches an export serves unless told: the first block's three, the fastest, whose
+# shallow networks are small (docs/controls.md#step-caching).
+DEFAULT_DEEP_CACHE_BRANCHES = (0, 1, 2)
+TRANSFORMER_HEAD = "transformer_head"
+TRANSFORMER_TAIL = "transformer_tail"
+HEAD_TENSORS: tuple[tuple[str, ...], tuple[str, ...]] = (
+    (*FLUX_TENSORS[TRANSFORMER][0], "tail_residual"),
+    ("hidden_states_head", "encoder_hidden_states_head", "head_residual", "noise_pred"),
+)
+TAIL_TENSORS: tuple[tuple[str, ...], tuple[str, ...]] = (
+    ("hidden_states_head", "encoder_hidden_states_head", *FLUX_TENSORS[TRANSFORMER][0][1:]),
+    ("noise_pred", "tail_residual"),
+)
+
+
+def shallow_role(branch: int) -> str:
+    """The role of DeepCache's shallow UNet for ``branch``."""
+    return f"{UNET}_shallow_{branch}"
+
+
+def deep_feature(branch: int) -> str:
+    """The tensor the full UNet returns and ``branch``'s shallow UNet starts from."""
+    return f"deep_feature_{branch}"
+
 
 def network_tensors(
-    architecture: str, lora_roles: tuple[str, ...] = ()
+    architecture: str,
+    lora_roles: tuple[str, ...] = (),
+    deep_cache_branches: tuple[int, ...] = (),
+    first_block_cache: bool = False,
 ) -> dict[str, tuple[tuple[str, ...], tuple[str, ...]]]:
     """Per network role, its (input names, output names); ``architecture`` is ``sd``, ``sdxl`` or
     ``flux`` (:attr:`PipelineSpec.architecture`); the roles in ``lora_roles`` (the spec's) also take
-    :data:`LORA_SCALES`."""
-    tensors = _TENSORS[architecture]
-    if not lora_roles:
-        return tensors
+    :data:`LORA_SCALES`. ``deep_cache_branches`` (SD and SDXL): the UNet also returns each branch's
+    feature, and each branch has its shallow UNet; ``first_block_cache`` (FLUX): the transformer's
+    two halves too."""
+    tensors = dict(_TENSORS[architecture])
+    if deep_cache_branches:
+        unet_inputs, unet_outputs = tensors[UNET]
+        features = tuple(deep_feature(branch) for branch in deep_cache_branches)
+        tensors[UNET] = (unet_inputs, (*unet_outputs, *features))
+        for branch in deep_cache_branches:
+            tensors[shallow_role(branch)] = ((*unet_inputs, deep_feature(branch)), unet_outputs)
+    if first_block_cache:
+        tensors[TRANSFORMER_HEAD] = HEAD_TENSORS
+        tensors[TRANSFORMER_TAIL] = TAIL_TENSORS
     return {
-        role: ((*inputs, LORA_SCALES), outputs) if role in lora_roles else (inputs, outputs)
+        role: ((*inputs, LORA_SCALES), outputs) if _banked(role, lora_roles) else (inputs, outputs)
         for role, (inputs, outputs) in tensors.items()
     }
+
+
+def base_role(role: str) -> str:
+    """The checkpoint network a role runs: a shallow UNet is the UNet's, a transformer half the
+    transformer's (what its LoRA banks, precision and memory follow)."""
+    if role.startswith(UNET + "_shallow_"):
+        return UNET
+    if role in (TRANSFORMER_HEAD, TRANSFORMER_TAIL):
+        return TRANSFORMER
+    return role
+
+
+def _banked(role: str, lora_roles: tuple[str, ...]) -> bool:
+    return base_role(role) in lora_roles

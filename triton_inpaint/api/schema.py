@@ -172,6 +172,50 @@ class RequestSchema:
 
 
 _MASK_BLUR = (0, 160)
+_ACCELERATOR = "acceleratorOptions."
+_CACHE_STEPS = (0, 100)  # step indices, as steps goes
+
+# Step caching (triton_inpaint.api.acceleration): the hosted API's acceleration preset and the fields of
+# its acceleratorOptions object. Absent fields are the preset's or the cache's defaults.
+ACCELERATION_CONTROLS = (
+    Control("acceleration", str, "step caching preset: none, low, medium or high (DeepCache on UNet models, "
+            "the first-block cache on FLUX); faster, at a price in fidelity (docs/controls.md#step-caching)",
+            DENOISE, choices=("none", "low", "medium", "high"), default_text="none", runware="acceleration"),
+    Control("deep_cache", bool, "DeepCache (UNet models): the full UNet runs every deep_cache_interval "
+            "steps, only its shallow layers in between, reusing the deep features", DENOISE,
+            default_text="off, or the preset's", runware=_ACCELERATOR + "deepCache"),
+    Control("deep_cache_interval", int, "DeepCache: run the full UNet every this many steps (1: every step)",
+            DENOISE, bounds=(1, 20), default_text="3, or the preset's",
+            runware=_ACCELERATOR + "deepCacheInterval"),
+    Control("deep_cache_branch_id", int, "DeepCache: the UNet branch the cache starts from, 0 the shallowest "
+            "(the fastest; the model lists the branches it serves)", DENOISE, bounds=(0, 11),
+            default_text="the model's first (0)", runware=_ACCELERATOR + "deepCacheBranchId"),
+    Control("deep_cache_skip_mode", str, "DeepCache: which steps run in full; uniform: every "
+            "deep_cache_interval-th", DENOISE, choices=("uniform",), default_text="uniform",
+            runware=_ACCELERATOR + "deepCacheSkipMode"),
+    Control("fbcache", bool, "first-block cache (FLUX models): skip the transformer's other blocks on a step "
+            "whose first block changed less than cache_distance since the last full step", DENOISE,
+            default_text="off, or the preset's", runware=_ACCELERATOR + "fbcache"),
+    Control("cache_distance", float, "first-block cache: the relative change of the first block's residual "
+            "below which a step is skipped (higher: faster, further from uncached)", DENOISE,
+            bounds=(0.0, 1.0), default_text="0.05, or the preset's", runware=_ACCELERATOR + "cacheDistance"),
+    Control("tea_cache", bool, "TeaCache: not served (refused, naming fbcache and deep_cache instead)",
+            DENOISE, default_text="off", runware=_ACCELERATOR + "teaCache"),
+    Control("tea_cache_distance", float, "TeaCache's threshold: not served, as tea_cache", DENOISE,
+            bounds=(0.0, 2.0), default_text="none", runware=_ACCELERATOR + "teaCacheDistance"),
+    Control("cache_start_step", int, "step caching acts from this step on (0-based; earlier steps run in "
+            "full)", DENOISE, bounds=_CACHE_STEPS, default_text="0", runware=_ACCELERATOR + "cacheStartStep"),
+    Control("cache_stop_step", int, "step caching stops at this step (it and later steps run in full)",
+            DENOISE, bounds=_CACHE_STEPS, default_text="the last step",
+            runware=_ACCELERATOR + "cacheStopStep"),
+    Control("cache_start_step_percentage", int, "as cache_start_step, in percent of the steps", DENOISE,
+            bounds=(0, 100), default_text="0", runware=_ACCELERATOR + "cacheStartStepPercentage"),
+    Control("cache_end_step_percentage", int, "as cache_stop_step, in percent of the steps", DENOISE,
+            bounds=(0, 100), default_text="100", runware=_ACCELERATOR + "cacheEndStepPercentage"),
+    Control("cache_max_consecutive_steps", int, "at most this many cached steps in a row, then a full one",
+            DENOISE, bounds=(1, 100), default_text="no limit",
+            runware=_ACCELERATOR + "cacheMaxConsecutiveSteps"),
+)  # fmt: skip
 
 INPAINT = RequestSchema(
     "inpainting request",
@@ -225,6 +269,7 @@ INPAINT = RequestSchema(
         Control("soft_inpainting", bool, "soft inpainting (differential diffusion): a grey mask value sets "
                 "how much each pixel may change, step by step, instead of only in the final blend; use "
                 "with mask_blur for seams that blend", DENOISE, default=False, runware="softInpainting"),
+        *ACCELERATION_CONTROLS,
         Control("num_images", int, "images to make, with seeds seed, seed+1, ...", DENOISE, bounds=(1, 4),
                 default=1, runware="numberResults", eden="n_samples"),
         Control("dry_run", bool, "check everything a request can be refused for (images, mask, sizes, "

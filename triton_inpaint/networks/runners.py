@@ -44,6 +44,12 @@ class SDComponents(Protocol):
         """The UNet's inputs by their names in :data:`SD_TENSORS` / :data:`SDXL_TENSORS` (input
         (B, C_in, h, w), timesteps (B, 1), text states, SDXL's extra conditions) -> noise."""
 
+    def run_network(
+        self, role: str, inputs: dict[str, torch.Tensor], outputs: tuple[str, ...]
+    ) -> dict[str, torch.Tensor]:
+        """Any of the denoiser's networks (the UNet, a DeepCache shallow UNet) by role, its inputs by
+        tensor name, the ``outputs`` asked by name."""
+
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
         """Unscaled latents (B, C, h, w) -> image (B, 3, H, W) in about [-1, 1]."""
 
@@ -60,6 +66,11 @@ class FluxComponents(Protocol):
     def predict_velocity(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         """The transformer's inputs by their names in :data:`FLUX_TENSORS` -> prediction (B, S, C)."""
 
+    def run_network(
+        self, role: str, inputs: dict[str, torch.Tensor], outputs: tuple[str, ...]
+    ) -> dict[str, torch.Tensor]:
+        """Any of the denoiser's networks (the transformer, its halves) by role (see SDComponents)."""
+
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
         """Unscaled, unpacked latents (B, C, h, w) -> image (B, 3, H, W) in about [-1, 1]."""
 
@@ -75,7 +86,9 @@ class RunnerComponents:
 
     ``model_names`` maps the roles to the names the runner knows them by (the Triton model names,
     e.g. ``tiny_unet``); by default the role is the name. ``lora_roles``: the networks exported with
-    LoRA adapters, which take the ``lora_scales`` input (:attr:`PipelineSpec.lora_roles`). Without
+    LoRA adapters, which take the ``lora_scales`` input (:attr:`PipelineSpec.lora_roles`);
+    ``deep_cache_branches`` and ``first_block_cache``: the step-caching networks exported beside the
+    denoiser (:func:`~triton_inpaint.api.roles.network_tensors`; :meth:`for_spec` reads all three). Without
     ``device`` the runner takes and returns numpy arrays (onnxruntime, BLS on the CPU runtime). With
     one it is a *tensor runner*: torch tensors in and out, so that on a GPU the latents and
     embeddings stay on ``device`` between calls (BLS over DLPack, or the torch modules themselves);
@@ -89,13 +102,29 @@ class RunnerComponents:
         architecture: str = "sd",
         device: str | torch.device | None = None,
         lora_roles: tuple[str, ...] = (),
+        deep_cache_branches: tuple[int, ...] = (),
+        first_block_cache: bool = False,
     ) -> None:
         self._run = run
-        self._tensors = network_tensors(architecture, lora_roles)
+        self._tensors = network_tensors(architecture, lora_roles, deep_cache_branches, first_block_cache)
         self._lora_roles = lora_roles
         self._names = model_names or {role: role for role in self._tensors}
         self._tensor_runner = device is not None
         self.device = torch.device("cpu" if device is None else device)
+
+    @classmethod
+    def for_spec(
+        cls,
+        run: Runner,
+        spec: Any,
+        model_names: dict[str, str] | None = None,
+        device: str | torch.device | None = None,
+    ) -> RunnerComponents:
+        """Components over every network an export with ``spec`` (its PipelineSpec) serves."""
+        return cls(
+            run, model_names, spec.architecture, device, spec.lora_roles, spec.deep_cache_branches,
+            spec.first_block_cache,
+        )  # fmt: skip
 
     def _feed(self, tensor: torch.Tensor) -> Any:
         if not self._tensor_runner:
@@ -103,10 +132,13 @@ class RunnerComponents:
         dtype = torch.float32 if tensor.is_floating_point() else torch.int64
         return tensor.to(device=self.device, dtype=dtype).contiguous()
 
-    def _call(self, role: str, tensors: list[torch.Tensor]) -> tuple[torch.Tensor, ...]:
+    def _call(
+        self, role: str, tensors: list[torch.Tensor], outputs: tuple[str, ...] | None = None
+    ) -> tuple[torch.Tensor, ...]:
         input_names, output_names = self._tensors[role]
         feeds = [self._feed(tensor) for tensor in tensors]
-        results = self._run(self._names[role], dict(zip(input_names, feeds, strict=True)), list(output_names))
+        asked = list(output_names if outputs is None else outputs)
+        results = self._run(self._names[role], dict(zip(input_names, feeds, strict=True)), asked)
         if self._tensor_runner:
             return tuple(result.to(self.device) for result in results)
         return tuple(torch.from_numpy(np.asarray(result)) for result in results)
@@ -123,11 +155,17 @@ class RunnerComponents:
     def encode_image(self, image: torch.Tensor) -> torch.Tensor:
         return self._call(VAE_ENCODER, [image])[0]
 
+    def run_network(
+        self, role: str, inputs: dict[str, torch.Tensor], outputs: tuple[str, ...]
+    ) -> dict[str, torch.Tensor]:
+        results = self._call(role, [inputs[name] for name in self._tensors[role][0]], outputs)
+        return dict(zip(outputs, results, strict=True))
+
     def predict_noise(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-        return self._call(UNET, [inputs[name] for name in self._tensors[UNET][0]])[0]
+        return self.run_network(UNET, inputs, (self._tensors[UNET][1][0],))["noise_pred"]
 
     def predict_velocity(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-        return self._call(TRANSFORMER, [inputs[name] for name in self._tensors[TRANSFORMER][0]])[0]
+        return self.run_network(TRANSFORMER, inputs, ("noise_pred",))["noise_pred"]
 
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
         """One image at a time: the VAE's memory grows with its batch (quadratically with the size,
@@ -153,9 +191,19 @@ class TorchComponents(RunnerComponents):
     (:mod:`triton_inpaint.networks.torch_networks`): the reference the exports and the runtimes are
     checked against."""
 
-    def __init__(self, pipeline: object, device: str | torch.device = "cpu") -> None:
+    def __init__(
+        self,
+        pipeline: object,
+        device: str | torch.device = "cpu",
+        deep_cache_branches: tuple[int, ...] = (),
+        first_block_cache: bool = False,
+    ) -> None:
         from triton_inpaint.networks.torch_networks import pipeline_architecture, role_modules, torch_runner
 
         architecture = pipeline_architecture(pipeline)
-        run = torch_runner(role_modules(pipeline, architecture), device)
-        super().__init__(run, architecture=architecture, device=device)
+        modules = role_modules(pipeline, architecture, deep_cache_branches, first_block_cache)
+        run = torch_runner(modules, device)
+        super().__init__(
+            run, architecture=architecture, device=device, deep_cache_branches=deep_cache_branches,
+            first_block_cache=first_block_cache,
+        )  # fmt: skip

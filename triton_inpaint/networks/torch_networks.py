@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -25,8 +26,10 @@ from triton_inpaint.api.roles import (
     UNET,
     VAE_DECODER,
     VAE_ENCODER,
+    base_role,
     network_tensors,
 )
+from triton_inpaint.networks.deep_cache import DeepCacheUnet, ShallowUnet
 from triton_inpaint.networks.lora import LoraNetwork, lora_scales_of
 
 NETWORK_FILE = "network.json"
@@ -151,9 +154,13 @@ def pipeline_architecture(pipeline: object) -> str:
     return "sdxl" if getattr(pipeline, "text_encoder_2", None) is not None else "sd"
 
 
-def role_module(source: Any, architecture: str, role: str) -> torch.nn.Module:
+def role_module(
+    source: Any, architecture: str, role: str, deep_cache_branches: tuple[int, ...] = ()
+) -> torch.nn.Module:
     """The module that runs ``role``, over the attributes of ``source`` (a diffusers pipeline, or just
-    the modules that role needs); in eval mode."""
+    the modules that role needs); in eval mode. With ``deep_cache_branches`` the UNet also returns
+    their features. Its ``output_names`` are the role's outputs, in the order it returns them."""
+    unet_roles = {UNET: None} | {f"{UNET}_shallow_{b}": b for b in deep_cache_branches}
     if role in (TEXT_ENCODER, TEXT_ENCODER_2):
         encoder = getattr(source, role)
         if architecture == "flux":
@@ -165,21 +172,28 @@ def role_module(source: Any, architecture: str, role: str) -> torch.nn.Module:
     elif role == VAE_DECODER:
         module = VaeDecoder(source.vae)
     elif role == UNET:
-        module = Unet(source.unet)
+        module = DeepCacheUnet(source.unet, deep_cache_branches) if deep_cache_branches else Unet(source.unet)
+    elif role in unet_roles:
+        module = ShallowUnet(source.unet, unet_roles[role])
     elif role == TRANSFORMER:
         module = FluxTransformer(source.transformer)
     else:
         raise ValueError(f"unknown network role {role!r}")
     # A network exported with LoRA adapters takes their weights as its last input.
-    scales = lora_scales_of(getattr(source, ROLE_SOURCES[role][0]))
+    scales = lora_scales_of(getattr(source, ROLE_SOURCES[base_role(role)][0]))
     if scales is not None:
         module = LoraNetwork(module, scales)
+    module.output_names = network_tensors(architecture, (), deep_cache_branches)[role][1]
     return module.eval()
 
 
-def role_modules(source: Any, architecture: str) -> dict[str, torch.nn.Module]:
-    """Every network of ``architecture`` (``sd``, ``sdxl``, ``flux``) as its role's module."""
-    return {role: role_module(source, architecture, role) for role in network_tensors(architecture)}
+def role_modules(
+    source: Any, architecture: str, deep_cache_branches: tuple[int, ...] = (), first_block_cache: bool = False
+) -> dict[str, torch.nn.Module]:
+    """Every network of ``architecture`` (``sd``, ``sdxl``, ``flux``) as its role's module, with the
+    step-caching networks asked for."""
+    roles = network_tensors(architecture, (), deep_cache_branches, first_block_cache)
+    return {role: role_module(source, architecture, role, deep_cache_branches) for role in roles}
 
 
 def module_dtype(module: torch.nn.Module) -> torch.dtype:
@@ -189,19 +203,22 @@ def module_dtype(module: torch.nn.Module) -> torch.dtype:
 def call_network(
     module: torch.nn.Module, inputs: dict[str, torch.Tensor], outputs: list[str], device: torch.device
 ) -> list[torch.Tensor]:
-    """Run a role's module on the contract's inputs: floating inputs in the module's precision on its
-    device, outputs back as float32 (the contract's type, whatever precision the module runs in)."""
+    """Run a role's module on the contract's inputs (by position, in the role's input order: the
+    order of ``inputs``): floating inputs in the module's precision on its device; the ``outputs`` asked
+    back as float32 (the contract's type, whatever precision the module runs in)."""
     dtype = module_dtype(module)
-    feed = {
-        name: value.to(device=device, dtype=dtype if value.is_floating_point() else value.dtype)
-        for name, value in inputs.items()
-    }
+    feed = [
+        value.to(device=device, dtype=dtype if value.is_floating_point() else value.dtype)
+        for value in inputs.values()
+    ]
     with torch.no_grad():
-        result = module(**feed)
+        result = module(*feed)
     results = [result] if isinstance(result, torch.Tensor) else list(result)
-    if len(results) != len(outputs):
-        raise ValueError(f"the network returned {len(results)} outputs, its contract names {outputs}")
-    return [value.float() for value in results]
+    names = list(getattr(module, "output_names", outputs))
+    if len(results) != len(names) or not set(outputs) <= set(names):
+        raise ValueError(f"the network returns {names}, asked for {outputs}")
+    produced = dict(zip(names, results, strict=True))
+    return [produced[name].float() for name in outputs]
 
 
 def torch_runner(modules: dict[str, torch.nn.Module], device: str | torch.device = "cpu") -> Any:
@@ -235,28 +252,43 @@ def serving_dtype(module: torch.nn.Module, precision: str) -> torch.dtype:
     return PRECISIONS[precision]
 
 
-def save_network(pipeline: Any, architecture: str, role: str, directory: Path, precision: str) -> None:
-    """Write what ``role`` needs to run under the ``gpu-torch`` runtime into ``directory``."""
+def save_network(
+    pipeline: Any,
+    architecture: str,
+    role: str,
+    directory: Path,
+    precision: str,
+    deep_cache_branches: tuple[int, ...] = (),
+    shared: Path | None = None,
+) -> None:
+    """Write what ``role`` needs to run under the ``gpu-torch`` runtime into ``directory``: its modules'
+    weights, or with ``shared`` (a DeepCache shallow UNet) where the UNet's weights were saved, so
+    they are on disk once."""
     directory.mkdir(parents=True, exist_ok=True)
     classes, dtypes = {}, {}
-    for attribute in ROLE_SOURCES[role]:
+    for attribute in ROLE_SOURCES[base_role(role)]:
         module = getattr(pipeline, attribute)
+        classes[attribute] = _class_path(module)
+        dtype = serving_dtype(module, precision)
+        dtypes[attribute] = str(dtype).removeprefix("torch.")
+        if shared is not None:
+            continue
         # Saved as loaded, in shards of at most 2 GB, then converted shard by shard: the pipeline's own
         # module stays untouched (the export checks against it) and no second copy is held in memory.
         module.save_pretrained(directory / attribute, safe_serialization=True, max_shard_size="2GB")
-        dtype = serving_dtype(module, precision)
         if dtype != module_dtype(module):
             for shard in sorted((directory / attribute).glob("*.safetensors")):
                 _convert_shard(shard, dtype)
-        classes[attribute] = _class_path(module)
-        dtypes[attribute] = str(dtype).removeprefix("torch.")
     description = {
         "role": role,
         "architecture": architecture,
         "precision": precision,
         "modules": classes,
         "dtypes": dtypes,  # as stored: loading asks for them, not for float32 first and a cast after
+        "deep_cache_branches": list(deep_cache_branches),
     }
+    if shared is not None:
+        description["weights_from"] = os.path.relpath(shared, directory)
     (directory / NETWORK_FILE).write_text(json.dumps(description, indent=2) + "\n")
 
 
@@ -276,6 +308,7 @@ def load_network(
     """(role, module) of a network saved by :func:`save_network`, on ``device``, in the precision it was
     saved for unless ``precision`` says otherwise."""
     description = json.loads((directory / NETWORK_FILE).read_text())
+    weights = directory / description.get("weights_from", ".")
     modules = {}
     for attribute, class_path in description["modules"].items():
         cls = _load_class(class_path)
@@ -286,7 +319,11 @@ def load_network(
         # Loaded straight into that dtype: left to themselves, both libraries would build the module
         # in float32 (twice the memory of fp16 weights) and the cast would come after.
         keyword = "torch_dtype" if class_path.startswith("diffusers.") else "dtype"
-        module = cls.from_pretrained(directory / attribute, **{keyword: dtype})
-        modules[attribute] = module.to(device=device)
+        modules[attribute] = cls.from_pretrained(weights / attribute, **{keyword: dtype})
     role = description["role"]
-    return role, role_module(SimpleNamespace(**modules), description["architecture"], role)
+    branches = tuple(description.get("deep_cache_branches", ()))
+    module = role_module(SimpleNamespace(**modules), description["architecture"], role, branches)
+    inner = module.inner if isinstance(module, LoraNetwork) else module
+    if isinstance(inner, ShallowUnet):
+        inner.prune()  # this process runs only the shallow layers: the device holds only those
+    return role, module.to(device=device)

@@ -27,6 +27,7 @@ import threading
 import traceback
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -38,42 +39,46 @@ from triton_inpaint.api.imaging import Box
 Result = tuple[np.ndarray, Box]
 
 
+# The output every denoiser call returns for the scheduler: the UNet's noise, FLUX's velocity.
+PREDICTION = "noise_pred"
+
+
+@dataclass
+class NetworkCall:
+    """One network call a job's step needs: the role of the network (``unet``, a shallow UNet, a
+    transformer half), its inputs by tensor name (batch first), and the outputs the job reads."""
+
+    role: str
+    inputs: dict[str, torch.Tensor]
+    outputs: tuple[str, ...] = (PREDICTION,)
+
+
 class DenoiseJob(Protocol):
-    """One request inside its denoising loop (see ``SDInpaintPipeline.start``)."""
+    """One request inside its denoising loop (see :class:`triton_inpaint.pipelines.steps.job.DenoisingJob`).
+    A step is one network call, or several one after another (the first-block cache's two halves)."""
 
     @property
     def done(self) -> bool:
         """All steps taken: ``finish`` may run."""
 
-    def denoiser_inputs(self) -> dict[str, torch.Tensor]:
-        """This step's denoiser inputs, by the network's tensor names, batch first. Called exactly
-        once per step: some schedulers record that the input was scaled."""
+    def call(self) -> NetworkCall:
+        """The next call this job's current step needs."""
 
-    def predict(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-        """The denoiser call for inputs of this job's kind (possibly several jobs' rows at once)."""
+    def run(self, call: NetworkCall) -> dict[str, torch.Tensor]:
+        """Run a call of this job's kind (possibly carrying several jobs' rows): its outputs by name."""
 
-    def advance(self, prediction: torch.Tensor) -> None:
-        """Take this step with the denoiser's prediction for this job's rows."""
+    def take(self, outputs: dict[str, torch.Tensor]) -> bool:
+        """This job's rows of its call's outputs; True once the step is taken, False when the step
+        needs another call."""
 
     def finish(self) -> Result:
         """Decode: the generated images and the box of the input they belong to."""
 
 
-class SteppedJob:
-    """What every family's job shares: its timesteps and how many it has taken."""
-
-    timesteps: torch.Tensor
-    index: int = 0
-
-    @property
-    def done(self) -> bool:
-        return self.index >= len(self.timesteps)
-
-
 def run_alone(job: DenoiseJob) -> Result:
     """A job's whole loop with nobody else in its batch (in-process use and the parity reference)."""
     while not job.done:
-        job.advance(job.predict(job.denoiser_inputs()))
+        job.take(job.run(job.call()))
     return job.finish()
 
 
@@ -81,17 +86,19 @@ def _rows(inputs: dict[str, torch.Tensor]) -> int:
     return next(iter(inputs.values())).shape[0]
 
 
-def _bucket(inputs: dict[str, torch.Tensor]) -> tuple:
-    return tuple((name, tuple(value.shape[1:]), value.dtype) for name, value in inputs.items())
+def _bucket(call: NetworkCall) -> tuple:
+    shapes = tuple((name, tuple(value.shape[1:]), value.dtype) for name, value in call.inputs.items())
+    return (call.role, shapes)
 
 
-def _chunks(
-    members: list[tuple[DenoiseJob, dict[str, torch.Tensor]]], max_rows: int
-) -> Iterable[list[tuple[DenoiseJob, dict[str, torch.Tensor]]]]:
-    chunk: list[tuple[DenoiseJob, dict[str, torch.Tensor]]] = []
+Member = tuple[DenoiseJob, NetworkCall]
+
+
+def _chunks(members: list[Member], max_rows: int) -> Iterable[list[Member]]:
+    chunk: list[Member] = []
     rows = 0
     for member in members:
-        size = _rows(member[1])
+        size = _rows(member[1].inputs)
         if chunk and rows + size > max_rows:
             yield chunk
             chunk, rows = [], 0
@@ -102,37 +109,55 @@ def _chunks(
 
 
 def advance_together(jobs: list[DenoiseJob], max_rows: int) -> list[tuple[DenoiseJob, BaseException]]:
-    """One tick: every job takes one step, through as few denoiser calls as the buckets and
-    ``max_rows`` allow. Returns the jobs that failed (a failed call fails only the jobs in it)."""
+    """One tick: every job takes one step, through as few network calls as the buckets and
+    ``max_rows`` allow. Calls group by network and input shapes (a bucket): full and cached steps of
+    different requests go to their own networks, each in one call. A step that needs a second call
+    (the first-block cache's second half) gets it in a second round of the same tick. Returns the jobs
+    that failed (a failed call fails only the jobs in it)."""
     failures: list[tuple[DenoiseJob, BaseException]] = []
-    buckets: dict[tuple, list[tuple[DenoiseJob, dict[str, torch.Tensor]]]] = {}
-    for job in jobs:
-        try:
-            inputs = job.denoiser_inputs()
-        except Exception as exc:  # noqa: BLE001 - this job's failure is answered, the others go on
-            failures.append((job, exc))
-            continue
-        buckets.setdefault(_bucket(inputs), []).append((job, inputs))
-    for members in buckets.values():
-        for chunk in _chunks(members, max_rows):
+    pending = list(jobs)
+    while pending:
+        buckets: dict[tuple, list[Member]] = {}
+        for job in pending:
             try:
-                if len(chunk) == 1:
-                    batched = chunk[0][1]
-                else:
-                    batched = {name: torch.cat([inputs[name] for _, inputs in chunk]) for name in chunk[0][1]}
-                prediction = chunk[0][0].predict(batched)
-            except Exception as exc:  # noqa: BLE001
-                failures.extend((job, exc) for job, _ in chunk)
+                call = job.call()
+            except Exception as exc:  # noqa: BLE001 - this job's failure is answered, the others go on
+                failures.append((job, exc))
                 continue
-            start = 0
-            for job, inputs in chunk:
-                rows = _rows(inputs)
-                try:
-                    job.advance(prediction[start : start + rows])
-                except Exception as exc:  # noqa: BLE001
-                    failures.append((job, exc))
-                start += rows
+            buckets.setdefault(_bucket(call), []).append((job, call))
+        pending = []
+        for members in buckets.values():
+            for chunk in _chunks(members, max_rows):
+                pending += _run_chunk(chunk, failures)
     return failures
+
+
+def _run_chunk(chunk: list[Member], failures: list[tuple[DenoiseJob, BaseException]]) -> list[DenoiseJob]:
+    """One network call for a chunk of jobs' calls (their outputs joined); the jobs whose step needs
+    another call."""
+    first_job, first_call = chunk[0]
+    outputs = tuple(dict.fromkeys(name for _, call in chunk for name in call.outputs))
+    try:
+        if len(chunk) == 1:
+            batched = first_call.inputs
+        else:
+            names = first_call.inputs
+            batched = {name: torch.cat([call.inputs[name] for _, call in chunk]) for name in names}
+        results = first_job.run(NetworkCall(first_call.role, batched, outputs))
+    except Exception as exc:  # noqa: BLE001
+        failures.extend((job, exc) for job, _ in chunk)
+        return []
+    again = []
+    start = 0
+    for job, call in chunk:
+        rows = _rows(call.inputs)
+        try:
+            if not job.take({name: results[name][start : start + rows] for name in call.outputs}):
+                again.append(job)
+        except Exception as exc:  # noqa: BLE001
+            failures.append((job, exc))
+        start += rows
+    return again
 
 
 Callback = Callable[[Result | None, BaseException | None], None]

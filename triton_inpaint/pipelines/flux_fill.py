@@ -16,6 +16,7 @@ image as a single-image diffusers call.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,12 +35,15 @@ from triton_inpaint.api.imaging import Box, mask_to_pil
 from triton_inpaint.api.params import DenoiseParams
 from triton_inpaint.api.roles import LORA_SCALES
 from triton_inpaint.networks.runners import TEXT_ENCODER, TEXT_ENCODER_2, TRANSFORMER, FluxComponents
-from triton_inpaint.pipelines import soft_inpainting, vae_tiling
-from triton_inpaint.pipelines.batching import SteppedJob, run_alone
+from triton_inpaint.pipelines import vae_tiling
+from triton_inpaint.pipelines.batching import run_alone
 from triton_inpaint.pipelines.planning import Plan, lora_row, processing_size, token_ids
 from triton_inpaint.pipelines.planning import plan as make_plan
-from triton_inpaint.pipelines.soft_inpainting import SoftInpainting
 from triton_inpaint.pipelines.spec import PipelineSpec
+from triton_inpaint.pipelines.steps import soft_inpainting
+from triton_inpaint.pipelines.steps.job import DenoisingJob, LoopState
+from triton_inpaint.pipelines.steps.soft_inpainting import SoftInpainting
+from triton_inpaint.pipelines.steps.step_cache import start_cache
 
 
 class FluxFillInpaintPipeline:
@@ -257,7 +261,7 @@ class FluxFillInpaintPipeline:
             grey = self.soft_mask_processor.preprocess(mask_to_pil(mask), height=height, width=width)
             change = soft_inpainting.change_map(grey.to(self.device), height // factor, width // factor)
             packed = self._pack(change.expand(batch, self.spec.latent_channels, -1, -1).contiguous())
-            soft = (SoftInpainting(packed, len(scheduler.timesteps)), image_latents, noise)
+            soft = SoftInpainting(packed, len(scheduler.timesteps))
         image_ids = FluxFillPipeline._prepare_latent_image_ids(
             batch, height // factor // 2, width // factor // 2, self.device, torch.float32
         )
@@ -272,10 +276,13 @@ class FluxFillInpaintPipeline:
         }
         if lora is not None and TRANSFORMER in self.spec.lora_roles:
             conditions[LORA_SCALES] = lora.repeat(batch, 1)
-        return FluxJob(
-            self, scheduler, timesteps, latents, condition, conditions, width, height,
-            (0, 0, image_width, image_height), tile, soft,
+        state = FluxLoopState(
+            scheduler=scheduler, timesteps=timesteps, latents=latents, conditions=conditions,
+            box=(0, 0, image_width, image_height), vae_tile=tile, soft=soft,
+            cache=start_cache(plan.cache, scheduler, timesteps), condition=condition, width=width,
+            height=height, image_latents=image_latents, noise=noise,
         )  # fmt: skip
+        return FluxJob(self, state)
 
     def __call__(self, image: np.ndarray, mask: np.ndarray, params: DenoiseParams) -> tuple[np.ndarray, Box]:
         """Inpaint ``image`` (H, W, 3 uint8) where ``mask`` (H, W in [0, 1]) is set.
@@ -286,38 +293,35 @@ class FluxFillInpaintPipeline:
         return run_alone(self.start(image, mask, params))
 
 
-class FluxJob(SteppedJob):
-    """One FLUX Fill request's loop, a step at a time (see :mod:`triton_inpaint.pipelines.batching`)."""
+@dataclass(kw_only=True)
+class FluxLoopState(LoopState):
+    """A FLUX Fill request's loop: the packed masked-image latents and mask (the transformer's extra
+    input), the processing size (to unpack), and the image latents and noise soft inpainting moves
+    along the flow again (unpacked)."""
 
-    def __init__(
-        self,
-        pipeline: FluxFillInpaintPipeline,
-        scheduler: Any,
-        timesteps: torch.Tensor,
-        latents: torch.Tensor,
-        condition: torch.Tensor,
-        conditions: dict[str, torch.Tensor],
-        width: int,
-        height: int,
-        box: Box,
-        vae_tile: int | None = None,
-        soft: tuple[SoftInpainting, torch.Tensor, torch.Tensor] | None = None,
-    ) -> None:
-        self.pipeline = pipeline
-        self.soft = soft  # soft inpainting's change map, with the image latents and noise (unpacked)
-        self.vae_tile = vae_tile
-        self.scheduler = scheduler
-        self.timesteps = timesteps
-        self.latents = latents
+    condition: torch.Tensor
+    width: int
+    height: int
+    image_latents: torch.Tensor
+    noise: torch.Tensor
+
+
+class FluxJob(DenoisingJob):
+    """One FLUX Fill request's loop, a step at a time (see :mod:`triton_inpaint.pipelines.steps.job`)."""
+
+    denoiser = TRANSFORMER
+
+    def __init__(self, pipeline: FluxFillInpaintPipeline, state: FluxLoopState) -> None:
+        super().__init__(pipeline, state)
         # The last step's noisy latents, velocity and sigma: its clean estimate, for progress previews.
         self.noisy: torch.Tensor | None = None
         self.velocity: torch.Tensor | None = None
         self.sigma = 0.0
-        self.condition = condition
-        self.conditions = conditions
-        self.width = width
-        self.height = height
-        self.box = box
+        self.condition = state.condition
+        self.width = state.width
+        self.height = state.height
+        self.image_latents = state.image_latents
+        self.noise = state.noise
 
     def denoiser_inputs(self) -> dict[str, torch.Tensor]:
         t = self.timesteps[self.index]
@@ -328,9 +332,6 @@ class FluxJob(SteppedJob):
             "timestep": (t.expand(batch).to(torch.float32) / 1000).reshape(batch, 1),
             **self.conditions,
         }
-
-    def predict(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-        return self.pipeline.components.predict_velocity(inputs)
 
     def advance(self, prediction: torch.Tensor) -> None:
         t = self.timesteps[self.index]
@@ -343,12 +344,10 @@ class FluxJob(SteppedJob):
         if self.soft is not None and following < len(self.timesteps):
             # Soft inpainting: the pixels still held before the next step are the image latents moved
             # along the flow to that step's timestep (FLUX Fill itself never blends).
-            soft, image_latents, noise = self.soft
-            t = self.timesteps[following : following + 1].repeat(image_latents.shape[0])
-            original = self.pipeline._pack(self.scheduler.scale_noise(image_latents, t, noise))
-            held = soft.held(following)
+            t = self.timesteps[following : following + 1].repeat(self.image_latents.shape[0])
+            original = self.pipeline._pack(self.scheduler.scale_noise(self.image_latents, t, self.noise))
+            held = self.soft.held(following)
             self.latents = original * held + self.latents * (1 - held)
-        self.index += 1
 
     def preview_latents(self) -> torch.Tensor:
         """The clean estimate after the last step taken, unpacked to (B, C, h, w)."""

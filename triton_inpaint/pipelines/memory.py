@@ -171,6 +171,20 @@ def request_bytes(
     return FIXED_BYTES + denoiser + vae
 
 
+def cache_bytes(spec: Any, cache: Any, width: int, height: int, rows: int) -> int:
+    """What a request's step cache keeps between steps (``spec``: its PipelineSpec, ``cache``: its
+    CachePlan): DeepCache's feature of its branch per row, or the first-block cache's two residuals
+    (first block and the rest) per row, each the size of the transformer's hidden states."""
+    latent_width, latent_height = width // spec.vae_scale_factor, height // spec.vae_scale_factor
+    if cache.kind == "deep_cache":
+        _, channels, scale = next(item for item in spec.deep_cache_features if item[0] == cache.branch)
+        values = channels * math.ceil(latent_width / scale) * math.ceil(latent_height / scale)
+    else:
+        inner = (spec.networks or {}).get("transformer", {}).get("feature_map", [0])[0] // 5
+        values = 2 * inner * (latent_width // 2) * (latent_height // 2)
+    return rows * values * BYTES_PER_VALUE
+
+
 @dataclass(frozen=True)
 class Need:
     """What a request needs: ``bytes`` of the budget, with the VAE in tiles of ``vae_tile`` pixels a

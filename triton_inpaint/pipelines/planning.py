@@ -16,9 +16,10 @@ from triton_inpaint.api.errors import InvalidInputError
 from triton_inpaint.api.imaging import Box
 from triton_inpaint.api.lora import adapter_scales
 from triton_inpaint.api.params import SIZE_MULTIPLE, DenoiseParams
-from triton_inpaint.pipelines.memory import Need, check_request
+from triton_inpaint.pipelines.memory import Need, cache_bytes, check_request
 from triton_inpaint.pipelines.schedulers import build_scheduler
 from triton_inpaint.pipelines.spec import PipelineSpec
+from triton_inpaint.pipelines.steps.step_cache import CachePlan, plan_cache
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,7 @@ class Plan:
     timesteps: torch.Tensor
     need: Need = Need(0)  # memory for the networks' work, and whether the VAE runs in tiles
     lora_scales: tuple[float, ...] = ()  # the weight of each of the model's adapters (spec.adapters)
+    cache: CachePlan | None = None  # step caching (None: every step in full)
 
 
 def processing_size(
@@ -104,7 +106,13 @@ def plan(
             "strength",
             f"{params.strength} with steps={params.steps} leaves no denoising step; raise strength or steps",
         )
-    return Plan(width, height, crop, scheduler, steps, need, lora_scales)
+    cache = plan_cache(
+        params.cache, spec.architecture, len(steps), spec.deep_cache_branches, spec.first_block_cache
+    )
+    if cache is not None:  # the cached feature or residuals each row keeps between steps
+        rows = params.num_images * (2 if guidance_rows else 1)
+        need = Need(need.bytes + cache_bytes(spec, cache, width, height, rows), need.vae_tile)
+    return Plan(width, height, crop, scheduler, steps, need, lora_scales, cache)
 
 
 def lora_row(plan: Plan, device: torch.device) -> torch.Tensor | None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import inspect
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,12 +36,15 @@ from triton_inpaint.api.params import DenoiseParams
 from triton_inpaint.api.roles import LORA_SCALES, UNET
 from triton_inpaint.masks.shaping import mask_bounds
 from triton_inpaint.networks.runners import TEXT_ENCODER, TEXT_ENCODER_2, SDComponents
-from triton_inpaint.pipelines import soft_inpainting, vae_tiling
-from triton_inpaint.pipelines.batching import SteppedJob, run_alone
+from triton_inpaint.pipelines import vae_tiling
+from triton_inpaint.pipelines.batching import run_alone
 from triton_inpaint.pipelines.planning import Plan, lora_row, processing_size, token_ids
 from triton_inpaint.pipelines.planning import plan as make_plan
-from triton_inpaint.pipelines.soft_inpainting import SoftInpainting
 from triton_inpaint.pipelines.spec import PipelineSpec
+from triton_inpaint.pipelines.steps import soft_inpainting
+from triton_inpaint.pipelines.steps.job import DenoisingJob, LoopState
+from triton_inpaint.pipelines.steps.soft_inpainting import SoftInpainting
+from triton_inpaint.pipelines.steps.step_cache import start_cache
 
 
 def crop_region(mask: np.ndarray, width: int, height: int, pad: int) -> Box:
@@ -362,16 +366,19 @@ class SDInpaintPipeline:
         mask_latents, masked_image_latents = self.prepare_mask_latents(
             init_image, mask_condition, generators, do_cfg, tile
         )
-        box = crop if crop is not None else (0, 0, image.shape[1], image.shape[0])
         soft = None
         if params.soft_inpainting:
             soft = SoftInpainting(self.soft_change_map(mask, width, height, crop), len(scheduler.timesteps))
             if image_latents is None:
                 image_latents = self.image_latents_mean(init_image, tile).repeat(len(generators), 1, 1, 1)
-        return SDJob(
-            self, scheduler, timesteps, latents, mask_latents, masked_image_latents, conditions,
-            params.guidance_scale, generators, noise, image_latents, box, tile, soft,
+        state = SDLoopState(
+            scheduler=scheduler, timesteps=timesteps, latents=latents, conditions=conditions,
+            box=crop if crop is not None else (0, 0, image.shape[1], image.shape[0]), vae_tile=tile,
+            soft=soft, cache=start_cache(plan.cache, scheduler, timesteps), mask=mask_latents,
+            masked_image_latents=masked_image_latents, guidance_scale=params.guidance_scale,
+            generators=generators, noise=noise, image_latents=image_latents,
         )  # fmt: skip
+        return SDJob(self, state)
 
     def __call__(self, image: np.ndarray, mask: np.ndarray, params: DenoiseParams) -> tuple[np.ndarray, Box]:
         """Inpaint ``image`` (H, W, 3 uint8) where ``mask`` (H, W in [0, 1]) is set.
@@ -382,50 +389,40 @@ class SDInpaintPipeline:
         return run_alone(self.start(image, mask, params))
 
 
-class SDJob(SteppedJob):
-    """One request's denoising loop, a step at a time: diffusers' loop body split where the UNet is
-    called, so that the call can carry other requests' rows too (see
-    :mod:`triton_inpaint.pipelines.batching`).
-    """
+@dataclass(kw_only=True)
+class SDLoopState(LoopState):
+    """A Stable Diffusion request's loop: the latent mask and masked-image latents (the inpainting
+    UNet's extra input channels; the base UNet's blend mask), guidance, the generators the scheduler
+    draws from, and the noise and image latents blending and soft inpainting noise again."""
 
-    def __init__(
-        self,
-        pipeline: SDInpaintPipeline,
-        scheduler: Any,
-        timesteps: torch.Tensor,
-        latents: torch.Tensor,
-        mask: torch.Tensor,
-        masked_image_latents: torch.Tensor,
-        conditions: dict[str, torch.Tensor],
-        guidance_scale: float,
-        generators: list[torch.Generator],
-        noise: torch.Tensor | None,
-        image_latents: torch.Tensor | None,
-        box: Box,
-        vae_tile: int | None = None,
-        soft: SoftInpainting | None = None,
-    ) -> None:
-        self.pipeline = pipeline
-        self.soft = soft
-        self.vae_tile = vae_tile
-        self.scheduler = scheduler
-        self.timesteps = timesteps
-        self.latents = latents
-        self.denoised = latents  # the clean estimate a progress preview shows (see advance)
-        self.mask = mask
-        self.masked_image_latents = masked_image_latents
-        self.conditions = conditions
-        self.guidance_scale = guidance_scale
-        self.noise = noise
-        self.image_latents = image_latents
-        self.box = box
-        self.do_cfg = conditions["encoder_hidden_states"].shape[0] == 2 * latents.shape[0]
+    mask: torch.Tensor
+    masked_image_latents: torch.Tensor
+    guidance_scale: float
+    generators: list[torch.Generator]
+    noise: torch.Tensor | None
+    image_latents: torch.Tensor | None
+
+
+class SDJob(DenoisingJob):
+    """One request's denoising loop, a step at a time (see :mod:`triton_inpaint.pipelines.steps.job`)."""
+
+    denoiser = UNET
+
+    def __init__(self, pipeline: SDInpaintPipeline, state: SDLoopState) -> None:
+        super().__init__(pipeline, state)
+        self.denoised = state.latents  # the clean estimate a progress preview shows (see advance)
+        self.mask = state.mask
+        self.masked_image_latents = state.masked_image_latents
+        self.guidance_scale = state.guidance_scale
+        self.noise = state.noise
+        self.image_latents = state.image_latents
+        self.do_cfg = self.conditions["encoder_hidden_states"].shape[0] == 2 * self.latents.shape[0]
         self.step_kwargs: dict[str, Any] = {}
-        step_parameters = set(inspect.signature(scheduler.step).parameters)
+        step_parameters = set(inspect.signature(self.scheduler.step).parameters)
         if "eta" in step_parameters:
             self.step_kwargs["eta"] = 0.0
         if "generator" in step_parameters:
-            self.step_kwargs["generator"] = generators
+            self.step_kwargs["generator"] = state.generators
 
     def denoiser_inputs(self) -> dict[str, torch.Tensor]:
         t = self.timesteps[self.index]
@@ -436,9 +433,6 @@ class SDJob(SteppedJob):
         rows = latent_model_input.shape[0]
         timestep = torch.full((rows, 1), float(t), dtype=torch.float32, device=latent_model_input.device)
         return {"sample": latent_model_input, "timestep": timestep, **self.conditions}
-
-    def predict(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-        return self.pipeline.components.predict_noise(inputs)
 
     def advance(self, prediction: torch.Tensor) -> None:
         t = self.timesteps[self.index]
@@ -469,7 +463,6 @@ class SDJob(SteppedJob):
             init_mask = self.mask[: latents.shape[0]]
             latents = (1 - init_mask) * init_latents_proper + init_mask * latents
         self.latents = latents
-        self.index += 1
 
     def preview_latents(self) -> torch.Tensor:
         """The latents a progress preview shows: the clean estimate after the last step taken."""

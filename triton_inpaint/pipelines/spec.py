@@ -12,6 +12,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from triton_inpaint.api.roles import network_tensors
+
 SPEC_FILE = "pipeline.json"
 FAMILIES = ("sd15-inpaint", "sd15-base", "sdxl-inpaint", "sdxl-base", "flux-fill")
 CLIPSEG = "clipseg"  # not a pipeline family: the text-segmentation model behind mask prompts
@@ -52,6 +54,12 @@ class PipelineSpec:
     lora_roles: tuple[str, ...] = ()
     # RGB from denoiser latents, fitted to the VAE (triton_inpaint.pipelines.previews); None: no previews.
     preview_factors: list[list[float]] | None = None
+    # Step caching (triton_inpaint.api.acceleration). DeepCache: the branches exported, each as
+    # (branch, feature channels, latent pixels per feature pixel) for the memory its cached feature takes.
+    # FLUX: whether the transformer's two halves for the first-block cache were exported. Empty/False
+    # in exports made before step caching: such a model refuses the cache fields.
+    deep_cache_features: tuple[tuple[int, int, int], ...] = ()
+    first_block_cache: bool = False
 
     @classmethod
     def from_diffusers(cls, pipeline: Any) -> PipelineSpec:
@@ -106,6 +114,16 @@ class PipelineSpec:
         return f"{'sdxl' if self.sdxl else 'sd15'}-{'inpaint' if self.denoiser_in_channels == 9 else 'base'}"
 
     @property
+    def deep_cache_branches(self) -> tuple[int, ...]:
+        return tuple(branch for branch, _, _ in self.deep_cache_features)
+
+    def network_tensors(self) -> dict[str, tuple[tuple[str, ...], tuple[str, ...]]]:
+        """Every network this export serves, by role, with its (input names, output names)."""
+        return network_tensors(
+            self.architecture, self.lora_roles, self.deep_cache_branches, self.first_block_cache
+        )
+
+    @property
     def size_multiple(self) -> int:
         """Width and height must be multiples of this: the VAE's factor, times 2 for FLUX's 2x2
         latent packing."""
@@ -121,4 +139,5 @@ class PipelineSpec:
             data["denoiser_in_channels"] = data.pop("unet_in_channels")
         for key in ("adapters", "lora_roles"):
             data[key] = tuple(data.get(key, ()))
+        data["deep_cache_features"] = tuple(tuple(item) for item in data.get("deep_cache_features", ()))
         return cls(**data)

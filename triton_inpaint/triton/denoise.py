@@ -25,7 +25,7 @@ from triton_inpaint.api.contract import DEFAULT_MAX_INFLIGHT, NETWORK_MAX_BATCH
 from triton_inpaint.api.params import DenoiseParams
 from triton_inpaint.api.schema import DENOISE, INPAINT
 from triton_inpaint.api.sizes import BUDGET_ENV, gib
-from triton_inpaint.networks.runners import RunnerComponents, network_tensors
+from triton_inpaint.networks.runners import RunnerComponents
 from triton_inpaint.pipelines.batching import InflightBatcher, ledger_path, open_ledger
 from triton_inpaint.pipelines.flux_fill import FluxFillInpaintPipeline
 from triton_inpaint.pipelines.memory import device_budget, host_budget
@@ -49,18 +49,16 @@ class TritonPythonModel:
         prefix = config["parameters"]["submodel_prefix"]["string_value"]
         directory = Path(args["model_repository"]) / args["model_version"]
         spec = PipelineSpec.load(directory)
-        names = {role: f"{prefix}_{role}" for role in network_tensors(spec.architecture)}
+        names = {role: f"{prefix}_{role}" for role in spec.network_tensors()}
         device = None
         if config_parameter(config, "device_tensors", 0):
             # GPU runtimes: latents and embeddings stay on this instance's device between BLS calls.
             from triton_inpaint.triton.dlpack import instance_device, tensor_bls_runner
 
             device = instance_device(args)
-            components = RunnerComponents(
-                tensor_bls_runner(device), names, spec.architecture, device, spec.lora_roles
-            )
+            components = RunnerComponents.for_spec(tensor_bls_runner(device), spec, names, device)
         else:
-            components = RunnerComponents(bls_run, names, spec.architecture, lora_roles=spec.lora_roles)
+            components = RunnerComponents.for_spec(bls_run, spec, names)
         pipeline_class = FluxFillInpaintPipeline if spec.flux else SDInpaintPipeline
         self.pipeline = pipeline_class.from_directory(directory, components)
         max_inflight = config_parameter(config, "max_inflight", DEFAULT_MAX_INFLIGHT)

@@ -151,18 +151,21 @@ def execute_batched(
     output_names: list[str],
     batches: bool,
     read: Callable[[Any, str], Any],
-    run: Callable[[dict[str, Any]], list[Any]],
+    run: Callable[[dict[str, Any], list[str]], list[Any]],
     concat: Callable[[list[Any]], Any],
     output: Callable[[str, Any], Any],
 ) -> list[Any]:
     """Answer a network model's requests: those whose inputs agree apart from the batch axis (the
     dynamic batcher's groups) are concatenated and run as one call, then split back per request.
 
-    ``read`` takes a request's input, ``run`` runs a batch by input names, ``concat`` joins arrays along
-    the batch axis and ``output`` makes a response tensor: numpy for onnxruntime, torch over DLPack for
-    the torch runtime. Graphs with a fixed batch of 1 (``batches`` False) run one request at a time.
+    ``read`` takes a request's input, ``run`` runs a batch by input names for the output names asked
+    (the outputs some request of the group asked for: a UNet's DeepCache features are computed and
+    copied only when a request reads them), ``concat`` joins arrays along the batch axis and ``output``
+    makes a response tensor: numpy for onnxruntime, torch over DLPack for the torch runtime. Graphs with
+    a fixed batch of 1 (``batches`` False) run one request at a time.
     """
     feeds = [{name: read(request, name) for name in input_names} for request in requests]
+    asked = [_requested(request, output_names) for request in requests]
     groups: dict[tuple, list[int]] = {}
     for index, feed in enumerate(feeds):
         key = tuple(tuple(feed[name].shape[1:]) for name in input_names) if batches else (index,)
@@ -171,20 +174,24 @@ def execute_batched(
     for indices in groups.values():
         try:
             batch = {name: concat([feeds[i][name] for i in indices]) for name in input_names}
-            outputs = run(batch)
+            names = [name for name in output_names if any(name in asked[i] for i in indices)]
+            outputs = dict(zip(names, run(batch, names), strict=True))
             start = 0
             for i in indices:
                 size = feeds[i][input_names[0]].shape[0]
-                tensors = [
-                    output(name, out[start : start + size])
-                    for name, out in zip(output_names, outputs, strict=True)
-                ]
+                tensors = [output(name, outputs[name][start : start + size]) for name in asked[i]]
                 responses[i] = pb_utils.InferenceResponse(output_tensors=tensors)
                 start += size
         except Exception as exc:  # noqa: BLE001 - answer the group, keep serving
             for i in indices:
                 responses[i] = pb_utils.InferenceResponse(error=pb_utils.TritonError(str(exc)))
     return responses
+
+
+def _requested(request: Any, output_names: list[str]) -> list[str]:
+    """The outputs a request asked for, in the model's order (all of them when it named none)."""
+    named = set(request.requested_output_names() or ())
+    return [name for name in output_names if name in named] or list(output_names)
 
 
 def bls_run(model: str, inputs: dict[str, np.ndarray], outputs: list[str]) -> list[np.ndarray]:

@@ -34,7 +34,7 @@ class TritonPythonModel:
             self.output_names,
             self.batches,
             read=lambda request, name: pb_utils.get_input_tensor_by_name(request, name).as_numpy(),
-            run=lambda batch: self.session.run(self.output_names, batch),
+            run=lambda batch, names: self.session.run(names, batch),
             concat=np.concatenate,
             output=lambda name, array: pb_utils.Tensor(name, np.ascontiguousarray(array)),
         )

@@ -33,8 +33,8 @@ class TritonPythonModel:
             self.module = torch.compile(self.module, mode="reduce-overhead")
         pb_utils.Logger.log_info(f"{args['model_name']}: {role} with torch on {self.device}")
 
-    def _run(self, batch: dict[str, torch.Tensor]) -> list[torch.Tensor]:
-        outputs = call_network(self.module, batch, self.output_names, self.device)
+    def _run(self, batch: dict[str, torch.Tensor], names: list[str]) -> list[torch.Tensor]:
+        outputs = call_network(self.module, batch, names, self.device)
         finish_on(self.device)
         return outputs
 

@@ -8,7 +8,23 @@ const LAYOUT = {
   main: ["positivePrompt", "negativePrompt", "strength", "steps", "CFGScale", "seed", "scheduler", "numberResults"],
   mask: ["maskBlur", "maskExpand", "maskMargin", "softInpainting"],
   outpaint: ["outpaint.top", "outpaint.right", "outpaint.bottom", "outpaint.left", "outpaint.blur"],
+  speed: [
+    "acceleration",
+    "acceleratorOptions.deepCache",
+    "acceleratorOptions.deepCacheInterval",
+    "acceleratorOptions.deepCacheBranchId",
+    "acceleratorOptions.deepCacheSkipMode",
+    "acceleratorOptions.fbcache",
+    "acceleratorOptions.cacheDistance",
+    "acceleratorOptions.cacheStartStep",
+    "acceleratorOptions.cacheStopStep",
+    "acceleratorOptions.cacheStartStepPercentage",
+    "acceleratorOptions.cacheEndStepPercentage",
+    "acceleratorOptions.cacheMaxConsecutiveSteps",
+  ],
 };
+// Task fields the page leaves out: the API refuses them whatever their value (TeaCache is not served).
+const NOT_ON_PAGE = new Set(["acceleratorOptions.teaCache", "acceleratorOptions.teaCacheDistance"]);
 const LABELS = {
   positivePrompt: "Prompt",
   negativePrompt: "Negative prompt",
@@ -32,6 +48,18 @@ const LABELS = {
   "outpaint.bottom": "Extend bottom",
   "outpaint.left": "Extend left",
   "outpaint.blur": "Seam blur",
+  acceleration: "Acceleration",
+  "acceleratorOptions.deepCache": "DeepCache (UNet models)",
+  "acceleratorOptions.deepCacheInterval": "DeepCache interval",
+  "acceleratorOptions.deepCacheBranchId": "DeepCache branch",
+  "acceleratorOptions.deepCacheSkipMode": "DeepCache skip mode",
+  "acceleratorOptions.fbcache": "First-block cache (FLUX)",
+  "acceleratorOptions.cacheDistance": "First-block cache threshold",
+  "acceleratorOptions.cacheStartStep": "Cache from step",
+  "acceleratorOptions.cacheStopStep": "Cache until step",
+  "acceleratorOptions.cacheStartStepPercentage": "Cache from (% of steps)",
+  "acceleratorOptions.cacheEndStepPercentage": "Cache until (% of steps)",
+  "acceleratorOptions.cacheMaxConsecutiveSteps": "Most cached steps in a row",
 };
 // Values the page starts with where the API's own default is not the best first try.
 const PAGE_DEFAULTS = { positivePrompt: "" };
@@ -84,7 +112,7 @@ import { LoraPicker } from "./lora-picker.js";
 export class SettingsForm {
   constructor(form, catalog) {
     this.form = form;
-    this.controls = new Map(catalog.controls.map((c) => [c.name, c]));
+    this.controls = new Map(catalog.controls.filter((c) => !NOT_ON_PAGE.has(c.name)).map((c) => [c.name, c]));
     this.models = catalog.models;
     this.inputs = new Map();
     this.#build();
@@ -95,6 +123,7 @@ export class SettingsForm {
       main: this.form.querySelector("[data-section=main]"),
       mask: this.form.querySelector("[data-section=mask]"),
       outpaint: this.form.querySelector("[data-section=outpaint]"),
+      speed: this.form.querySelector("[data-section=speed]"),
       more: this.form.querySelector("[data-section=more]"),
     };
     const lora = this.controls.get("lora");
@@ -251,7 +280,8 @@ export class SettingsForm {
       const control = this.controls.get(name);
       let value;
       if (input.disabled) value = undefined;
-      else if (control.type === "boolean") value = input.checked;
+      // A switch with no fixed default (deepCache: the acceleration preset's) is sent only when on.
+      else if (control.type === "boolean") value = input.checked || control.default !== null ? input.checked : undefined;
       else if (control.type === "integer" || control.type === "number") {
         const text = input.value.trim();
         if (text === "" && input.validity.badInput) {
