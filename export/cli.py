@@ -182,6 +182,13 @@ def _add_batching_options(parser: argparse.ArgumentParser) -> None:
         + ",".join(map(str, DEFAULT_DEEP_CACHE_BRANCHES)) + ")",
     )
     parser.add_argument(
+        "--no-first-block-cache",
+        dest="first_block_cache",
+        action="store_false",
+        help="FLUX models: leave out the transformer's two halves that the first-block cache runs "
+        "(acceleratorOptions.fbcache is then refused)",
+    )
+    parser.add_argument(
         "--quiet", action="store_true", help="no progress bar (one shows only on a terminal anyway)"
     )
 
@@ -271,7 +278,7 @@ def _branches(text: str) -> tuple[int, ...]:
 
 def _batching_options(args: argparse.Namespace) -> dict[str, object]:
     names = ("denoise_instances", "max_inflight", "ort_threads", "cpu_graphs", "runtime", "precision")
-    names += ("quiet", "stream", "deep_cache_branches")
+    names += ("quiet", "stream", "deep_cache_branches", "first_block_cache")
     options = {name: getattr(args, name) for name in names}
     options |= {
         "gpu_instances": args.instance_kind == "gpu",

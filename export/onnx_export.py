@@ -22,7 +22,14 @@ import numpy as np
 import torch
 
 from triton_inpaint.api.contract import Runner
-from triton_inpaint.api.roles import base_role, shallow_role
+from triton_inpaint.api.roles import (
+    HEAD_RESIDUAL,
+    TAIL_RESIDUAL,
+    TRANSFORMER_HEAD,
+    TRANSFORMER_TAIL,
+    base_role,
+    shallow_role,
+)
 from triton_inpaint.export import attention
 from triton_inpaint.networks.lora import LoraNetwork
 from triton_inpaint.networks.runners import (
@@ -44,6 +51,10 @@ from triton_inpaint.networks.torch_networks import (
 from triton_inpaint.pipelines.spec import PipelineSpec
 
 OPSET = 17
+# FLUX tensors whose second axis is the image tokens (dynamic: it follows the processing size).
+IMAGE_TOKEN_TENSORS = (
+    "hidden_states", "img_ids", "noise_pred", "hidden_states_head", HEAD_RESIDUAL, TAIL_RESIDUAL,
+)  # fmt: skip
 
 
 def _rotary_embedding_for_export(
@@ -111,61 +122,94 @@ def is_sdxl(pipeline: object) -> bool:
     return architecture(pipeline) == "sdxl"
 
 
-def _modules(pipeline: object, deep_cache_branches: tuple[int, ...] = ()) -> dict[str, torch.nn.Module]:
-    return role_modules(pipeline, architecture(pipeline), deep_cache_branches)
+def _modules(
+    pipeline: object, deep_cache_branches: tuple[int, ...] = (), first_block_cache: bool = False
+) -> dict[str, torch.nn.Module]:
+    return role_modules(pipeline, architecture(pipeline), deep_cache_branches, first_block_cache)
 
 
-def _with_deep_features(
-    modules: dict[str, torch.nn.Module], examples: dict[str, tuple], branches: tuple[int, ...]
+def _with_cache_examples(
+    modules: dict[str, torch.nn.Module],
+    examples: dict[str, tuple],
+    branches: tuple[int, ...],
+    first_block: bool,
 ) -> dict[str, tuple]:
-    """Each DeepCache shallow UNet's example: the UNet's inputs and the feature the full UNet returns
-    for them (before the adapter weights, which stay last)."""
-    if not branches:
-        return examples
-    unet_example = examples[UNET]
-    with torch.no_grad():
-        _, *features = modules[UNET](*unet_example)
-    banked = isinstance(modules[UNET], LoraNetwork)
-    for branch, feature in zip(branches, features, strict=True):
-        if banked:
-            examples[shallow_role(branch)] = (*unet_example[:-1], feature, unet_example[-1])
-        else:
-            examples[shallow_role(branch)] = (*unet_example, feature)
+    """The step-caching networks' examples, made from the whole denoiser's own outputs on its example
+    (adapter weights, where the networks are banked, stay last): each DeepCache shallow UNet gets the
+    UNet's inputs and the feature the UNet returns for them; FLUX's first block gets the transformer's
+    inputs and the rest's residual, its tail the first block's outputs and the step's conditions."""
+    if branches:
+        unet_example = examples[UNET]
+        with torch.no_grad():
+            _, *features = modules[UNET](*unet_example)
+        for branch, feature in zip(branches, features, strict=True):
+            examples[shallow_role(branch)] = _inserted(modules[UNET], unet_example, (feature,))
+    if first_block:
+        example = examples[TRANSFORMER]
+        with torch.no_grad():
+            _, _, tail_residual = modules[TRANSFORMER](*example)
+            examples[TRANSFORMER_HEAD] = _inserted(modules[TRANSFORMER], example, (tail_residual,))
+            head, encoder, *_ = modules[TRANSFORMER_HEAD](*examples[TRANSFORMER_HEAD])
+        conditions = example[1:4] + example[5:7]  # timestep, guidance, pooled projections, ids
+        banked = isinstance(modules[TRANSFORMER], LoraNetwork)
+        examples[TRANSFORMER_TAIL] = (head, encoder, *conditions, *(example[-1:] if banked else ()))
     return examples
 
 
+def _inserted(module: torch.nn.Module, example: tuple, extra: tuple) -> tuple:
+    """``example`` with ``extra`` inputs last, before the adapter weights of a banked network."""
+    if isinstance(module, LoraNetwork):
+        return (*example[:-1], *extra, example[-1])
+    return (*example, *extra)
+
+
 class _EveryInput(torch.nn.Module):
-    """A shallow UNet as exported: its output plus an exact zero made from every input. The layers a
-    shallow branch runs may read no text state (no cross-attention among them) or no adapter weight,
-    and the graph exporter drops inputs nothing reads; but every UNet call sends them all (the same
-    inputs as the full UNet, which is what lets the caller switch networks), and a graph, a Triton
-    config and a TensorRT profile must name the same inputs."""
+    """A step-caching network as exported: its (first) output plus an exact zero made from every input.
+    The layers a shallow branch runs may read no text state (no cross-attention among them) or no
+    adapter weight, and the graph exporter drops inputs nothing reads; but every call sends them all
+    (the same inputs as the whole denoiser's, which is what lets the caller switch networks), and a
+    graph, a Triton config and a TensorRT profile must name the same inputs."""
 
     def __init__(self, module: torch.nn.Module) -> None:
         super().__init__()
         self.module = module
 
-    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
-        output = self.module(*inputs)
-        rows = output.shape[0]
-        tie = sum(value.reshape(rows, -1)[:, :1].to(output.dtype) for value in inputs)
-        return output + 0.0 * tie.reshape(rows, *([1] * (output.dim() - 1)))
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        result = self.module(*inputs)
+        outputs = [result] if isinstance(result, torch.Tensor) else list(result)
+        first = outputs[0]
+        rows = first.shape[0]
+        tie = sum(value.reshape(rows, -1)[:, :1].to(first.dtype) for value in inputs)
+        outputs[0] = first + 0.0 * tie.reshape(rows, *([1] * (first.dim() - 1)))
+        return outputs[0] if isinstance(result, torch.Tensor) else tuple(outputs)
 
 
-def check_shallow_networks(
-    modules: dict[str, torch.nn.Module], examples: dict[str, tuple], branches: tuple[int, ...]
+def check_split_networks(
+    modules: dict[str, torch.nn.Module],
+    examples: dict[str, tuple],
+    branches: tuple[int, ...],
+    first_block: bool,
 ) -> None:
-    """Each shallow UNet started from the full UNet's own feature must give the full UNet's prediction:
-    the proof that its hand-written forward is diffusers' (networks/deep_cache.py)."""
-    if not branches:
-        return
+    """The step-caching networks against the whole denoiser, on its example: each shallow UNet started
+    from the UNet's own feature, and FLUX's head then tail (and the head's prediction from the rest's
+    own residual), must give the whole denoiser's prediction: the proof that their hand-written
+    forwards are diffusers' (networks/deep_cache.py, networks/first_block.py)."""
+    checks = []
     with torch.no_grad():
-        noise, *_ = modules[UNET](*examples[UNET])
-        for branch in branches:
-            role = shallow_role(branch)
-            diff = float((modules[role](*examples[role]) - noise).abs().max())
-            if not diff <= 1e-4 * max(1.0, float(noise.abs().max())):
-                raise RuntimeError(f"{role}: the shallow UNet differs from the full one by {diff}")
+        if branches:
+            noise, *_ = modules[UNET](*examples[UNET])
+            for branch in branches:
+                role = shallow_role(branch)
+                checks.append((role, noise, modules[role](*examples[role])))
+        if first_block:
+            noise, *_ = modules[TRANSFORMER](*examples[TRANSFORMER])
+            *_, skipped = modules[TRANSFORMER_HEAD](*examples[TRANSFORMER_HEAD])
+            tail, _ = modules[TRANSFORMER_TAIL](*examples[TRANSFORMER_TAIL])
+            checks += [(TRANSFORMER_HEAD, noise, skipped), (TRANSFORMER_TAIL, noise, tail)]
+    for role, want, got in checks:
+        diff = float((got - want).abs().max())
+        if not diff <= 1e-4 * max(1.0, float(want.abs().max())):
+            raise RuntimeError(f"{role}: differs from the whole denoiser by {diff}")
 
 
 def _lora_roles(modules: dict[str, torch.nn.Module]) -> tuple[str, ...]:
@@ -291,7 +335,7 @@ def _dynamic_axes(names: tuple[str, ...], role: str) -> dict[str, dict[int, str]
             axes[name] |= {2: "height", 3: "width"}
         if name.startswith("deep_feature_"):  # at 1/2^block of the latents
             axes[name] |= {2: f"{name}_height", 3: f"{name}_width"}
-        if role == TRANSFORMER and name in ("hidden_states", "img_ids", "noise_pred"):
+        if base_role(role) == TRANSFORMER and name in IMAGE_TOKEN_TENSORS:
             axes[name] |= {1: "image_tokens"}
     return axes
 
@@ -302,24 +346,30 @@ def export_onnx(
     fused_attention: bool = False,
     each: Callable[[str, Path], None] | None = None,
     deep_cache_branches: tuple[int, ...] = (),
+    first_block_cache: bool = False,
 ) -> dict[str, Path]:
     """Write the networks to the given ``.onnx`` paths (one folder each: a graph over 2 GB keeps its
     weights in external data files beside it). ``fused_attention``: attention as onnxruntime's
     ``MultiHeadAttention`` (:mod:`triton_inpaint.export.attention`), for the CPU runtime. ``each`` is
     told of every network written (progress). ``deep_cache_branches``: the UNet also returns their
-    features, and each has its shallow UNet (:mod:`triton_inpaint.networks.deep_cache`)."""
-    modules = _modules(pipeline, deep_cache_branches)
+    features, and each has its shallow UNet (:mod:`triton_inpaint.networks.deep_cache`);
+    ``first_block_cache``: FLUX's transformer also returns its residuals, and has its two halves
+    (:mod:`triton_inpaint.networks.first_block`)."""
+    caches = (deep_cache_branches, first_block_cache)
+    modules = _modules(pipeline, *caches)
     odd = _odd_latent_size(pipeline)
     examples = _example_inputs(pipeline, batch=2, latent_h=odd, latent_w=odd + 2)
     examples = _with_lora_scales(modules, examples, 2)
-    examples = _with_deep_features(modules, examples, deep_cache_branches)
-    tensors = network_tensors(architecture(pipeline), _lora_roles(modules), deep_cache_branches)
+    examples = _with_cache_examples(modules, examples, *caches)
+    tensors = network_tensors(architecture(pipeline), _lora_roles(modules), *caches)
     for name, module in modules.items():
         input_names, output_names = tensors[name]
         path = paths[name]
         path.parent.mkdir(parents=True, exist_ok=True)
-        exportable = _exportable_flux(module.transformer) if name == TRANSFORMER else nullcontext()
-        traced = _EveryInput(module) if base_role(name) == UNET and name != UNET else module
+        inner = module.inner if isinstance(module, LoraNetwork) else module
+        flux = base_role(name) == TRANSFORMER
+        exportable = _exportable_flux(inner.transformer) if flux else nullcontext()
+        traced = _EveryInput(module) if base_role(name) != name else module  # a step-caching network
         with torch.no_grad(), exportable, attention.fused_attention(fused_attention):
             torch.onnx.export(
                 traced,
@@ -341,13 +391,17 @@ def verify_onnx(
     paths: dict[str, Path],
     each: Callable[[str, Path], None] | None = None,
     deep_cache_branches: tuple[int, ...] = (),
+    first_block_cache: bool = False,
 ) -> list[ExportCheck]:
     """Run each graph and its torch module on a batch size and spatial size other than the traced ones."""
-    return _verify(pipeline, onnx_runner(paths), paths, each, deep_cache_branches)
+    return _verify(pipeline, onnx_runner(paths), paths, each, deep_cache_branches, first_block_cache)
 
 
 def verify_saved_networks(
-    pipeline: object, directories: dict[str, Path], deep_cache_branches: tuple[int, ...] = ()
+    pipeline: object,
+    directories: dict[str, Path],
+    deep_cache_branches: tuple[int, ...] = (),
+    first_block_cache: bool = False,
 ) -> list[ExportCheck]:
     """Load each network the ``gpu-torch`` runtime will serve back from disk (in float32 on the CPU:
     weights saved in fp16 show their rounding here) and run it against the pipeline's own module."""
@@ -360,7 +414,7 @@ def verify_saved_networks(
         feeds = {name: torch.from_numpy(value) for name, value in inputs.items()}
         return [value.numpy() for value in run(model, feeds, outputs)]
 
-    return _verify(pipeline, run_numpy, directories, deep_cache_branches=deep_cache_branches)
+    return _verify(pipeline, run_numpy, directories, None, deep_cache_branches, first_block_cache)
 
 
 def _verify(
@@ -369,12 +423,14 @@ def _verify(
     paths: dict[str, Path],
     each: Callable[[str, Path], None] | None = None,
     deep_cache_branches: tuple[int, ...] = (),
+    first_block_cache: bool = False,
 ) -> list[ExportCheck]:
-    modules = _modules(pipeline, deep_cache_branches)
+    caches = (deep_cache_branches, first_block_cache)
+    modules = _modules(pipeline, *caches)
     examples = _with_lora_scales(modules, _example_inputs(pipeline, 1, *_verify_latent_size(pipeline)), 1)
-    examples = _with_deep_features(modules, examples, deep_cache_branches)
-    check_shallow_networks(modules, examples, deep_cache_branches)
-    tensors = network_tensors(architecture(pipeline), _lora_roles(modules), deep_cache_branches)
+    examples = _with_cache_examples(modules, examples, *caches)
+    check_split_networks(modules, examples, *caches)
+    tensors = network_tensors(architecture(pipeline), _lora_roles(modules), *caches)
     checks = []
     for name, module in modules.items():
         input_names, output_names = tensors[name]

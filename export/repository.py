@@ -22,7 +22,13 @@ from tritonclient.grpc import model_config_pb2 as mc
 from triton_inpaint.api import contract
 from triton_inpaint.api.commands import progress
 from triton_inpaint.api.contract import TensorSpec
-from triton_inpaint.api.roles import DEFAULT_DEEP_CACHE_BRANCHES, base_role, shallow_role
+from triton_inpaint.api.roles import (
+    DEFAULT_DEEP_CACHE_BRANCHES,
+    TRANSFORMER_HEAD,
+    TRANSFORMER_TAIL,
+    base_role,
+    shallow_role,
+)
 from triton_inpaint.export.adapters import load_adapters
 from triton_inpaint.export.onnx_cleanup import clean_onnx
 from triton_inpaint.export.onnx_export import (
@@ -104,7 +110,7 @@ class ExportOptions:
     # shallow UNet beside the full one (the first block's three: the fastest, and small networks).
     # FLUX: the transformer's two halves for the first-block cache.
     deep_cache_branches: tuple[int, ...] = DEFAULT_DEEP_CACHE_BRANCHES
-    first_block_cache: bool = False  # not yet served: the FLUX split lands next
+    first_block_cache: bool = True
 
 
 def runtime_options(options: ExportOptions) -> RuntimeOptions:
@@ -197,6 +203,8 @@ def _network_tensors(
 ) -> dict[str, tuple[list[TensorSpec], list[TensorSpec]]]:
     """Per-network (inputs, outputs), dims without the batch axis."""
     shapes = _flux_shapes(pipeline) if spec.flux else _sd_shapes(pipeline)
+    if spec.first_block_cache:  # the transformer returns its residuals; its halves run a cached step
+        shapes |= _split_transformer_shapes(pipeline, shapes[TRANSFORMER])
     if spec.deep_cache_features:  # the UNet returns each branch's feature; a shallow UNet takes it
         unet_inputs, unet_outputs = shapes[UNET]
         features = [("TYPE_FP32", (channels, -1, -1)) for _, channels, _ in spec.deep_cache_features]
@@ -207,6 +215,21 @@ def _network_tensors(
         if base_role(role) in spec.lora_roles:
             shapes[role][0].append(("TYPE_FP32", (len(spec.adapters),)))
     return _with_names(shapes, spec)
+
+
+def _split_transformer_shapes(pipeline: object, whole: tuple[list, list]) -> dict[str, tuple[list, list]]:
+    """FLUX's transformer with the first-block cache: its residuals (image tokens x inner width), the
+    first block's image and text tokens, and its two halves (see roles.SPLIT_TRANSFORMER_TENSORS)."""
+    config = pipeline.transformer.config
+    inner = ("TYPE_FP32", (-1, config.num_attention_heads * config.attention_head_dim))
+    text = ("TYPE_FP32", (whole[0][4][1][0], inner[1][1]))  # T5 tokens x inner width
+    inputs, (prediction,) = whole
+    return {
+        TRANSFORMER: (inputs, [prediction, inner, inner]),
+        TRANSFORMER_HEAD: ([*inputs, inner], [inner, text, inner, prediction]),
+        # the first block's outputs, then timestep, guidance, pooled projections, text and image ids
+        TRANSFORMER_TAIL: ([inner, text, *inputs[1:4], *inputs[5:7]], [prediction, inner]),
+    }
 
 
 def _sd_shapes(pipeline: object) -> dict[str, tuple[list, list]]:
@@ -477,15 +500,16 @@ def _write_networks(
     tensors = _network_tensors(pipeline, spec)
     if runtime.runtime == "gpu-torch":
         log(f"saving {', '.join(roles)} for torch ({runtime.precision}) ...")
-        branches = spec.deep_cache_branches
+        caches = (spec.deep_cache_branches, spec.first_block_cache)
         for role, model_dir in model_dirs.items():
-            # A shallow UNet loads the UNet's saved weights (and keeps only the layers it runs).
-            shared = model_dirs[UNET] / "1" if base_role(role) == UNET and role != UNET else None
+            # A step-caching network loads its denoiser's saved weights (and keeps only the layers it runs).
+            shared = model_dirs[base_role(role)] / "1" if base_role(role) != role else None
             save_network(
-                pipeline, spec.architecture, role, model_dir / "1", runtime.precision, branches, shared
-            )
+                pipeline, spec.architecture, role, model_dir / "1", runtime.precision, caches[0], shared,
+                caches[1],
+            )  # fmt: skip
         directories = {role: d / "1" for role, d in model_dirs.items()}
-        checks = verify_saved_networks(pipeline, directories, branches)
+        checks = verify_saved_networks(pipeline, directories, *caches)
         model_py = "triton_inpaint.triton.torch_model"
     else:
         log(f"exporting {', '.join(roles)} to ONNX ...")
@@ -506,6 +530,7 @@ def _write_networks(
                 fused_attention=runtime.runtime == "cpu" and runtime.fused_attention,
                 each=step("exported"),
                 deep_cache_branches=spec.deep_cache_branches,
+                first_block_cache=spec.first_block_cache,
             )
             if runtime.runtime == "cpu" and options.cpu_graphs:
                 log("optimising the graphs for onnxruntime's CPU provider ...")
@@ -518,7 +543,9 @@ def _write_networks(
                     clean_onnx(path)
                     step("cleaned")(role, path)
             # the graphs as served, on onnxruntime's CPU provider
-            checks = verify_onnx(pipeline, paths, step("checked"), spec.deep_cache_branches)
+            checks = verify_onnx(
+                pipeline, paths, step("checked"), spec.deep_cache_branches, spec.first_block_cache
+            )
         model_py = "triton_inpaint.triton.onnx_model" if runtime.runtime == "cpu" else None
     for role, (inputs, outputs) in tensors.items():
         model_dir = model_dirs[role]

@@ -168,3 +168,25 @@ def assert_served_parity(
     print(f"{label}: inside the mask max {diff.max()}/255, mean {diff.mean():.4f}/255")
     assert diff.max() <= tolerance
     assert np.array_equal(served[~inside], image[~inside]), "pixels outside the mask must be the input's"
+
+
+def diffusers_first_block_cache(pipe, threshold: float, run):
+    """``run()`` (a FluxFillPipeline call) with diffusers' first-block cache at ``threshold`` on its
+    transformer: ``enable_cache(FirstBlockCacheConfig)``, and each transformer call in the cache context
+    FluxPipeline opens itself and FluxFillPipeline does not (without one the hooks raise)."""
+    from diffusers.hooks import FirstBlockCacheConfig
+
+    transformer = pipe.transformer
+    forward = transformer.forward
+
+    def in_context(*args, **kwargs):
+        with transformer.cache_context("cond"):
+            return forward(*args, **kwargs)
+
+    transformer.enable_cache(FirstBlockCacheConfig(threshold=threshold))
+    transformer.forward = in_context
+    try:
+        return run()
+    finally:
+        del transformer.forward
+        transformer.disable_cache()

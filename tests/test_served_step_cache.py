@@ -21,6 +21,7 @@ from tests.gateway_process import GatewayProcess
 from tests.helpers import (
     assert_served_parity,
     decode_rgb,
+    diffusers_first_block_cache,
     diffusers_inpaint,
     irregular_mask,
     make_image,
@@ -102,6 +103,44 @@ def test_served_deep_cache_equals_deep_cache_sd_helper(
         ).image
     )
     assert not np.array_equal(served, uncached)  # the cache acted
+
+
+def test_served_first_block_cache_equals_diffusers(client, flux_checkpoint):
+    import json
+
+    from diffusers import FluxFillPipeline
+
+    pipe = FluxFillPipeline.from_pretrained(flux_checkpoint)
+    pipe.set_progress_bar_config(disable=True)
+    config = json.loads((flux_checkpoint / "scheduler" / "scheduler_config.json").read_text())
+    image, mask = make_image(96, 64), irregular_mask(96, 64)
+    settings = {"steps": 12, "seed": 3, "width": 96, "height": 64, "guidance_scale": 30.0}
+    served = decode_rgb(
+        client.inpaint(
+            FLUX_MODEL,
+            png_bytes(image),
+            png_bytes(mask),
+            PROMPT,
+            fbcache=True,
+            cache_distance=0.3,
+            **settings,
+        ).image
+    )
+    want = diffusers_first_block_cache(
+        pipe, 0.3,
+        lambda: diffusers_inpaint(
+            pipe, config, image, mask, PROMPT, None, steps=12, strength=1.0, guidance=30.0, seed=3,
+            max_sequence_length=32,
+        ),
+    )  # fmt: skip
+    assert_served_parity(f"{client.protocol} first-block cache 0.3", served, want, mask, image, TOLERANCE)
+    preset = client.inpaint(
+        FLUX_MODEL, png_bytes(image), png_bytes(mask), PROMPT, acceleration="high", **settings
+    )
+    explicit = client.inpaint(
+        FLUX_MODEL, png_bytes(image), png_bytes(mask), PROMPT, fbcache=True, cache_distance=0.2, **settings
+    )
+    assert preset.image == explicit.image
 
 
 def test_a_preset_is_its_settings_and_every_unet_family_serves_it(client):

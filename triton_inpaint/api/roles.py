@@ -55,23 +55,28 @@ _TENSORS = {"sd": SD_TENSORS, "sdxl": SDXL_TENSORS, "flux": FLUX_TENSORS}
 # adapter (triton_inpaint.networks.lora).
 LORA_SCALES = "lora_scales"
 
-# Step caching (triton_inpaint.networks.step_cache_networks). DeepCache: a UNet exported with branches
-# also returns, per branch, the feature its shallow network starts from, and each branch has a shallow
-# network (``unet_shallow_<branch>``) that takes that feature. First-block cache (FLUX): the transformer
-# split in two, its first block (with the step's output were the rest skipped) and the rest.
+# Step caching. DeepCache (triton_inpaint.networks.deep_cache): a UNet exported with branches also
+# returns, per branch, the feature its shallow network starts from, and each branch has a shallow network
+# (``unet_shallow_<branch>``) that takes that feature. First-block cache (FLUX,
+# triton_inpaint.networks.first_block): the transformer also returns its first block's residual and the
+# rest's, and comes in two halves too: the first block (with the step's prediction were the rest skipped)
+# and the rest.
 # The DeepCache branches an export serves unless told: the first block's three, the fastest, whose
 # shallow networks are small (docs/controls.md#step-caching).
 DEFAULT_DEEP_CACHE_BRANCHES = (0, 1, 2)
 TRANSFORMER_HEAD = "transformer_head"
 TRANSFORMER_TAIL = "transformer_tail"
-HEAD_TENSORS: tuple[tuple[str, ...], tuple[str, ...]] = (
-    (*FLUX_TENSORS[TRANSFORMER][0], "tail_residual"),
-    ("hidden_states_head", "encoder_hidden_states_head", "head_residual", "noise_pred"),
-)
-TAIL_TENSORS: tuple[tuple[str, ...], tuple[str, ...]] = (
-    ("hidden_states_head", "encoder_hidden_states_head", *FLUX_TENSORS[TRANSFORMER][0][1:]),
-    ("noise_pred", "tail_residual"),
-)
+HEAD_RESIDUAL, TAIL_RESIDUAL = "head_residual", "tail_residual"
+HEAD_OUTPUTS = ("hidden_states_head", "encoder_hidden_states_head")
+_FLUX_INPUTS = FLUX_TENSORS[TRANSFORMER][0]
+SPLIT_TRANSFORMER_TENSORS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    TRANSFORMER: (_FLUX_INPUTS, ("noise_pred", HEAD_RESIDUAL, TAIL_RESIDUAL)),
+    TRANSFORMER_HEAD: ((*_FLUX_INPUTS, TAIL_RESIDUAL), (*HEAD_OUTPUTS, HEAD_RESIDUAL, "noise_pred")),
+    TRANSFORMER_TAIL: (
+        (*HEAD_OUTPUTS, "timestep", "guidance", "pooled_projections", "txt_ids", "img_ids"),
+        ("noise_pred", TAIL_RESIDUAL),
+    ),
+}
 
 
 def shallow_role(branch: int) -> str:
@@ -103,8 +108,7 @@ def network_tensors(
         for branch in deep_cache_branches:
             tensors[shallow_role(branch)] = ((*unet_inputs, deep_feature(branch)), unet_outputs)
     if first_block_cache:
-        tensors[TRANSFORMER_HEAD] = HEAD_TENSORS
-        tensors[TRANSFORMER_TAIL] = TAIL_TENSORS
+        tensors |= SPLIT_TRANSFORMER_TENSORS
     return {
         role: ((*inputs, LORA_SCALES), outputs) if _banked(role, lora_roles) else (inputs, outputs)
         for role, (inputs, outputs) in tensors.items()

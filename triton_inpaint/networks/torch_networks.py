@@ -23,6 +23,8 @@ from triton_inpaint.api.roles import (
     TEXT_ENCODER,
     TEXT_ENCODER_2,
     TRANSFORMER,
+    TRANSFORMER_HEAD,
+    TRANSFORMER_TAIL,
     UNET,
     VAE_DECODER,
     VAE_ENCODER,
@@ -30,6 +32,7 @@ from triton_inpaint.api.roles import (
     network_tensors,
 )
 from triton_inpaint.networks.deep_cache import DeepCacheUnet, ShallowUnet
+from triton_inpaint.networks.first_block import FirstBlock, FullTransformer, RemainingBlocks
 from triton_inpaint.networks.lora import LoraNetwork, lora_scales_of
 
 NETWORK_FILE = "network.json"
@@ -155,11 +158,16 @@ def pipeline_architecture(pipeline: object) -> str:
 
 
 def role_module(
-    source: Any, architecture: str, role: str, deep_cache_branches: tuple[int, ...] = ()
+    source: Any,
+    architecture: str,
+    role: str,
+    deep_cache_branches: tuple[int, ...] = (),
+    first_block_cache: bool = False,
 ) -> torch.nn.Module:
     """The module that runs ``role``, over the attributes of ``source`` (a diffusers pipeline, or just
     the modules that role needs); in eval mode. With ``deep_cache_branches`` the UNet also returns
-    their features. Its ``output_names`` are the role's outputs, in the order it returns them."""
+    their features; with ``first_block_cache`` FLUX's transformer also returns its residuals (and has
+    its halves). Its ``output_names`` are the role's outputs, in the order it returns them."""
     unet_roles = {UNET: None} | {f"{UNET}_shallow_{b}": b for b in deep_cache_branches}
     if role in (TEXT_ENCODER, TEXT_ENCODER_2):
         encoder = getattr(source, role)
@@ -176,14 +184,19 @@ def role_module(
     elif role in unet_roles:
         module = ShallowUnet(source.unet, unet_roles[role])
     elif role == TRANSFORMER:
-        module = FluxTransformer(source.transformer)
+        whole = FullTransformer if first_block_cache else FluxTransformer
+        module = whole(source.transformer)
+    elif role == TRANSFORMER_HEAD:
+        module = FirstBlock(source.transformer)
+    elif role == TRANSFORMER_TAIL:
+        module = RemainingBlocks(source.transformer)
     else:
         raise ValueError(f"unknown network role {role!r}")
     # A network exported with LoRA adapters takes their weights as its last input.
     scales = lora_scales_of(getattr(source, ROLE_SOURCES[base_role(role)][0]))
     if scales is not None:
         module = LoraNetwork(module, scales)
-    module.output_names = network_tensors(architecture, (), deep_cache_branches)[role][1]
+    module.output_names = network_tensors(architecture, (), deep_cache_branches, first_block_cache)[role][1]
     return module.eval()
 
 
@@ -193,7 +206,8 @@ def role_modules(
     """Every network of ``architecture`` (``sd``, ``sdxl``, ``flux``) as its role's module, with the
     step-caching networks asked for."""
     roles = network_tensors(architecture, (), deep_cache_branches, first_block_cache)
-    return {role: role_module(source, architecture, role, deep_cache_branches) for role in roles}
+    caches = (deep_cache_branches, first_block_cache)
+    return {role: role_module(source, architecture, role, *caches) for role in roles}
 
 
 def module_dtype(module: torch.nn.Module) -> torch.dtype:
@@ -260,6 +274,7 @@ def save_network(
     precision: str,
     deep_cache_branches: tuple[int, ...] = (),
     shared: Path | None = None,
+    first_block_cache: bool = False,
 ) -> None:
     """Write what ``role`` needs to run under the ``gpu-torch`` runtime into ``directory``: its modules'
     weights, or with ``shared`` (a DeepCache shallow UNet) where the UNet's weights were saved, so
@@ -286,6 +301,7 @@ def save_network(
         "modules": classes,
         "dtypes": dtypes,  # as stored: loading asks for them, not for float32 first and a cast after
         "deep_cache_branches": list(deep_cache_branches),
+        "first_block_cache": first_block_cache,
     }
     if shared is not None:
         description["weights_from"] = os.path.relpath(shared, directory)
@@ -322,8 +338,9 @@ def load_network(
         modules[attribute] = cls.from_pretrained(weights / attribute, **{keyword: dtype})
     role = description["role"]
     branches = tuple(description.get("deep_cache_branches", ()))
-    module = role_module(SimpleNamespace(**modules), description["architecture"], role, branches)
+    first_block = bool(description.get("first_block_cache", False))
+    module = role_module(SimpleNamespace(**modules), description["architecture"], role, branches, first_block)
     inner = module.inner if isinstance(module, LoraNetwork) else module
-    if isinstance(inner, ShallowUnet):
-        inner.prune()  # this process runs only the shallow layers: the device holds only those
+    if hasattr(inner, "prune"):  # a step-caching network: this process holds only the layers it runs
+        inner.prune()
     return role, module.to(device=device)

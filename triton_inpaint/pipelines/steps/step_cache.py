@@ -30,7 +30,19 @@ import torch
 
 from triton_inpaint.api.errors import InvalidInputError
 from triton_inpaint.api.params import CacheSettings
-from triton_inpaint.api.roles import UNET, deep_feature, shallow_role
+from triton_inpaint.api.roles import (
+    HEAD_OUTPUTS,
+    HEAD_RESIDUAL,
+    LORA_SCALES,
+    SPLIT_TRANSFORMER_TENSORS,
+    TAIL_RESIDUAL,
+    TRANSFORMER,
+    TRANSFORMER_HEAD,
+    TRANSFORMER_TAIL,
+    UNET,
+    deep_feature,
+    shallow_role,
+)
 from triton_inpaint.pipelines.batching import PREDICTION, NetworkCall
 
 ACCELERATION_LEVELS = ("none", "low", "medium", "high")
@@ -227,12 +239,76 @@ def timestep_positions(schedule: torch.Tensor, timesteps: torch.Tensor) -> list[
     return [everything.index(value) for value in timesteps.tolist()]
 
 
+class FirstBlockSteps(StepCache):
+    """The first-block cache for one request. A step that may be cached runs the transformer's first
+    block (the head, given the kept residual of the rest); each row whose first-block residual moved
+    more than the threshold, relative to its residual at its last computed step, runs the rest (the
+    tail) in a second call; the others take the head's prediction. A step that may not be cached (the
+    first, or outside the window) runs the whole transformer in one call. diffusers decides for the
+    whole batch of one call; here each row decides for itself, so an image of a request with several
+    is the image a request of its seed alone makes (within the request, rows may differ)."""
+
+    def __init__(self, plan: CachePlan) -> None:
+        super().__init__(plan)
+        self.head_residual: torch.Tensor | None = None  # per row, at its last computed step
+        self.tail_residual: torch.Tensor | None = None
+        self._phase = TRANSFORMER
+        self._inputs: dict[str, torch.Tensor] = {}
+        self._head: dict[str, torch.Tensor] = {}
+        self._rows: torch.Tensor | None = None  # the rows that run the tail this step
+
+    def call(self, index: int, inputs: dict[str, torch.Tensor]) -> NetworkCall:
+        if self._phase == TRANSFORMER_TAIL:
+            rows = self._rows
+            tail_inputs = {name: self._head[name][rows] for name in HEAD_OUTPUTS}
+            names = SPLIT_TRANSFORMER_TENSORS[TRANSFORMER_TAIL][0][len(HEAD_OUTPUTS) :]
+            tail_inputs |= {name: inputs[name][rows] for name in (*names, LORA_SCALES) if name in inputs}
+            return NetworkCall(TRANSFORMER_TAIL, tail_inputs, (PREDICTION, TAIL_RESIDUAL))
+        self._inputs = inputs
+        if self.tail_residual is None or not self._may_reuse(index):
+            self._phase = TRANSFORMER
+            return NetworkCall(TRANSFORMER, inputs, (PREDICTION, HEAD_RESIDUAL, TAIL_RESIDUAL))
+        self._phase = TRANSFORMER_HEAD
+        head_inputs = {**inputs, TAIL_RESIDUAL: self.tail_residual}
+        return NetworkCall(TRANSFORMER_HEAD, head_inputs, (*HEAD_OUTPUTS, HEAD_RESIDUAL, PREDICTION))
+
+    def take(self, outputs: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        if self._phase == TRANSFORMER:
+            self.head_residual, self.tail_residual = outputs[HEAD_RESIDUAL], outputs[TAIL_RESIDUAL]
+            self._count(False)
+            return outputs[PREDICTION]
+        if self._phase == TRANSFORMER_HEAD:
+            moved = changed(outputs[HEAD_RESIDUAL], self.head_residual)
+            self._rows = torch.nonzero(moved > self.plan.threshold).flatten()
+            if len(self._rows) == 0:  # every row skips the rest
+                self._count(True)
+                return outputs[PREDICTION]
+            self._head = outputs
+            self._phase = TRANSFORMER_TAIL
+            return None
+        rows, head = self._rows, self._head
+        prediction = head[PREDICTION].clone()
+        prediction[rows] = outputs[PREDICTION]
+        self.tail_residual = self.tail_residual.clone()
+        self.tail_residual[rows] = outputs[TAIL_RESIDUAL]
+        self.head_residual = self.head_residual.clone()
+        self.head_residual[rows] = head[HEAD_RESIDUAL][rows]
+        self._phase = TRANSFORMER_HEAD
+        self._count(False)
+        return prediction
+
+
+def changed(residual: torch.Tensor, before: torch.Tensor) -> torch.Tensor:
+    """Per row, the relative mean absolute difference of the first block's residual from ``before``
+    (diffusers' FBCHeadBlockHook, row by row)."""
+    dims = tuple(range(1, residual.dim()))
+    return (residual - before).abs().mean(dim=dims) / before.abs().mean(dim=dims)
+
+
 def start_cache(plan: CachePlan | None, scheduler: object, timesteps: torch.Tensor) -> StepCache | None:
     """The request's cache state for its job (None: every step in full)."""
     if plan is None:
         return None
     if plan.kind == "deep_cache":
         return DeepCacheSteps(plan, timestep_positions(scheduler.timesteps, timesteps))
-    from triton_inpaint.pipelines.first_block_cache import FirstBlockSteps
-
     return FirstBlockSteps(plan)
