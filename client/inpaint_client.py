@@ -111,6 +111,8 @@ def grpc_channel_args() -> list[tuple[str, Any]]:
 
 # What Triton says while a model is dead or being reloaded (see triton_inpaint.server.supervisor).
 _UNAVAILABLE = re.compile(r"Stub process '[^']+' is not healthy|is not ready|is not available")
+# Triton's answer to an input the model does not declare: a control newer than the model's export.
+_UNDECLARED = re.compile(r"unexpected inference input '(\w+)' for model '([^']+)'")
 
 
 @dataclass(frozen=True)
@@ -402,6 +404,14 @@ class InpaintClient:
             return ServerUnreachableError(message)
         if _UNAVAILABLE.search(message):
             return ModelUnavailableError(f"{message} (the model is being restored; retry in a few seconds)")
+        undeclared = _UNDECLARED.search(message)
+        if undeclared and undeclared[1] in INPAINT.names:
+            field = undeclared[1]
+            return InpaintError(
+                f"{field}: model {requested!r} was exported before this control existed ({undeclared[2]} "
+                f"has no {field} input); export it again with this version (triton-inpaint export onnx or "
+                f"registry) to use it, or leave {field} out: everything else it serves as before"
+            )
         if "unknown model" in message.lower() and model_name:
             if model_name == MASKING_MODEL:
                 return ModelNotServedError(

@@ -10,7 +10,7 @@ import json
 
 import numpy as np
 import pytest
-from runware import IImageInference, ILora, IOutpaint, Runware
+from runware import IAcceleratorOptions, IImageInference, ILora, IOutpaint, Runware
 from runware.utils import RunwareAPIError
 
 from tests.conftest import BASE_MODEL, LORA_ADAPTERS, MODEL
@@ -162,6 +162,42 @@ def test_the_sdks_lora_list_applies_the_adapters_at_their_weights(gateway, trito
     assert np.array_equal(decode_rgb(base64.b64decode(result.imageBase64Data)), decode_rgb(direct.image))
     assert error.error_data["parameter"] == "lora[0].model"
     assert ink in error.error_data["message"] and "local:absent@1" in error.error_data["message"]
+
+
+def test_the_sdks_accelerator_options_cache_steps(gateway, triton_server):
+    """The SDK's own IAcceleratorOptions, sent unchanged, give what the Triton client gets with the same
+    step caching; a cache the model lacks is the SDK's error naming the field."""
+    from triton_inpaint.client import InpaintClient
+
+    image, mask = make_image(64, 64, seed=14), irregular_mask(64, 64)
+    settings = {"steps": 6, "seed": 21, "width": 64, "height": 64}
+    options = IAcceleratorOptions(deepCache=True, deepCacheInterval=2, deepCacheBranchId=1)
+
+    async def scenario():
+        sdk = await _connected(gateway)
+        try:
+            request = IImageInference(
+                model=MODEL, positivePrompt=PROMPT, outputType="base64Data", outputFormat="PNG",
+                seedImage=base64.b64encode(png_bytes(image)).decode(),
+                maskImage=base64.b64encode(png_bytes(mask)).decode(),
+                acceleratorOptions=options, **settings,
+            )  # fmt: skip
+            result = await sdk.imageInference(requestImage=request)
+            request.acceleratorOptions = IAcceleratorOptions(fbcache=True, cacheDistance=0.2)
+            with pytest.raises(RunwareAPIError) as raised:
+                await sdk.imageInference(requestImage=request)
+            return result, raised.value
+        finally:
+            await sdk.disconnect()
+
+    (result,), error = _run(scenario())
+    with InpaintClient(triton_server.grpc_url, "grpc") as client:
+        direct = client.inpaint(
+            MODEL, png_bytes(image), png_bytes(mask), PROMPT, deep_cache=True, deep_cache_interval=2,
+            deep_cache_branch_id=1, **settings,
+        )  # fmt: skip
+    assert np.array_equal(decode_rgb(base64.b64decode(result.imageBase64Data)), decode_rgb(direct.image))
+    assert error.error_data["parameter"] == "acceleratorOptions.fbcache"
 
 
 def test_an_out_of_range_value_is_the_sdks_error_naming_the_parameter(gateway):

@@ -291,3 +291,77 @@ def test_the_cli_flags_cache_steps(triton_server, tmp_path):
             deep_cache_interval=2,
         )  # fmt: skip
     assert np.array_equal(decode_rgb(out.read_bytes()), decode_rgb(direct.image))
+
+
+def _as_exported_before_step_caching(repository, name: str, target):
+    """A copy of ``name``'s models as an export made before step caching wrote them: no shallow UNets,
+    no cache inputs on the ensemble and the denoise model, no features out of the UNet, no caches in
+    pipeline.json."""
+    import json
+    import shutil
+
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2 as mc
+
+    from triton_inpaint.api.schema import ACCELERATION_CONTROLS
+
+    newer = {control.name for control in ACCELERATION_CONTROLS}
+    for model in (
+        f"inpaint_{name}",
+        f"{name}_denoise",
+        *(f"{name}_{r}" for r in ("text_encoder", "vae_encoder", "vae_decoder", "unet")),
+    ):
+        shutil.copytree(repository / model, target / model)
+        path = target / model / "config.pbtxt"
+        config = text_format.Parse(path.read_text(), mc.ModelConfig())
+        kept = [tensor for tensor in config.input if tensor.name not in newer]
+        del config.input[:]
+        config.input.extend(kept)
+        outputs = [tensor for tensor in config.output if not tensor.name.startswith("deep_feature_")]
+        del config.output[:]
+        config.output.extend(outputs)
+        for step in config.ensemble_scheduling.step:
+            for key in [key for key in step.input_map if key in newer]:
+                del step.input_map[key]
+        for key in ("deep_cache_branches", "first_block_cache"):
+            config.parameters.pop(key, None)
+        path.write_text(text_format.MessageToString(config))
+    spec = target / f"{name}_denoise" / "1" / "pipeline.json"
+    data = json.loads(spec.read_text())
+    del data["deep_cache_features"], data["first_block_cache"]
+    spec.write_text(json.dumps(data))
+    return target
+
+
+def test_a_model_exported_before_step_caching_refuses_its_fields_and_serves_the_rest(
+    exported_repository, triton_server, tmp_path
+):
+    from tests.conftest import BUILTIN_REPOSITORY
+    from triton_inpaint.server.process import TritonServer, free_port
+
+    repository, _ = exported_repository
+    old = _as_exported_before_step_caching(repository, MODEL, tmp_path / "old")
+    server = TritonServer([BUILTIN_REPOSITORY, old], free_port(), free_port(), free_port())
+    server.start(timeout=300)
+    image, mask = png_bytes(make_image(64, 64, seed=7)), png_bytes(irregular_mask(64, 64))
+    try:
+        with InpaintClient(server.grpc_url, "grpc") as client:
+            (info,) = client.list_models()
+            assert info.deep_cache_branches == () and not info.first_block_cache
+            served = client.inpaint(MODEL, image, mask, PROMPT, steps=3, seed=5, width=64, height=64)
+            for field in ("deep_cache", "acceleration"):
+                with pytest.raises(InpaintError, match="export it again") as raised:
+                    client.inpaint(
+                        MODEL,
+                        image,
+                        mask,
+                        PROMPT,
+                        steps=3,
+                        **{field: "low" if field == "acceleration" else True},
+                    )
+                assert raised.value.field == field
+    finally:
+        server.stop()
+    with InpaintClient(triton_server.grpc_url, "grpc") as client:  # the same request, today's export
+        current = client.inpaint(MODEL, image, mask, PROMPT, steps=3, seed=5, width=64, height=64)
+    assert served.image == current.image
