@@ -40,7 +40,14 @@ def test_quick_bench_writes_every_figure(tmp_path, work):
     assert results["machine"]["versions"]["tritonclient"] == "2.51.0"
     (model,) = results["models"]
     assert model["model"] == "benchtiny"
-    methods = {"diffusers", "ours_in_process", "served_grpc", "served_grpc_stream", "gateway"}
+    methods = {
+        "diffusers",
+        "ours_in_process",
+        "served_grpc",
+        "served_grpc_stream",
+        "served_grpc_cached",
+        "gateway",
+    }
     assert set(model["median_s"]) == methods
     assert all(_finite_positive(value) for value in model["median_s"].values())
     assert all(_finite_positive(value) for value in model["ratios"].values())
@@ -69,7 +76,19 @@ def test_quick_bench_writes_every_figure(tmp_path, work):
     assert (lora["adapters"], lora["rank"]) == (2, 16) and set(lora["median_s"]) == {"plain", "lora"}
     assert _finite_positive(lora["lora_over_plain"])
     assert lora["spread_s"]["lora"]["min"] <= lora["median_s"]["lora"] <= lora["spread_s"]["lora"]["max"]
+    # Step caching: served cached against uncached with the image distance beside it; every other
+    # request cached under perf_analyzer (the shallow UNet's calls counted); each family in-process.
+    assert model["ratios"]["cached_over_served"] > 0 and model["cache_distance"]["max_255"] > 0
+    assert [entry["concurrency"] for entry in model["mixed_sweep"]] == [1, 2]
+    assert all(entry["shallow_rows_per_call"] >= 2.0 for entry in model["mixed_sweep"])
+    families = {entry["family"]: entry for entry in results["step_cache"]}
+    assert set(families) == {"sd15-inpaint", "flux-fill"}
+    assert (
+        families["sd15-inpaint"]["cached_steps"] > 0 and families["sd15-inpaint"]["distance"]["psnr_db"] > 0
+    )
+    assert all(_finite_positive(entry["cached_over_uncached"]) for entry in families.values())
     report = (out / "bench.md").read_text()
+    assert "## Step caching: speed and its price in fidelity" in report and "| tiny flux-fill |" in report
     assert "| benchtiny | 2 |" in report and "served / in-process" in report
     assert "## LoRA adapters' cost" in report and "| benchtiny | 2 x 16 |" in report
     assert machine["cpu"] in report and "median of its runs, with their range" in report

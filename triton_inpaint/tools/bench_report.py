@@ -41,7 +41,11 @@ def markdown(results: dict[str, Any]) -> str:
         "of the perf_analyzer sweep, the order rotating each round.",
         "",
     ]
-    for section in (_side_by_side, _lora_table, _perf_table, _time_table, _memory_table, _targets_table):
+    sections = (
+        _side_by_side, _cache_table, _lora_table, _perf_table, _mixed_table, _time_table, _memory_table,
+        _targets_table,
+    )  # fmt: skip
+    for section in sections:
         lines += section(results)
     lines += ["", "Plots: `throughput.png`, `latency.png`, `time_breakdown.png`.", ""]
     return "\n".join(lines)
@@ -79,6 +83,84 @@ def _side_by_side(results: dict[str, Any]) -> list[str]:
             )  # fmt: skip
         )
     return lines
+
+
+def _distance(distance: dict[str, float]) -> str:
+    mean, psnr = distance["mean_255"], distance["psnr_db"]
+    return f"max {distance['max_255']:.0f}, mean {mean:.2f} /255, PSNR {psnr} dB"
+
+
+def _cache_table(results: dict[str, Any]) -> list[str]:
+    """Step caching: its speed and, beside it, its price in fidelity (the cached image's distance from
+    the uncached one inside the mask)."""
+    lines = ["", "## Step caching: speed and its price in fidelity (interleaved rounds)", ""]
+    lines += [_row(["model", "request", "uncached", "cached", "cached / uncached", "cached steps",
+                    "cached vs uncached image"]), _row(["---"] * 7)]  # fmt: skip
+    for model in results["models"]:
+        if "served_grpc_cached" not in model["median_s"]:
+            continue
+        m, s = model["median_s"], model.get("spread_s", {})
+        lines.append(_row([
+            model["model"], f"served gRPC, DeepCache interval 3, {model['steps']} steps",
+            _ranged(m["served_grpc"], s.get("served_grpc"), ".3f", " s"),
+            _ranged(m["served_grpc_cached"], s.get("served_grpc_cached"), ".3f", " s"),
+            f"{model['ratios']['cached_over_served']:.3f}", "", _distance(model["cache_distance"]),
+        ]))  # fmt: skip
+    for family in results.get("step_cache", []):
+        m, s = family["median_s"], family["spread_s"]
+        lines.append(_row([
+            f"tiny {family['family']}",
+            f"in-process, acceleration {family['preset']}, {family['steps']} steps",
+            _ranged(m["uncached"], s["uncached"], ".3f", " s"),
+            _ranged(m["cached"], s["cached"], ".3f", " s"),
+            f"{family['cached_over_uncached']:.3f}",
+            f"{family['cached_steps']} of {family.get('denoiser_steps', family['steps'])}",
+            _distance(family["distance"]),
+        ]))  # fmt: skip
+    return lines
+
+
+def _mixed_table(results: dict[str, Any]) -> list[str]:
+    """Cached requests mixed with uncached ones: throughput and how the UNet calls batch."""
+    measured = [model for model in results["models"] if model.get("mixed_sweep")]
+    if not measured:
+        return []
+    lines = ["", "## perf_analyzer, every other request cached (DeepCache interval 3)", ""]
+    lines += [_row(["model", "concurrency", "requests/s", "vs c=1", "p50", "UNet rows a call",
+                    "shallow UNet rows a call"]), _row(["---"] * 7)]  # fmt: skip
+    for model in measured:
+        base = model["mixed_sweep"][0]["throughput_rps"]
+        for entry in model["mixed_sweep"]:
+            ranges = entry.get("spread", {})
+            lines.append(_row([
+                model["model"], entry["concurrency"],
+                _ranged(entry["throughput_rps"], ranges.get("throughput_rps"), ".3f"),
+                f"{entry['throughput_rps'] / base:.2f}",
+                _ranged(entry["p50_ms"], ranges.get("p50_ms"), ".0f", " ms"),
+                f"{entry['unet_rows_per_call']:.2f}",
+                f"{entry.get('shallow_rows_per_call', float('nan')):.2f}",
+            ]))  # fmt: skip
+    return lines
+
+
+def write_real_size_report(results: dict[str, Any], out: Path) -> None:
+    """``bench-real-size.md``: the real-size step-cache comparison."""
+    figures, info = results["real_size"], results["machine"]
+    m, s = figures["median_s"], figures["spread_s"]
+    lines = [
+        "# triton-inpaint bench --real-size", "",
+        f"{info['cpu']}, {info['usable_cores']} usable cores, {info['memory_gib']} GiB; {figures['model']}, "
+        f"{figures['side']} px, {figures['steps']} steps, {figures['rounds']} interleaved round(s).", "",
+        _row(["request", "seconds"]), _row(["---"] * 2),
+        _row(["diffusers, uncached", _ranged(m["diffusers_uncached"], s["diffusers_uncached"], ".1f")]),
+        _row(["served gRPC, uncached", _ranged(m["served_uncached"], s["served_uncached"], ".1f")]),
+        _row([f"served gRPC, DeepCache interval {figures['deep_cache_interval']}",
+              _ranged(m["served_cached"], s["served_cached"], ".1f")]),
+        "", f"Cached is {figures['uncached_over_cached']:.2f}x as fast as served uncached and "
+        f"{figures['diffusers_over_cached']:.2f}x as fast as diffusers uncached. The price: the cached image "
+        f"is at {_distance(figures['distance'])} from the uncached one inside the mask.", "",
+    ]  # fmt: skip
+    (out / "bench-real-size.md").write_text("\n".join(lines))
 
 
 def _lora_table(results: dict[str, Any]) -> list[str]:

@@ -38,13 +38,17 @@ import numpy as np
 from triton_inpaint.api.commands import progress, say
 from triton_inpaint.api.imaging import encode_image, encode_mask
 from triton_inpaint.server.supervisor import stubs_of
-from triton_inpaint.tools import perf
+from triton_inpaint.tools import cache_bench, perf
 
 PROMPT = "a red brick wall"
 SEED = 7
 GUIDANCE = 7.0
-# served_grpc_stream: the same request through inpaint_<NAME>_stream, with progress and a preview every step.
-METHODS = ("diffusers", "ours_in_process", "served_grpc", "served_grpc_stream", "gateway")
+# served_grpc_stream: the same request through inpaint_<NAME>_stream, with progress and a preview every step;
+# served_grpc_cached: the same request with DeepCache (acceleratorOptions.deepCache, interval 3).
+METHODS = (
+    "diffusers", "ours_in_process", "served_grpc", "served_grpc_stream", "served_grpc_cached", "gateway",
+)  # fmt: skip
+CACHE = {"deep_cache": True, "deep_cache_interval": 3}
 
 
 @dataclass(frozen=True)
@@ -55,14 +59,20 @@ class BenchPlan:
     concurrency: tuple[int, ...]
     requests_per_window: int
     sweep_rounds: int  # perf_analyzer rounds, every concurrency level once a round
+    # step caching: the families whose tiny models are measured cached against uncached, and the
+    # concurrency levels of the sweep of cached requests mixed with uncached ones
+    cache_families: tuple[str, ...] = ()
+    mixed_concurrency: tuple[int, ...] = ()
 
 
 QUICK = BenchPlan(
-    sizes=("tiny",), rounds=2, steps=4, concurrency=(1, 2), requests_per_window=4, sweep_rounds=2
-)
+    sizes=("tiny",), rounds=2, steps=4, concurrency=(1, 2), requests_per_window=4, sweep_rounds=2,
+    cache_families=("sd15-inpaint", "flux-fill"), mixed_concurrency=(1, 2),
+)  # fmt: skip
 FULL = BenchPlan(
     sizes=("tiny", "small"), rounds=5, steps=10, concurrency=(1, 2, 4, 8), requests_per_window=8,
-    sweep_rounds=3,
+    sweep_rounds=3, cache_families=("sd15-inpaint", "sd15-base", "sdxl-inpaint", "flux-fill"),
+    mixed_concurrency=(1, 4),
 )  # fmt: skip
 SPREAD_FIGURES = ("throughput_rps", "p50_ms", "p95_ms")
 
@@ -217,10 +227,14 @@ def _median(values: list[float]) -> float:
 
 
 def interleaved(
-    methods: dict[str, Callable[[], Any]], rounds: int, tick: Callable[[str], None] = lambda _: None
+    methods: dict[str, Callable[[], Any]],
+    rounds: int,
+    tick: Callable[[str], None] = lambda _: None,
+    warm_up: bool = True,
 ) -> dict[str, list[float]]:
-    """Each method once to warm up, then ``rounds`` rounds, the order rotating each round."""
-    for name, call in methods.items():
+    """Each method once to warm up (unless ``warm_up`` is false: a call takes minutes at real size),
+    then ``rounds`` rounds, the order rotating each round."""
+    for name, call in methods.items() if warm_up else ():
         call()
         tick(f"warm-up {name}")
     times: dict[str, list[float]] = {name: [] for name in methods}
@@ -255,14 +269,17 @@ def _perf_sweep(
     data_file: Path,
     out: Path,
     tick: Callable[[str], None] = lambda _: None,
+    levels: tuple[int, ...] | None = None,
+    tag: str = "",
 ) -> list[dict[str, Any]]:
-    """perf_analyzer at each concurrency in ``plan.sweep_rounds`` rounds, the levels' order rotating,
-    with how many requests each UNet call carried (Triton's own statistics around every run, summed
-    over a level's runs)."""
-    runs: dict[int, list[dict[str, Any]]] = {level: [] for level in plan.concurrency}
-    counted: dict[int, dict[str, dict[str, int]]] = {level: {} for level in plan.concurrency}
+    """perf_analyzer at each concurrency (``levels``, by default the plan's) in ``plan.sweep_rounds``
+    rounds, the levels' order rotating, with how many requests each UNet call carried (Triton's own
+    statistics around every run, summed over a level's runs)."""
+    levels = levels or plan.concurrency
+    runs: dict[int, list[dict[str, Any]]] = {level: [] for level in levels}
+    counted: dict[int, dict[str, dict[str, int]]] = {level: {} for level in levels}
     for number in range(plan.sweep_rounds):
-        for level in rotated(plan.concurrency, number):
+        for level in rotated(levels, number):
             before = perf.model_statistics(grpc_url)
             runs[level].append(
                 perf.run_perf_analyzer(
@@ -271,13 +288,13 @@ def _perf_sweep(
                     data_file,
                     level,
                     max(plan.requests_per_window, 2 * level),
-                    out / f"perf_{name}_c{level}_r{number + 1}.csv",
+                    out / f"perf_{name}{tag}_c{level}_r{number + 1}.csv",
                     timeout=1800,
                 )  # fmt: skip
             )
             perf.add_counts(counted[level], before, perf.model_statistics(grpc_url))
             tick(f"round {number + 1}/{plan.sweep_rounds} perf_analyzer at concurrency {level}")
-    return [_sweep_level(name, level, runs[level], counted[level]) for level in plan.concurrency]
+    return [_sweep_level(name, level, runs[level], counted[level]) for level in levels]
 
 
 def _sweep_level(
@@ -293,6 +310,11 @@ def _sweep_level(
     rows_per_request = 2 if GUIDANCE > 1 else 1  # classifier-free guidance: two rows an image
     figures["unet_rows_per_call"] = unet.get("batch_per_execution", float("nan"))
     figures["requests_per_unet_call"] = figures["unet_rows_per_call"] / rows_per_request
+    # DeepCache's cached steps run a shallow UNet: its rows a call, over every branch's network
+    shallow = [raw for model, raw in counted.items() if model.startswith(f"{name}_unet_shallow_")]
+    if any(raw["executions"] for raw in shallow):
+        rows = sum(raw["inferences"] for raw in shallow)
+        figures["shallow_rows_per_call"] = rows / sum(raw["executions"] for raw in shallow)
     figures["spread"] = {key: spread([run[key] for run in runs]) for key in SPREAD_FIGURES}
     return {"concurrency": level, **figures, "runs": runs, "models": models}
 
@@ -304,6 +326,7 @@ def _ratios(medians: dict[str, float], sweep: list[dict[str, Any]]) -> dict[str,
         "gateway_over_in_process": medians["gateway"] / medians["ours_in_process"],
         "ours_over_diffusers": medians["ours_in_process"] / medians["diffusers"],
         "stream_over_served": medians["served_grpc_stream"] / medians["served_grpc"],
+        "cached_over_served": medians["served_grpc_cached"] / medians["served_grpc"],
         **{
             f"throughput_c{entry['concurrency']}_over_c1": entry["throughput_rps"] / c1 for entry in sweep[1:]
         },
@@ -339,7 +362,7 @@ def _contest(size: str, plan: BenchPlan, work: Path) -> _Contest:
         RunnerComponents(
             onnx_runner({r: repository / f"{name}_{r}" / "1" / "model.onnx" for r in SD_TENSORS})
         ),
-    )
+    )  # uncached in-process: the four networks
     native = ours.spec.native_resolution
     scheduler = ours.spec.default_scheduler or "PNDM"
     image, mask = sample_request(native)
@@ -366,9 +389,8 @@ def _contest(size: str, plan: BenchPlan, work: Path) -> _Contest:
 
 
 def bench_model(size: str, plan: BenchPlan, work: Path, out: Path, quiet: bool = False) -> dict[str, Any]:
-    from triton_inpaint.client import GatewayClient, InpaintClient
     from triton_inpaint.gateway.launcher import GatewayServer
-    from triton_inpaint.networks.runners import SD_TENSORS
+    from triton_inpaint.pipelines.spec import PipelineSpec
     from triton_inpaint.server.process import TritonServer, free_port, with_builtin
 
     if quiet:  # diffusers' own bar while loading the reference pipeline
@@ -376,12 +398,11 @@ def bench_model(size: str, plan: BenchPlan, work: Path, out: Path, quiet: bool =
 
         diffusers_logging.disable_progress_bar()
     contest = _contest(size, plan, work)
-    name, repository, scheduler = contest.name, contest.repository, contest.scheduler
-    request = (contest.image_png, contest.mask_png, PROMPT)
-    controls = {"scheduler": scheduler, **contest.controls}
+    name, repository = contest.name, contest.repository
     _log(f"{name}: starting Triton with only this model (cold start)")
     # The ensemble brings its steps; the networks the denoise model calls through BLS are named too.
-    models = [f"inpaint_{name}", f"inpaint_{name}_stream", *(f"{name}_{role}" for role in SD_TENSORS)]
+    roles = PipelineSpec.load(repository / f"{name}_denoise" / "1").network_tensors()
+    models = [f"inpaint_{name}", f"inpaint_{name}_stream", *(f"{name}_{role}" for role in roles)]
     server = TritonServer(with_builtin([repository]), free_port(), free_port(), free_port(), models=models)
     started = time.perf_counter()
     server.start(timeout=600)
@@ -389,36 +410,7 @@ def bench_model(size: str, plan: BenchPlan, work: Path, out: Path, quiet: bool =
     gateway = None
     try:
         gateway = GatewayServer(server.grpc_url, work / "gateway", "--rate", "100000").start()
-        client = InpaintClient(server.grpc_url, "grpc")
-        gateway_client = GatewayClient(gateway.url)
-        methods = {
-            **contest.in_process,
-            "served_grpc": lambda: client.inpaint(name, *request, **controls),
-            "served_grpc_stream": lambda: client.inpaint(
-                name, *request, on_progress=lambda _: None, previews=True, **controls
-            ),
-            "gateway": lambda: gateway_client.inpaint(name, *request, **controls),
-        }
-        _log(f"{name}: {plan.rounds} interleaved rounds of {', '.join(methods)} ({plan.steps} steps)")
-        units = len(methods) * (plan.rounds + 1) + len(plan.concurrency) * plan.sweep_rounds
-        bar = progress(units, name, unit="run", quiet=quiet)
-
-        def tick(what: str) -> None:
-            bar.set_postfix_str(what)
-            bar.update()
-
-        times = interleaved(methods, plan.rounds, tick)
-        medians = {key: _median(values) for key, values in times.items()}
-        memory = measure_memory(server.pid, gateway.pid, repository, name)
-
-        data_file = perf.write_input_data(
-            out / f"perf_input_{name}.json",
-            {"image": contest.image_png, "mask": contest.mask_png, "prompt": PROMPT, **controls},
-        )
-        _log(f"{name}: perf_analyzer at {plan.concurrency} in {plan.sweep_rounds} rotating rounds")
-        sweep = _perf_sweep(name, server.grpc_url, plan, data_file, out, tick)
-        bar.close()
-        client.close()
+        measured = _measure_served(contest, plan, server, gateway, out, quiet)
     finally:
         if gateway is not None:
             gateway.stop()
@@ -427,16 +419,69 @@ def bench_model(size: str, plan: BenchPlan, work: Path, out: Path, quiet: bool =
         "model": name,
         "native_resolution": contest.native,
         "steps": plan.steps,
-        "scheduler": scheduler,
+        "scheduler": contest.scheduler,
         "guidance_scale": GUIDANCE,
         "unet_parameters_m": contest.unet_parameters_m,
         "cold_start_s": cold_start,
+        **measured,
+    }
+
+
+def _measure_served(
+    contest: _Contest, plan: BenchPlan, server: Any, gateway: Any, out: Path, quiet: bool
+) -> dict[str, Any]:
+    """The single requests each way in interleaved rounds, the memory, the perf_analyzer sweep, and
+    the sweep of cached requests mixed with uncached ones."""
+    from triton_inpaint.api.imaging import decode_image
+    from triton_inpaint.client import GatewayClient, InpaintClient
+    from triton_inpaint.tools.cache_bench import image_distance
+
+    name = contest.name
+    request = (contest.image_png, contest.mask_png, PROMPT)
+    controls = {"scheduler": contest.scheduler, **contest.controls}
+    client = InpaintClient(server.grpc_url, "grpc")
+    gateway_client = GatewayClient(gateway.url)
+    methods = {
+        **contest.in_process,
+        "served_grpc": lambda: client.inpaint(name, *request, **controls),
+        "served_grpc_stream": lambda: client.inpaint(
+            name, *request, on_progress=lambda _: None, previews=True, **controls
+        ),
+        "served_grpc_cached": lambda: client.inpaint(name, *request, **controls, **CACHE),
+        "gateway": lambda: gateway_client.inpaint(name, *request, **controls),
+    }
+    _log(f"{name}: {plan.rounds} interleaved rounds of {', '.join(methods)} ({plan.steps} steps)")
+    levels = len(plan.concurrency) + len(plan.mixed_concurrency)
+    bar = progress(len(methods) * (plan.rounds + 1) + levels * plan.sweep_rounds, name, "run", quiet)
+
+    def tick(what: str) -> None:
+        bar.set_postfix_str(what)
+        bar.update()
+
+    times = interleaved(methods, plan.rounds, tick)
+    medians = {key: _median(values) for key, values in times.items()}
+    cached, uncached = (decode_image(methods[key]().image) for key in ("served_grpc_cached", "served_grpc"))
+    memory = measure_memory(server.pid, gateway.pid, contest.repository, name)
+    values = {"image": contest.image_png, "mask": contest.mask_png, "prompt": PROMPT, **controls}
+    data_file = perf.write_input_data(out / f"perf_input_{name}.json", values)
+    _log(f"{name}: perf_analyzer at {plan.concurrency} in {plan.sweep_rounds} rotating rounds")
+    sweep = _perf_sweep(name, server.grpc_url, plan, data_file, out, tick)
+    # every other request cached: perf_analyzer takes the input file's entries in turn
+    mixed_file = out / f"perf_input_{name}_mixed.json"
+    mixed_file.write_text(json.dumps({"data": [*perf.input_data(values)["data"],
+                                                *perf.input_data({**values, **CACHE})["data"]]}))  # fmt: skip
+    mixed = _perf_sweep(name, server.grpc_url, plan, mixed_file, out, tick, plan.mixed_concurrency, "_mixed")
+    bar.close()
+    client.close()
+    return {
         "seconds": times,
         "median_s": medians,
         "spread_s": {key: spread(values) for key, values in times.items()},
         "ratios": _ratios(medians, sweep),
+        "cache_distance": image_distance(cached, uncached, decode_image(contest.mask_png)[..., 0]),
         "memory": memory,
         "sweep": sweep,
+        "mixed_sweep": mixed,
     }
 
 
@@ -481,13 +526,38 @@ def run(plan: BenchPlan, work: Path, out: Path, quiet: bool = False) -> dict[str
         _log(f"{size}: LoRA adapters' cost, {plan.rounds} interleaved rounds in-process")
         with progress(2 * (plan.rounds + 1), f"{size} lora", unit="run", quiet=quiet) as bar:
             results["models"][-1]["lora"] = lora_cost(size, plan, work, lambda _: bar.update())
+    _log(f"step caching per family ({', '.join(plan.cache_families)}), {plan.rounds} interleaved rounds")
+    with progress(2 * (plan.rounds + 1) * len(plan.cache_families), "step cache", "run", quiet) as bar:
+        results["step_cache"] = cache_bench.families(
+            plan.cache_families, plan.rounds, plan.steps, work, lambda _: bar.update()
+        )
     results["duration_s"] = time.perf_counter() - started
     (out / "bench.json").write_text(json.dumps(results, indent=2, default=list))
     write_report(results, out)
     return results
 
 
+def run_real_size(work: Path, out: Path, rounds: int, quiet: bool = False) -> dict[str, Any]:
+    """``bench --real-size``: only the real-size step-cache comparison (cache_bench.real_size)."""
+    from triton_inpaint.tools.bench_report import write_real_size_report
+
+    out.mkdir(parents=True, exist_ok=True)
+    work.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    with progress(3 * rounds, "real size", "run", quiet) as bar:
+        figures = cache_bench.real_size(work, rounds, lambda _: bar.update())
+    results = {"machine": machine(), "real_size": figures, "duration_s": time.perf_counter() - started}
+    (out / "bench-real-size.json").write_text(json.dumps(results, indent=2, default=list))
+    write_real_size_report(results, out)
+    return results
+
+
 def _command(args: argparse.Namespace) -> int:
+    if args.real_size:
+        results = run_real_size(args.work, args.out, args.rounds or 1, quiet=args.quiet)
+        _log(f"wrote bench-real-size.json and .md to {args.out} in {results['duration_s']:.0f} s")
+        print((args.out / "bench-real-size.md").read_text())
+        return 0
     plan = QUICK if args.quick else FULL
     # a PerfAnalyzerError ends the command with its exit code
     results = run(plan, args.work, args.out, quiet=args.quiet)
@@ -513,6 +583,16 @@ def add_subcommands(subparsers: Any) -> None:
         "--quick",
         action="store_true",
         help="tiny model only, two rounds, 4 steps, concurrency 1 and 2 (keeps the command working in tests)",
+    )
+    bench.add_argument(
+        "--real-size",
+        action="store_true",
+        help="instead: the real SD 1.5 architecture (random weights) at 512 px, 20 steps, served uncached "
+        "and with DeepCache (interval 3) against diffusers uncached, with the image distance (builds a "
+        "4 GB checkpoint and an 8 GB repository under --work; about 10 minutes a round on 2 cores)",
+    )
+    bench.add_argument(
+        "--rounds", type=int, default=None, help="--real-size: interleaved rounds (default 1)"
     )
     bench.add_argument(
         "--quiet", action="store_true", help="no progress bars (they show only on a terminal anyway)"
