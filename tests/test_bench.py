@@ -159,7 +159,16 @@ def test_gpu_session_rehearsed_here_runs_bench_gpu_from_its_own_environment(tmp_
     assert "served / in-process" in (out / "bench-gpu.log").read_text()
     results = json.loads((out / "bench-gpu.json").read_text())
     assert results["device"] == "cpu" and results["machine"]["gpu"] is None
-    assert set(results["median_s"]) == {"diffusers_fp16", "ours_in_process", "served_grpc"}
+    assert set(results["median_s"]) == {
+        "diffusers_fp16",
+        "ours_in_process",
+        "served_grpc",
+        "served_grpc_cached",
+    }
+    assert (
+        results["cache_distance"]["max_255"] >= 0
+        and "Step caching (DeepCache" in (out / "bench-gpu.md").read_text()
+    )
     assert all(_finite_positive(value) for value in results["median_s"].values())
     assert all(_finite_positive(value) for value in results["ratios"].values())
     assert all(_finite_positive(value) for value in results["unet_step_ms"].values())

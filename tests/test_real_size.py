@@ -252,3 +252,55 @@ def test_the_gateway_serves_it_too(real_server, served, request_images, tmp_path
     assert status == 200, body
     result = decode_rgb(base64.b64decode(body["data"][0]["imageBase64Data"]))
     assert np.array_equal(result, served)
+
+
+CACHE_STEPS, CACHE_INTERVAL = 6, 3  # PNDM at the default strength: 5 UNet calls, 3 of them cached
+
+
+def test_deep_cache_on_the_real_unet_equals_deep_cache_sd_helper(
+    real_checkpoint, real_repository, real_server, request_images, served, figures
+):
+    """DeepCache (acceleratorOptions.deepCache, interval 3, branch 0) on the real SD 1.5 UNet, served,
+    against the reference DeepCacheSDHelper on diffusers' pipeline with the same weights and settings;
+    and its price: the distance from the uncached image."""
+    import torch
+    from DeepCache import DeepCacheSDHelper
+    from diffusers import StableDiffusionInpaintPipeline
+    from PIL import Image
+
+    from triton_inpaint.client import InpaintClient
+    from triton_inpaint.pipelines.spec import PipelineSpec
+    from triton_inpaint.tools.cache_bench import image_distance
+
+    spec = PipelineSpec.load(real_repository / f"{NAME}_denoise" / "1")
+    server, _ = real_server
+    image, mask = request_images
+    cache = {"deep_cache": True, "deep_cache_interval": CACHE_INTERVAL, "deep_cache_branch_id": 0}
+    with InpaintClient(server.grpc_url) as client:
+        started = time.monotonic()
+        cached = client.inpaint(
+            NAME, png_bytes(image), png_bytes(mask), PROMPT, steps=CACHE_STEPS, seed=SEED, **cache
+        )
+        figures["latency_s"]["served_deep_cache"] = round(time.monotonic() - started, 1)
+        uncached = client.inpaint(
+            NAME, png_bytes(image), png_bytes(mask), PROMPT, steps=CACHE_STEPS, seed=SEED
+        )
+    pipe = StableDiffusionInpaintPipeline.from_pretrained(real_checkpoint, safety_checker=None)
+    pipe.set_progress_bar_config(disable=True)
+    helper = DeepCacheSDHelper(pipe=pipe)
+    helper.set_params(cache_interval=CACHE_INTERVAL, cache_branch_id=0)
+    helper.enable()
+    try:
+        want = pipe(
+            prompt=PROMPT, image=Image.fromarray(image), mask_image=Image.fromarray(mask), width=SIDE,
+            height=SIDE, num_inference_steps=CACHE_STEPS, strength=spec.default_strength,
+            guidance_scale=spec.default_guidance, generator=torch.Generator().manual_seed(SEED),
+        ).images[0]  # fmt: skip
+    finally:
+        helper.disable()
+        del pipe
+        gc.collect()
+    got = decode_rgb(cached.image)
+    assert_served_parity("served DeepCache", got, np.asarray(want), mask, image, TOLERANCE)
+    figures["deep_cache_vs_uncached"] = image_distance(got, decode_rgb(uncached.image), mask)
+    assert figures["deep_cache_vs_uncached"]["max_255"] > TOLERANCE  # the cache acted

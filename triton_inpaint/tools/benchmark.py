@@ -39,9 +39,9 @@ from triton_inpaint.api.commands import progress, say
 from triton_inpaint.api.imaging import encode_image, encode_mask
 from triton_inpaint.server.supervisor import stubs_of
 from triton_inpaint.tools import cache_bench, perf
+from triton_inpaint.tools.perf import SEED, interleaved, rotated, sample_request, spread  # noqa: F401
 
 PROMPT = "a red brick wall"
-SEED = 7
 GUIDANCE = 7.0
 # served_grpc_stream: the same request through inpaint_<NAME>_stream, with progress and a preview every step;
 # served_grpc_cached: the same request with DeepCache (acceleratorOptions.deepCache, interval 3).
@@ -79,17 +79,6 @@ SPREAD_FIGURES = ("throughput_rps", "p50_ms", "p95_ms")
 
 def _log(message: str) -> None:
     say(f"[bench] {message}")
-
-
-def rotated(items: list[Any] | tuple[Any, ...], number: int) -> list[Any]:
-    """Round ``number``'s order: each round starts one later, so none always runs first or last."""
-    start = number % len(items)
-    return [*items[start:], *items[:start]]
-
-
-def spread(values: list[float]) -> dict[str, float]:
-    """A figure over its runs: the median and the range."""
-    return {"min": min(values), "median": statistics.median(values), "max": max(values)}
 
 
 def prepare_model(size: str, work: Path) -> tuple[str, Path, Path]:
@@ -186,16 +175,6 @@ def lora_cost(size: str, plan: BenchPlan, work: Path, tick: Callable[[str], None
     }
 
 
-def sample_request(native: int) -> tuple[np.ndarray, np.ndarray]:
-    """An image and a mask at the model's native size: a gradient with noise, an ellipse to fill."""
-    rng = np.random.default_rng(0)
-    y, x = np.mgrid[0:native, 0:native]
-    image = np.stack([x * 255 // native, y * 255 // native, (x + y) * 127 // native], axis=-1)
-    image = np.clip(image + rng.integers(-20, 20, image.shape), 0, 255).astype(np.uint8)
-    mask = ((x - native / 2) / (native / 3)) ** 2 + ((y - native / 2) / (native / 4)) ** 2 <= 1
-    return image, (mask * 255).astype(np.uint8)
-
-
 def process_pss(pid: int) -> int:
     """Proportional set size in bytes (shared pages divided among their users), 0 if gone."""
     try:
@@ -224,27 +203,6 @@ def measure_memory(server_pid: int, gateway_pid: int | None, repository: Path, n
 
 def _median(values: list[float]) -> float:
     return statistics.median(values) if values else float("nan")
-
-
-def interleaved(
-    methods: dict[str, Callable[[], Any]],
-    rounds: int,
-    tick: Callable[[str], None] = lambda _: None,
-    warm_up: bool = True,
-) -> dict[str, list[float]]:
-    """Each method once to warm up (unless ``warm_up`` is false: a call takes minutes at real size),
-    then ``rounds`` rounds, the order rotating each round."""
-    for name, call in methods.items() if warm_up else ():
-        call()
-        tick(f"warm-up {name}")
-    times: dict[str, list[float]] = {name: [] for name in methods}
-    for number in range(rounds):
-        for name in rotated(list(methods), number):
-            started = time.perf_counter()
-            methods[name]()
-            times[name].append(time.perf_counter() - started)
-            tick(f"round {number + 1}/{rounds} {name}")
-    return times
 
 
 def _diffusers_call(reference: Any, image: np.ndarray, mask: np.ndarray, size: int, steps: int) -> Any:

@@ -92,7 +92,7 @@ def _family_cost(
     from triton_inpaint.api.params import DenoiseParams
     from triton_inpaint.masks.compositing import composite
     from triton_inpaint.pipelines.batching import run_alone
-    from triton_inpaint.tools.benchmark import SEED, interleaved, sample_request, spread
+    from triton_inpaint.tools.perf import SEED, interleaved, sample_request, spread
 
     pipeline = _family_pipeline(family, work)
     side = pipeline.spec.native_resolution
@@ -142,7 +142,7 @@ def real_size(work: Path, rounds: int, tick: Callable[[str], None]) -> dict[str,
     from triton_inpaint.export.repository import ExportOptions, export_checkpoint
     from triton_inpaint.export.tiny import write_tiny_checkpoint
     from triton_inpaint.server.process import TritonServer, free_port, with_builtin
-    from triton_inpaint.tools.benchmark import SEED, interleaved, sample_request, spread
+    from triton_inpaint.tools.perf import SEED, interleaved, sample_request, spread
 
     name = "benchfull"
     checkpoint, repository = work / "checkpoints" / name, work / "real-size"

@@ -7,7 +7,9 @@ request (``--steps`` steps, guidance 7, one image) timed in interleaved rounds:
 - ``diffusers_fp16``: diffusers' own inpainting pipeline in fp16 on the GPU (the bar to beat);
 - ``ours_in_process``: our pipeline over the ``gpu-torch`` networks loaded in-process (fp16);
 - ``served_grpc``: the ``gpu-torch`` repository served by Triton, over gRPC (the same networks, the
-  denoise model passing GPU tensors over DLPack).
+  denoise model passing GPU tensors over DLPack);
+- ``served_grpc_cached``: the same request with DeepCache (interval 3, branch 0), with the cached
+  image's distance from the uncached one beside its time (step caching's price in fidelity).
 
 Plus the UNet step alone (in-process, two rows as under guidance, and as Triton measured it while
 serving), and parity at fp32: the served fp32 repository against diffusers fp32 on the same GPU
@@ -38,7 +40,8 @@ SEED = 7
 GUIDANCE = 7.0
 NAME = "gpubench"  # the fp16 (or, on the CPU, fp32) repository's models; NAME32: the fp32 parity copy
 NAME32 = "gpubench32"
-METHODS = ("diffusers_fp16", "ours_in_process", "served_grpc")
+METHODS = ("diffusers_fp16", "ours_in_process", "served_grpc", "served_grpc_cached")
+CACHE = {"deep_cache": True, "deep_cache_interval": 3, "deep_cache_branch_id": 0}
 FAMILIES = ("sd15-inpaint", "sdxl-inpaint")
 
 
@@ -90,16 +93,16 @@ def _reference(family: str, checkpoint: Path, dtype: Any, device: str, scheduler
 
 def _in_process(repository: Path, device: str) -> Any:
     """Our pipeline over the gpu-torch networks of NAME, loaded as the Triton models load them."""
-    from triton_inpaint.networks.runners import RunnerComponents, network_tensors
+    from triton_inpaint.networks.runners import RunnerComponents
     from triton_inpaint.networks.torch_networks import load_network, torch_runner
     from triton_inpaint.pipelines.sd_inpaint import SDInpaintPipeline
     from triton_inpaint.pipelines.spec import PipelineSpec
 
     directory = repository / f"{NAME}_denoise" / "1"
     spec = PipelineSpec.load(directory)
-    names = {role: f"{NAME}_{role}" for role in network_tensors(spec.architecture)}
+    names = {role: f"{NAME}_{role}" for role in spec.network_tensors()}
     modules = {name: load_network(repository / name / "1", device)[1] for name in names.values()}
-    components = RunnerComponents(torch_runner(modules, device), names, spec.architecture, device)
+    components = RunnerComponents.for_spec(torch_runner(modules, device), spec, names, device)
     return SDInpaintPipeline.from_directory(directory, components)
 
 
@@ -229,7 +232,10 @@ def run(
             "served_over_in_process": medians["served_grpc"] / medians["ours_in_process"],
             "ours_over_diffusers_fp16": medians["ours_in_process"] / medians["diffusers_fp16"],
             "served_over_diffusers_fp16": medians["served_grpc"] / medians["diffusers_fp16"],
+            "cached_over_served": medians["served_grpc_cached"] / medians["served_grpc"],
+            "cached_over_diffusers_fp16": medians["served_grpc_cached"] / medians["diffusers_fp16"],
         },
+        "cache_distance": measured["cache_distance"],
         "unet_step_ms": measured["unet_step_ms"],
         "request_memory": measured["request_memory"],
         "parity_fp32_served_vs_diffusers": _parity(measured["served32"], measured["want32"], mask, image),
@@ -276,13 +282,14 @@ def _measure(
 
     from triton_inpaint.api.imaging import decode_image
     from triton_inpaint.client import InpaintClient
-    from triton_inpaint.networks.runners import network_tensors
     from triton_inpaint.server.process import TritonServer, free_port, with_builtin
+    from triton_inpaint.tools.cache_bench import image_distance
     from triton_inpaint.tools.perf import model_statistics, statistics_delta
 
     _log(f"starting Triton with {NAME} and {NAME32} (gpu-torch) on {device}")
-    # The ensembles bring their steps; the networks the denoise models call through BLS are named too.
-    roles = network_tensors(ours.spec.architecture)
+    # The ensembles bring their steps; the networks the denoise models call through BLS are named too
+    # (the step-caching ones with them).
+    roles = ours.spec.network_tensors()
     models = [f"inpaint_{name}" for name in (NAME, NAME32)]
     models += [f"{name}_{role}" for name in (NAME, NAME32) for role in roles]
     server = TritonServer(with_builtin([repository]), free_port(), free_port(), free_port(), models=models)
@@ -292,7 +299,7 @@ def _measure(
     try:
         client = InpaintClient(server.grpc_url, "grpc")
 
-        def served(name: str) -> bytes:
+        def served(name: str, **cache: Any) -> bytes:
             return client.inpaint(
                 name,
                 request.image_png,
@@ -300,6 +307,7 @@ def _measure(
                 PROMPT,
                 scheduler=request.scheduler,
                 **request.controls,
+                **cache,
             ).image
 
         fp16 = reference(torch.float16 if device != "cpu" else torch.float32)
@@ -307,6 +315,7 @@ def _measure(
             "diffusers_fp16": lambda: request.diffusers(fp16),
             "ours_in_process": lambda: ours(request.image, request.soft_mask, request.params),
             "served_grpc": lambda: served(NAME),
+            "served_grpc_cached": lambda: served(NAME, **CACHE),
         }
         _log(f"{rounds} interleaved rounds of {', '.join(methods)} ({request.controls['steps']} steps)")
         before = model_statistics(server.grpc_url)
@@ -314,6 +323,9 @@ def _measure(
         served_models = statistics_delta(before, model_statistics(server.grpc_url))
         unet_served = served_models.get(f"{NAME}_unet", {}).get("compute_ms_per_request", float("nan"))
         found["unet_step_ms"] = {"in_process": unet_step_ms(ours, device), "served": unet_served}
+        found["cache_distance"] = image_distance(
+            decode_image(served(NAME, **CACHE)), decode_image(served(NAME)), request.mask
+        )
         generated_fp16 = ours(request.image, request.soft_mask, request.params)[0][0]
         found["request_memory"] = measure_request_memory(
             ours, request.image, request.soft_mask, request.params, device
@@ -360,6 +372,15 @@ def report(results: dict[str, Any]) -> str:
         f"{results['fp16_in_process_vs_diffusers_fp16_max_255']}/255.",
         "",
     ]
+    cache = results.get("cache_distance")
+    if cache:
+        lines += [
+            f"Step caching (DeepCache interval 3, branch 0), served: {m['served_grpc_cached']:.3f} s, "
+            f"{r['cached_over_served']:.3f} of uncached and {r['cached_over_diffusers_fp16']:.3f} of "
+            f"diffusers fp16; the cached image is at max {cache['max_255']:.0f}/255, mean "
+            f"{cache['mean_255']}/255, PSNR {cache['psnr_db']} dB from the uncached one inside the mask.",
+            "",
+        ]
     memory = results.get("request_memory")
     if memory:
         lines += [

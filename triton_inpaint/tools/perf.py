@@ -1,4 +1,5 @@
-"""perf_analyzer against a served ensemble, and Triton's statistics around it.
+"""perf_analyzer against a served ensemble, and Triton's statistics around it; and the measuring every
+bench shares: interleaved rounds whose order rotates, each figure's spread, the sample request.
 
 perf_analyzer (the real binary, shipped in the tritonclient wheel) needs its ``--input-data`` JSON with
 BYTES tensors as base64 of a 4-byte little-endian length followed by the bytes, and two libraries the
@@ -14,15 +15,21 @@ import csv
 import json
 import os
 import shutil
+import statistics
 import struct
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import tritonclient.grpc as grpcclient
 
 from triton_inpaint.api.commands import CommandError, ExitCode
+
+SEED = 7  # every bench's sample request is made with this seed
 
 
 class PerfAnalyzerError(CommandError):
@@ -195,3 +202,45 @@ def statistics_delta(
 def write_input_data(path: Path, values: dict[str, Any]) -> Path:
     path.write_text(json.dumps(input_data(values)))
     return path
+
+
+def rotated(items: list[Any] | tuple[Any, ...], number: int) -> list[Any]:
+    """Round ``number``'s order: each round starts one later, so none always runs first or last."""
+    start = number % len(items)
+    return [*items[start:], *items[:start]]
+
+
+def spread(values: list[float]) -> dict[str, float]:
+    """A figure over its runs: the median and the range."""
+    return {"min": min(values), "median": statistics.median(values), "max": max(values)}
+
+
+def sample_request(native: int) -> tuple[np.ndarray, np.ndarray]:
+    """An image and a mask at the model's native size: a gradient with noise, an ellipse to fill."""
+    rng = np.random.default_rng(0)
+    y, x = np.mgrid[0:native, 0:native]
+    image = np.stack([x * 255 // native, y * 255 // native, (x + y) * 127 // native], axis=-1)
+    image = np.clip(image + rng.integers(-20, 20, image.shape), 0, 255).astype(np.uint8)
+    mask = ((x - native / 2) / (native / 3)) ** 2 + ((y - native / 2) / (native / 4)) ** 2 <= 1
+    return image, (mask * 255).astype(np.uint8)
+
+
+def interleaved(
+    methods: dict[str, Callable[[], Any]],
+    rounds: int,
+    tick: Callable[[str], None] = lambda _: None,
+    warm_up: bool = True,
+) -> dict[str, list[float]]:
+    """Each method once to warm up (unless ``warm_up`` is false: a call takes minutes at real size),
+    then ``rounds`` rounds, the order rotating each round."""
+    for name, call in methods.items() if warm_up else ():
+        call()
+        tick(f"warm-up {name}")
+    times: dict[str, list[float]] = {name: [] for name in methods}
+    for number in range(rounds):
+        for name in rotated(list(methods), number):
+            started = time.perf_counter()
+            methods[name]()
+            times[name].append(time.perf_counter() - started)
+            tick(f"round {number + 1}/{rounds} {name}")
+    return times
