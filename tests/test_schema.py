@@ -89,6 +89,8 @@ def test_gateway_task_fields_are_the_declared_names_and_ranges():
     assert field_bounds(objects["outpaint"], "blur") == INPAINT["outpaint_blur"].bounds
     assert field_bounds(objects["acceleratorOptions"], "deepCacheInterval") == (1, 20)
     assert objects["acceleratorOptions"].__name__ == "AcceleratorOptions"  # as the SDKs name it
+    documented = ImageInferenceTask.model_json_schema()["$defs"]["AcceleratorOptions"]["properties"]
+    assert documented["deepCacheInterval"]["anyOf"][0] == {"maximum": 20, "minimum": 1, "type": "integer"}
     assert {c.eden for c in INPAINT if c.eden} <= set(InpaintingArgs.model_fields)
     assert InpaintingArgs.model_fields["mask_blur"].default == INPAINT["mask_blur"].eden_default
     base = {"taskType": "imageInference", "taskUUID": "3738f7ee-392d-4fae-927d-604abf2de01b", "model": "m"}

@@ -396,6 +396,41 @@ def test_lora_adapters_of_the_chosen_model_equal_the_api(page, gateway):
     assert np.array_equal(served, pixels(base64.b64decode(body["data"][0]["imageBase64Data"])))
 
 
+def test_the_speed_section_sends_a_preset_and_its_options_as_the_api_takes_them(page, gateway):
+    """Step caching on the page: the acceleration preset alone (the unticked DeepCache box is not sent,
+    or it would switch the preset off) gives the API's image for acceleration medium, which differs from
+    the uncached one; a DeepCache interval typed as the field is sent inside acceleratorOptions."""
+    open_page(page, gateway)
+    page.click("#open-sample")
+    page.wait_for_selector("#stage.has-image")
+    paint(page)
+    fill_settings(page, seed=31, steps=6)
+    page.click("summary:has-text('Speed (step caching)')")
+    assert "deepCache" in " ".join(
+        page.locator("[data-section=speed] input").evaluate_all("e => e.map(i => i.name)")
+    )
+    assert (
+        page.locator("[name='acceleratorOptions.teaCache']").count() == 0
+    )  # refused by the API: not offered
+    page.select_option("#f-acceleration", "medium")
+    run_and_wait(page)
+    served = pixels(download(page, ".result a[download]"))
+    mask = download(page, "#download-mask")
+    assert np.array_equal(
+        served, pixels(api_inference(gateway, SAMPLE, mask, 31, 6, "a red door", acceleration="medium"))
+    )
+    assert not np.array_equal(served, pixels(api_inference(gateway, SAMPLE, mask, 31, 6, "a red door")))
+    page.check("#f-acceleratorOptions-deepCache")
+    page.fill("#f-acceleratorOptions-deepCacheInterval", "2")
+    page.select_option("#f-acceleration", "")
+    run_and_wait(page)
+    served = pixels(download(page, ".result a[download]"))
+    options = {"deepCache": True, "deepCacheInterval": 2}
+    assert np.array_equal(
+        served, pixels(api_inference(gateway, SAMPLE, mask, 31, 6, "a red door", acceleratorOptions=options))
+    )
+
+
 def test_labels_shortcuts_and_mask_tools(page, gateway):
     open_page(page, gateway)
     unlabelled = page.evaluate(
