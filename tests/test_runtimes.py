@@ -158,6 +158,7 @@ def test_gpu_torch_configs_are_python_models_on_the_gpu(runtime_repositories):
         "modules": {"unet": "diffusers.UNet2DConditionModel"},
         "dtypes": {"unet": "float16"},
         "deep_cache_branches": [0, 1, 2],
+        "first_block_cache": False,
     }
     # A DeepCache shallow UNet reads the UNet's saved weights (kept once on disk) and, loaded, holds
     # only the blocks it runs.

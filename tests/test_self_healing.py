@@ -33,6 +33,27 @@ def _ready(url: str) -> bool:
 
 
 @pytest.fixture(scope="module")
+def triton_server(exported_repository):
+    """A Triton of this file's own, serving the tiny model: the processes these tests kill and the
+    models they unload belong to no other test (the session's server stays untouched whatever
+    happens here)."""
+    from tests.conftest import BUILTIN_REPOSITORY
+    from triton_inpaint.pipelines.spec import PipelineSpec
+    from triton_inpaint.server.process import TritonServer, free_port
+
+    repository, _ = exported_repository
+    roles = PipelineSpec.load(repository / f"{MODEL}_denoise" / "1").network_tensors()
+    models = [f"inpaint_{MODEL}", *(f"{MODEL}_{role}" for role in roles)]
+    ports = free_port(), free_port(), free_port()
+    server = TritonServer([BUILTIN_REPOSITORY, repository], *ports, models=models)
+    server.start(timeout=300)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
 def gateway(triton_server, tmp_path_factory):
     with GatewayProcess(triton_server.grpc_url, tmp_path_factory.mktemp("healing")) as process:
         yield process

@@ -77,7 +77,9 @@ async def progress(client: Runware, prefix: str) -> None:
     if prefix == "websocket_":
         task = inference(includePreviews=True, seed=3, deliveryMethod="sync")
     else:
-        task = inference(includeProgress=True, seed=3, steps=60, width=256, height=256)
+        # 100 steps at 512 px: seconds on the tiny model, so that polls a second apart find it running
+        # on any machine (60 steps at 256 px ended before the first poll on a fast one)
+        task = inference(includeProgress=True, seed=3, steps=100, width=512, height=512)
         task["seedImage"], task["maskImage"] = INPUT["image256_b64"], INPUT["mask256_b64"]
     await attempt(prefix + "progress", client.run(task, options))
     REPORT[prefix + "progress"]["seen"] = [

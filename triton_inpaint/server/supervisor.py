@@ -113,6 +113,7 @@ class Supervisor:
         self._regions: set[str] = set()
         self._wanted: set[str] = set()  # the models ready at start: the ones kept loaded
         self._retry: dict[str, tuple[float, float]] = {}  # model: (next attempt, pause after that one)
+        self._unrestored: dict[int, Stub] = {}  # lost processes of models whose reload failed
         self._thread = threading.Thread(target=self._run, name="triton-supervisor", daemon=True)
 
     def start(self) -> Supervisor:
@@ -142,29 +143,44 @@ class Supervisor:
                 self.log("triton-inpaint: tritonserver died; removing its stubs and shared memory")
                 self.clean_up_after_server()
                 return
-            self._replace_lost_processes()
-            if not self._stop.is_set():
-                self._restore_unready_models()
-            self._known = stubs_of(self.server_pid)
-            self._regions |= {stub.shm_region for stub in self._known.values()}
+            try:
+                self._round()
+            except Exception as exc:  # noqa: BLE001 - the watch must outlive any one failed round
+                self.log(f"triton-inpaint: the supervisor's round failed ({exc!r}); watching on")
+
+    def _round(self) -> None:
+        self._replace_lost_processes()
+        if not self._stop.is_set():
+            self._restore_unready_models()
+        # A model whose reload failed keeps its lost processes known, so the next round tries again.
+        self._known = stubs_of(self.server_pid) | self._unrestored
+        self._regions |= {stub.shm_region for stub in self._known.values()}
 
     def _replace_lost_processes(self) -> None:
         current = stubs_of(self.server_pid)
         self._regions |= {stub.shm_region for stub in current.values()}
         lost = [stub for pid, stub in self._known.items() if pid not in current]
+        now = time.monotonic()
         for model in dict.fromkeys(stub.model for stub in lost):
             if self._stop.is_set():
                 return
+            if now < self._retry.get(model, (0.0, 0.0))[0]:
+                continue
             gone = [stub for stub in lost if stub.model == model]
             names = ", ".join(f"{stub.instance} (pid {stub.pid})" for stub in gone)
             self.log(f"triton-inpaint: model {model} lost its process {names}; reloading it")
             started = time.monotonic()
             try:
                 self._reload(model, {pid for pid, stub in self._known.items() if stub.model == model})
-            except (OSError, RuntimeError) as exc:
-                self.log(f"triton-inpaint: reloading {model} failed: {exc}")
+            except Exception as exc:  # noqa: BLE001 - tried again after a pause, as a failed load is
+                pause = self._retry.get(model, (0.0, RETRY_PAUSE[0]))[1]
+                self._retry[model] = (time.monotonic() + pause, min(2 * pause, RETRY_PAUSE[1]))
+                self._unrestored |= {stub.pid: stub for stub in gone}
+                self.log(f"triton-inpaint: reloading {model} failed: {exc}; next try in {pause:g} s")
                 continue
             seconds = time.monotonic() - started
+            self._retry.pop(model, None)
+            self._unrestored = {pid: stub for pid, stub in self._unrestored.items() if stub.model != model}
             self.reloads.append((model, seconds))
             unlink_regions({stub.shm_region for stub in gone})
             self.log(f"triton-inpaint: model {model} is back after {seconds:.1f} s")
@@ -220,8 +236,10 @@ class Supervisor:
 
     def _reload(self, model: str, old_pids: set[int]) -> None:
         """Unload (the dead instance cannot be reused: a plain load of an unchanged model is a no-op),
-        wait until the model's old processes are gone, load again."""
-        self._control(model, "unload")
+        wait until the model's old processes are gone, load again. An unload that does not answer
+        within a minute (a request stuck on the dead process) fails this try; the next one comes after
+        a pause."""
+        self._post(f"/v2/repository/models/{model}/unload", timeout=60)
         deadline = time.monotonic() + 60
         while old_pids & set(stubs_of(self.server_pid)) and time.monotonic() < deadline:
             time.sleep(0.1)
