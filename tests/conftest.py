@@ -92,6 +92,17 @@ def flux_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def flux_reference(flux_checkpoint: Path):
+    """(diffusers' FluxFillPipeline from the tiny FLUX checkpoint, its saved scheduler config): the
+    reference every FLUX test compares with (tests that hook it put it back as they found it)."""
+    from diffusers import FluxFillPipeline
+
+    pipe = FluxFillPipeline.from_pretrained(flux_checkpoint)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe, json.loads((flux_checkpoint / "scheduler" / "scheduler_config.json").read_text())
+
+
+@pytest.fixture(scope="session")
 def lora_files(
     tiny_base_checkpoint: Path, sdxl_checkpoints: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
 ) -> dict[str, Path]:
@@ -236,7 +247,7 @@ def database_url(postgres_server) -> str:
 _MODEL_FIXTURES = {
     "tiny_checkpoint", "tiny_base_checkpoint", "sdxl_checkpoints", "flux_checkpoint", "exported_repository",
     "detector_repository", "clipseg_weights", "clipseg_repository", "reference_pipeline",
-    "reference_base_pipeline", "scheduler_config", "lora_files",
+    "reference_base_pipeline", "scheduler_config", "lora_files", "flux_reference",
 }  # fmt: skip
 # Files whose tests build or run networks through helpers rather than the fixtures above.
 _MODEL_FILES = {"test_memory.py", "test_tiny_checkpoint.py", "test_detector_masks.py", "test_detection.py"}

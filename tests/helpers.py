@@ -190,3 +190,17 @@ def diffusers_first_block_cache(pipe, threshold: float, run):
     finally:
         del transformer.forward
         transformer.disable_cache()
+
+
+def diffusers_deep_cache(pipe, interval: int, branch: int, run):
+    """``run()`` (a diffusers SD/SDXL pipeline call) with the reference DeepCache, the PyPI
+    ``DeepCache`` package's ``DeepCacheSDHelper``, enabled on ``pipe`` at ``interval`` and ``branch``."""
+    from DeepCache import DeepCacheSDHelper
+
+    helper = DeepCacheSDHelper(pipe=pipe)
+    helper.set_params(cache_interval=interval, cache_branch_id=branch)
+    helper.enable()
+    try:
+        return run()
+    finally:
+        helper.disable()

@@ -10,10 +10,9 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
-from DeepCache import DeepCacheSDHelper
 
 from tests.conftest import MODEL
-from tests.helpers import diffusers_inpaint, irregular_mask, make_image
+from tests.helpers import diffusers_deep_cache, diffusers_inpaint, irregular_mask, make_image
 from triton_inpaint.api.errors import InvalidInputError
 from triton_inpaint.api.params import CacheSettings, DenoiseParams
 from triton_inpaint.api.roles import UNET, shallow_role
@@ -119,15 +118,12 @@ def _ours(pipeline, image, mask, scheduler, strength, **controls):
 
 def _helper(pipe, config, image, mask, scheduler, strength, interval, branch):
     """The reference: DeepCacheSDHelper enabled on diffusers' inpainting pipeline."""
-    helper = DeepCacheSDHelper(pipe=pipe)
-    helper.set_params(cache_interval=interval, cache_branch_id=branch)
-    helper.enable()
-    try:
-        return diffusers_inpaint(
+    return diffusers_deep_cache(
+        pipe, interval, branch,
+        lambda: diffusers_inpaint(
             pipe, config, image, mask, PROMPT, scheduler, steps=10, strength=strength, guidance=7.0, seed=7
-        )
-    finally:
-        helper.disable()
+        ),
+    )  # fmt: skip
 
 
 @pytest.mark.parametrize(("scheduler", "strength", "interval", "branch"), CASES)

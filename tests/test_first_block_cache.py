@@ -28,15 +28,8 @@ IMAGE, MASK = make_image(96, 64), irregular_mask(96, 64)
 
 
 @pytest.fixture(scope="module")
-def reference(flux_checkpoint):
-    import json
-
-    from diffusers import FluxFillPipeline
-
-    pipe = FluxFillPipeline.from_pretrained(flux_checkpoint)
-    pipe.set_progress_bar_config(disable=True)
-    config = json.loads((flux_checkpoint / "scheduler" / "scheduler_config.json").read_text())
-    return pipe, config
+def reference(flux_reference):
+    return flux_reference
 
 
 @pytest.fixture(scope="module")

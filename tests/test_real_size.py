@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 
 from tests.gateway_process import GatewayProcess
-from tests.helpers import assert_served_parity, decode_rgb, png_bytes
+from tests.helpers import assert_served_parity, decode_rgb, diffusers_deep_cache, png_bytes
 from triton_inpaint.server.supervisor import stubs_of
 from triton_inpaint.tools.benchmark import process_pss, sample_request
 
@@ -263,11 +263,6 @@ def test_deep_cache_on_the_real_unet_equals_deep_cache_sd_helper(
     """DeepCache (acceleratorOptions.deepCache, interval 3, branch 0) on the real SD 1.5 UNet, served,
     against the reference DeepCacheSDHelper on diffusers' pipeline with the same weights and settings;
     and its price: the distance from the uncached image."""
-    import torch
-    from DeepCache import DeepCacheSDHelper
-    from diffusers import StableDiffusionInpaintPipeline
-    from PIL import Image
-
     from triton_inpaint.client import InpaintClient
     from triton_inpaint.pipelines.spec import PipelineSpec
     from triton_inpaint.tools.cache_bench import image_distance
@@ -285,22 +280,28 @@ def test_deep_cache_on_the_real_unet_equals_deep_cache_sd_helper(
         uncached = client.inpaint(
             NAME, png_bytes(image), png_bytes(mask), PROMPT, steps=CACHE_STEPS, seed=SEED
         )
-    pipe = StableDiffusionInpaintPipeline.from_pretrained(real_checkpoint, safety_checker=None)
+    want = _deep_cache_reference(real_checkpoint, image, mask, spec)
+    gc.collect()  # the reference pipeline's 4 GB, before the comparison
+    got = decode_rgb(cached.image)
+    assert_served_parity("served DeepCache", got, want, mask, image, TOLERANCE)
+    figures["deep_cache_vs_uncached"] = image_distance(got, decode_rgb(uncached.image), mask)
+    assert figures["deep_cache_vs_uncached"]["max_255"] > TOLERANCE  # the cache acted
+
+
+def _deep_cache_reference(checkpoint: Path, image: np.ndarray, mask: np.ndarray, spec) -> np.ndarray:
+    """diffusers' pipeline on the real weights with DeepCacheSDHelper, the served request's settings."""
+    import torch
+    from diffusers import StableDiffusionInpaintPipeline
+    from PIL import Image
+
+    pipe = StableDiffusionInpaintPipeline.from_pretrained(checkpoint, safety_checker=None)
     pipe.set_progress_bar_config(disable=True)
-    helper = DeepCacheSDHelper(pipe=pipe)
-    helper.set_params(cache_interval=CACHE_INTERVAL, cache_branch_id=0)
-    helper.enable()
-    try:
-        want = pipe(
+    want = diffusers_deep_cache(
+        pipe, CACHE_INTERVAL, 0,
+        lambda: pipe(
             prompt=PROMPT, image=Image.fromarray(image), mask_image=Image.fromarray(mask), width=SIDE,
             height=SIDE, num_inference_steps=CACHE_STEPS, strength=spec.default_strength,
             guidance_scale=spec.default_guidance, generator=torch.Generator().manual_seed(SEED),
-        ).images[0]  # fmt: skip
-    finally:
-        helper.disable()
-        del pipe
-        gc.collect()
-    got = decode_rgb(cached.image)
-    assert_served_parity("served DeepCache", got, np.asarray(want), mask, image, TOLERANCE)
-    figures["deep_cache_vs_uncached"] = image_distance(got, decode_rgb(uncached.image), mask)
-    assert figures["deep_cache_vs_uncached"]["max_255"] > TOLERANCE  # the cache acted
+        ).images[0],
+    )  # fmt: skip
+    return np.asarray(want)

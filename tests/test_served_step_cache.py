@@ -14,13 +14,13 @@ import uuid
 
 import numpy as np
 import pytest
-from DeepCache import DeepCacheSDHelper
 
 from tests.conftest import BASE_MODEL, FLUX_MODEL, MODEL, SDXL_MODELS
 from tests.gateway_process import GatewayProcess
 from tests.helpers import (
     assert_served_parity,
     decode_rgb,
+    diffusers_deep_cache,
     diffusers_first_block_cache,
     diffusers_inpaint,
     irregular_mask,
@@ -55,16 +55,13 @@ def gateway(triton_server, tmp_path_factory):
 
 
 def _helper_reference(pipe, config, image, mask, scheduler, strength, interval, branch):
-    helper = DeepCacheSDHelper(pipe=pipe)
-    helper.set_params(cache_interval=interval, cache_branch_id=branch)
-    helper.enable()
-    try:
-        return diffusers_inpaint(
+    return diffusers_deep_cache(
+        pipe, interval, branch,
+        lambda: diffusers_inpaint(
             pipe, config, image, mask, PROMPT, scheduler, steps=SETTINGS["steps"], strength=strength,
             guidance=SETTINGS["guidance_scale"], seed=SETTINGS["seed"],
-        )  # fmt: skip
-    finally:
-        helper.disable()
+        ),
+    )  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -105,14 +102,8 @@ def test_served_deep_cache_equals_deep_cache_sd_helper(
     assert not np.array_equal(served, uncached)  # the cache acted
 
 
-def test_served_first_block_cache_equals_diffusers(client, flux_checkpoint):
-    import json
-
-    from diffusers import FluxFillPipeline
-
-    pipe = FluxFillPipeline.from_pretrained(flux_checkpoint)
-    pipe.set_progress_bar_config(disable=True)
-    config = json.loads((flux_checkpoint / "scheduler" / "scheduler_config.json").read_text())
+def test_served_first_block_cache_equals_diffusers(client, flux_reference):
+    pipe, config = flux_reference
     image, mask = make_image(96, 64), irregular_mask(96, 64)
     settings = {"steps": 12, "seed": 3, "width": 96, "height": 64, "guidance_scale": 30.0}
     served = decode_rgb(
