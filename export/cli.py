@@ -208,7 +208,15 @@ def _add_runtime_options(parser: argparse.ArgumentParser) -> None:
         "--precision",
         choices=PRECISIONS,
         default=None,
-        help="network precision; default fp16 for gpu-torch, gpu-tensorrt and --trt-accelerator, else fp32",
+        help="the networks' precision; default fp16 for gpu-torch, gpu-tensorrt and --trt-accelerator, "
+        "else fp32. Each network's own follows (docs/runtimes.md#precision): FLUX's transformer and T5 "
+        "in bf16 where fp16 is asked, a force_upcast VAE (SDXL's) in fp32",
+    )
+    group.add_argument(
+        "--allow-fp16-overflow",
+        action="store_true",
+        help="with --precision fp16: run FLUX's transformer and T5 and a force_upcast VAE in fp16 too, "
+        "although they may overflow it (black or NaN images, refused as non-finite)",
     )
     group.add_argument(
         "--instance-kind",
@@ -278,6 +286,7 @@ def _branches(text: str) -> tuple[int, ...]:
 
 def _batching_options(args: argparse.Namespace) -> dict[str, object]:
     names = ("denoise_instances", "max_inflight", "ort_threads", "cpu_graphs", "runtime", "precision")
+    names += ("allow_fp16_overflow",)
     names += ("quiet", "stream", "deep_cache_branches", "first_block_cache")
     options = {name: getattr(args, name) for name in names}
     options |= {

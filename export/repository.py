@@ -49,6 +49,13 @@ from triton_inpaint.export.runtimes import (
 )
 from triton_inpaint.networks.deep_cache import feature_shapes
 from triton_inpaint.networks.ort_sessions import optimize_for_cpu
+from triton_inpaint.networks.precision import (
+    FP16,
+    VALUE_BYTES,
+    NetworkPrecision,
+    fp16_refusal,
+    network_precision,
+)
 from triton_inpaint.networks.runners import (
     TEXT_ENCODER,
     TEXT_ENCODER_2,
@@ -59,7 +66,7 @@ from triton_inpaint.networks.runners import (
     network_tensors,
 )
 from triton_inpaint.networks.torch_networks import save_network
-from triton_inpaint.pipelines.memory import VAE_ROLES, for_runtime
+from triton_inpaint.pipelines.memory import for_runtime
 from triton_inpaint.pipelines.previews import fit_preview_factors
 from triton_inpaint.pipelines.spec import PipelineSpec
 
@@ -82,11 +89,14 @@ class ExportOptions:
     # Also write each graph as onnxruntime optimises it for the CPU (model.cpu.onnx), so that a server
     # start does not optimise it again; it doubles the networks' disk size.
     cpu_graphs: bool = True
-    # Which runtime serves the networks (export/runtimes.py) and its settings. precision None: fp16 on
-    # GPU runtimes that can take it (gpu-torch, gpu-tensorrt, gpu-onnxruntime with the TensorRT
-    # accelerator), fp32 otherwise.
+    # Which runtime serves the networks (export/runtimes.py) and its settings. precision None: half
+    # precision on GPU runtimes that can take it (gpu-torch, gpu-tensorrt, gpu-onnxruntime with the
+    # TensorRT accelerator), fp32 otherwise; each network's own follows (triton_inpaint.networks.precision:
+    # FLUX's transformer and T5 in bf16, a force_upcast VAE in fp32). allow_fp16_overflow runs those in
+    # fp16 when precision is fp16 (refused for FLUX without it).
     runtime: str = "cpu"
     precision: str | None = None
+    allow_fp16_overflow: bool = False
     gpu_instances: bool = True  # GPU runtimes: KIND_GPU; False places the same models on the CPU
     trt_accelerator: bool = False
     trt_cache: str = ""
@@ -394,44 +404,16 @@ def export_checkpoint(
     options = options or ExportOptions()
     check_name(name)
     runtime = runtime_options(options)  # a bad flag combination fails before the checkpoint loads
+    refusal = fp16_refusal("flux" if (checkpoint / "transformer").is_dir() else "sd")
+    if options.precision == FP16 and not options.allow_fp16_overflow and refusal:
+        raise ValueError(refusal)
     if options.lora and runtime.runtime == "gpu-torch":
         raise ValueError(
             "LoRA adapters are served by the cpu, gpu-onnxruntime and gpu-tensorrt runtimes, not yet by "
             "gpu-torch; export without --lora or with another --runtime"
         )
     pipeline = load_pipeline(checkpoint)
-    spec = replace(PipelineSpec.from_diffusers(pipeline), preview_factors=fit_preview_factors(pipeline))
-    if options.lora:
-        spec = replace(
-            spec,
-            adapters=tuple(model_id for model_id, _ in options.lora),
-            lora_roles=load_adapters(pipeline, options.lora),
-        )
-    overrides = {
-        "default_steps": options.default_steps,
-        "default_guidance": options.default_guidance,
-        "default_scheduler": options.default_scheduler,
-    }
-    spec = replace(spec, **{key: value for key, value in overrides.items() if value is not None})
-    spec = replace(spec, networks=_served_network_shapes(pipeline, spec, runtime))
-    spec = _with_step_caches(pipeline, spec, options)
-    if options.family is not None and options.family != spec.family:
-        raise ValueError(
-            f"--checkpoint {checkpoint}: expected family {options.family}, the checkpoint is {spec.family}"
-        )
-    if spec.flux:
-        fill_channels = 2 * 4 * spec.latent_channels + 4 * spec.vae_scale_factor**2
-        if spec.denoiser_in_channels != fill_channels or not pipeline.transformer.config.guidance_embeds:
-            raise ValueError(
-                f"--checkpoint {checkpoint}: not a FLUX Fill checkpoint (its transformer takes "
-                f"{spec.denoiser_in_channels} channels, FLUX Fill takes {fill_channels} with embedded "
-                "guidance); base FLUX checkpoints are not served yet"
-            )
-    elif spec.denoiser_in_channels not in (4, 9):
-        raise ValueError(
-            f"--checkpoint {checkpoint}: UNet has {spec.denoiser_in_channels} input channels; this export "
-            "serves base (4) and inpainting (9) checkpoints"
-        )
+    spec = _served_spec(pipeline, checkpoint, options, runtime, log)
     repository.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=f".export-{name}-", dir=repository.parent))
     try:
@@ -462,6 +444,53 @@ def export_checkpoint(
         shutil.rmtree(scratch, ignore_errors=True)
 
 
+def _served_spec(
+    pipeline: object, checkpoint: Path, options: ExportOptions, runtime: RuntimeOptions, log: object
+) -> PipelineSpec:
+    """The spec the denoise model serves ``pipeline`` by: its family's defaults as ``options`` change
+    them, its adapters, step caches and each network's precision; a checkpoint this export does not
+    serve is refused here, before anything is written."""
+    spec = replace(PipelineSpec.from_diffusers(pipeline), preview_factors=fit_preview_factors(pipeline))
+    if options.lora:
+        spec = replace(
+            spec,
+            adapters=tuple(model_id for model_id, _ in options.lora),
+            lora_roles=load_adapters(pipeline, options.lora),
+        )
+    overrides = {
+        "default_steps": options.default_steps,
+        "default_guidance": options.default_guidance,
+        "default_scheduler": options.default_scheduler,
+    }
+    spec = replace(spec, **{key: value for key, value in overrides.items() if value is not None})
+    spec = _with_step_caches(pipeline, spec, options)
+    precisions = network_precisions(pipeline, spec, options, runtime)
+    spec = replace(
+        spec,
+        networks=_served_network_shapes(spec, runtime, precisions),
+        precisions={role: precision.precision for role, precision in precisions.items()},
+    )
+    log(f"precision ({runtime.precision_runtime}): " + ", ".join(f"{r} {p}" for r, p in precisions.items()))
+    if options.family is not None and options.family != spec.family:
+        raise ValueError(
+            f"--checkpoint {checkpoint}: expected family {options.family}, the checkpoint is {spec.family}"
+        )
+    if spec.flux:
+        fill_channels = 2 * 4 * spec.latent_channels + 4 * spec.vae_scale_factor**2
+        if spec.denoiser_in_channels != fill_channels or not pipeline.transformer.config.guidance_embeds:
+            raise ValueError(
+                f"--checkpoint {checkpoint}: not a FLUX Fill checkpoint (its transformer takes "
+                f"{spec.denoiser_in_channels} channels, FLUX Fill takes {fill_channels} with embedded "
+                "guidance); base FLUX checkpoints are not served yet"
+            )
+    elif spec.denoiser_in_channels not in (4, 9):
+        raise ValueError(
+            f"--checkpoint {checkpoint}: UNet has {spec.denoiser_in_channels} input channels; this export "
+            "serves base (4) and inpainting (9) checkpoints"
+        )
+    return spec
+
+
 def _with_step_caches(pipeline: object, spec: PipelineSpec, options: ExportOptions) -> PipelineSpec:
     """The step-caching networks this export writes (docs/controls.md#step-caching)."""
     if spec.flux:
@@ -475,16 +504,30 @@ def _folder_mib(folder: Path) -> float:
     return sum(path.stat().st_size for path in folder.iterdir() if path.is_file()) / 2**20
 
 
-def _served_network_shapes(pipeline: object, spec: PipelineSpec, runtime: RuntimeOptions) -> dict:
+def network_precisions(
+    pipeline: object, spec: PipelineSpec, options: ExportOptions, runtime: RuntimeOptions
+) -> dict[str, NetworkPrecision]:
+    """Each network's precision under ``runtime`` (triton_inpaint.networks.precision), by role."""
+    force_upcast = bool(getattr(pipeline.vae.config, "force_upcast", False))
+    return {
+        role: network_precision(
+            spec.architecture, role, runtime.precision, runtime.precision_runtime, force_upcast,
+            options.allow_fp16_overflow,
+        )  # fmt: skip
+        for role in spec.network_tensors()
+    }
+
+
+def _served_network_shapes(
+    spec: PipelineSpec, runtime: RuntimeOptions, precisions: dict[str, NetworkPrecision]
+) -> dict:
     """The memory estimate's network shapes as ``runtime`` runs them (attention kernel, value size)."""
-    values = 2 if runtime.precision == "fp16" else 4
-    shapes = for_runtime(spec.networks, runtime.attention_holds_no_scores, values)
-    if runtime.runtime == "gpu-torch" and getattr(pipeline.vae.config, "force_upcast", False):
-        # gpu-torch keeps such a VAE in fp32 (networks.serving_dtype)
-        shapes = shapes | for_runtime(
-            {role: shapes[role] for role in VAE_ROLES}, runtime.attention_holds_no_scores, 4
-        )
-    return shapes
+    return {
+        role: for_runtime(
+            {role: shape}, runtime.attention_holds_no_scores, VALUE_BYTES[precisions[role].precision]
+        )[role]
+        for role, shape in spec.networks.items()
+    }
 
 
 def _write_networks(
@@ -498,14 +541,15 @@ def _write_networks(
     """Each network model's files and config for ``runtime``, checked against torch."""
     roles = list(model_dirs)
     tensors = _network_tensors(pipeline, spec)
+    precisions = spec.precisions
     if runtime.runtime == "gpu-torch":
-        log(f"saving {', '.join(roles)} for torch ({runtime.precision}) ...")
+        log(f"saving {', '.join(roles)} for torch ...")
         caches = (spec.deep_cache_branches, spec.first_block_cache)
         for role, model_dir in model_dirs.items():
             # A step-caching network loads its denoiser's saved weights (and keeps only the layers it runs).
             shared = model_dirs[base_role(role)] / "1" if base_role(role) != role else None
             save_network(
-                pipeline, spec.architecture, role, model_dir / "1", runtime.precision, caches[0], shared,
+                pipeline, spec.architecture, role, model_dir / "1", precisions[role], caches[0], shared,
                 caches[1],
             )  # fmt: skip
         directories = {role: d / "1" for role, d in model_dirs.items()}
@@ -550,10 +594,10 @@ def _write_networks(
     for role, (inputs, outputs) in tensors.items():
         model_dir = model_dirs[role]
         profile = shape_profile(role, inputs, spec, runtime.max_side) if runtime.uses_profiles else None
-        config = network_config(model_dir.name, role, inputs, outputs, runtime, profile)
+        config = network_config(model_dir.name, role, inputs, outputs, runtime, profile, precisions[role])
         write_config(model_dir, config)
         if profile is not None and runtime.runtime == "gpu-tensorrt":
-            described = {"precision": runtime.precision, **profile.to_json()}
+            described = {"precision": precisions[role], **profile.to_json()}
             (model_dir / PROFILE_FILE).write_text(json.dumps(described, indent=2) + "\n")
         if model_py is not None:
             write_model_py(model_dir / "1", model_py)

@@ -24,12 +24,12 @@ from triton_inpaint.api import contract
 from triton_inpaint.api.contract import TensorSpec
 from triton_inpaint.api.roles import TRANSFORMER, UNET, VAE_ENCODER, base_role
 from triton_inpaint.api.schema import INPAINT
+from triton_inpaint.networks.precision import BF16, FP16, FP32, PRECISIONS
 from triton_inpaint.pipelines.spec import PipelineSpec
 
 RUNTIMES = ("cpu", "gpu-onnxruntime", "gpu-tensorrt", "gpu-torch")
 GPU_RUNTIMES = RUNTIMES[1:]
 ONNX_RUNTIMES = ("cpu", "gpu-onnxruntime", "gpu-tensorrt")  # the ones that serve the ONNX graphs
-PRECISIONS = ("fp32", "fp16")
 # Where export tensorrt finds each network's profile (beside config.pbtxt, which Triton does not read).
 PROFILE_FILE = "trt_profile.json"
 DENOISERS = (UNET, TRANSFORMER)
@@ -117,7 +117,8 @@ class RuntimeOptions:
     """How the network models of one export run (the runtime part of ``ExportOptions``)."""
 
     runtime: str = "cpu"
-    precision: str = "fp32"
+    # The export's precision; each network's own follows from it (triton_inpaint.networks.precision).
+    precision: str = FP32
     gpu: bool = True  # KIND_GPU instances (GPU runtimes); False places them on the CPU (KIND_CPU)
     denoiser_instances: int = 1
     denoiser_queue_delay_us: int = 0
@@ -141,12 +142,19 @@ class RuntimeOptions:
             raise ValueError(f"--runtime {self.runtime!r}: use one of {', '.join(RUNTIMES)}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"--precision {self.precision!r}: use one of {', '.join(PRECISIONS)}")
-        if self.runtime == "cpu" and self.precision != "fp32":
-            raise ValueError("--precision fp16 needs a GPU runtime; the cpu runtime computes in fp32")
-        if self.runtime == "gpu-onnxruntime" and self.precision == "fp16" and not self.trt_accelerator:
+        if self.runtime == "cpu" and self.precision != FP32:
+            raise ValueError(
+                f"--precision {self.precision} needs a GPU runtime; the cpu runtime computes in fp32"
+            )
+        if self.runtime == "gpu-onnxruntime" and self.precision == FP16 and not self.trt_accelerator:
             raise ValueError(
                 "--precision fp16 with --runtime gpu-onnxruntime needs --trt-accelerator (TensorRT "
                 "builds fp16 from the fp32 graph); without it onnxruntime's CUDA provider runs fp32"
+            )
+        if self.runtime == "gpu-onnxruntime" and self.precision == BF16:
+            raise ValueError(
+                "--precision bf16 is not a precision of --runtime gpu-onnxruntime (Triton's TensorRT "
+                "accelerator takes FP32 or FP16); use --runtime gpu-tensorrt or gpu-torch for bf16"
             )
         if self.trt_accelerator and self.runtime != "gpu-onnxruntime":
             raise ValueError("--trt-accelerator is an option of --runtime gpu-onnxruntime")
@@ -157,6 +165,11 @@ class RuntimeOptions:
         low = INPAINT["width"].bounds[0]
         if self.max_side is not None and not low <= self.max_side <= INPAINT["width"].bounds[1]:
             raise ValueError(f"--max-size {self.max_side}: use {low} to {INPAINT['width'].bounds[1]}")
+
+    @property
+    def precision_runtime(self) -> str:
+        """This runtime as :data:`triton_inpaint.networks.precision.RUNTIME_PRECISIONS` keys it."""
+        return "gpu-onnxruntime+trt" if self.trt_accelerator else self.runtime
 
     @property
     def kind(self) -> int:
@@ -191,8 +204,10 @@ def network_config(
     outputs: list[TensorSpec],
     options: RuntimeOptions,
     profile: ShapeProfile | None = None,
+    precision: str = FP32,
 ) -> mc.ModelConfig:
-    """The config of one network model under ``options.runtime``."""
+    """The config of one network model under ``options.runtime``, running in ``precision`` (the
+    network's own, triton_inpaint.networks.precision), which the config records for every runtime."""
     runtime = options.runtime
     config = mc.ModelConfig(name=name, max_batch_size=max_batch(role))
     if runtime == "gpu-onnxruntime":
@@ -211,10 +226,10 @@ def network_config(
     group.count = options.denoiser_instances if denoiser else 1
     if denoiser:
         config.dynamic_batching.max_queue_delay_microseconds = options.denoiser_queue_delay_us
+    config.parameters["precision"].string_value = precision
     if runtime == "cpu":
         config.parameters["ort_threads"].string_value = str(options.ort_threads)
     if runtime == "gpu-torch":
-        config.parameters["precision"].string_value = options.precision
         config.parameters["cuda_graphs"].string_value = "true" if options.cuda_graphs else "false"
         # Inputs arrive in the GPU memory the caller passed, not copied to the host first.
         config.parameters["FORCE_CPU_ONLY_INPUT_TENSORS"].string_value = "no"
@@ -224,7 +239,7 @@ def network_config(
         accelerator = config.optimization.execution_accelerators.gpu_execution_accelerator.add()
         accelerator.name = "tensorrt"
         settings = {
-            "precision_mode": options.precision.upper(),
+            "precision_mode": precision.upper(),
             "max_workspace_size_bytes": str(4 << 30),
             "trt_engine_cache_enable": "1",
             "trt_timing_cache_enable": "1",

@@ -127,8 +127,11 @@ def build_plans(
         profile = Profile()
         for name in shapes.min:
             profile.add(name, min=shapes.min[name], opt=shapes.opt[name], max=shapes.max[name])
-        # fp16 lets TensorRT pick fp16 kernels where they are faster; it keeps fp32 where it must.
-        settings: dict[str, object] = {"fp16": described["precision"] == "fp16", "profiles": [profile]}
+        # fp16 / bf16 let TensorRT pick half-precision kernels where they are faster; it keeps fp32
+        # where it must. Each network's own precision (a force_upcast VAE's is fp32, FLUX's bf16).
+        settings: dict[str, object] = {"profiles": [profile]}
+        if described["precision"] in ("fp16", "bf16"):
+            settings[described["precision"]] = True
         if timing_cache.is_file():
             settings["load_timing_cache"] = str(timing_cache)
         if workspace_gib:

@@ -102,6 +102,13 @@ def test_gpu_onnxruntime_configs_are_native_onnxruntime_models_with_tensorrt(run
     assert accelerator.name == "tensorrt"
     parameters = dict(accelerator.parameters)
     assert parameters["precision_mode"] == "FP16"  # the default precision with the accelerator
+    assert unet.parameters["precision"].string_value == "fp16"
+    # The tiny VAE's config says force_upcast (diffusers' default): TensorRT builds it in fp32.
+    for role in (VAE_ENCODER, VAE_DECODER):
+        vae_config = _config(repository, f"{NAME}_{role}")
+        (vae_accelerator,) = vae_config.optimization.execution_accelerators.gpu_execution_accelerator
+        assert vae_accelerator.parameters["precision_mode"] == "FP32"
+        assert vae_config.parameters["precision"].string_value == "fp32"
     assert parameters["trt_engine_cache_enable"] == "1"
     assert parameters["trt_engine_cache_path"] == f"/cache/trt/{NAME}_unet"
     # The profile in onnxruntime's syntax, batch axis first: SD's latents at 1/8 of 8..2048 px.
@@ -131,7 +138,8 @@ def test_gpu_tensorrt_configs_wait_for_plans_built_on_the_target_gpu(runtime_rep
         assert not config.cc_model_filenames  # filled in by export tensorrt, per compute capability
         assert (repository / model / "1" / "model.onnx").is_file()  # the cleaned graph to build from
         described = json.loads((repository / model / PROFILE_FILE).read_text())
-        assert described["precision"] == "fp16"
+        want = "fp32" if role in (VAE_ENCODER, VAE_DECODER) else "fp16"  # a force_upcast VAE
+        assert described["precision"] == config.parameters["precision"].string_value == want
         profile = ShapeProfile.from_json(described)
         assert list(profile.min) == [tensor.name for tensor in config.input]
         for name in profile.min:  # max batch of the engine == max_batch_size of the config
@@ -274,11 +282,56 @@ def test_profiles_cover_every_size_and_image_count_the_controls_allow():
     assert profiles[TRANSFORMER].opt["hidden_states"] == (1, 4096, 384)  # FLUX at its native 1024 px
 
 
+_DTYPE_PRECISIONS = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
+
+
+def _recorded_precisions(repository: Path, model: str, runtime: str) -> set[str]:
+    """Every place an export records a network's precision: its config, the TensorRT accelerator's
+    precision_mode, the plan's profile, the torch modules' stored dtypes."""
+    config = _config(repository, model)
+    found = {config.parameters["precision"].string_value}
+    for accelerator in config.optimization.execution_accelerators.gpu_execution_accelerator:
+        found.add(accelerator.parameters["precision_mode"].lower())
+    if runtime == "gpu-tensorrt":
+        found.add(json.loads((repository / model / PROFILE_FILE).read_text())["precision"])
+    if runtime == "gpu-torch":
+        dtypes = json.loads((repository / model / "1" / "network.json").read_text())["dtypes"]
+        found |= {_DTYPE_PRECISIONS[dtype] for dtype in dtypes.values()}
+    return found
+
+
+@pytest.mark.parametrize("runtime", ["gpu-onnxruntime", "gpu-tensorrt", "gpu-torch"])
+def test_flux_networks_and_force_upcast_vaes_are_never_built_in_fp16(runtime, flux_checkpoint, tmp_path):
+    """FLUX Fill exported for a GPU runtime at its default (half) precision: the transformer, its halves
+    and T5 in bf16 (fp32 where the runtime has no bf16), the force_upcast VAE in fp32, CLIP in fp16;
+    every record of a network's precision agrees. An explicit fp16 is refused, naming the way out."""
+    from triton_inpaint.networks.precision import bf16_native
+
+    options = {"trt_accelerator": True} if runtime == "gpu-onnxruntime" else {}
+    _export(flux_checkpoint, tmp_path, runtime=runtime, gpu_instances=False, **options)
+    spec = PipelineSpec.load(tmp_path / f"{NAME}_denoise" / "1")
+    no_bf16 = runtime == "gpu-onnxruntime"
+    want = {
+        role: ("fp32" if no_bf16 else "bf16") if bf16_native("flux", role)
+        else "fp32" if role in (VAE_ENCODER, VAE_DECODER) else "fp16"
+        for role in spec.network_tensors()
+    }  # fmt: skip
+    assert spec.precisions == want
+    for role, precision in want.items():
+        assert _recorded_precisions(tmp_path, f"{NAME}_{role}", runtime) == {precision}, role
+    with pytest.raises(ValueError, match="overflow fp16 .* --allow-fp16-overflow"):
+        _export(flux_checkpoint, tmp_path / "fp16", runtime=runtime, precision="fp16", **options)
+
+
 def test_runtime_options_refuse_combinations_that_cannot_work():
     with pytest.raises(ValueError, match="--precision fp16 needs a GPU runtime"):
         RuntimeOptions(runtime="cpu", precision="fp16")
     with pytest.raises(ValueError, match="needs --trt-accelerator"):
         RuntimeOptions(runtime="gpu-onnxruntime", precision="fp16")
+    with pytest.raises(ValueError, match="--precision bf16 is not a precision of --runtime gpu-onnxruntime"):
+        RuntimeOptions(runtime="gpu-onnxruntime", precision="bf16", trt_accelerator=True)
+    with pytest.raises(ValueError, match="--precision bf16 needs a GPU runtime"):
+        RuntimeOptions(runtime="cpu", precision="bf16")
     with pytest.raises(ValueError, match="--cuda-graphs is an option of --runtime gpu-torch"):
         RuntimeOptions(runtime="gpu-tensorrt", cuda_graphs=True)
     with pytest.raises(ValueError, match="--max-size 4096: use 64 to 2048"):

@@ -34,9 +34,10 @@ from triton_inpaint.api.roles import (
 from triton_inpaint.networks.deep_cache import DeepCacheUnet, ShallowUnet
 from triton_inpaint.networks.first_block import FirstBlock, FullTransformer, RemainingBlocks
 from triton_inpaint.networks.lora import LoraNetwork, lora_scales_of
+from triton_inpaint.networks.precision import FP32_INPUTS
 
 NETWORK_FILE = "network.json"
-PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16}
+PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 # The pipeline attributes each role's module is built from.
 ROLE_SOURCES = {
     TEXT_ENCODER: ("text_encoder",),
@@ -218,13 +219,12 @@ def call_network(
     module: torch.nn.Module, inputs: dict[str, torch.Tensor], outputs: list[str], device: torch.device
 ) -> list[torch.Tensor]:
     """Run a role's module on the contract's inputs (by position, in the role's input order: the
-    order of ``inputs``): floating inputs in the module's precision on its device; the ``outputs`` asked
-    back as float32 (the contract's type, whatever precision the module runs in)."""
+    order of ``inputs``): floating inputs in the module's precision on its device, except the timestep
+    and guidance, which stay float32 as diffusers passes them (:data:`FP32_INPUTS`); the ``outputs``
+    asked back as float32 (the contract's type, whatever precision the module runs in)."""
     dtype = module_dtype(module)
-    feed = [
-        value.to(device=device, dtype=dtype if value.is_floating_point() else value.dtype)
-        for value in inputs.values()
-    ]
+    half = {name for name, value in inputs.items() if value.is_floating_point() and name not in FP32_INPUTS}
+    feed = [value.to(device=device, dtype=dtype if name in half else None) for name, value in inputs.items()]
     with torch.no_grad():
         result = module(*feed)
     results = [result] if isinstance(result, torch.Tensor) else list(result)
@@ -258,14 +258,6 @@ def _load_class(path: str) -> type:
     return getattr(importlib.import_module(package), name)
 
 
-def serving_dtype(module: torch.nn.Module, precision: str) -> torch.dtype:
-    """The dtype a module is served in: ``precision``, except a VAE whose config asks to stay in float32
-    (``force_upcast``: SDXL's VAE overflows in float16, as diffusers' own pipelines know)."""
-    if getattr(getattr(module, "config", None), "force_upcast", False):
-        return torch.float32
-    return PRECISIONS[precision]
-
-
 def save_network(
     pipeline: Any,
     architecture: str,
@@ -276,15 +268,15 @@ def save_network(
     shared: Path | None = None,
     first_block_cache: bool = False,
 ) -> None:
-    """Write what ``role`` needs to run under the ``gpu-torch`` runtime into ``directory``: its modules'
-    weights, or with ``shared`` (a DeepCache shallow UNet) where the UNet's weights were saved, so
-    they are on disk once."""
+    """Write what ``role`` needs to run under the ``gpu-torch`` runtime into ``directory``, in
+    ``precision`` (the network's own: triton_inpaint.networks.precision): its modules' weights, or with
+    ``shared`` (a DeepCache shallow UNet) where the UNet's weights were saved, so they are on disk once."""
     directory.mkdir(parents=True, exist_ok=True)
     classes, dtypes = {}, {}
     for attribute in ROLE_SOURCES[base_role(role)]:
         module = getattr(pipeline, attribute)
         classes[attribute] = _class_path(module)
-        dtype = serving_dtype(module, precision)
+        dtype = PRECISIONS[precision]
         dtypes[attribute] = str(dtype).removeprefix("torch.")
         if shared is not None:
             continue

@@ -8,7 +8,7 @@ modules.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +60,9 @@ class PipelineSpec:
     # in exports made before step caching: such a model refuses the cache fields.
     deep_cache_features: tuple[tuple[int, int, int], ...] = ()
     first_block_cache: bool = False
+    # Each network's precision as served, by role (triton_inpaint.networks.precision); empty in exports made
+    # before it was recorded.
+    precisions: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def from_diffusers(cls, pipeline: Any) -> PipelineSpec:
