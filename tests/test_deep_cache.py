@@ -191,9 +191,9 @@ def test_cached_and_uncached_requests_batch_per_network_and_each_gets_its_own_im
     calls: list[tuple[str, int]] = []
     run = pipeline.components.run_network
 
-    def recording(role, inputs, outputs):
+    def recording(role, inputs, outputs, check=True):
         calls.append((role, next(iter(inputs.values())).shape[0]))
-        return run(role, inputs, outputs)
+        return run(role, inputs, outputs, check)
 
     pipeline.components.run_network = recording
     try:

@@ -9,9 +9,11 @@ import time
 
 import numpy as np
 import pytest
+import torch
 
 from tests.conftest import BASE_MODEL, FLUX_MODEL, MODEL, SDXL_MODELS
 from tests.helpers import irregular_mask, make_image
+from triton_inpaint.api.errors import NonFiniteOutputError
 from triton_inpaint.api.params import DenoiseParams
 from triton_inpaint.networks.runners import RunnerComponents, network_tensors, onnx_runner
 from triton_inpaint.pipelines.batching import InflightBatcher, advance_together
@@ -62,7 +64,7 @@ def served(request, exported_repository):
             calls.append(next(iter(inputs.values())).shape[0])
         return run(model, inputs, outputs)
 
-    components = RunnerComponents(recording, architecture=spec.architecture, lora_roles=spec.lora_roles)
+    components = RunnerComponents.for_spec(recording, spec)
     pipeline_class = FluxFillInpaintPipeline if spec.flux else SDInpaintPipeline
     pipeline = pipeline_class.from_directory(repository / f"{name}_denoise" / "1", components)
     requests = [_params(r) for r in (FLUX_REQUESTS if spec.flux else SD_REQUESTS)]
@@ -112,6 +114,21 @@ def test_a_failing_request_fails_alone(served):
         assert advance_together([healthy], MAX_ROWS) == []
     assert np.abs(healthy.finish()[0].astype(int) - want.astype(int)).max() <= 1
 
+
+def test_a_request_whose_prediction_is_not_finite_fails_alone_naming_the_network(served):
+    """The non-finite guard on a shared denoiser call: the request whose rows come back NaN fails with
+    the network and its precision named; the request beside it in the same call goes on unharmed."""
+    pipeline, requests, _ = served
+    want, _ = pipeline(IMAGE, MASK, requests[0])
+    healthy, broken = pipeline.start(IMAGE, MASK, requests[0]), pipeline.start(IMAGE, MASK, requests[1])
+    broken.latents = torch.full_like(broken.latents, float("inf"))  # what an overflow upstream leaves
+    failures = advance_together([healthy, broken], MAX_ROWS)
+    denoiser = "transformer" if pipeline.spec.flux else "unet"
+    assert [(job, type(error)) for job, error in failures] == [(broken, NonFiniteOutputError)]
+    assert str(failures[0][1]).startswith(f"{denoiser} (fp32) returned NaN or Inf values in noise_pred")
+    while not healthy.done:
+        assert advance_together([healthy], MAX_ROWS) == []
+    assert np.abs(healthy.finish()[0].astype(int) - want.astype(int)).max() <= 1
 
 def test_the_batcher_answers_every_request_once_with_at_most_max_active_in_flight(served):
     pipeline, requests, _ = served

@@ -37,3 +37,20 @@ class ModelCallError(RuntimeError):
         self.model = model
         self.message = message
         super().__init__(f"{model}: {message}")
+
+
+class NonFiniteOutputError(RuntimeError):
+    """A network returned NaN or Inf values: in half precision, an overflow. The request fails with
+    this instead of decoding them into a black or noise image returned as a success."""
+
+    def __init__(self, network: str, precision: str, outputs: list[str]) -> None:
+        self.network = network
+        self.precision = precision
+        hint = {
+            "fp16": "; fp16 overflows where bf16 and fp32 do not: export it with --precision bf16 or fp32",
+            "": "",
+        }.get(precision, "")
+        super().__init__(
+            f"{network} ({precision or 'precision not recorded'}) returned NaN or Inf values in "
+            f"{', '.join(outputs)}{hint}"
+        )

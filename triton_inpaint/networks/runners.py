@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from triton_inpaint.api.contract import Runner
+from triton_inpaint.api.errors import NonFiniteOutputError
 from triton_inpaint.api.roles import (  # noqa: F401 - the names every runner user imports from here
     FLUX_TENSORS,
     SD_TENSORS,
@@ -45,10 +46,13 @@ class SDComponents(Protocol):
         (B, C_in, h, w), timesteps (B, 1), text states, SDXL's extra conditions) -> noise."""
 
     def run_network(
-        self, role: str, inputs: dict[str, torch.Tensor], outputs: tuple[str, ...]
+        self, role: str, inputs: dict[str, torch.Tensor], outputs: tuple[str, ...], check: bool = True
     ) -> dict[str, torch.Tensor]:
         """Any of the denoiser's networks (the UNet, a DeepCache shallow UNet) by role, its inputs by
-        tensor name, the ``outputs`` asked by name."""
+        tensor name, the ``outputs`` asked by name; refused when not finite unless ``check`` is False."""
+
+    def check_finite(self, role: str, outputs: dict[str, torch.Tensor]) -> None:
+        """Raise NonFiniteOutputError, naming the network and its precision, on NaN or Inf."""
 
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
         """Unscaled latents (B, C, h, w) -> image (B, 3, H, W) in about [-1, 1]."""
@@ -67,9 +71,12 @@ class FluxComponents(Protocol):
         """The transformer's inputs by their names in :data:`FLUX_TENSORS` -> prediction (B, S, C)."""
 
     def run_network(
-        self, role: str, inputs: dict[str, torch.Tensor], outputs: tuple[str, ...]
+        self, role: str, inputs: dict[str, torch.Tensor], outputs: tuple[str, ...], check: bool = True
     ) -> dict[str, torch.Tensor]:
         """Any of the denoiser's networks (the transformer, its halves) by role (see SDComponents)."""
+
+    def check_finite(self, role: str, outputs: dict[str, torch.Tensor]) -> None:
+        """See SDComponents."""
 
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
         """Unscaled, unpacked latents (B, C, h, w) -> image (B, 3, H, W) in about [-1, 1]."""
@@ -88,7 +95,8 @@ class RunnerComponents:
     e.g. ``tiny_unet``); by default the role is the name. ``lora_roles``: the networks exported with
     LoRA adapters, which take the ``lora_scales`` input (:attr:`PipelineSpec.lora_roles`);
     ``deep_cache_branches`` and ``first_block_cache``: the step-caching networks exported beside the
-    denoiser (:func:`~triton_inpaint.api.roles.network_tensors`; :meth:`for_spec` reads all three). Without
+    denoiser (:func:`~triton_inpaint.api.roles.network_tensors`); ``precisions``: each role's served
+    precision, which a non-finite output's error names (:meth:`for_spec` reads all four). Without
     ``device`` the runner takes and returns numpy arrays (onnxruntime, BLS on the CPU runtime). With
     one it is a *tensor runner*: torch tensors in and out, so that on a GPU the latents and
     embeddings stay on ``device`` between calls (BLS over DLPack, or the torch modules themselves);
@@ -104,10 +112,12 @@ class RunnerComponents:
         lora_roles: tuple[str, ...] = (),
         deep_cache_branches: tuple[int, ...] = (),
         first_block_cache: bool = False,
+        precisions: dict[str, str] | None = None,
     ) -> None:
         self._run = run
         self._tensors = network_tensors(architecture, lora_roles, deep_cache_branches, first_block_cache)
         self._lora_roles = lora_roles
+        self._precisions = precisions or {}
         self._names = model_names or {role: role for role in self._tensors}
         self._tensor_runner = device is not None
         self.device = torch.device("cpu" if device is None else device)
@@ -123,7 +133,7 @@ class RunnerComponents:
         """Components over every network an export with ``spec`` (its PipelineSpec) serves."""
         return cls(
             run, model_names, spec.architecture, device, spec.lora_roles, spec.deep_cache_branches,
-            spec.first_block_cache,
+            spec.first_block_cache, spec.precisions,
         )  # fmt: skip
 
     def _feed(self, tensor: torch.Tensor) -> Any:
@@ -133,15 +143,33 @@ class RunnerComponents:
         return tensor.to(device=self.device, dtype=dtype).contiguous()
 
     def _call(
-        self, role: str, tensors: list[torch.Tensor], outputs: tuple[str, ...] | None = None
+        self,
+        role: str,
+        tensors: list[torch.Tensor],
+        outputs: tuple[str, ...] | None = None,
+        check: bool = True,
     ) -> tuple[torch.Tensor, ...]:
+        """One call of ``role``'s network; with ``check`` its outputs are refused when not finite
+        (a batched denoiser call is checked by each job on its own rows instead, so that one request's
+        overflow fails that request alone)."""
         input_names, output_names = self._tensors[role]
         feeds = [self._feed(tensor) for tensor in tensors]
         asked = list(output_names if outputs is None else outputs)
         results = self._run(self._names[role], dict(zip(input_names, feeds, strict=True)), asked)
         if self._tensor_runner:
-            return tuple(result.to(self.device) for result in results)
-        return tuple(torch.from_numpy(np.asarray(result)) for result in results)
+            results = tuple(result.to(self.device) for result in results)
+        else:
+            results = tuple(torch.from_numpy(np.asarray(result)) for result in results)
+        if check:
+            self.check_finite(role, dict(zip(asked, results, strict=True)))
+        return results
+
+    def check_finite(self, role: str, outputs: dict[str, torch.Tensor]) -> None:
+        """Raise :class:`NonFiniteOutputError` naming the network and its precision when any of
+        ``outputs`` holds NaN or Inf: never decode an overflow into an image returned as a success."""
+        bad = [name for name, value in outputs.items() if not bool(torch.isfinite(value).all())]
+        if bad:
+            raise NonFiniteOutputError(self._names.get(role, role), self._precisions.get(role, ""), bad)
 
     def encode_text(
         self, input_ids: torch.Tensor, encoder: str = TEXT_ENCODER, lora_scales: torch.Tensor | None = None
@@ -156,10 +184,12 @@ class RunnerComponents:
         return self._call(VAE_ENCODER, [image])[0]
 
     def run_network(
-        self, role: str, inputs: dict[str, torch.Tensor], outputs: tuple[str, ...]
+        self, role: str, inputs: dict[str, torch.Tensor], outputs: tuple[str, ...], check: bool = True
     ) -> dict[str, torch.Tensor]:
-        results = self._call(role, [inputs[name] for name in self._tensors[role][0]], outputs)
-        return dict(zip(outputs, results, strict=True))
+        """``role``'s ``outputs``; ``check=False`` leaves the finiteness check to the caller (a batched
+        call's jobs, each on its own rows: :meth:`check_finite`)."""
+        tensors = [inputs[name] for name in self._tensors[role][0]]
+        return dict(zip(outputs, self._call(role, tensors, outputs, check), strict=True))
 
     def predict_noise(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         return self.run_network(UNET, inputs, (self._tensors[UNET][1][0],))["noise_pred"]

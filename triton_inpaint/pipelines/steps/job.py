@@ -59,6 +59,7 @@ class DenoisingJob:
         self.cache = state.cache
         self.index = 0
         self._inputs: dict[str, torch.Tensor] | None = None  # this step's, made once
+        self._role = self.denoiser  # the network of the call in flight
 
     @property
     def done(self) -> bool:
@@ -75,14 +76,18 @@ class DenoisingJob:
         if self._inputs is None:
             # Made exactly once per step: some schedulers record that the input was scaled.
             self._inputs = self.denoiser_inputs()
-        if self.cache is None:
-            return NetworkCall(self.denoiser, self._inputs)
-        return self.cache.call(self.index, self._inputs)
+        call = NetworkCall(self.denoiser, self._inputs) if self.cache is None else None
+        call = call or self.cache.call(self.index, self._inputs)
+        self._role = call.role
+        return call
 
     def run(self, call: NetworkCall) -> dict[str, torch.Tensor]:
-        return self.pipeline.components.run_network(call.role, call.inputs, call.outputs)
+        # Unchecked: the call may carry other requests' rows; each job checks its own in take().
+        return self.pipeline.components.run_network(call.role, call.inputs, call.outputs, check=False)
 
     def take(self, outputs: dict[str, torch.Tensor]) -> bool:
+        # A non-finite prediction fails this request alone, naming the network (never a black image).
+        self.pipeline.components.check_finite(self._role, outputs)
         prediction = outputs[PREDICTION] if self.cache is None else self.cache.take(outputs)
         if prediction is None:
             return False
