@@ -231,6 +231,10 @@ def network_config(
         config.parameters["ort_threads"].string_value = str(options.ort_threads)
     if runtime == "gpu-torch":
         config.parameters["cuda_graphs"].string_value = "true" if options.cuda_graphs else "false"
+        # Each network is its own process with its own PyTorch cache. The VAE's and text encoders' run
+        # once a request: their peaks are given back after each call, so that only the denoiser's
+        # working set stays reserved (the memory estimate counts the denoiser and one VAE call).
+        config.parameters["empty_cache"].string_value = "false" if denoiser else "true"
         # Inputs arrive in the GPU memory the caller passed, not copied to the host first.
         config.parameters["FORCE_CPU_ONLY_INPUT_TENSORS"].string_value = "no"
     if runtime == "gpu-onnxruntime" and options.trt_accelerator:

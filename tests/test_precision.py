@@ -77,7 +77,7 @@ def test_the_table_where_fp16_is_asked(runtime):
         TEXT_ENCODER: FP16, TEXT_ENCODER_2: FP16, VAE_ENCODER: FP32, VAE_DECODER: FP32, UNET: FP16,
         **{shallow_role(b): FP16 for b in (0, 1, 2)},
     }  # fmt: skip
-    # A VAE without force_upcast (SD 1.5's real one) runs in fp16; in bf16 a force_upcast VAE is fine.
+    # A VAE whose config says force_upcast false runs in fp16; in bf16 a force_upcast VAE is fine.
     assert network_precision("sd", VAE_DECODER, FP16, runtime, False).precision == FP16
     assert network_precision("sdxl", VAE_DECODER, BF16, runtime, True).precision == BF16
 

@@ -156,6 +156,11 @@ def test_gpu_torch_configs_are_python_models_on_the_gpu(runtime_repositories):
     assert [g.kind for g in unet.instance_group] == [mc.ModelInstanceGroup.KIND_GPU]
     assert unet.parameters["precision"].string_value == "fp16"
     assert unet.parameters["FORCE_CPU_ONLY_INPUT_TENSORS"].string_value == "no"
+    # The networks called once a request give their PyTorch cache back after each call; the UNet's
+    # working set stays.
+    assert unet.parameters["empty_cache"].string_value == "false"
+    for role in (TEXT_ENCODER, VAE_ENCODER, VAE_DECODER):
+        assert _config(repository, f"{NAME}_{role}").parameters["empty_cache"].string_value == "true"
     version = repository / f"{NAME}_unet" / "1"
     assert "triton_inpaint.triton.torch_model" in (version / "model.py").read_text()
     saved = json.loads((version / "network.json").read_text())
@@ -498,3 +503,21 @@ def test_gpu_torch_saves_every_family_and_reloads_the_same_networks(
     got, _ = ours(image, mask, params)
     want, _ = original(image, mask, params)
     assert np.array_equal(got, want)
+
+
+def test_serve_sizes_tritons_cuda_pool_from_the_gpus_memory(runtime_repositories, exported_repository):
+    """One --cuda-memory-pool-byte-size per GPU (1/32 of its memory, 512 MiB to 4 GiB) when a
+    repository has models on the GPU; none for a CPU repository or when the operator set one."""
+    from tests.conftest import BUILTIN_REPOSITORY
+    from triton_inpaint.server.gpu_pool import cuda_pool_args
+
+    gpu_repository, _ = runtime_repositories["gpu-torch"]
+    gpus = [(0, 81559), (1, 8192), (2, 196608)]  # an H100's MiB, an 8 GB card's, a 192 GB card's
+    assert cuda_pool_args([BUILTIN_REPOSITORY, gpu_repository], [], gpus) == [
+        f"--cuda-memory-pool-byte-size=0:{81559 * 2**20 // 32}",  # 2.5 GiB
+        "--cuda-memory-pool-byte-size=1:536870912",  # at least 512 MiB
+        "--cuda-memory-pool-byte-size=2:4294967296",  # at most 4 GiB
+    ]
+    assert cuda_pool_args([BUILTIN_REPOSITORY, exported_repository[0]], [], gpus) == []
+    assert cuda_pool_args([gpu_repository], ["--cuda-memory-pool-byte-size=0:1024"], gpus) == []
+

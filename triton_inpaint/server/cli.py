@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from triton_inpaint.api.sizes import BUDGET_ENV, parse_size
+from triton_inpaint.server.gpu_pool import cuda_pool_args
 from triton_inpaint.server.process import (
     ADMIN_HEADER,
     ADMIN_SECRET_ENV,
@@ -69,10 +70,13 @@ def _serve(args: argparse.Namespace) -> int:
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
+    repositories = with_builtin(args.repository)
+    # A repository with GPU models gets Triton's CUDA memory pool sized from each GPU's memory.
+    extra_args = [*args.triton_arg, *cuda_pool_args(repositories, args.triton_arg)]
     restarts = 0
     while True:
         server = TritonServer(
-            repositories=with_builtin(args.repository),
+            repositories=repositories,
             http_port=args.http_port,
             grpc_port=args.grpc_port,
             metrics_port=args.metrics_port,
@@ -81,7 +85,7 @@ def _serve(args: argparse.Namespace) -> int:
             metrics_address=args.metrics_address,
             binary=args.tritonserver,
             backend_directory=args.backend_directory,
-            extra_args=args.triton_arg,
+            extra_args=extra_args,
             admin_secret=secret,
             grpc_max_connection_age=args.grpc_max_connection_age or None,
             log=_log,

@@ -4,7 +4,9 @@ GPU Triton placed the instance on, in the precision export chose. Inputs and out
 BLS caller on the same GPU passes device memory in and gets device memory back.
 
 Parameters: ``cuda_graphs`` ("true") compiles the module with ``torch.compile(mode="reduce-overhead")``,
-which records CUDA graphs per input shape (on GPU instances only).
+which records CUDA graphs per input shape (on GPU instances only); ``empty_cache`` ("true": the VAE and
+text encoders) gives PyTorch's cached GPU memory back after each call, so that a network called once a
+request does not keep its peak reserved in its own process.
 """
 
 from __future__ import annotations
@@ -31,11 +33,15 @@ class TritonPythonModel:
         parameters = config.get("parameters", {})
         if parameters.get("cuda_graphs", {}).get("string_value") == "true" and self.device.type == "cuda":
             self.module = torch.compile(self.module, mode="reduce-overhead")
+        empty = parameters.get("empty_cache", {}).get("string_value") == "true"
+        self.empty_cache = empty and self.device.type == "cuda"
         pb_utils.Logger.log_info(f"{args['model_name']}: {role} with torch on {self.device}")
 
     def _run(self, batch: dict[str, torch.Tensor], names: list[str]) -> list[torch.Tensor]:
         outputs = call_network(self.module, batch, names, self.device)
         finish_on(self.device)
+        if self.empty_cache:
+            torch.cuda.empty_cache()  # the outputs stay allocated; only the call's freed blocks go back
         return outputs
 
     def execute(self, requests: list[Any]) -> list[Any]:
