@@ -40,7 +40,6 @@ from triton_inpaint.export.onnx_export import (
     verify_saved_networks,
 )
 from triton_inpaint.export.runtimes import (
-    PROFILE_FILE,
     RuntimeOptions,
     add_tensors,
     denoise_runtime_parameters,
@@ -69,6 +68,7 @@ from triton_inpaint.networks.torch_networks import save_network
 from triton_inpaint.pipelines.memory import for_runtime
 from triton_inpaint.pipelines.previews import fit_preview_factors
 from triton_inpaint.pipelines.spec import PipelineSpec
+from triton_inpaint.server.plans import PROFILE_FILE
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]{0,62}$")
 

@@ -30,8 +30,6 @@ from triton_inpaint.pipelines.spec import PipelineSpec
 RUNTIMES = ("cpu", "gpu-onnxruntime", "gpu-tensorrt", "gpu-torch")
 GPU_RUNTIMES = RUNTIMES[1:]
 ONNX_RUNTIMES = ("cpu", "gpu-onnxruntime", "gpu-tensorrt")  # the ones that serve the ONNX graphs
-# Where export tensorrt finds each network's profile (beside config.pbtxt, which Triton does not read).
-PROFILE_FILE = "trt_profile.json"
 DENOISERS = (UNET, TRANSFORMER)
 
 

@@ -11,6 +11,9 @@ diffusers' images. What needs a GPU is measured by ``triton-inpaint bench-gpu`` 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import warnings
 from itertools import product
 from pathlib import Path
@@ -39,7 +42,6 @@ from triton_inpaint.api.schema import INPAINT
 from triton_inpaint.cli import main as cli_main
 from triton_inpaint.export.repository import ExportOptions, export_checkpoint
 from triton_inpaint.export.runtimes import (
-    PROFILE_FILE,
     RuntimeOptions,
     ShapeProfile,
     max_batch,
@@ -57,6 +59,7 @@ from triton_inpaint.networks.runners import (
 from triton_inpaint.networks.torch_networks import load_network, torch_runner
 from triton_inpaint.pipelines.sd_inpaint import SDInpaintPipeline
 from triton_inpaint.pipelines.spec import PipelineSpec
+from triton_inpaint.server.plans import PROFILE_FILE
 
 PROMPT = "a red apple on a wooden table"
 NAME = "rt"
@@ -454,7 +457,9 @@ def test_built_plans_are_registered_per_compute_capability(tmp_path):
     """The config side of ``export tensorrt`` (the engine build itself needs TensorRT and a GPU): each
     plan is added under its compute capability, the first one is also the default, and a model whose
     plan for this GPU exists is found built (so a pod's init step rebuilds nothing)."""
-    from triton_inpaint.export.tensorrt_build import _register_plan, _registered_plan, plan_filename
+    from triton_inpaint.export.tensorrt_build import _register_plan
+    from triton_inpaint.server.plans import plan_filename
+    from triton_inpaint.server.plans import registered_plan as _registered_plan
 
     model = tmp_path / "rt_unet"
     (model / "1").mkdir(parents=True)
@@ -470,6 +475,78 @@ def test_built_plans_are_registered_per_compute_capability(tmp_path):
     assert _registered_plan(model, "8.9") == model / "1" / "model.sm89.plan"
     (model / "1" / "model.sm89.plan").unlink()
     assert _registered_plan(model, "8.9") is None  # registered but missing: built again
+
+
+def test_a_stale_plan_is_refused_by_serve_and_rebuilt_by_export_tensorrt(runtime_repositories, tmp_path):
+    """Each plan's record (compute capability, TensorRT version, precision, shape profile) against what
+    the model needs now: the check serve refuses with and export tensorrt rebuilds by, run here without
+    TensorRT on plans registered and recorded as export tensorrt does."""
+    import shutil
+
+    from tests.conftest import BUILTIN_REPOSITORY
+    from triton_inpaint.export.tensorrt_build import _register_plan, plans_to_build
+    from triton_inpaint.server.plans import (
+        plan_filename,
+        record_path,
+        serving_refusal,
+        tensorrt_plan_models,
+        wanted_record,
+        write_record,
+    )
+
+    repository = tmp_path / "models"
+    shutil.copytree(runtime_repositories["gpu-tensorrt"][0], repository)
+    models = tensorrt_plan_models(repository)
+    for model_dir in models:  # "built" on an H100 with TensorRT 10.3.0 (build 26)
+        plan = model_dir / "1" / plan_filename("9.0")
+        plan.write_bytes(b"plan")
+        write_record(plan, wanted_record(model_dir, "9.0", "10.3.0.26"))
+        _register_plan(model_dir, "9.0", plan.name)
+    repositories = [BUILTIN_REPOSITORY, repository]
+    assert serving_refusal(repositories, "9.0", "10.3.0") is None
+    assert set(plans_to_build(models, "9.0", "10.3.0").values()) == {None}  # all current: none built
+    unet = repository / f"{NAME}_unet"
+
+    # Another TensorRT: serve refuses, naming every model and the command; export tensorrt rebuilds.
+    refused = serving_refusal(repositories, "9.0", "10.5.0")
+    assert f"  {NAME}_unet: model.sm90.plan was built with TensorRT 10.3.0, this is 10.5.0" in refused
+    assert refused.endswith(f"triton-inpaint export tensorrt --repository {repository}")
+    assert all(plans_to_build(models, "9.0", "10.5.0").values())
+    # Another GPU kind: no plan for it yet.
+    assert plans_to_build([unet], "8.9", "10.3.0")[unet] == "no plan for compute capability 8.9"
+    # Exported again with another --max-size or precision: the plan covers other shapes, or computes in
+    # another precision; only that model is rebuilt.
+    described = json.loads((unet / PROFILE_FILE).read_text())
+    smaller = {**described["max"], "sample": [8, 9, 64, 64]}
+    (unet / PROFILE_FILE).write_text(json.dumps({**described, "max": smaller}))
+    reasons = plans_to_build(models, "9.0", "10.3.0")
+    assert "model.sm90.plan was built for other shapes than the export's profile" in reasons[unet]
+    assert [m for m, reason in reasons.items() if reason] == [unet]
+    (unet / PROFILE_FILE).write_text(json.dumps({**described, "precision": "fp32"}))
+    assert "was built in fp16, the export asks for fp32" in serving_refusal(repositories, "9.0", "10.3.0")
+    # A plan built before records existed is not trusted.
+    (unet / PROFILE_FILE).write_text(json.dumps(described))
+    record_path(unet / "1" / plan_filename("9.0")).unlink()
+    assert "has no build record" in plans_to_build([unet], "9.0", "10.3.0")[unet]
+    # serve itself, on a "GPU" whose nvidia-smi answers compute capability 9.0: it stops before Triton.
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "nvidia-smi").write_text("#!/bin/sh\necho 9.0\n")
+    (bin_dir / "nvidia-smi").chmod(0o755)
+    environment = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    done = subprocess.run(
+        [sys.executable, "-m", "triton_inpaint.cli", "serve", "--repository", str(repository)],
+        capture_output=True, text=True, env=environment, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stdout + done.stderr
+    heading = "error: TensorRT plans that cannot be served as they are:"
+    assert f"{heading}\n  {NAME}_unet: model.sm90.plan has no build record" in done.stderr
+    # Without nvidia-smi (this machine), serve says it could not check, and goes on.
+    said = []
+    assert serving_refusal(repositories, log=said.append) is None
+    assert said == [
+        "warning: TensorRT plans not checked: no nvidia-smi to tell this GPU's compute capability"
+    ]
 
 
 @pytest.mark.parametrize("family", ["sdxl-inpaint", "flux-fill"])

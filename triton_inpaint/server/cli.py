@@ -16,6 +16,7 @@ from pathlib import Path
 
 from triton_inpaint.api.sizes import BUDGET_ENV, parse_size
 from triton_inpaint.server.gpu_pool import cuda_pool_args
+from triton_inpaint.server.plans import serving_refusal
 from triton_inpaint.server.process import (
     ADMIN_HEADER,
     ADMIN_SECRET_ENV,
@@ -71,6 +72,10 @@ def _serve(args: argparse.Namespace) -> int:
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
     repositories = with_builtin(args.repository)
+    stale = serving_refusal(repositories, log=lambda line: print(line, file=sys.stderr))
+    if stale is not None:  # a model whose plan TensorRT would refuse, or that covers other shapes
+        print(f"error: {stale}", file=sys.stderr)
+        return 2
     # A repository with GPU models gets Triton's CUDA memory pool sized from each GPU's memory.
     extra_args = [*args.triton_arg, *cuda_pool_args(repositories, args.triton_arg)]
     restarts = 0
