@@ -2,6 +2,7 @@
 
 from triton_inpaint.client.gateway_client import GatewayClient
 from triton_inpaint.client.inpaint_client import (
+    DeadlineExceededError,
     InpaintClient,
     InpaintError,
     InpaintResult,
@@ -14,6 +15,7 @@ from triton_inpaint.client.inpaint_client import (
 from triton_inpaint.client.streaming import Progress
 
 __all__ = [
+    "DeadlineExceededError",
     "GatewayClient",
     "InpaintClient",
     "InpaintError",

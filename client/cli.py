@@ -16,6 +16,7 @@ from triton_inpaint.api.schema import INPAINT, MASK, MASK_SOURCES, Control, Requ
 from triton_inpaint.client.gateway_client import GatewayClient
 from triton_inpaint.client.inpaint_client import (
     PROTOCOLS,
+    DeadlineExceededError,
     InpaintClient,
     InpaintError,
     ModelNotServedError,
@@ -92,6 +93,8 @@ def _ask(args: argparse.Namespace, call: Callable[[Any], Any]) -> Any:
             return call(opened)
     except ServerUnreachableError as exc:
         raise CommandError(f"cannot reach {target}: {exc}", ExitCode.UNAVAILABLE) from None
+    except DeadlineExceededError as exc:  # the server answers; the request outlasted the wait
+        raise CommandError(f"{target}: {exc}", ExitCode.UNAVAILABLE) from None
     except ModelUnavailableError as exc:  # temporary, like an unreachable server: retry later
         raise CommandError(str(exc), ExitCode.UNAVAILABLE) from None
     except ModelNotServedError as exc:

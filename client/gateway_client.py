@@ -14,6 +14,7 @@ from triton_inpaint.api.lora import lora_items, lora_text
 from triton_inpaint.api.schema import INPAINT, MASK, Control, RequestSchema, with_controls
 from triton_inpaint.client.inpaint_client import (
     NOT_SERVED,
+    DeadlineExceededError,
     InpaintError,
     InpaintResult,
     MaskResult,
@@ -81,6 +82,8 @@ class GatewayClient:
             messages = "; ".join(item.get("message", "") for item in errors) or f"HTTP {response.status}"
             if response.status == 503:
                 raise ServerUnreachableError(messages)
+            if response.status == 504:
+                raise DeadlineExceededError(messages)
             raise _refused(messages)
         if body.get("errors"):
             raise _refused("; ".join(item["message"] for item in body["errors"]))

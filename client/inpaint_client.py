@@ -47,6 +47,11 @@ class ServerUnreachableError(InpaintError):
     """No Triton answered at the URL (refused, timed out, or not serving)."""
 
 
+class DeadlineExceededError(InpaintError):
+    """The request took longer than the caller's timeout. Not a server fault: a larger or longer
+    request, or a busy server; wait longer, or (through the gateway) send it as an async task."""
+
+
 class ModelNotServedError(InpaintError):
     """The server has no model by the name or id asked for; the message lists those it has."""
 
@@ -70,6 +75,7 @@ _RETRY_POLICY = {
     "retryableStatusCodes": ["UNAVAILABLE"],
 }
 _RETRY_BUFFER_BYTES = 256 * 1024 * 1024
+LIVENESS_TIMEOUT_S = 3.0
 _MIN_RESOLVE_INTERVAL_MS = 5000
 
 
@@ -383,7 +389,9 @@ class InpaintClient:
                 ) from None
             raise refused from None
         except queue.Empty:
-            raise ServerUnreachableError(f"{stream_name}: no answer within {self.timeout} s") from None
+            raise DeadlineExceededError(
+                f"{stream_name}: the request took longer than {self.timeout:g} s (the client's timeout)"
+            ) from None
 
     @contextlib.contextmanager
     def _answers(self) -> Iterator[None]:
@@ -397,10 +405,27 @@ class InpaintClient:
         except OSError as exc:
             raise ServerUnreachableError(str(exc)) from None
 
+    def _live(self) -> bool:
+        """Whether the server answers a liveness call within a few seconds: tells a request that took too
+        long from a server that hangs (both end a gRPC call past its deadline)."""
+        try:
+            if self.protocol == "grpc":
+                return bool(self._client.is_server_live(client_timeout=LIVENESS_TIMEOUT_S))
+            return bool(self._client.is_server_live())
+        except Exception:  # noqa: BLE001 - any failure to answer means: not live
+            return False
+
     def _refusal(self, exc: Exception, model_name: str, requested: str) -> InpaintError:
         """A Triton error as the error type that says what to do about it."""
         message = _clean(exc.message() or str(exc))
-        if "UNAVAILABLE" in str(exc.status()) or "DEADLINE_EXCEEDED" in str(exc.status()):
+        if "DEADLINE_EXCEEDED" in str(exc.status()) and not self._live():
+            return ServerUnreachableError(message)  # a server that does not answer at all, not a long request
+        if "DEADLINE_EXCEEDED" in str(exc.status()):
+            return DeadlineExceededError(
+                f"the request took longer than {self.timeout:g} s (the client's timeout); give it more time "
+                "(InpaintClient(timeout=...)), or ask for less work (fewer steps or images, a smaller size)"
+            )
+        if "UNAVAILABLE" in str(exc.status()):
             return ServerUnreachableError(message)
         if _UNAVAILABLE.search(message):
             return ModelUnavailableError(f"{message} (the model is being restored; retry in a few seconds)")

@@ -31,6 +31,22 @@ class TaskFailed(Exception):
         self.code = code
 
 
+class TaskTimedOut(TaskFailed):
+    """Triton did not finish the task within the gateway's ``--timeout``: not a fault of the server
+    (it answered), nor of the caller's input; HTTP 504, saying how to get the result anyway."""
+
+    def __init__(self, seconds: float, asynchronous: bool = False) -> None:
+        self.seconds = seconds
+        remedy = "send it with deliveryMethod async, or raise --timeout"
+        remedy = "raise --timeout" if asynchronous else remedy
+        message = f"took longer than {seconds:g} s (the gateway's --timeout); {remedy}"
+        super().__init__(message, code="timeout")
+
+    def for_async(self) -> TaskTimedOut:
+        """The same, for an async task (already off the connection: only a longer timeout helps)."""
+        return TaskTimedOut(self.seconds, asynchronous=True)
+
+
 class Unavailable(Exception):
     """A service the gateway needs did not work; the caller retries later (HTTP 503)."""
 

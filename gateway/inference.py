@@ -12,9 +12,21 @@ import threading
 from typing import Any
 
 from triton_inpaint.api.errors import InvalidInputError
-from triton_inpaint.client import InpaintClient, InpaintError, ModelUnavailableError, ServerUnreachableError
+from triton_inpaint.client import (
+    DeadlineExceededError,
+    InpaintClient,
+    InpaintError,
+    ModelUnavailableError,
+    ServerUnreachableError,
+)
 from triton_inpaint.gateway.config import GatewayConfig
-from triton_inpaint.gateway.errors import StorageUnavailable, TaskFailed, TritonUnavailable, logger
+from triton_inpaint.gateway.errors import (
+    StorageUnavailable,
+    TaskFailed,
+    TaskTimedOut,
+    TritonUnavailable,
+    logger,
+)
 from triton_inpaint.gateway.inputs.images import resolve_image
 from triton_inpaint.gateway.store.storage import GatewayStorage
 
@@ -74,6 +86,8 @@ class TaskRunner:
             raise TritonUnavailable(f"Triton at {self.config.triton_url} is not reachable: {exc}") from None
         except ModelUnavailableError as exc:  # being restored: 503 and Retry-After, not the caller's fault
             raise TritonUnavailable(str(exc)) from None
+        except DeadlineExceededError:  # Triton answers, the task is just longer than the gateway waits
+            raise TaskTimedOut(self.config.triton_timeout) from None
         except InpaintError as exc:
             raise refusal(exc, names) from None
         except InvalidInputError as exc:  # refused by the client library before it asked Triton

@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from triton_inpaint.gateway.config import GatewayConfig
-from triton_inpaint.gateway.errors import TaskFailed, Unavailable, logger
+from triton_inpaint.gateway.errors import TaskFailed, TaskTimedOut, Unavailable, logger
 from triton_inpaint.gateway.store.records import MAX_ATTEMPTS, TaskRecord
 from triton_inpaint.gateway.store.storage import GatewayStorage
 
@@ -140,6 +140,8 @@ class TaskWorker:
                 None,
             )
         except TaskFailed as exc:
+            if isinstance(exc, TaskTimedOut):
+                exc = exc.for_async()
             failure = self.failures.get(task.tool)
             outcome = ("failed", failure(exc) if failure else None, exc.message)
         except Unavailable as exc:

@@ -21,6 +21,9 @@ from triton_inpaint.gateway.runware.progress import ProgressSink
 from triton_inpaint.gateway.runware.protocol import ASYNC_IMAGE_FIELDS, MAX_TASKS, TASK_TYPES
 from triton_inpaint.gateway.validation import field_errors, quoted
 
+# A failed task's HTTP status by its error code: the server failed it (500), it outlasted the gateway's
+# --timeout (504); any other code is a refusal of the caller's input (400).
+TASK_FAILED_STATUS = {"inferenceFailed": 500, "timeout": 504}
 # (items, error item or None, HTTP-like status: 200, 400 refused, 500 failed on the server, 503)
 Outcome = tuple[list[dict], dict | None, int]
 
@@ -97,12 +100,12 @@ class RunwareDispatch:
             count.labels(task.taskType, "ok").inc()
             return items, None, 200
         except TaskFailed as exc:
-            failed = exc.code == "inferenceFailed"
-            count.labels(task.taskType, "failed" if failed else "refused").inc()
+            status = TASK_FAILED_STATUS.get(exc.code, 400)
+            count.labels(task.taskType, {500: "failed", 504: "timeout"}.get(status, "refused")).inc()
             error = error_item(
                 exc.message, exc.parameter, task.taskUUID, exc.code, exc.task_type or task.taskType
             )
-            return [], error, 500 if failed else 400
+            return [], error, status
         except (Unavailable, OSError) as exc:  # OSError: the task store did not answer
             count.labels(task.taskType, "unavailable").inc()
             return [], error_item(str(exc), None, task.taskUUID, "serviceUnavailable", task.taskType), 503

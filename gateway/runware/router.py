@@ -76,7 +76,10 @@ async def run_tasks(
         return JSONResponse(content)
     if 503 in statuses:
         return JSONResponse(content, status_code=503, headers={"Retry-After": "5"})
-    return JSONResponse(content, status_code=500 if 500 in statuses else 400)
+    for status in (500, 504):
+        if status in statuses:
+            return JSONResponse(content, status_code=status)
+    return JSONResponse(content, status_code=400)
 
 
 KEEPALIVE_SECONDS = 15.0  # a comment line this often keeps proxies from closing a quiet stream
