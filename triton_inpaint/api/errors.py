@@ -46,10 +46,9 @@ class NonFiniteOutputError(RuntimeError):
     def __init__(self, network: str, precision: str, outputs: list[str]) -> None:
         self.network = network
         self.precision = precision
-        hint = {
-            "fp16": "; fp16 overflows where bf16 and fp32 do not: export it with --precision bf16 or fp32",
-            "": "",
-        }.get(precision, "")
+        hint = ""
+        if precision == "fp16":
+            hint = "; fp16 overflows where bf16 and fp32 do not: export it with --precision bf16 or fp32"
         super().__init__(
             f"{network} ({precision or 'precision not recorded'}) returned NaN or Inf values in "
             f"{', '.join(outputs)}{hint}"
