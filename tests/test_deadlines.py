@@ -52,6 +52,9 @@ def test_a_task_past_the_gateways_timeout_is_a_504_that_says_so(gateway):
     (error,) = body["errors"]
     assert error["code"] == "timeout" and error["message"].startswith(SYNC_MESSAGE), error
     assert "not reachable" not in error["message"]
+    # Counted apart from failures and refusals, so an operator sees work that outlived its callers.
+    _, _, metrics = gateway.request("GET", "/metrics")
+    assert b'gateway_tasks_total{outcome="timeout",task_type="imageInference"} 1.0' in metrics
     # The gateway client raises the same as InpaintClient does.
     image, mask = _images()
     with GatewayClient(gateway.url) as client, pytest.raises(DeadlineExceededError, match="--timeout"):
