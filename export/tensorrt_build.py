@@ -29,6 +29,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from triton_inpaint.api.commands import CommandError, ExitCode
 from triton_inpaint.export.runtimes import ShapeProfile
+from triton_inpaint.networks.precision import HALF
 from triton_inpaint.server.plans import (
     PROFILE_FILE,
     gpu_compute_capability,
@@ -150,7 +151,7 @@ def _build_plan(model_dir: Path, capability: str, timing_cache: Path, workspace_
     # fp16 / bf16 let TensorRT pick half-precision kernels where they are faster; it keeps fp32 where it
     # must. Each network's own precision (a force_upcast VAE's is fp32, FLUX's bf16).
     settings: dict[str, object] = {"profiles": [profile]}
-    if described["precision"] in ("fp16", "bf16"):
+    if described["precision"] in HALF:
         settings[described["precision"]] = True
     if timing_cache.is_file():
         settings["load_timing_cache"] = str(timing_cache)

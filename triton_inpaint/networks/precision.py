@@ -93,10 +93,10 @@ def network_precision(
 
 def fp16_refusal(architecture: str) -> str | None:
     """Why an explicit ``--precision fp16`` is refused for ``architecture`` (None: it is not)."""
-    if architecture != "flux":
+    if not any(bf16_native(architecture, role) for role in (TRANSFORMER, TEXT_ENCODER_2)):
         return None
     return (
         "--precision fp16: FLUX's transformer and T5 are trained in bf16 and overflow fp16 (black or NaN "
-        "images). Leave --precision out (bf16 for them, fp16 for CLIP and the VAE), use --precision bf16, "
+        "images). Leave --precision out (bf16 for them, fp16 where it is safe), use --precision bf16, "
         "or add --allow-fp16-overflow to run them in fp16 anyway"
     )

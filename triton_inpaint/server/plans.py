@@ -101,18 +101,14 @@ def stale_reason(model_dir: Path, capability: str, tensorrt_version: str | None)
     return None
 
 
-def stale_plans(
-    repositories: Sequence[object], capability: str, tensorrt_version: str | None
-) -> dict[str, str]:
+def stale_plans(repositories: list[Path], capability: str, tensorrt_version: str | None) -> dict[str, str]:
     """Every TensorRT model of the local ``repositories`` whose plan is stale, with the reason."""
-    stale = {}
-    for repository in repositories:
-        if isinstance(repository, Path | str) and Path(repository).is_dir():
-            for model_dir in tensorrt_plan_models(Path(repository)):
-                reason = stale_reason(model_dir, capability, tensorrt_version)
-                if reason is not None:
-                    stale[str(model_dir)] = reason
-    return stale
+    reasons = {
+        str(model_dir): stale_reason(model_dir, capability, tensorrt_version)
+        for repository in repositories
+        for model_dir in tensorrt_plan_models(repository)
+    }
+    return {model: reason for model, reason in reasons.items() if reason is not None}
 
 
 def refusal(stale: dict[str, str]) -> str:

@@ -76,8 +76,10 @@ class DenoisingJob:
         if self._inputs is None:
             # Made exactly once per step: some schedulers record that the input was scaled.
             self._inputs = self.denoiser_inputs()
-        call = NetworkCall(self.denoiser, self._inputs) if self.cache is None else None
-        call = call or self.cache.call(self.index, self._inputs)
+        if self.cache is None:
+            call = NetworkCall(self.denoiser, self._inputs)
+        else:
+            call = self.cache.call(self.index, self._inputs)
         self._role = call.role
         return call
 
